@@ -1,0 +1,230 @@
+"""Typed, frozen configuration for one MRKD run, with the paper's values as defaults.
+
+Every hyperparameter of the paper (Sec. 4.1) and every convention of the official
+code that changes a result has a named field here. The config is serialised to JSON
+and hashed; the hash names the run, so two runs with the same hash are the same
+experiment. Fields that only change *how* a run executes (device, workers,
+checkpoint cadence) are excluded from the hash: see ``RUNTIME_FIELDS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from mrkd_core.errors import ConfigError
+
+BACKBONES = ("resnet18", "resnet50", "wide_resnet50_2")
+ILM_SOURCES = ("same", "other")
+ILM_BLENDS = ("swap", "poisson")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+
+# ImageNet statistics (Sec. 4.1: "normalized by the mean and variance of the ImageNet dataset").
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Fields that do not change what is computed, only where/how fast; not part of the hash.
+RUNTIME_FIELDS = frozenset(
+    {"device", "num_workers", "checkpoint_every", "progress", "eval_batch_size", "channels_last"}
+)
+
+
+@dataclass(frozen=True)
+class MRKDConfig:
+    """One MRKD training + evaluation. Defaults are the paper's (Sec. 4.1) / official code's."""
+
+    # --- model (Sec. 3.2-3.3) ---
+    backbone: str = "wide_resnet50_2"
+    # "imagenet" (torchvision weights from the local torch cache), "none" (random init,
+    # never the paper's setting) or a path/URI to a state dict.
+    teacher_weights: str = "imagenet"
+
+    # --- data ---
+    image_size: int = 256
+    normalize_mean: tuple[float, float, float] = IMAGENET_MEAN
+    normalize_std: tuple[float, float, float] = IMAGENET_STD
+
+    # --- optimisation (Sec. 4.1) ---
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 0.005
+    betas: tuple[float, float] = (0.5, 0.999)
+    seed: int = 111
+
+    # --- ILM (Sec. 3.2): NSA-style synthetic anomalies ---
+    ilm: bool = True
+    # α in Table 6: fraction of training images that receive synthetic anomalies.
+    ilm_fraction: float = 1.0
+    # The official code cuts patches from the same image and pastes them plainly; the
+    # paper's text says another training image, seamlessly blended. See docs/fidelity.md.
+    ilm_source: str = "same"
+    ilm_blend: str = "swap"
+
+    # --- FLM (Sec. 3.3): feature-level masking ---
+    flm: bool = True
+    flm_ratio: float = 0.2  # λ in Eq. 2
+    flm_at_test: bool = True  # Sec. 3.4: "also carry out masking at the feature level" at test
+    flm_test_seed: int = 0  # seeds the test-time masks so scores are repeatable
+
+    # --- scoring (Eq. 5-6) ---
+    score_scales: tuple[int, ...] = (1, 2, 3)  # Table 7: which SM^l are fused
+    gaussian_sigma: float = 4.0
+
+    # --- numerics (hashed: bf16 changes results) ---
+    precision: str = "fp32"  # "bf16" = autocast on CUDA only; CPU always runs fp32
+
+    # --- runtime (not hashed) ---
+    channels_last: bool = False
+    device: str = "auto"
+    num_workers: int = 2
+    checkpoint_every: int = 1  # epochs between checkpoints
+    eval_batch_size: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "MRKDConfig":
+        """Build from a mapping; unknown keys and wrong types are a ConfigError naming the key."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown config field(s) {unknown}; valid fields: {sorted(known)}"
+            )
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            kwargs[name] = _coerce(name, value, known[name], source)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "config") -> "MRKDConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object of config fields")
+        return cls.from_dict(data, source=source)
+
+    def replace(self, **changes: Any) -> "MRKDConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ hash
+    def hashed_dict(self) -> dict[str, Any]:
+        """The fields that define the result (everything but RUNTIME_FIELDS)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+    def config_hash(self) -> str:
+        """Stable 16-hex-digit name of the experiment (sha256 of the canonical JSON)."""
+        canon = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _coerce(name: str, value: Any, f: dataclasses.Field, source: str) -> Any:
+    """Check a JSON/YAML value against the field's type; lists become tuples."""
+    default = f.default
+    kind = type(default)
+    bad = ConfigError(
+        f"{source}: field '{name}' must be {kind.__name__}"
+        f"{' of numbers' if kind is tuple else ''}, got {value!r} ({type(value).__name__})"
+    )
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if kind is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item_type = type(default[0]) if default else float
+        out = []
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise bad
+            out.append(item_type(v))
+        return tuple(out)
+    return value
+
+
+def validate(cfg: MRKDConfig) -> None:
+    """Reject values the paper's method cannot run with; each error names the field and the fix."""
+
+    def fail(field_name: str, msg: str) -> None:
+        raise ConfigError(f"config field '{field_name}': {msg}")
+
+    if cfg.backbone not in BACKBONES:
+        fail("backbone", f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if not isinstance(cfg.teacher_weights, str) or not cfg.teacher_weights:
+        fail("teacher_weights", "use 'imagenet', 'none', or a path/URI to a state dict")
+    if cfg.image_size < 32 or cfg.image_size % 32:
+        fail("image_size", f"{cfg.image_size} must be a multiple of 32 and at least 32 (e.g. 256)")
+    if cfg.epochs < 1:
+        fail("epochs", f"{cfg.epochs} must be at least 1")
+    if cfg.batch_size < 1:
+        fail("batch_size", f"{cfg.batch_size} must be at least 1")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        fail("lr", f"{cfg.lr} must be a positive number")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        fail("betas", f"{cfg.betas} must be two numbers in [0, 1)")
+    if not 0.0 <= cfg.ilm_fraction <= 1.0:
+        fail("ilm_fraction", f"α={cfg.ilm_fraction} must lie in [0, 1]")
+    if cfg.ilm_source not in ILM_SOURCES:
+        fail("ilm_source", f"{cfg.ilm_source!r}; choose one of {', '.join(ILM_SOURCES)}")
+    if cfg.ilm_blend not in ILM_BLENDS:
+        fail("ilm_blend", f"{cfg.ilm_blend!r}; choose one of {', '.join(ILM_BLENDS)}")
+    if not 0.0 <= cfg.flm_ratio < 1.0:
+        fail("flm_ratio", f"λ={cfg.flm_ratio} must lie in [0, 1) (1 would mask every position)")
+    if not cfg.score_scales or any(s not in (1, 2, 3) for s in cfg.score_scales) or len(
+        set(cfg.score_scales)
+    ) != len(cfg.score_scales):
+        fail("score_scales", f"{cfg.score_scales} must be distinct values from 1, 2, 3")
+    if cfg.gaussian_sigma < 0:
+        fail("gaussian_sigma", f"{cfg.gaussian_sigma} must be ≥ 0 (0 disables smoothing)")
+    if len(cfg.normalize_mean) != 3 or len(cfg.normalize_std) != 3 or any(
+        s <= 0 for s in cfg.normalize_std
+    ):
+        fail("normalize_std", "mean and std need three values each, std > 0")
+    if cfg.precision not in PRECISIONS:
+        fail("precision", f"{cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if cfg.device not in DEVICES:
+        fail("device", f"{cfg.device!r}; choose one of {', '.join(DEVICES)}")
+    if cfg.num_workers < 0:
+        fail("num_workers", f"{cfg.num_workers} must be ≥ 0")
+    if cfg.checkpoint_every < 1:
+        fail("checkpoint_every", f"{cfg.checkpoint_every} must be ≥ 1")
+    if cfg.eval_batch_size < 1:
+        fail("eval_batch_size", f"{cfg.eval_batch_size} must be ≥ 1")
+
+
+def paper_defaults() -> MRKDConfig:
+    """The configuration of the paper's main results (Tables 1-2)."""
+    return MRKDConfig()

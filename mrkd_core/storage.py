@@ -1,0 +1,214 @@
+"""The artifact store: one small API over fsspec for every read and write of the project.
+
+A store has a root: a local folder (default ``./artifacts``) or ``s3://bucket/prefix``.
+S3 settings come from the standard AWS variables plus ``MRKD_S3_ENDPOINT_URL`` (so
+MinIO, Ceph and AWS all work); they are never logged or put into error messages.
+
+Paths given to the store are relative to its root and use ``/``. Writes of whole
+objects are atomic: on a local folder via write-to-temp-then-rename, on S3 because a
+PUT is. See docs/storage.md for the layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import fsspec
+
+from mrkd_core.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = "./artifacts"
+ENV_ROOT = "MRKD_STORE"
+ENV_ENDPOINT = "MRKD_S3_ENDPOINT_URL"
+
+
+def storage_options_from_env(protocol: str) -> dict[str, Any]:
+    """fsspec options for ``protocol`` taken from the environment (credentials stay implicit).
+
+    Credentials are left to botocore's own chain (AWS_ACCESS_KEY_ID, profiles, instance
+    roles) so that they never pass through our code, logs or Prefect parameters.
+    """
+    if protocol not in ("s3", "s3a"):
+        return {}
+    opts: dict[str, Any] = {}
+    endpoint = os.environ.get(ENV_ENDPOINT) or os.environ.get("AWS_ENDPOINT_URL")
+    client_kwargs: dict[str, Any] = {}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        client_kwargs["region_name"] = region
+    if client_kwargs:
+        opts["client_kwargs"] = client_kwargs
+    # Fail fast instead of retrying for minutes when the server is down.
+    opts["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 3}}
+    # Fresh instance per store: s3fs caches instances per option set, and a cached client
+    # bound to a dead event loop breaks inside Ray workers.
+    opts["skip_instance_cache"] = True
+    opts["use_listings_cache"] = False
+    return opts
+
+
+def _split_protocol(uri: str) -> tuple[str, str]:
+    if "://" in uri:
+        proto, rest = uri.split("://", 1)
+        return proto, rest
+    return "file", uri
+
+
+class ArtifactStore:
+    """Reads and writes objects under one root URI.
+
+    >>> store = ArtifactStore("/tmp/x")  # or ArtifactStore("s3://bucket/prefix")
+    >>> store.write_json("runs/r1/config.json", {"a": 1})
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, storage_options: dict | None = None):
+        root = str(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
+        protocol, rest = _split_protocol(root)
+        if protocol == "file":
+            rest = os.path.abspath(os.path.expanduser(rest))
+            root = rest
+        self.protocol = protocol
+        self.root = root.rstrip("/") if protocol != "file" else rest
+        self._base = rest.rstrip("/") if protocol != "file" else rest
+        opts = storage_options if storage_options is not None else storage_options_from_env(protocol)
+        self._storage_options = opts
+        try:
+            self.fs = fsspec.filesystem(protocol, **opts)
+        except Exception as exc:  # noqa: BLE001 - surface as a storage error with the root only
+            raise StorageError(f"cannot open artifact store {self.root!r}: {type(exc).__name__}: {exc}") from None
+        if protocol == "file":
+            os.makedirs(self._base, exist_ok=True)
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+    def _full(self, rel: str) -> str:
+        rel = rel.strip("/")
+        if ".." in rel.split("/"):
+            raise StorageError(f"refusing store path with '..': {rel!r}")
+        return posixpath.join(self._base, rel) if rel else self._base
+
+    def uri(self, rel: str = "") -> str:
+        """The full URI of ``rel`` (what to hand to pandas/pyarrow/DuckDB)."""
+        full = self._full(rel)
+        return full if self.is_local else f"{self.protocol}://{full}"
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.root!r})"
+
+    def __reduce__(self):
+        # Picklable for Ray/Prefect: rebuilt from the root and the worker's environment.
+        return (ArtifactStore, (self.root, self._storage_options))
+
+    # ------------------------------------------------------------------ reads
+    def _wrap(self, what: str, rel: str, exc: Exception) -> StorageError:
+        return StorageError(f"artifact store {self.root!r}: cannot {what} {rel!r}: {type(exc).__name__}: {exc}")
+
+    def exists(self, rel: str) -> bool:
+        try:
+            return bool(self.fs.exists(self._full(rel)))
+        except Exception as exc:  # noqa: BLE001
+            raise self._wrap("check", rel, exc) from None
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with self.fs.open(self._full(rel), "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._wrap("read", rel, exc) from None
+
+    def read_json(self, rel: str) -> Any:
+        data = self.read_bytes(rel)
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise StorageError(f"artifact store {self.root!r}: {rel!r} is not valid JSON ({exc})") from None
+
+    def size(self, rel: str) -> int:
+        try:
+            return int(self.fs.size(self._full(rel)))
+        except Exception as exc:  # noqa: BLE001
+            raise self._wrap("stat", rel, exc) from None
+
+    def list(self, rel: str = "", recursive: bool = False) -> list[str]:
+        """Paths (relative to the root) of the objects below ``rel``; [] when absent."""
+        full = self._full(rel)
+        try:
+            if not self.fs.exists(full):
+                return []
+            found = self.fs.find(full) if recursive else self.fs.ls(full, detail=False)
+        except Exception as exc:  # noqa: BLE001
+            raise self._wrap("list", rel, exc) from None
+        base = self._base.rstrip("/") + "/"
+        out = []
+        for p in found:
+            p = str(p)
+            out.append(p[len(base):] if p.startswith(base) else p)
+        return sorted(out)
+
+    # ------------------------------------------------------------------ writes
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomically write a whole object."""
+        full = self._full(rel)
+        try:
+            if self.is_local:
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+                tmp = f"{full}.tmp-{uuid.uuid4().hex[:8]}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, full)
+            else:
+                self.fs.pipe_file(full, data)
+        except Exception as exc:  # noqa: BLE001
+            raise self._wrap("write", rel, exc) from None
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    @contextmanager
+    def open_write(self, rel: str) -> Iterator[IO[bytes]]:
+        """A binary buffer committed atomically on exit (for torch.save, parquet writers)."""
+        buf = io.BytesIO()
+        yield buf
+        self.write_bytes(rel, buf.getvalue())
+
+    def remove(self, rel: str, recursive: bool = False) -> None:
+        full = self._full(rel)
+        try:
+            if self.fs.exists(full):
+                self.fs.rm(full, recursive=recursive)
+        except Exception as exc:  # noqa: BLE001
+            raise self._wrap("remove", rel, exc) from None
+
+    # ------------------------------------------------------------------ helpers
+    def sha256(self, rel: str) -> str:
+        return hashlib.sha256(self.read_bytes(rel)).hexdigest()
+
+    def sub(self, rel: str) -> "ArtifactStore":
+        """A store rooted at ``rel`` below this one."""
+        return ArtifactStore(self.uri(rel), self._storage_options)
+
+
+def open_uri(uri: str, mode: str = "rb"):
+    """Open any local path or fsspec URI (e.g. teacher weights) with the environment's S3 settings."""
+    protocol, _ = _split_protocol(uri)
+    return fsspec.open(uri, mode, **storage_options_from_env(protocol)).open()
