@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mrkd demo
+	$(PY) -m flows.benchmark --spec demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

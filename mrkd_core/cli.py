@@ -1,0 +1,356 @@
+"""The ``mrkd`` command: train, evaluate and score images without Prefect or Ray.
+
+Every error a user can cause is printed as one line naming the thing at fault and
+the fix, with exit code 2 and no traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mrkd_core.config import BACKBONES, MRKDConfig
+from mrkd_core.errors import ConfigError, DataError, MRKDError
+
+log = logging.getLogger("mrkd")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+# One-line help per config field, shown by `mrkd train --help`.
+FIELD_HELP = {
+    "backbone": f"teacher/student architecture: {', '.join(BACKBONES)}",
+    "teacher_weights": "imagenet (local torch cache), none (random; not the paper's setting) or a path/URI",
+    "image_size": "images are resized to this square size (paper: 256)",
+    "epochs": "training epochs (paper: 200)",
+    "batch_size": "training batch size (paper: 16)",
+    "lr": "Adam learning rate (paper: 0.005)",
+    "betas": "Adam betas (official code: 0.5 0.999)",
+    "seed": "seed of every random draw (official code: 111)",
+    "ilm": "image-level masking (Sec. 3.2); --no-ilm with --no-flm is RD4AD",
+    "ilm_fraction": "α: fraction of training images given synthetic anomalies (Table 6)",
+    "ilm_source": "same (official code) or other (paper text): where ILM patches come from",
+    "ilm_blend": "swap (official code) or poisson (paper text): how ILM patches are pasted",
+    "flm": "feature-level masking (Sec. 3.3)",
+    "flm_ratio": "λ: probability that a feature position is masked (Eq. 2), in [0, 1)",
+    "flm_at_test": "mask features at test time too, as Sec. 3.4 prescribes (seeded)",
+    "flm_test_seed": "seed of the test-time FLM masks",
+    "score_scales": "which scales SM^l are fused into the anomaly map (Table 7)",
+    "gaussian_sigma": "σ of the Gaussian smoothing of the anomaly map (0 = none)",
+    "precision": "fp32 or bf16 (autocast on CUDA only)",
+    "channels_last": "NHWC memory format (faster convolutions on many devices)",
+    "device": "auto, cpu or cuda",
+    "num_workers": "DataLoader worker processes (ILM synthesis runs there)",
+    "checkpoint_every": "epochs between checkpoints",
+    "eval_batch_size": "test batch size (official code: 1)",
+    "progress": "show a progress bar",
+}
+
+
+# --------------------------------------------------------------------------- config options
+def add_config_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """One option per MRKDConfig field, generated so that the CLI never lags the config."""
+    group = parser.add_argument_group("MRKD configuration (defaults: the paper's)")
+    group.add_argument("--config", metavar="JSON", help="start from this config file (e.g. a run's config.json)")
+    for f in dataclasses.fields(MRKDConfig):
+        if only is not None and f.name not in only:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        help_text = f"{FIELD_HELP.get(f.name, '')} (default: {_show(default)})"
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(default, tuple):
+            item = type(default[0]) if default else float
+            group.add_argument(flag, dest=f.name, nargs="+", type=item, default=None, metavar="N", help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=type(default), default=None, help=help_text)
+
+
+def _show(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def config_from_args(args: argparse.Namespace, base: MRKDConfig | None = None) -> MRKDConfig:
+    data: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"--config {path}: file not found")
+        data.update(MRKDConfig.from_json(path.read_text(), source=str(path)).to_dict())
+    elif base is not None:
+        data.update(base.to_dict())
+    for f in dataclasses.fields(MRKDConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+    return MRKDConfig.from_dict(data, source="command line")
+
+
+# --------------------------------------------------------------------------- helpers
+def _dataset(name: str):
+    from mrkd_core.data import get_dataset
+
+    return get_dataset(name)
+
+
+def _categories(ds, root: Path, wanted: Sequence[str] | None) -> list[str]:
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist — pass the folder that holds the category folders")
+    available = ds.categories(str(root))
+    if not wanted:
+        if not available:
+            raise DataError(f"{root}: no category folders found (expected <root>/<category>/train/good)")
+        return list(available)
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise DataError(f"{root}: category {missing[0]!r} not found; available: {', '.join(available) or 'none'}")
+    return list(wanted)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not rows:
+        path.write_text("")
+        return
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _out(text: str) -> None:
+    """Results meant for the user's terminal or a pipe (logging goes to stderr)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from mrkd_core.model_io import save_model
+    from mrkd_core.storage import ArtifactStore
+    from mrkd_core.train import train
+
+    cfg = config_from_args(args)
+    ds = _dataset(args.dataset)
+    root = Path(args.data_root)
+    cats = _categories(ds, root, args.category)
+    out = ArtifactStore(args.output)
+    summary = {}
+    for cat in cats:
+        samples = ds.train_samples(str(root), cat)
+        cat_store = out.sub(cat)
+        log.info("training %s (%d images, config %s) → %s", cat, len(samples), cfg.config_hash(), cat_store.uri())
+        result = train(cfg, samples, cat, checkpoints=cat_store.sub("checkpoints"), resume=args.resume)
+        save_model(result.model, cfg, cat_store, "model.pt",
+                   extra={"category": cat, "dataset": args.dataset, "data_root": str(root)})
+        cat_store.write_json("config.json", cfg.to_dict())
+        info = {
+            "category": cat, "config_hash": cfg.config_hash(), "epochs": cfg.epochs,
+            "epoch_losses": result.epoch_losses, "train_seconds": result.train_seconds,
+            "images_per_second": result.images_per_second, "device": result.device,
+            "resumed_from_epoch": result.resumed_from_epoch, "n_train": len(samples),
+        }
+        cat_store.write_json("train.json", info)
+        summary[cat] = {"model": cat_store.uri("model.pt"), "final_loss": result.epoch_losses[-1] if result.epoch_losses else None,
+                        "train_seconds": round(result.train_seconds, 2)}
+    _out(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mrkd_core.device import resolve_device
+    from mrkd_core.evaluate import evaluate
+    from mrkd_core.model_io import load_model
+
+    ds = _dataset(args.dataset)
+    root = Path(args.data_root)
+    models = Path(args.models)
+    if not models.is_dir():
+        raise DataError(f"--models {models}: folder not found — pass the --output folder of `mrkd train`")
+    wanted = args.category or sorted(p.parent.name for p in models.glob("*/model.pt"))
+    if not wanted:
+        raise DataError(f"--models {models}: no <category>/model.pt found — run `mrkd train` first")
+    cats = _categories(ds, root, wanted)
+    out_dir = Path(args.output or models)
+    per_cat: dict[str, dict] = {}
+    for cat in cats:
+        model_path = models / cat / "model.pt"
+        if not model_path.is_file():
+            raise DataError(f"{model_path}: model not found — train category {cat!r} first")
+        model, cfg = load_model(str(model_path))
+        overrides = {k: getattr(args, k) for k in ("device", "num_workers", "flm_at_test", "eval_batch_size")
+                     if getattr(args, k, None) is not None}
+        cfg = cfg.replace(progress=False, **overrides)
+        model.to(resolve_device(cfg.device))
+        samples = ds.test_samples(str(root), cat)
+        result = evaluate(model, cfg, samples)
+        metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in result.metrics.items()}
+        record = {"category": cat, "config_hash": cfg.config_hash(), "teacher_weights": cfg.teacher_weights,
+                  "n_test": len(samples), "n_test_anomalous": int(sum(s["label"] for s in result.scores)),
+                  "eval_seconds": round(result.seconds, 3), "metrics": metrics, "config": cfg.to_dict()}
+        (out_dir / cat).mkdir(parents=True, exist_ok=True)
+        (out_dir / cat / "metrics.json").write_text(json.dumps(record, indent=2))
+        _write_csv(out_dir / cat / "scores.csv", result.scores)
+        per_cat[cat] = metrics
+        log.info("%s: %s", cat, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
+    keys = sorted({k for m in per_cat.values() for k in m})
+    mean = {}
+    for k in keys:
+        vals = [m[k] for m in per_cat.values() if m.get(k) is not None]
+        mean[k] = float(np.mean(vals)) if vals else None
+    summary = {"categories": per_cat, "mean": mean, "n_categories": len(per_cat),
+               "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    _out(json.dumps({"metrics": str(out_dir / "metrics.json"), "mean": mean}, indent=2))
+    return 0
+
+
+def _collect_images(items: Sequence[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()))
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder — pass image files or folders of images")
+    if not paths:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(items)}")
+    return paths
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mrkd_core.predict import predict_images
+
+    images = _collect_images(args.images)
+    rows = predict_images(args.model, images, Path(args.output), device=args.device, batch_size=args.batch_size)
+    _write_csv(Path(args.output) / "scores.csv", rows)
+    width = max(len(str(r["path"])) for r in rows)
+    for r in rows:
+        _out(f"{str(r['path']):<{width}}  {r['score']:.6f}  {r['heatmap']}")
+    return 0
+
+
+def cmd_model_summary(args: argparse.Namespace) -> int:
+    from mrkd_core.model.summary import model_summary
+
+    if args.backbone not in BACKBONES:
+        raise ConfigError(f"--backbone {args.backbone!r}: unknown; choose one of {', '.join(BACKBONES)}")
+    if args.image_size < 32 or args.image_size % 32:
+        raise ConfigError(f"--image-size {args.image_size}: must be a multiple of 32, at least 32")
+    _out(json.dumps(model_summary(args.backbone, args.image_size), indent=2))
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from mrkd_core.data.validate import check_dataset, format_problems
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found — pass the dataset root")
+    problems = check_dataset(args.dataset, str(root), categories=args.category or None)
+    if problems:
+        _out(format_problems(problems))
+        return 1
+    _out(f"{root}: no problems found")
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    ds = _dataset(args.name)
+    if not hasattr(ds, "download"):
+        raise ConfigError(f"dataset {args.name!r} has no download; point --root at your own folder")
+    path = ds.download(args.root, url=args.url, progress=not args.quiet)
+    _out(str(path))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrkd", description="Masked Reverse Knowledge Distillation (MRKD) anomaly detection")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model per category of a dataset folder")
+    p.add_argument("data_root", help="dataset root (MVTec AD layout: <root>/<category>/train/good ...)")
+    p.add_argument("--output", "-o", required=True, help="folder or s3:// URI for <category>/model.pt and checkpoints")
+    p.add_argument("--dataset", default="folder", help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd")
+    p.add_argument("--category", "-c", action="append", help="category to train (repeatable; default: all)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from the newest valid checkpoint (default: on)")
+    add_config_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate trained models on the test split: metrics JSON + per-image scores")
+    p.add_argument("data_root")
+    p.add_argument("--models", "-m", required=True, help="the --output folder of `mrkd train`")
+    p.add_argument("--output", "-o", help="where to write metrics (default: the models folder)")
+    p.add_argument("--dataset", default="folder")
+    p.add_argument("--category", "-c", action="append")
+    add_config_options(p, only=("device", "num_workers", "flm_at_test", "eval_batch_size"))
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="score new images with a trained model; writes heatmap overlays")
+    p.add_argument("model", help="model.pt written by `mrkd train` (path or URI)")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--output", "-o", default="mrkd-predictions", help="folder for scores.csv and heatmaps")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("model-summary", help="parameter counts and forward GFLOPs per component, as JSON")
+    p.add_argument("--backbone", default="wide_resnet50_2")
+    p.add_argument("--image-size", type=int, default=256)
+    p.set_defaults(func=cmd_model_summary)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("check", help="report every problem of a dataset folder at once")
+    p.add_argument("root")
+    p.add_argument("--dataset", default="folder")
+    p.add_argument("--category", "-c", action="append")
+    p.set_defaults(func=cmd_data_check)
+    p = data.add_parser("download", help="download and extract a public dataset (sha256-verified)")
+    p.add_argument("name", help="mvtec, btad or mtd")
+    p.add_argument("--root", required=True, help="folder to extract into")
+    p.add_argument("--url", help="override the download URL")
+    p.set_defaults(func=cmd_data_download)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    try:
+        return int(args.func(args) or 0)
+    except MRKDError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"mrkd: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("mrkd: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""One MRKD training run (Algorithm 1, training stage) from a frozen config.
+
+The whole step fits on one screen (``_train_step``): synthesise (ILM, in DataLoader
+workers), one batched teacher pass (Eq. 1), bottleneck + student + FLM generation
+(Eq. 2-3), the loss of Eq. 4, backward, Adam step.
+
+Reproducibility: every random draw is derived from ``(cfg.seed, epoch, index)``: the
+shuffling order, the ILM patches of each image and the FLM masks of each step. A run
+resumed from the checkpoint of epoch k therefore continues exactly as the
+uninterrupted run would have (bit-for-bit on CPU), whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mrkd_core.config import MRKDConfig
+from mrkd_core.data.base import Sample
+from mrkd_core.data.io import load_image
+from mrkd_core.device import autocast_context, resolve_device
+from mrkd_core.errors import DataError, StorageError
+from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
+from mrkd_core.storage import ArtifactStore
+from mrkd_core.synth import get_preset, ilm_pair
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "mrkd-checkpoint/1"
+KEEP_CHECKPOINTS = 2  # the latest and one fallback in case the latest is corrupt
+_CKPT_RE = re.compile(r"epoch-(\d{4,})\.pt$")
+
+
+# --------------------------------------------------------------------------- data
+def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 H×W×3 → normalised float 3×H×W (ImageNet statistics, Sec. 4.1)."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return t.sub_(m).div_(s)
+
+
+class ILMTrainDataset(Dataset):
+    """Pairs (normal image x_n, synthetic anomalous image x_a) for Eq. 1.
+
+    ILM runs here, i.e. in DataLoader workers, so synthesis never stalls the model.
+    With ``cfg.ilm`` off (the RD4AD baseline) x_a is x_n itself.
+    """
+
+    def __init__(self, samples: Sequence[Sample], cfg: MRKDConfig, category: str):
+        if not samples:
+            raise DataError(
+                f"category '{category}' has no training images — add defect-free images to its train/good folder"
+            )
+        self.samples = list(samples)
+        self.cfg = cfg
+        self.preset = get_preset(category)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Workers get a fresh copy of the dataset per epoch, so the epoch reaches them."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, idx: int) -> np.ndarray:
+        return load_image(self.samples[idx].path, self.cfg.image_size)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        image = self._load(idx)
+        normal = to_tensor(image, cfg.normalize_mean, cfg.normalize_std)
+        if not cfg.ilm:
+            return normal, normal
+        rng = np.random.default_rng([cfg.seed, self.epoch, idx])
+        source = None
+        if cfg.ilm_source == "other" and len(self.samples) > 1:
+            other = int(rng.integers(len(self.samples) - 1))
+            source = self._load(other if other < idx else other + 1)
+        synthetic, _ = ilm_pair(
+            image, self.preset, rng, fraction=cfg.ilm_fraction, source=source, blend=cfg.ilm_blend
+        )
+        return normal, to_tensor(synthetic, cfg.normalize_mean, cfg.normalize_std)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffling of one epoch, a pure function of (seed, epoch) so that resume is exact."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def make_loader(dataset: ILMTrainDataset, cfg: MRKDConfig, epoch: int, pin_memory: bool) -> DataLoader:
+    dataset.set_epoch(epoch)
+    workers = cfg.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=epoch_order(len(dataset), cfg.seed, epoch),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=False,  # the official code keeps the last partial batch
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _ckpt_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.pt"
+
+
+def save_checkpoint(store: ArtifactStore, model: MRKD, optimizer: torch.optim.Optimizer,
+                    cfg: MRKDConfig, epoch: int, losses: list[float]) -> str:
+    """Write the state after ``epoch`` completed epochs, then its sha256 sidecar, then prune.
+
+    The sidecar is written after the checkpoint, so a crash in between leaves a
+    checkpoint without a sidecar, which resume treats as unverified and skips.
+    """
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": cfg.to_json(),
+        "epoch": epoch,
+        "losses": list(losses),
+        "model": {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")},
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    name = _ckpt_name(epoch)
+    store.write_bytes(name, data)
+    store.write_json(name + ".sha256.json", {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+    for old in _checkpoint_epochs(store)[KEEP_CHECKPOINTS:]:
+        store.remove(_ckpt_name(old))
+        store.remove(_ckpt_name(old) + ".sha256.json")
+    return name
+
+
+def _checkpoint_epochs(store: ArtifactStore) -> list[int]:
+    """Epochs that have a checkpoint file, newest first."""
+    epochs = []
+    for rel in store.list(""):
+        m = _CKPT_RE.search(rel)
+        if m:
+            epochs.append(int(m.group(1)))
+    return sorted(epochs, reverse=True)
+
+
+def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig) -> dict | None:
+    """The newest checkpoint whose sha256 matches its sidecar; corrupt ones are reported and skipped."""
+    for epoch in _checkpoint_epochs(store):
+        name = _ckpt_name(epoch)
+        try:
+            meta = store.read_json(name + ".sha256.json")
+            data = store.read_bytes(name)
+        except (FileNotFoundError, StorageError) as exc:
+            log.warning("checkpoint %s unusable (%s); trying an older one", store.uri(name), exc)
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != meta.get("sha256"):
+            log.warning(
+                "checkpoint %s is corrupt or truncated (sha256 %s…, expected %s…); falling back to an older one",
+                store.uri(name), digest[:12], str(meta.get("sha256"))[:12],
+            )
+            continue
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            log.warning("checkpoint %s has unknown format %r; ignoring it", store.uri(name), state.get("format"))
+            continue
+        stored_cfg = MRKDConfig.from_json(state["config"], source=store.uri(name))
+        if stored_cfg.config_hash() != cfg.config_hash():
+            raise StorageError(
+                f"checkpoint {store.uri(name)} belongs to config {stored_cfg.config_hash()}, not "
+                f"{cfg.config_hash()}; point --checkpoints elsewhere or delete it"
+            )
+        return state
+    return None
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    model: MRKD
+    epoch_losses: list[float]
+    train_seconds: float
+    images_per_second: float
+    device: str
+    resumed_from_epoch: int = 0
+    log: list[dict] = field(default_factory=list)
+
+
+def _train_step(model: MRKD, optimizer: torch.optim.Optimizer, normal: torch.Tensor, synthetic: torch.Tensor,
+                cfg: MRKDConfig, device: torch.device, flm_gen: torch.Generator | None) -> float:
+    """One step of Algorithm 1 (lines 5-10); returns the loss of Eq. 4."""
+    with autocast_context(device, cfg.precision):
+        f_teacher, f_restored = model.forward_train(normal, synthetic, generator=flm_gen)
+        loss = mrkd_loss(f_teacher, f_restored)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def build_optimizer(model: MRKD, cfg: MRKDConfig) -> torch.optim.Optimizer:
+    # Sec. 4.1: Adam, lr 0.005, betas (0.5, 0.999) as in the official code.
+    return torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
+          checkpoints: ArtifactStore | None = None, resume: bool = True) -> TrainResult:
+    """Train MRKD on the defect-free ``samples`` of one category.
+
+    ``checkpoints``: a store (folder or s3 prefix) for ``epoch-NNNN.pt`` every
+    ``cfg.checkpoint_every`` epochs; with ``resume`` the newest valid one is continued.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_mrkd(cfg).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    losses: list[float] = []
+    start_epoch = 0
+    if checkpoints is not None and resume:
+        state = load_latest_checkpoint(checkpoints, cfg)
+        if state is not None:
+            missing = model.load_state_dict(state["model"], strict=False)
+            bad = [k for k in missing.missing_keys if not k.startswith("teacher.")]
+            if bad or missing.unexpected_keys:
+                raise StorageError(f"checkpoint in {checkpoints.uri()} does not match the model: {bad or missing.unexpected_keys}")
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch = int(state["epoch"])
+            losses = list(state["losses"])
+            log.info("resuming %s from epoch %d (%s)", category, start_epoch, checkpoints.uri())
+
+    dataset = ILMTrainDataset(samples, cfg, category)
+    history: list[dict] = []
+    n_images = 0
+    t0 = time.perf_counter()
+    progress = _progress(cfg, category, start_epoch)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        flm_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + epoch) if cfg.flm else None
+        epoch_loss, batches, t_epoch = 0.0, 0, time.perf_counter()
+        for normal, synthetic in make_loader(dataset, cfg, epoch, pin_memory=device.type == "cuda"):
+            normal = normal.to(device, non_blocking=True)
+            synthetic = normal if not cfg.ilm else synthetic.to(device, non_blocking=True)
+            if cfg.channels_last:
+                normal = normal.contiguous(memory_format=torch.channels_last)
+                synthetic = normal if not cfg.ilm else synthetic.contiguous(memory_format=torch.channels_last)
+            loss = _train_step(model, optimizer, normal, synthetic, cfg, device, flm_gen)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1} of {category}; lower lr or use fp32")
+            epoch_loss += loss
+            batches += 1
+            n_images += normal.shape[0]
+        mean_loss = epoch_loss / max(batches, 1)
+        losses.append(mean_loss)
+        seconds = time.perf_counter() - t_epoch
+        rate = len(dataset) / seconds if seconds > 0 else float("nan")
+        history.append({"epoch": epoch + 1, "loss": mean_loss, "seconds": seconds, "images_per_second": rate})
+        log.info("%s epoch %d/%d loss %.5f %.1f img/s", category, epoch + 1, cfg.epochs, mean_loss, rate)
+        progress.update(1)
+        progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
+        if checkpoints is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+            save_checkpoint(checkpoints, model, optimizer, cfg, epoch + 1, losses)
+    progress.close()
+    elapsed = time.perf_counter() - t0
+    model.eval()
+    return TrainResult(
+        model=model,
+        epoch_losses=losses,
+        train_seconds=elapsed,
+        images_per_second=n_images / elapsed if elapsed > 0 and n_images else float("nan"),
+        device=str(device),
+        resumed_from_epoch=start_epoch,
+        log=history,
+    )
+
+
+def _progress(cfg: MRKDConfig, category: str, start_epoch: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {category}", unit="epoch",
+                disable=not cfg.progress, leave=False)
+
+
+def config_from_checkpoint(data: bytes) -> MRKDConfig:
+    """The config stored in a checkpoint (used by tools that inspect checkpoints)."""
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return MRKDConfig.from_dict(json.loads(state["config"]))
+
+
+__all__ = [
+    "ILMTrainDataset", "TrainResult", "build_optimizer", "epoch_order", "load_latest_checkpoint",
+    "make_loader", "save_checkpoint", "to_tensor", "train", "config_from_checkpoint",
+]
