@@ -1,0 +1,131 @@
+"""What every dataset hands to training and evaluation: ``Sample`` records and the ``DatasetSpec`` API.
+
+A dataset is a *layout on disk*; the rest of the code never looks at folders. Loaders
+return plain, picklable records (paths, label, defect type) so that Ray/Prefect tasks and
+DataLoader workers can pass them around cheaply and open the files themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from mrkd_core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Extensions accepted as images (compared in lower case). MVTec AD ships PNG, BTAD BMP/PNG,
+# MTD JPEG; TIFF is common for users' own data.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# Files we write next to the data ourselves; validation never reports them.
+COMPLETION_MARKER = ".mrkd_complete.json"
+SPLIT_FILE = "mrkd_split.json"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split.
+
+    ``mask_path`` is None for defect-free images: their ground truth is an all-zero mask
+    (MVTec AD ships no masks for ``good``). ``label`` is 1 for anomalous images, 0 otherwise.
+    """
+
+    path: str
+    mask_path: str | None
+    label: int
+    defect_type: str
+    category: str
+
+    def __post_init__(self) -> None:
+        if self.label not in (0, 1):
+            raise ValueError(f"Sample label must be 0 or 1, got {self.label!r} for {self.path}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset folder, as reported by ``mrkd data check``.
+
+    ``kind`` is a stable code (see ``validate.PROBLEM_KINDS``) so that tools and tests can
+    filter; ``message`` says what is wrong and ``expected`` what should be there instead.
+    """
+
+    path: str
+    kind: str
+    message: str
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message} — expected {self.expected}"
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def is_hidden(path: Path) -> bool:
+    """Dot-files (.DS_Store, our markers) are never data and never reported."""
+    return path.name.startswith(".")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name (the order of the official code)."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list folder ({exc.strerror}) — check its permissions") from None
+    return [p for p in entries if p.is_file() and is_image_file(p)]
+
+
+def list_dirs(folder: Path) -> list[Path]:
+    """Sub-folders of ``folder`` (hidden ones skipped), sorted by name."""
+    try:
+        return sorted((p for p in folder.iterdir() if p.is_dir() and not is_hidden(p)), key=lambda p: p.name)
+    except FileNotFoundError:
+        return []
+
+
+def require_root(root: str | os.PathLike[str]) -> Path:
+    """The dataset root as a Path; a missing root is a DataError naming it (not an empty list)."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{path}: dataset folder not found — pass the folder that holds the category folders")
+    return path
+
+
+class DatasetSpec(ABC):
+    """A dataset layout: how to find categories and build the train/test splits.
+
+    Instances are stateless (everything derives from ``root``) so one registered instance
+    serves every caller. Datasets with a public archive also have
+    ``download(root, url=None, progress=True)`` (see ``download.DownloadableMixin``);
+    ``folder`` has none, so ``hasattr(spec, "download")`` tells them apart.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def categories(self, root: str | os.PathLike[str]) -> list[str]:
+        """Categories present under ``root``, in the dataset's canonical order."""
+
+    @abstractmethod
+    def train_samples(self, root: str | os.PathLike[str], category: str) -> list[Sample]:
+        """Defect-free training images of ``category`` (label 0, no masks)."""
+
+    @abstractmethod
+    def test_samples(self, root: str | os.PathLike[str], category: str) -> list[Sample]:
+        """Test images of ``category``: defect-free first, then each defect type."""
+
+    @abstractmethod
+    def check(self, root: str | os.PathLike[str], categories: list[str] | None = None) -> list[Problem]:
+        """Every problem of the folder at once (used by ``validate.check_dataset``)."""
+
+    def __repr__(self) -> str:
+        return f"<dataset {self.name!r}>"

@@ -1,0 +1,69 @@
+"""Name → dataset. Each dataset registers itself in its own module with ``@register``.
+
+Adding a dataset (e.g. VisA) is one new file in ``mrkd_core/data/`` with a class decorated
+``@register("visa")``: ``discover()`` imports every module of this package that is not
+infrastructure, so nothing else has to be edited.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import Callable
+from typing import TypeVar
+
+from mrkd_core.data.base import DatasetSpec
+from mrkd_core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The registered instances, by name. Filled when ``mrkd_core.data`` is imported.
+DATASETS: dict[str, DatasetSpec] = {}
+
+# Modules of this package that hold no dataset (never imported by discover()).
+_INFRASTRUCTURE = frozenset(
+    {"base", "registry", "io", "download", "validate", "synthetic", "torch_datasets"}
+)
+_discovered = False
+
+T = TypeVar("T", bound=type[DatasetSpec])
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator: instantiate the dataset once and make it ``get_dataset(name)``."""
+
+    def deco(cls: T) -> T:
+        if name in DATASETS and type(DATASETS[name]) is not cls:
+            raise ValueError(f"dataset name {name!r} registered twice ({type(DATASETS[name]).__name__}, {cls.__name__})")
+        cls.name = name
+        DATASETS[name] = cls()
+        return cls
+
+    return deco
+
+
+def discover() -> None:
+    """Import every dataset module of this package once, so their ``@register`` lines run."""
+    global _discovered
+    if _discovered:
+        return
+    import mrkd_core.data as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_") or info.name in _INFRASTRUCTURE:
+            continue
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    _discovered = True
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The registered dataset called ``name`` (mvtec, btad, mtd, folder, ...)."""
+    discover()
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))} "
+            "(use 'folder' for any directory in MVTec AD layout)"
+        ) from None

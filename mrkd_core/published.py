@@ -1,0 +1,105 @@
+"""The numbers printed in Tables 1-8 of the MRKD paper, as data.
+
+Published numbers live in one versioned file, ``mrkd_core/resources/published.csv``,
+so that a table never mixes a number somebody measured with one somebody read in a
+paper: measured values come from the ``metrics`` table, published ones only from here.
+
+One CSV row per printed cell:
+
+``table``    1..8, the paper's table number.
+``dataset``  ``mvtec``, ``mtd`` or ``btad``.
+``row``      the category (``metal_nut``; BTAD products ``01``/``02``/``03``, which the
+             paper prints as 0/1/2; MTD's single row ``mtd``), ``average``, or the
+             ablation setting (``baseline+ilm``, ``alpha=0.2``, ``SM1&2``, ``resnet18``).
+``method``   the column's method (``DRAEM``, ``RD4AD``, ``MRKD``; the ablation
+             Tables 5-8 are all ``MRKD``).
+``metric``   ``image_auroc``, ``pixel_auroc`` or ``au_pro`` (the paper's "AU-PRO").
+``value``    the number as a float, in the table's own ``unit``.
+``printed``  the exact text the paper prints (``100`` vs ``100.0``, ``1.00``), so no
+             digit is lost to float formatting.
+``unit``     ``percent`` everywhere except Table 4, which the paper prints as fractions.
+``source``   ``MRKD paper, Table N``.
+
+A ``-`` in the paper has no row. The "(+x)" deltas the paper prints after MRKD's
+values in Tables 1-2 are not stored: they are differences to RD4AD, derivable here.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import io
+import logging
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: Bump when a number in published.csv changes (a transcription fix); reports quote it.
+PUBLISHED_VERSION = "1"
+PUBLISHED_RESOURCE = "published.csv"
+
+COLUMNS = ("table", "dataset", "row", "method", "metric", "value", "printed", "unit", "source")
+UNITS = ("percent", "fraction")
+METRICS = ("image_auroc", "pixel_auroc", "au_pro")
+
+
+@functools.lru_cache(maxsize=1)
+def _read_published() -> pd.DataFrame:
+    text = importlib.resources.files("mrkd_core").joinpath("resources", PUBLISHED_RESOURCE).read_text(
+        encoding="utf-8"
+    )
+    # Row labels such as "01" and printed values such as "100.0" must stay text.
+    df = pd.read_csv(
+        io.StringIO(text),
+        dtype={"dataset": str, "row": str, "method": str, "metric": str, "printed": str, "unit": str,
+               "source": str},
+        keep_default_na=False,
+    )
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{PUBLISHED_RESOURCE}: missing column(s) {missing}; expected {list(COLUMNS)}")
+    df = df[list(COLUMNS)]
+    df["table"] = df["table"].astype("int64")
+    df["value"] = df["value"].astype("float64")
+    bad_units = sorted(set(df["unit"]) - set(UNITS))
+    if bad_units:
+        raise ValueError(f"{PUBLISHED_RESOURCE}: unknown unit(s) {bad_units}; use {list(UNITS)}")
+    dup = df.duplicated(["table", "row", "method", "metric"], keep=False)
+    if dup.any():
+        raise ValueError(f"{PUBLISHED_RESOURCE}: duplicated cells:\n{df[dup].to_string()}")
+    log.debug("loaded %d published cells (version %s)", len(df), PUBLISHED_VERSION)
+    return df
+
+
+def load_published() -> pd.DataFrame:
+    """All published cells (one row per printed number); a fresh copy the caller may modify."""
+    return _read_published().copy()
+
+
+def to_percent(value: float, unit: str) -> float:
+    """A published value in percent: Table 4's fractions ×100, percent values unchanged."""
+    if unit == "fraction":
+        return value * 100.0
+    if unit == "percent":
+        return value
+    raise ValueError(f"unknown unit {unit!r}; use one of {UNITS}")
+
+
+def published_value(table: int, row: str, method: str, metric: str, *, percent: bool = False) -> float:
+    """The number the paper prints in one cell, in the table's own unit (``percent=True``: in %).
+
+    Raises ``KeyError`` when the paper has no such cell (it prints ``-``, or a name is
+    misspelt) — a silent NaN would hide a typo in a caller's comparison.
+    """
+    df = _read_published()
+    hit = df[(df["table"] == int(table)) & (df["row"] == row) & (df["method"] == method) & (df["metric"] == metric)]
+    if hit.empty:
+        known = df[df["table"] == int(table)]
+        raise KeyError(
+            f"Table {table} of the paper has no cell row={row!r} method={method!r} metric={metric!r}"
+            f" (rows: {sorted(set(known['row']))}; methods: {sorted(set(known['method']))};"
+            f" metrics: {sorted(set(known['metric']))})"
+        )
+    value = float(hit["value"].iloc[0])
+    return to_percent(value, str(hit["unit"].iloc[0])) if percent else value

@@ -1,0 +1,324 @@
+"""Dataset downloads against a local HTTP server on 127.0.0.1 (Range-capable), never the internet."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from mrkd_core.data import get_dataset
+from mrkd_core.data.base import COMPLETION_MARKER
+from mrkd_core.data.download import DownloadInfo, download_dataset, fetch, resolve_url
+from mrkd_core.data.mvtec import MVTecAD
+from mrkd_core.errors import DownloadError
+from tests import datagen
+
+
+class _State:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.truncate_once: set[str] = set()
+        self.status: dict[str, int] = {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves State.files with Range support; can cut a body short once or answer an error."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        state: _State = self.server.state  # type: ignore[attr-defined]
+        state.requests.append((self.path, self.headers.get("Range")))
+        if self.path in state.status:
+            self.send_error(state.status[self.path])
+            return
+        data = state.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if m:
+            start = int(m.group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.path in state.truncate_once:
+            state.truncate_once.discard(self.path)
+            self.wfile.write(body[: len(body) // 2])  # then the connection closes: a short body
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.state = _State()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield httpd.state, f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def mvtec_tar(tmp_path_factory) -> bytes:
+    """A tiny MVTec-layout .tar.xz like the real one: categories at the top, plus license.txt."""
+    tmp = tmp_path_factory.mktemp("archive")
+    src = datagen.make_mvtec(tmp / "src", categories=("bottle",), n_per_defect=1)
+    (src / "license.txt").write_text("CC BY-NC-SA 4.0\n")
+    return datagen.make_tar(tmp / "a.tar.xz", datagen.tree_files(src), mode="w:xz").read_bytes()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _info(base: str, path: str, sha: str | None, dataset: str = "mvtec") -> DownloadInfo:
+    return DownloadInfo(dataset, "archive.bin", f"{base}{path}", sha, "MRKD_TEST_URL")
+
+
+def _download(info: DownloadInfo, root: Path, **kw) -> Path:
+    kw.setdefault("looks_like_root", get_dataset("mvtec").looks_like_root)
+    kw.setdefault("backoff", 0.0)
+    return download_dataset(info, root, progress=False, **kw)
+
+
+def _leftovers(parent: Path, root: Path) -> list[str]:
+    """Everything next to root that is not root or the lock file (temp dirs, archives)."""
+    return sorted(p.name for p in parent.iterdir() if p != root and not p.name.endswith(".lock"))
+
+
+# --------------------------------------------------------------------------- success paths
+def test_good_archive_extracts_and_second_call_is_a_noop(server, mvtec_tar, tmp_path, monkeypatch):
+    state, base = server
+    state.files["/mvtec.tar.xz"] = mvtec_tar
+    info = DownloadInfo("mvtec", "mvtec_anomaly_detection.tar.xz", f"{base}/mvtec.tar.xz", _sha(mvtec_tar),
+                        "MRKD_MVTEC_URL")
+    monkeypatch.setattr(MVTecAD, "download_info", info)
+    root = tmp_path / "datasets" / "mvtec"
+    ds = get_dataset("mvtec")
+    assert ds.download(root, progress=True) == root
+    assert len(ds.train_samples(root, "bottle")) == 3 and len(ds.test_samples(root, "bottle")) == 4
+    assert (root / "license.txt").is_file()
+    marker = json.loads((root / COMPLETION_MARKER).read_text())
+    assert marker["url"] == f"{base}/mvtec.tar.xz" and marker["sha256"] == _sha(mvtec_tar)
+    assert marker["sha256_verified"] is True and marker["completed_at"]
+    assert _leftovers(root.parent, root) == []  # archive and temp folder removed
+    assert len(state.requests) == 1
+    assert ds.download(root) == root
+    assert len(state.requests) == 1  # the marker made the second call a no-op
+
+
+def test_truncated_transfer_resumes_with_range(server, mvtec_tar, tmp_path):
+    state, base = server
+    state.files["/a.tar.xz"] = mvtec_tar
+    state.truncate_once.add("/a.tar.xz")
+    root = _download(_info(base, "/a.tar.xz", _sha(mvtec_tar)), tmp_path / "mvtec", retries=2)
+    half = len(mvtec_tar) // 2
+    assert state.requests == [("/a.tar.xz", None), ("/a.tar.xz", f"bytes={half}-")]
+    assert json.loads((root / COMPLETION_MARKER).read_text())["sha256"] == _sha(mvtec_tar)
+    assert (root / "bottle" / "test" / "crack" / "000.png").is_file()
+
+
+def test_part_file_from_an_interrupted_call_is_resumed(server, mvtec_tar, tmp_path):
+    state, base = server
+    state.files["/a.tar.xz"] = mvtec_tar
+    work = tmp_path / ".mvtec.download"
+    work.mkdir()
+    (work / "archive.bin.part").write_bytes(mvtec_tar[:100])
+    _download(_info(base, "/a.tar.xz", _sha(mvtec_tar)), tmp_path / "mvtec")
+    assert state.requests == [("/a.tar.xz", "bytes=100-")]
+    assert (tmp_path / "mvtec" / "bottle" / "train" / "good" / "002.png").is_file()
+
+
+def test_fetch_complete_part_file_gets_416_and_finishes(server, tmp_path):
+    state, base = server
+    state.files["/f"] = b"x" * 300
+    (tmp_path / "f.part").write_bytes(b"x" * 300)
+    assert fetch(f"{base}/f", tmp_path / "f", _sha(b"x" * 300), progress=False) == _sha(b"x" * 300)
+    assert state.requests == [("/f", "bytes=300-")] and (tmp_path / "f").read_bytes() == b"x" * 300
+
+
+# --------------------------------------------------------------------------- failures
+def test_hash_mismatch_removes_the_file_and_extracts_nothing(server, mvtec_tar, tmp_path):
+    state, base = server
+    corrupted = bytearray(mvtec_tar)
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    state.files["/a.tar.xz"] = bytes(corrupted)
+    with pytest.raises(DownloadError) as e:
+        _download(_info(base, "/a.tar.xz", _sha(mvtec_tar)), tmp_path / "mvtec")
+    msg = str(e.value)
+    assert "sha256 mismatch" in msg and _sha(mvtec_tar) in msg and _sha(bytes(corrupted)) in msg
+    assert "MRKD_TEST_URL" in msg and "\n" not in msg
+    assert not (tmp_path / "mvtec").exists()
+    assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob("archive.bin"))
+    assert not list(tmp_path.glob(".mvtec.extract-*"))
+
+
+def _hostile(tmp_path: Path, kind: str) -> bytes:
+    good = {"mvtec/bottle/train/good/000.png": b"png", "mvtec/bottle/test/good/000.png": b"png"}
+    outside = str(tmp_path / "outside.txt")
+    if kind == "tar-dotdot":
+        return datagen.make_tar(tmp_path / "h.tgz", {**good, "mvtec/../../outside.txt": b"pwned"}).read_bytes()
+    if kind == "tar-absolute":
+        return datagen.make_tar(tmp_path / "h.tgz", {**good, outside: b"pwned"}).read_bytes()
+    if kind == "tar-symlink":
+        # The classic escape: a link to a folder outside, then a file written "through" it.
+        return datagen.make_tar(tmp_path / "h.tgz", good, symlinks={"mvtec/bottle/esc": str(tmp_path)}).read_bytes()
+    if kind == "tar-hardlink":
+        return datagen.make_tar(tmp_path / "h.tgz", good, hardlinks={"mvtec/bottle/h": "/etc/passwd"}).read_bytes()
+    if kind == "zip-dotdot":
+        return datagen.make_zip(tmp_path / "h.zip", {**good, "../outside.txt": b"pwned"}).read_bytes()
+    if kind == "zip-symlink":
+        return datagen.make_zip(tmp_path / "h.zip", good, symlinks={"mvtec/bottle/esc": "../../.."}).read_bytes()
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind,why", [
+    ("tar-dotdot", "path with '..'"),
+    ("tar-absolute", "absolute path"),
+    ("tar-symlink", "links are not allowed"),
+    ("tar-hardlink", "links are not allowed"),
+    ("zip-dotdot", "path with '..'"),
+    ("zip-symlink", "links are not allowed"),
+])
+def test_unsafe_archives_are_refused_and_nothing_is_written(server, tmp_path, kind, why):
+    state, base = server
+    build = tmp_path / "build"
+    build.mkdir()
+    data = _hostile(build, kind)
+    state.files["/h"] = data
+    parent = tmp_path / "data"
+    parent.mkdir()
+    with pytest.raises(DownloadError) as e:
+        _download(_info(base, "/h", _sha(data)), parent / "mvtec")
+    assert why in str(e.value) and "nothing was extracted" in str(e.value)
+    assert not list(tmp_path.rglob("outside.txt")) and not list(tmp_path.rglob("esc"))
+    assert not (parent / "mvtec").exists()
+    assert _leftovers(parent, parent / "mvtec") == []  # temp folder and the unsafe archive removed
+
+
+def test_http_404_fails_fast_and_names_the_override(server, tmp_path):
+    state, base = server
+    with pytest.raises(DownloadError) as e:
+        _download(_info(base, "/missing", None), tmp_path / "mvtec", retries=3)
+    assert "HTTP 404" in str(e.value) and "MRKD_TEST_URL" in str(e.value)
+    assert len(state.requests) == 1
+
+
+def test_server_errors_are_retried_a_bounded_number_of_times(server, tmp_path):
+    state, base = server
+    state.status["/busy"] = 503
+    with pytest.raises(DownloadError, match="failed after 3 attempts") as e:
+        _download(_info(base, "/busy", None), tmp_path / "mvtec", retries=2)
+    assert "HTTP 503" in str(e.value)
+    assert len(state.requests) == 3
+
+
+def test_unreachable_server_is_retried_then_reported(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now: connection refused
+    with pytest.raises(DownloadError) as e:
+        _download(_info(f"http://127.0.0.1:{port}", "/a", None), tmp_path / "mvtec", retries=1, timeout=2)
+    assert "failed after 2 attempts" in str(e.value) and "Connection refused" in str(e.value)
+    assert "partial file" not in str(e.value)  # nothing was received, nothing is kept
+    assert not (tmp_path / "mvtec").exists()
+
+
+def test_archive_without_the_layout_is_rejected(server, tmp_path):
+    state, base = server
+    data = datagen.make_tar(tmp_path / "x.tgz", {"index.html": b"<html>moved</html>"}).read_bytes()
+    state.files["/x"] = data
+    with pytest.raises(DownloadError, match="does not contain the mvtec layout"):
+        _download(_info(base, "/x", _sha(data)), tmp_path / "mvtec")
+    assert not (tmp_path / "mvtec").exists()
+
+
+def test_not_an_archive_is_rejected(server, tmp_path):
+    state, base = server
+    state.files["/page"] = b"<html>this dataset has moved</html>"
+    with pytest.raises(DownloadError, match="not a zip or tar archive"):
+        _download(_info(base, "/page", None), tmp_path / "mvtec")
+
+
+def test_non_empty_root_without_marker_is_left_alone(server, tmp_path):
+    state, base = server
+    root = tmp_path / "mvtec"
+    root.mkdir()
+    (root / "mine.txt").write_text("user data")
+    with pytest.raises(DownloadError, match="not a finished mrkd download"):
+        _download(_info(base, "/a", None), root)
+    assert state.requests == [] and (root / "mine.txt").read_text() == "user data"
+
+
+# --------------------------------------------------------------------------- the real specs
+def test_url_precedence(monkeypatch):
+    info = DownloadInfo("x", "x.zip", "https://default.invalid/x.zip", None, "MRKD_X_URL")
+    monkeypatch.delenv("MRKD_X_URL", raising=False)
+    assert resolve_url(info) == "https://default.invalid/x.zip"
+    monkeypatch.setenv("MRKD_X_URL", "http://127.0.0.1:1/env.zip")
+    assert resolve_url(info) == "http://127.0.0.1:1/env.zip"
+    assert resolve_url(info, "http://127.0.0.1:1/arg.zip") == "http://127.0.0.1:1/arg.zip"
+    assert get_dataset("mvtec").download_info.sha256 == (
+        "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d")
+    assert get_dataset("btad").download_info.sha256 == (
+        "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a")
+    assert get_dataset("mtd").download_info.sha256 is None
+
+
+def test_btad_env_override_is_used_and_the_real_hash_enforced(server, tmp_path, monkeypatch):
+    state, base = server
+    src = datagen.make_btad(tmp_path / "src", products=("01",))
+    data = datagen.make_zip(tmp_path / "b.zip", datagen.tree_files(src, "BTech_Dataset_transformed/")).read_bytes()
+    state.files["/btad.zip"] = data
+    monkeypatch.setenv("MRKD_BTAD_URL", f"{base}/btad.zip")
+    with pytest.raises(DownloadError) as e:
+        get_dataset("btad").download(tmp_path / "btad", progress=False)
+    assert "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a" in str(e.value)
+    assert "MRKD_BTAD_URL" in str(e.value)
+    assert state.requests == [("/btad.zip", None)] and not (tmp_path / "btad").exists()
+
+
+def test_mtd_without_hash_records_the_observed_one(server, tmp_path, monkeypatch, caplog):
+    state, base = server
+    src = datagen.make_mtd(tmp_path / "src", n_free=5, n_per_defect=1)
+    files = datagen.tree_files(src, "Magnetic-tile-defect-datasets.-master/")
+    files["Magnetic-tile-defect-datasets.-master/README.md"] = b"# MTD\n"
+    data = datagen.make_zip(tmp_path / "m.zip", files).read_bytes()
+    state.files["/master.zip"] = data
+    monkeypatch.setenv("MRKD_MTD_URL", f"{base}/master.zip")
+    root = tmp_path / "mtd"
+    with caplog.at_level(logging.WARNING, logger="mrkd_core.data.download"):
+        assert get_dataset("mtd").download(root, progress=False) == root
+    assert f"no known sha256 for Magnetic-tile-defect-datasets.-master.zip; observed {_sha(data)}" in caplog.text
+    marker = json.loads((root / COMPLETION_MARKER).read_text())
+    assert marker["sha256"] == _sha(data) and marker["sha256_verified"] is False
+    assert get_dataset("mtd").categories(root) == ["mtd"]
+    assert len(get_dataset("mtd").train_samples(root, "mtd")) == 4  # floor(0.8 · 5)
+    assert _leftovers(tmp_path, root) == ["m.zip", "src"]  # only what the test itself made

@@ -1,0 +1,191 @@
+"""Tiny fake copies of every on-disk dataset layout, plus helpers that plant bad files.
+
+Shared by all tests: the real datasets are gigabytes, but loaders, validation and
+downloads only care about names, formats and sizes. Images are random noise of a few
+dozen pixels; masks are one filled rectangle (value 255) so tests know their area.
+
+    make_mvtec(root)   MVTec AD layout, one grayscale category (grid)
+    make_btad(root)    BTAD: 01 = .bmp images/.png masks, 02 = .png/.png, 03 = .bmp/.bmp
+    make_mtd(root)     MTD: variable-size grey .jpg with same-stem .png masks
+    plant_*            zero-byte, text-named-.png, truncated PNG, wrong-size mask ...
+    make_tar/make_zip  archives (optionally hostile) for download tests
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MVTEC_DEFECTS = ("crack", "scratch")
+MTD_DEFECT_FOLDERS = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
+
+
+def write_image(path: str | Path, width: int, height: int, gray: bool = False, seed: int = 0) -> Path:
+    """Random-noise image; the format follows the extension (.png .bmp .jpg)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, width, height, len(path.name)])
+    shape = (height, width) if gray else (height, width, 3)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+    return path
+
+
+def write_mask(path: str | Path, width: int, height: int, box: tuple[int, int, int, int] | None = None) -> Path:
+    """0/255 mask with the rectangle ``box`` = (x0, y0, x1, y1) filled (default: central quarter)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.zeros((height, width), dtype=np.uint8)
+    x0, y0, x1, y1 = box or (width // 4, height // 4, width // 4 + width // 2, height // 4 + height // 2)
+    arr[y0:y1, x0:x1] = 255
+    Image.fromarray(arr, mode="L").save(path)
+    return path
+
+
+def make_mvtec(root: str | Path, categories: Sequence[str] = ("bottle", "grid"), n_train: int = 3,
+               n_good: int = 2, defects: Sequence[str] = MVTEC_DEFECTS, n_per_defect: int = 2,
+               size: tuple[int, int] = (40, 32), grayscale: Sequence[str] = ("grid",)) -> Path:
+    """MVTec AD layout: n_train + n_good + len(defects)·n_per_defect images per category.
+
+    ``size`` is (width, height), deliberately not square so tests see the resize.
+    """
+    root = Path(root)
+    w, h = size
+    for c in categories:
+        gray = c in grayscale
+        for i in range(n_train):
+            write_image(root / c / "train" / "good" / f"{i:03d}.png", w, h, gray, seed=i)
+        for i in range(n_good):
+            write_image(root / c / "test" / "good" / f"{i:03d}.png", w, h, gray, seed=100 + i)
+        for d in defects:
+            for i in range(n_per_defect):
+                write_image(root / c / "test" / d / f"{i:03d}.png", w, h, gray, seed=200 + i)
+                write_mask(root / c / "ground_truth" / d / f"{i:03d}_mask.png", w, h)
+    return root
+
+
+BTAD_FORMATS = {"01": (".bmp", ".png"), "02": (".png", ".png"), "03": (".bmp", ".bmp")}  # (image, mask)
+
+
+def make_btad(root: str | Path, products: Sequence[str] = ("01", "02", "03"), n_train: int = 3, n_ok: int = 2,
+              n_ko: int = 2, size: tuple[int, int] = (36, 30)) -> Path:
+    """BTAD layout (train/ok, test/ok, test/ko, ground_truth/ko with same-stem masks)."""
+    root = Path(root)
+    w, h = size
+    for p in products:
+        img_ext, mask_ext = BTAD_FORMATS[p]
+        for i in range(n_train):
+            write_image(root / p / "train" / "ok" / f"{i:04d}{img_ext}", w, h, seed=i)
+        for i in range(n_ok):
+            write_image(root / p / "test" / "ok" / f"{i:04d}{img_ext}", w, h, seed=50 + i)
+        for i in range(n_ko):
+            write_image(root / p / "test" / "ko" / f"{i:04d}{img_ext}", w, h, seed=90 + i)
+            write_mask(root / p / "ground_truth" / "ko" / f"{i:04d}{mask_ext}", w, h)
+    return root
+
+
+def mtd_size(folder: str, i: int) -> tuple[int, int]:
+    """(width, height) of fake MTD image i of ``folder``: varies like the real tiles."""
+    return 30 + (7 * i + len(folder)) % 25, 20 + (5 * i) % 17
+
+
+def make_mtd(root: str | Path, n_free: int = 10, n_per_defect: int = 2) -> Path:
+    """MTD layout: MT_*/Imgs/<name>.jpg (grey, variable size) and <name>.png masks.
+
+    MT_Free images get all-zero masks, as in the real repository.
+    """
+    root = Path(root)
+    for folder, n in [("MT_Free", n_free), *((d, n_per_defect) for d in MTD_DEFECT_FOLDERS)]:
+        for i in range(n):
+            w, h = mtd_size(folder, i)
+            stem = f"exp{i % 3}_num_{1000 + i}"
+            write_image(root / folder / "Imgs" / f"{stem}.jpg", w, h, gray=True, seed=i)
+            if folder == "MT_Free":
+                write_mask(root / folder / "Imgs" / f"{stem}.png", w, h, box=(0, 0, 0, 0))
+            else:
+                write_mask(root / folder / "Imgs" / f"{stem}.png", w, h)
+    return root
+
+
+# --------------------------------------------------------------------------- bad files
+def plant_zero_byte(path: str | Path) -> Path:
+    path = Path(path)
+    path.write_bytes(b"")
+    return path
+
+
+def plant_text_as_image(path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text("this is not an image\n")
+    return path
+
+
+def plant_truncated(path: str | Path, keep: float = 0.5) -> Path:
+    """Cut an existing image file: the header stays valid, decoding fails."""
+    path = Path(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: max(64, int(len(data) * keep))])
+    return path
+
+
+def plant_wrong_size_mask(mask_path: str | Path, width: int, height: int) -> Path:
+    return write_mask(mask_path, width, height)
+
+
+def png_with_header_size(path: str | Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header claims width×height (for the decompression-bomb guard)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    path = Path(path)
+    path.write_bytes(body)
+    return path
+
+
+# --------------------------------------------------------------------------- archives
+def make_tar(dest: str | Path, files: Mapping[str, bytes], mode: str = "w:gz",
+             symlinks: Mapping[str, str] | None = None, hardlinks: Mapping[str, str] | None = None) -> Path:
+    """Tar with regular ``files`` (name → bytes) and optional links (name → target); names are not sanitised."""
+    dest = Path(dest)
+    with tarfile.open(dest, mode) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for kind, links in ((tarfile.SYMTYPE, symlinks or {}), (tarfile.LNKTYPE, hardlinks or {})):
+            for name, target in links.items():
+                info = tarfile.TarInfo(name)
+                info.type = kind
+                info.linkname = target
+                tar.addfile(info)
+    return dest
+
+
+def make_zip(dest: str | Path, files: Mapping[str, bytes], symlinks: Mapping[str, str] | None = None) -> Path:
+    """Zip with regular ``files``; ``symlinks`` are stored with the Unix symlink mode bit."""
+    dest = Path(dest)
+    with zipfile.ZipFile(dest, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, target)
+    return dest
+
+
+def tree_files(src: str | Path, prefix: str = "") -> dict[str, bytes]:
+    """Every file under ``src`` as {prefix + relative posix path: bytes} (to archive a layout)."""
+    src = Path(src)
+    return {prefix + p.relative_to(src).as_posix(): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
