@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from mrkd_core.data.io import load_image
+from mrkd_core.data.torch_datasets import normalize
 from mrkd_core.device import resolve_device
 from mrkd_core.evaluate import infer, test_generator
 from mrkd_core.model_io import load_model
 from mrkd_core.score import fuse_maps, image_score
-from mrkd_core.train import to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def predict_images(model_path: str, images: Sequence[Path], out_dir: Path, devic
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])
         raw = [load_image(str(p), cfg.image_size) for p in chunk]
-        batch = torch.stack([to_tensor(r, cfg.normalize_mean, cfg.normalize_std) for r in raw]).to(dev)
+        batch = torch.stack([normalize(r, cfg.normalize_mean, cfg.normalize_std) for r in raw]).to(dev)
         maps = fuse_maps(infer(model, batch, cfg, generator), cfg.score_scales, cfg.gaussian_sigma)
         scores = image_score(maps).cpu().numpy()
         maps_np = maps.cpu().numpy()

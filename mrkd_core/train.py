@@ -19,8 +19,8 @@ import logging
 import math
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
-from mrkd_core.data.io import load_image
+from mrkd_core.data.torch_datasets import TrainImages, normalize
 from mrkd_core.device import autocast_context, resolve_device
 from mrkd_core.errors import DataError, StorageError
 from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
@@ -44,14 +44,6 @@ _CKPT_RE = re.compile(r"epoch-(\d{4,})\.pt$")
 
 
 # --------------------------------------------------------------------------- data
-def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 H×W×3 → normalised float 3×H×W (ImageNet statistics, Sec. 4.1)."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return t.sub_(m).div_(s)
-
-
 class ILMTrainDataset(Dataset):
     """Pairs (normal image x_n, synthetic anomalous image x_a) for Eq. 1.
 
@@ -71,8 +63,9 @@ class ILMTrainDataset(Dataset):
         # Decode and resize every image once, up front: a bad file fails here with its
         # name before any training time is spent, and 200 epochs do not decode each
         # PNG 200 times. Workers share the array copy-on-write.
+        files = TrainImages(self.samples, cfg.image_size)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            self.images = list(pool.map(lambda s: load_image(s.path, cfg.image_size), self.samples))
+            self.images = list(pool.map(files.__getitem__, range(len(files))))
 
     def set_epoch(self, epoch: int) -> None:
         """Workers get a fresh copy of the dataset per epoch, so the epoch reaches them."""
@@ -87,7 +80,7 @@ class ILMTrainDataset(Dataset):
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         image = self._load(idx)
-        normal = to_tensor(image, cfg.normalize_mean, cfg.normalize_std)
+        normal = normalize(image, cfg.normalize_mean, cfg.normalize_std)
         if not cfg.ilm:
             return normal, normal
         rng = np.random.default_rng([cfg.seed, self.epoch, idx])
@@ -98,7 +91,7 @@ class ILMTrainDataset(Dataset):
         synthetic, _ = ilm_pair(
             image, self.preset, rng, fraction=cfg.ilm_fraction, source=source, blend=cfg.ilm_blend
         )
-        return normal, to_tensor(synthetic, cfg.normalize_mean, cfg.normalize_std)
+        return normal, normalize(synthetic, cfg.normalize_mean, cfg.normalize_std)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -324,5 +317,5 @@ def config_from_checkpoint(data: bytes) -> MRKDConfig:
 
 __all__ = [
     "ILMTrainDataset", "TrainResult", "build_optimizer", "epoch_order", "load_latest_checkpoint",
-    "make_loader", "save_checkpoint", "to_tensor", "train", "config_from_checkpoint",
+    "make_loader", "save_checkpoint", "train", "config_from_checkpoint",
 ]
