@@ -1,0 +1,36 @@
+"""The bottleneck B (Eq. 1): RD4AD's one-class embedding (OCBE).
+
+Multi-scale fusion: f_T^1 goes through two stride-2 3×3 convs, f_T^2 through one, so
+both reach f_T^3's resolution; the three are concatenated and compressed by one
+residual stage (stride 2) into f_B. The official code also builds a 1×1 conv + BN it
+never calls (8.39 M parameters for WRN50, handed to Adam); we leave them out.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mrkd_core.model.blocks import conv3x3, make_stage
+from mrkd_core.model.specs import backbone_spec
+
+
+def _down(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(conv3x3(cin, cout, 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, backbone: str):
+        super().__init__()
+        spec = backbone_spec(backbone)
+        c1, c2, c3 = spec.channels
+        self.fuse1 = nn.Sequential(_down(c1, c2), _down(c2, c3))
+        self.fuse2 = _down(c2, c3)
+        self.stage = make_stage(spec.block, 3 * c3, 512, spec.bottleneck_blocks, stride=2,
+                                base_width=spec.base_width, reverse=False)
+        self.out_channels = spec.embedding_channels
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        f1, f2, f3 = features
+        fused = torch.cat([self.fuse1(f1), self.fuse2(f2), f3], dim=1)
+        return self.stage(fused)
