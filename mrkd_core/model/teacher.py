@@ -92,7 +92,11 @@ def load_teacher_weights(teacher: Teacher, weights: str) -> None:
     state = _read_state_dict(location)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     kept = {k: v for k, v in state.items() if k.startswith(_KEPT)}
-    result = teacher.load_state_dict(kept, strict=False)
+    try:
+        result = teacher.load_state_dict(kept, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise WeightsError(f"teacher weights {location} do not fit {teacher.backbone}: "
+                           f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
     if result.missing_keys:
         raise WeightsError(
             f"teacher weights {location} do not fit {teacher.backbone}: missing {result.missing_keys[:3]}… "
