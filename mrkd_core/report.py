@@ -34,7 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.tables import MVTEC_CATEGORIES, build_all, main_setting_rows
+from mrkd_core.tables import MVTEC_CATEGORIES, build_all, build_table, main_setting_rows
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ def write_report(
         written.append(path)
         return path
 
-    tables = build_all(metrics_df, published_df)
+    tables = {"measured": build_table("measured", metrics_df, published_df), **build_all(metrics_df, published_df)}
     table_paths: dict[str, list[str]] = {}
     for key, t in tables.items():
         buf = io.BytesIO()

@@ -602,7 +602,28 @@ def _table_8(df: pd.DataFrame, published: pd.DataFrame) -> _Built:
                   rows, n_multi, ("backbone",))
 
 
+def _measured(df: pd.DataFrame, published: pd.DataFrame) -> _Built:
+    """Every measured cell of the run(s), whatever the dataset: the demo's and custom data's table."""
+    rows, n_multi = latest(df, ["dataset", "category", "variant", "score_scales"])
+    cols = {
+        "dataset": rows["dataset"], "category": rows["category"], "variant": rows["variant"],
+        "scales": rows["score_scales"],
+        "backbone": rows["cfg_backbone"].astype(str),
+    }
+    for extra in ("cfg_image_size", "cfg_epochs", "teacher_weights"):
+        if extra in rows.columns:
+            cols[extra.removeprefix("cfg_")] = rows[extra]
+    t = pd.DataFrame(cols)
+    for m in METRIC_COLUMNS:
+        if m in rows.columns:
+            t[f"{m} measured"] = measured_percent(rows[m].astype(float))
+    t = t.sort_values(["dataset", "category", "variant", "scales"], kind="mergesort")
+    return _Built(t, "Measured results: every dataset, category and variant of the run (%)",
+                  ["No published numbers here: the paper's comparisons are Tables 1-8."], rows, n_multi, ())
+
+
 _BUILDERS: dict[str, Callable[[pd.DataFrame, pd.DataFrame], _Built]] = {
+    "measured": _measured,
     "table_1": _table_1, "table_2": _table_2, "table_3": _table_3, "table_4": _table_4,
     "table_5": _table_5, "table_6": _table_6, "table_7": _table_7, "table_8": _table_8,
     "fig_11": _fig_11,
@@ -614,6 +635,8 @@ def table_key(n: int | str) -> str:
     s = str(n).strip().lower().replace(" ", "_")
     if s in ("11", "fig11", "fig_11", "lambda"):
         return "fig_11"
+    if s == "measured":
+        return s
     if s.startswith("table_"):
         s = s[len("table_"):]
     key = f"table_{s}"
@@ -637,7 +660,7 @@ def build_table(
     built = _BUILDERS[key](df, published)
     prov = _provenance(built.rows, built.n_multi, built.axis)
     notes = [*prov.notes, *built.notes]
-    if key != "fig_11":
+    if key not in ("fig_11", "measured"):
         notes.append(
             "`paper` and `(published)` columns are the paper's printed numbers "
             f"(mrkd_core/resources/published.csv, version {PUBLISHED_VERSION}); empty where the paper prints '-'."

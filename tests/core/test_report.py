@@ -91,7 +91,7 @@ def report(tmp_path_factory, metrics):
 
 def test_every_table_is_written_as_parquet_and_markdown(report, metrics):
     store, result, _ = report
-    assert list(result["tables"]) == list(TABLE_KEYS)
+    assert list(result["tables"]) == ["measured", *TABLE_KEYS]
     for key, (pq_path, md_path) in result["tables"].items():
         assert pq_path == f"reports/r-report/{key}.parquet" and md_path == f"reports/r-report/{key}.md"
         stored = pd.read_parquet(io.BytesIO(store.read_bytes(pq_path)))

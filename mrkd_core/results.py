@@ -1,0 +1,164 @@
+"""Result tables (explicit pyarrow schemas) and run manifests.
+
+A run directory's outputs become visible only when complete: ``manifest.json`` is
+written last and lists every object with its size and sha256. Readers ignore run
+directories without a valid manifest, so a crash or a storage outage mid-write never
+yields a half-written result in a report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mrkd_core.config import MRKDConfig
+from mrkd_core.errors import StorageError
+from mrkd_core.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "au_pro", "au_pro_per_image", "f1_max_image", "f1_max_pixel")
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "mrkd-manifest/1"
+
+
+def _cfg_type(value: Any) -> pa.DataType:
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    return pa.string()  # strings, and tuples stored as 'a,b'
+
+
+def _cfg_fields() -> list[pa.Field]:
+    return [pa.field(f"cfg_{f.name}", _cfg_type(f.default)) for f in dataclasses.fields(MRKDConfig)]
+
+
+_TS = pa.timestamp("us", tz="UTC")
+
+METRICS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("spec", pa.string()),
+        pa.field("narrowed", pa.bool_()),
+        pa.field("dataset", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("config_hash", pa.string()),
+        pa.field("variant", pa.string()),
+        pa.field("score_scales", pa.string()),
+        *_cfg_fields(),
+        pa.field("teacher_weights", pa.string()),
+        *[pa.field(m, pa.float64()) for m in METRIC_COLUMNS],
+        pa.field("n_train", pa.int64()),
+        pa.field("n_test", pa.int64()),
+        pa.field("n_test_anomalous", pa.int64()),
+        pa.field("train_seconds", pa.float64()),
+        pa.field("images_per_second", pa.float64()),
+        pa.field("device", pa.string()),
+        pa.field("torch_version", pa.string()),
+        pa.field("mrkd_version", pa.string()),
+        pa.field("git_revision", pa.string()),
+        pa.field("started_at", _TS),
+        pa.field("finished_at", _TS),
+    ]
+)
+
+SCORES_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("dataset", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("config_hash", pa.string()),
+        pa.field("variant", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("defect_type", pa.string()),
+        pa.field("label", pa.int8()),
+        pa.field("score", pa.float64()),
+    ]
+)
+
+
+def cfg_columns(cfg: MRKDConfig) -> dict[str, Any]:
+    """Every config field as a ``cfg_`` column; tuples as 'a,b' strings."""
+    return {f"cfg_{k}": (",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v)
+            for k, v in cfg.to_dict().items()}
+
+
+def git_revision() -> str:
+    """The checkout's commit, or '' outside a git checkout (e.g. an installed image)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5, check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows → a table with exactly ``schema``'s columns; a missing column is a bug, so it raises."""
+    missing = [n for n in schema.names if rows and n not in rows[0]]
+    if missing:
+        raise ValueError(f"result rows lack columns {missing}")
+    return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
+
+
+def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(to_table(rows, schema), buf)
+    return buf.getvalue()
+
+
+def read_parquet_bytes(data: bytes) -> pa.Table:
+    return pq.read_table(io.BytesIO(data))
+
+
+# --------------------------------------------------------------------------- manifests
+def write_manifest(store: ArtifactStore, run_dir: str, files: list[str], extra: dict | None = None) -> dict:
+    """List ``files`` (relative to ``run_dir``) with size and sha256, written last."""
+    entries = {}
+    for rel in sorted(files):
+        data = store.read_bytes(f"{run_dir}/{rel}")
+        entries[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {"format": MANIFEST_FORMAT, "files": entries, "written_at": utcnow().isoformat(), **(extra or {})}
+    store.write_json(f"{run_dir}/{MANIFEST}", manifest)
+    return manifest
+
+
+def verify_manifest(store: ArtifactStore, run_dir: str) -> list[str]:
+    """Problems of a run directory ([] = complete and intact)."""
+    if not store.exists(f"{run_dir}/{MANIFEST}"):
+        return [f"{store.uri(run_dir)}: no manifest (incomplete run)"]
+    try:
+        manifest = store.read_json(f"{run_dir}/{MANIFEST}")
+    except StorageError as exc:
+        return [str(exc)]
+    problems = []
+    for rel, meta in manifest.get("files", {}).items():
+        path = f"{run_dir}/{rel}"
+        try:
+            data = store.read_bytes(path)
+        except FileNotFoundError:
+            problems.append(f"{store.uri(path)}: listed in the manifest but missing")
+            continue
+        if len(data) != meta.get("size") or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            problems.append(f"{store.uri(path)}: size or sha256 differs from the manifest")
+    return problems
+
+
+def is_complete(store: ArtifactStore, run_dir: str) -> bool:
+    return not verify_manifest(store, run_dir)
