@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from mrkd_core.config import MRKDConfig
-from mrkd_core.errors import ConfigError
+from mrkd_core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,19 @@ class ExperimentSpec:
     description: str = ""
     narrowed: bool = False
     narrowing: tuple[tuple[str, Any], ...] = field(default=())
+    source: str = ""  # the YAML file, for error messages
 
     def configs(self) -> dict[str, MRKDConfig]:
         """variant name → its config (base + variant overrides + narrowing)."""
         out = {}
         for vname, overrides in self.variants:
             data = {**dict(self.base), **dict(overrides), **dict(self.narrowing)}
-            out[vname] = MRKDConfig.from_dict(data, source=f"spec '{self.name}', variant '{vname}'")
+            where = f"{self.source or 'spec ' + repr(self.name)}, variant '{vname}'"
+            try:
+                out[vname] = MRKDConfig.from_dict(data, source=where)
+            except ConfigError as exc:
+                msg = str(exc)
+                raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
         return out
 
     def tasks(self, data_root: str) -> list[Task]:
@@ -106,7 +112,11 @@ class ExperimentSpec:
             if entry.categories:
                 cats = list(entry.categories)
             else:
-                cats = get_dataset(entry.name).categories(root)
+                try:
+                    cats = get_dataset(entry.name).categories(root)
+                except DataError as exc:
+                    raise DataError(f"spec '{self.name}': {exc}; download it first (python -m flows.download "
+                                    f"--dataset {entry.name}) or point MRKD_DATA_ROOT at it") from None
                 if not cats:
                     raise ConfigError(f"spec '{self.name}': dataset '{entry.name}' has no categories in {root} — "
                                       "download or generate it first (flows.download)")
@@ -197,7 +207,7 @@ def parse_spec(data: Any, source: str) -> ExperimentSpec:
     if not isinstance(desc, str):
         raise ConfigError(f"{source}: 'description' must be a string")
     spec = ExperimentSpec(name=name, datasets=tuple(datasets), base=_freeze(base), variants=tuple(variants),
-                          scale_sets=tuple(tuple(s) for s in scale_sets_raw), description=desc)
+                          scale_sets=tuple(tuple(s) for s in scale_sets_raw), description=desc, source=source)
     spec.configs()  # every variant must be a valid config (errors name the spec and variant)
     return spec
 

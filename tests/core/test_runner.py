@@ -1,0 +1,96 @@
+"""The runner: stored outputs, manifests, skipping complete work, hash collisions."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from mrkd_core.errors import StorageError
+from mrkd_core.results import METRICS_SCHEMA, verify_manifest
+from mrkd_core.runner import find_complete, read_maps, read_metrics, read_scores, run_dir, train_evaluate
+from mrkd_core.specs import load_spec, prepare_data
+from mrkd_core.storage import ArtifactStore
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runner")
+    spec = load_spec("smoke").narrow(categories=["obj_disc"], image_size=32)
+    prepare_data(spec, str(base / "data"))
+    task = spec.tasks(str(base / "data"))[0]
+    store = ArtifactStore(base / "store")
+    first = train_evaluate(task, store, "r1")
+    return store, task, first
+
+
+def test_outputs_and_manifest(setup):
+    store, task, first = setup
+    assert first["status"] == "trained"
+    d = run_dir(task, "r1")
+    manifest = store.read_json(f"{d}/manifest.json")
+    assert set(manifest["files"]) == {"model.pt", "metrics.parquet", "scores.parquet", "maps.npz",
+                                      "config.json", "train.json"}
+    assert verify_manifest(store, d) == []
+    assert json.loads(store.read_bytes(f"{d}/config.json"))["image_size"] == 32
+    m = read_metrics(store, "r1")
+    assert list(m.columns) == METRICS_SCHEMA.names and len(m) == 1
+    row = m.iloc[0]
+    assert row["teacher_weights"] == "none" and bool(row["narrowed"]) and row["cfg_backbone"] == "resnet18"
+    assert 0 <= row["image_auroc"] <= 1 and row["n_test"] == 6
+    s = read_scores(store, "r1")
+    assert len(s) == 6 and set(s["label"]) == {0, 1}
+    triples = read_maps(store, d)
+    assert triples and triples[0][0].shape == (32, 32, 3) and triples[0][2].shape == (32, 32)
+
+
+def test_second_run_skips_and_reports(setup):
+    store, task, _ = setup
+    again = train_evaluate(task, store, "r2")
+    assert again["status"] == "skipped" and again["run_dir"] == run_dir(task, "r1")
+    assert len(read_metrics(store, "r2")) == 1
+    assert set(read_metrics(store)["run_id"]) == {"r1", "r2"}
+
+
+def test_manifest_detects_missing_and_changed_objects(setup, tmp_path):
+    store, task, _ = setup
+    d = run_dir(task, "r1")
+    copy = ArtifactStore(tmp_path)
+    for rel in store.list(d):
+        copy.write_bytes(rel, store.read_bytes(rel))
+    assert verify_manifest(copy, d) == []
+    copy.write_bytes(f"{d}/scores.parquet", b"tampered")
+    copy.remove(f"{d}/maps.npz")
+    problems = verify_manifest(copy, d)
+    assert any("scores.parquet" in p and "differs" in p for p in problems)
+    assert any("maps.npz" in p and "missing" in p for p in problems)
+    assert find_complete(copy, task) is None  # readers ignore it
+
+
+def test_run_without_manifest_is_ignored(setup):
+    store, task, _ = setup
+    d = run_dir(task, "r0-crashed")
+    store.write_json(f"{d}/config.json", task.config.to_dict())
+    assert find_complete(store, task) == run_dir(task, "r1")
+
+
+def test_hash_collision_is_refused_and_nothing_overwritten(setup):
+    store, task, _ = setup
+    d = run_dir(task, "r3")
+    forged = task.config.replace(flm_ratio=0.5).to_dict()
+    store.write_json(f"{d}/config.json", forged)
+    with pytest.raises(StorageError, match="hash collision"):
+        train_evaluate(task, store, "r3", force=True)
+    assert store.read_json(f"{d}/config.json") == forged
+
+
+def test_tables_read_with_pandas_and_duckdb(setup):
+    store, _, _ = setup
+    df = pd.read_parquet(store.uri("tables/metrics"))
+    assert {"run_id", "dataset", "image_auroc"} <= set(df.columns) and len(df) >= 1
+    duckdb = pytest.importorskip("duckdb")
+    n = duckdb.sql(
+        f"select count(*) from read_parquet('{store.uri('tables/metrics')}/*/*/*.parquet', hive_partitioning=true)"
+    ).fetchall()[0][0]
+    assert n == len(df)

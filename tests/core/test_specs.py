@@ -1,0 +1,71 @@
+"""Experiment specs: loading, validation errors that name the file and key, narrowing, tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from mrkd_core.errors import ConfigError
+from mrkd_core.specs import Task, available_specs, load_spec, parse_spec, prepare_data
+
+REQUIRED = {"smoke", "demo", "mvtec-full", "table1-2", "table3", "table4", "table5", "table6", "fig11",
+            "table7", "table8"}
+
+
+def test_every_shipped_spec_loads():
+    assert REQUIRED <= set(available_specs())
+    for name in available_specs():
+        spec = load_spec(name)
+        assert spec.name == name and spec.configs()
+
+
+def test_ablation_specs_have_the_papers_cells():
+    t5 = load_spec("table5").configs()
+    assert (t5["baseline"].ilm, t5["baseline"].flm) == (False, False)
+    assert (t5["mrkd"].ilm, t5["mrkd"].flm) == (True, True)
+    assert sorted(c.ilm_fraction for c in load_spec("table6").configs().values()) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert sorted(c.flm_ratio for c in load_spec("fig11").configs().values()) == [0, 0.2, 0.4, 0.6, 0.8]
+    assert len(load_spec("table7").scale_sets) == 6
+    assert {c.backbone for c in load_spec("table8").configs().values()} == {"resnet18", "resnet50", "wide_resnet50_2"}
+    full = load_spec("mvtec-full").configs()["mrkd"]
+    assert (full.epochs, full.image_size, full.backbone, full.teacher_weights) == (200, 256, "wide_resnet50_2", "imagenet")
+
+
+@pytest.mark.parametrize("doc,fragment", [
+    ({"name": "x", "datasets": [{"name": "mvtec"}], "bogus": 1}, "unknown key(s) ['bogus']"),
+    ({"name": "x", "datasets": [{"name": "mvtec", "categoris": "all"}]}, "datasets[0]"),
+    ({"name": "x", "datasets": [{"name": "mvtec"}], "base": {"epochs": "many"}}, "'epochs' must be int"),
+    ({"name": "x", "datasets": [{"name": "mvtec"}], "variants": {"v": {"flm_ratio": 2.0}}}, "variant 'v'"),
+    ({"name": "x", "datasets": []}, "'datasets' must be a non-empty list"),
+    ({"name": "x", "datasets": [{"name": "mvtec"}], "scale_sets": [[4]]}, "scale_sets"),
+    ([1, 2], "the spec must be a mapping"),
+])
+def test_bad_specs_name_file_and_key(doc, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_spec(doc, "specs/bad.yaml")
+    assert "specs/bad.yaml" in str(err.value) and fragment in str(err.value)
+
+
+def test_unknown_spec_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="smoke"):
+        load_spec("no-such-spec")
+
+
+def test_narrowing_and_task_roundtrip(tmp_path):
+    spec = load_spec("smoke").narrow(categories=["obj_disc"], epochs=2, image_size=32)
+    assert spec.narrowed
+    prepare_data(spec, str(tmp_path))
+    tasks = spec.tasks(str(tmp_path))
+    assert [t.category for t in tasks] == ["obj_disc"]
+    t = tasks[0]
+    assert t.narrowed and t.config.epochs == 2 and t.config.image_size == 32
+    assert Task.from_dict(t.to_dict()) == t
+    assert t.key == f"folder/obj_disc/{t.config.config_hash()}"
+    # generation is idempotent: the second call makes nothing
+    assert prepare_data(spec, str(tmp_path)) == []
+
+
+def test_all_categories_need_data(tmp_path):
+    from mrkd_core.errors import MRKDError
+
+    with pytest.raises(MRKDError, match="download it first"):
+        load_spec("table4").tasks(str(tmp_path))
