@@ -5,9 +5,17 @@ holds a valid manifest (in any run) is complete: rerunning skips it unless force
 Checkpoints live under the key, not the run, so a task that died, or a later run of
 the same key, resumes where training stopped.
 
+``force`` means "train this key again, from scratch, in this run" (e.g. the nightly
+retraining that catches regressions in the code): complete results of *other* runs
+and the key's shared checkpoints are ignored. Its checkpoints go to a folder of its
+own (``checkpoints/<key>/forced/<run_id>/``), so a forced task that dies still resumes
+on retry, and are deleted once the run directory is complete. A complete result of the
+*same* run still counts, so retrying a forced flow run does not redo finished keys.
+
 Store layout written here (see docs/storage.md)::
 
     checkpoints/<dataset>/<category>/<config_hash>/epoch-NNNN.pt (+ .sha256.json)
+    checkpoints/<dataset>/<category>/<config_hash>/forced/<run_id>/...  (forced runs, removed when done)
     runs/<run_id>/<dataset>/<category>/<config_hash>/
         config.json model.pt metrics.parquet scores.parquet maps.npz train.json manifest.json (last)
     tables/metrics/dataset=<d>/run_id=<r>/<category>-<variant>-<hash>.parquet
@@ -23,8 +31,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 import mrkd_core
@@ -33,14 +39,19 @@ from mrkd_core.errors import StorageError
 from mrkd_core.evaluate import evaluate, scales_key
 from mrkd_core.model_io import save_model
 from mrkd_core.results import (
+    MANIFEST,
     METRIC_COLUMNS,
     METRICS_SCHEMA,
+    PARTITION_COLUMNS,
     SCORES_SCHEMA,
     cfg_columns,
     git_revision,
     is_complete,
     parquet_bytes,
+    partition_bytes,
+    partition_path,
     read_parquet_bytes,
+    read_partitions,
     utcnow,
     write_manifest,
 )
@@ -50,8 +61,13 @@ from mrkd_core.train import train
 
 log = logging.getLogger(__name__)
 
-PARTITION_COLUMNS = ("dataset", "run_id")  # carried by the hive path, not the files
+__all__ = ["PARTITION_COLUMNS", "check_no_collision", "find_complete", "key_path", "read_maps",
+           "read_metrics", "read_scores", "run_dir", "train_evaluate"]
+
 MAPS_PER_CATEGORY = 6  # test images whose maps are kept for the report's Fig. 7 grid
+# The skip rule checks objects above this size by size only (see results.verify_manifest):
+# metrics, scores, maps and configs are hashed; a WRN50 model.pt (~0.5 GB) is not downloaded.
+SKIP_CHECK_HASH_BYTES = 64 * 1024 * 1024
 
 
 def key_path(task: Task) -> str:
@@ -66,11 +82,18 @@ def _table_name(task: Task) -> str:
     return f"{task.category}-{task.variant}-{task.config.config_hash()}.parquet"
 
 
-def find_complete(store: ArtifactStore, task: Task) -> str | None:
-    """The run directory of a complete result for this key, newest run first, or None."""
-    for run in sorted(store.list("runs"), reverse=True):
+def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None) -> str | None:
+    """The run directory of a complete result for this key (newest run first), or None.
+
+    ``run_id`` limits the search to that run (what a forced task accepts). A complete
+    directory whose ``config.json`` is another config under the same hash raises a
+    ``StorageError`` rather than being reused as this task's result.
+    """
+    runs = [f"runs/{run_id}"] if run_id is not None else sorted(store.list("runs"), reverse=True)
+    for run in runs:
         d = f"{run}/{key_path(task)}"
-        if store.exists(f"{d}/manifest.json") and is_complete(store, d):
+        if store.exists(f"{d}/{MANIFEST}") and is_complete(store, d, SKIP_CHECK_HASH_BYTES):
+            check_no_collision(store, task, d)
             return d
     return None
 
@@ -89,16 +112,15 @@ def check_no_collision(store: ArtifactStore, task: Task, directory: str) -> None
         )
 
 
-def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.DataFrame, scores: pd.DataFrame) -> None:
+def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.DataFrame, scores: pd.DataFrame,
+                  source_run_dir: str) -> None:
     """The hive-partitioned copies that pandas/pyarrow/DuckDB read across runs in one call."""
     for kind, df, schema in (("metrics", metrics, METRICS_SCHEMA), ("scores", scores, SCORES_SCHEMA)):
         df = df.copy()
         df["run_id"] = run_id
-        table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
-        table = table.drop_columns(list(PARTITION_COLUMNS))
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        store.write_bytes(f"tables/{kind}/dataset={task.dataset}/run_id={run_id}/{_table_name(task)}", buf.getvalue())
+        rows = df[list(schema.names)].to_dict("records")
+        store.write_bytes(partition_path(kind, task.dataset, run_id, _table_name(task)),
+                          partition_bytes(rows, schema, source_run_dir))
 
 
 def _maps_npz(samples, ev, image_size: int) -> bytes:
@@ -123,12 +145,12 @@ def _maps_npz(samples, ev, image_size: int) -> bytes:
 def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = False) -> dict[str, Any]:
     """Train, evaluate and store one task; skip it when its key is already complete."""
     cfg = task.config
-    done = None if force else find_complete(store, task)
+    done = find_complete(store, task, run_id if force else None)
     if done is not None:
         metrics = read_parquet_bytes(store.read_bytes(f"{done}/metrics.parquet")).to_pandas()
         scores = read_parquet_bytes(store.read_bytes(f"{done}/scores.parquet")).to_pandas()
         metrics["spec"] = task.spec or metrics["spec"]
-        _write_tables(store, task, run_id, metrics, scores)
+        _write_tables(store, task, run_id, metrics, scores, done)
         log.info("skip %s: complete in %s", task.key, store.uri(done))
         return {"key": task.key, "status": "skipped", "run_dir": done, "rows": _rows(metrics, run_id)}
 
@@ -138,8 +160,12 @@ def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = 
     train_samples = ds.train_samples(task.data_root, task.category)
     test_samples = ds.test_samples(task.data_root, task.category)
     started = utcnow()
+    # A manifest here is stale (find_complete rejected it): drop it before rewriting the
+    # files it lists, so that no reader takes the directory for complete meanwhile.
+    store.remove(f"{directory}/{MANIFEST}")
     store.write_json(f"{directory}/config.json", cfg.to_dict())
-    ckpt = store.sub(f"checkpoints/{key_path(task)}")
+    ckpt_dir = f"checkpoints/{key_path(task)}" + (f"/forced/{run_id}" if force else "")
+    ckpt = store.sub(ckpt_dir)
     result = train(cfg, train_samples, task.category, checkpoints=ckpt, resume=True)
     ev = evaluate(result.model, cfg, test_samples, keep_maps=True, scale_sets=list(task.scale_sets) or None)
     finished = utcnow()
@@ -178,7 +204,10 @@ def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = 
     })
     write_manifest(store, directory, [*files, "config.json", "train.json"],
                    extra={"key": task.key, "run_id": run_id, "variant": task.variant})
-    _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(score_rows))
+    _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(score_rows), directory)
+    if force:
+        # Only a crash of this run needed them; the run directory now holds model.pt.
+        store.remove(ckpt_dir, recursive=True)
     log.info("done %s: %s", task.key, {k: round(v, 4) for k, v in ev.metrics.items() if v == v})
     return {"key": task.key, "status": "trained", "run_dir": directory, "rows": _rows(pd.DataFrame(rows), run_id),
             "resumed_from_epoch": result.resumed_from_epoch}
@@ -194,33 +223,13 @@ def _rows(df: pd.DataFrame, run_id: str) -> list[dict]:
     return out
 
 
-def _read_table(store: ArtifactStore, kind: str, run_id: str | None) -> pd.DataFrame:
-    frames = []
-    for dataset_dir in store.list(f"tables/{kind}"):
-        dataset = dataset_dir.rsplit("dataset=", 1)[-1]
-        for run_path in store.list(dataset_dir):
-            rid = run_path.rsplit("run_id=", 1)[-1]
-            if run_id is not None and rid != run_id:
-                continue
-            for f in store.list(run_path):
-                if f.endswith(".parquet"):
-                    df = read_parquet_bytes(store.read_bytes(f)).to_pandas()
-                    df.insert(0, "run_id", rid)
-                    df.insert(1, "dataset", dataset)
-                    frames.append(df)
-    schema = METRICS_SCHEMA if kind == "metrics" else SCORES_SCHEMA
-    if not frames:
-        return pd.DataFrame({n: pd.Series(dtype="object") for n in schema.names})
-    return pd.concat(frames, ignore_index=True)[schema.names]
-
-
 def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
     """All metrics rows (of one run, or all) from the partitioned tables; complete runs only."""
-    return _read_table(store, "metrics", run_id)
+    return read_partitions(store, "metrics", METRICS_SCHEMA, run_id)
 
 
 def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
-    return _read_table(store, "scores", run_id)
+    return read_partitions(store, "scores", SCORES_SCHEMA, run_id)
 
 
 def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

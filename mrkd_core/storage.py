@@ -11,6 +11,7 @@ PUT is. See docs/storage.md for the layout.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -58,6 +59,20 @@ def storage_options_from_env(protocol: str) -> dict[str, Any]:
     opts["skip_instance_cache"] = True
     opts["use_listings_cache"] = False
     return opts
+
+
+_TEMP_MARK = ".tmp-"
+
+
+def temp_name(full: str) -> str:
+    """The hidden temp file a local write goes through: ``<dir>/.<name>.tmp-<random>``."""
+    head, name = posixpath.split(full) if "/" in full else ("", full)
+    return os.path.join(head, f".{name}{_TEMP_MARK}{uuid.uuid4().hex[:8]}")
+
+
+def is_temp_name(path: str) -> bool:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return name.startswith(".") and _TEMP_MARK in name
 
 
 def _split_protocol(uri: str) -> tuple[str, str]:
@@ -160,26 +175,42 @@ class ArtifactStore:
         out = []
         for p in found:
             p = str(p)
+            if is_temp_name(p):  # another process's write in flight, not an object yet
+                continue
             out.append(p[len(base):] if p.startswith(base) else p)
         return sorted(out)
 
     # ------------------------------------------------------------------ writes
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Atomically write a whole object."""
+        """Atomically write a whole object: readers see the old object or the new one, never a part.
+
+        Locally the bytes go to a hidden temp file next to the target, then ``os.replace``.
+        Hidden because pyarrow and pandas skip names starting with ``.`` when they read a
+        folder (and the name does not end in ``.parquet`` for DuckDB's globs): a write in
+        flight, or one killed mid-way, under ``tables/`` must not make
+        ``read_parquet('.../tables/metrics')`` fail on a half-written file. A failed write
+        removes its temp file.
+        """
         full = self._full(rel)
+        tmp: str | None = None
         try:
             if self.is_local:
                 os.makedirs(os.path.dirname(full), exist_ok=True)
-                tmp = f"{full}.tmp-{uuid.uuid4().hex[:8]}"
+                tmp = temp_name(full)
                 with open(tmp, "wb") as fh:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, full)
+                tmp = None
             else:
                 self.fs.pipe_file(full, data)
         except Exception as exc:  # noqa: BLE001
             raise self._wrap("write", rel, exc) from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())

@@ -1,9 +1,11 @@
-"""The bottleneck B (Eq. 1): RD4AD's one-class embedding (OCBE).
+"""The bottleneck B of Eq. 1: RD4AD's one-class embedding (OCBE), as the official code runs it.
 
-Multi-scale fusion: f_T^1 goes through two stride-2 3×3 convs, f_T^2 through one, so
-both reach f_T^3's resolution; the three are concatenated and compressed by one
-residual stage (stride 2) into f_B. The official code also builds a 1×1 conv + BN it
-never calls (8.39 M parameters for WRN50, handed to Adam); we leave them out.
+Multi-scale fusion: f_T^1 goes through two stride-2 3×3 conv + BN + ReLU steps and
+f_T^2 through one, so both reach f_T^3's resolution; the three are concatenated and
+compressed by one residual stage with stride 2 (3 bottleneck blocks for ResNet50 /
+WideResNet50-2, 2 basic blocks for ResNet18) into the compact embedding f_B, e.g.
+(2048, 8, 8) at 256 px for WRN50. The official code also builds a 1×1 conv + BN that
+it never calls (8.39 M parameters for WRN50, handed to Adam); it is left out here.
 """
 
 from __future__ import annotations
@@ -15,20 +17,39 @@ from mrkd_core.model.blocks import conv3x3, make_stage
 from mrkd_core.model.specs import backbone_spec
 
 
+def init_like_rd4ad(module: nn.Module) -> None:
+    """RD4AD's initialisation of its bottleneck and decoder, which MRKD trains from.
+
+    Kaiming-normal (fan_out, ReLU) for every ``nn.Conv2d``, BatchNorm weight 1 / bias 0.
+    Transposed convolutions are not ``nn.Conv2d`` instances and keep PyTorch's default,
+    as in the official code.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _down(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(conv3x3(cin, cout, 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class Bottleneck(nn.Module):
+    """B(f_T,a^1..3) → f_B (Eq. 1); channels derived from the backbone."""
+
     def __init__(self, backbone: str):
         super().__init__()
         spec = backbone_spec(backbone)
         c1, c2, c3 = spec.channels
-        self.fuse1 = nn.Sequential(_down(c1, c2), _down(c2, c3))
-        self.fuse2 = _down(c2, c3)
+        self.fuse1 = nn.Sequential(_down(c1, c2), _down(c2, c3))  # f_T^1: 1/4 → 1/16 of the image
+        self.fuse2 = _down(c2, c3)  # f_T^2: 1/8 → 1/16
         self.stage = make_stage(spec.block, 3 * c3, 512, spec.bottleneck_blocks, stride=2,
                                 base_width=spec.base_width, reverse=False)
+        self.in_channels = spec.channels
         self.out_channels = spec.embedding_channels
+        init_like_rd4ad(self)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         f1, f2, f3 = features

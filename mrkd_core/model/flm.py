@@ -1,8 +1,10 @@
-"""Feature-level masking (Sec. 3.3, Eq. 2-3).
+"""Feature-level masking, FLM (Sec. 3.3, Eq. 2-3).
 
-Each spatial position of each student feature map is zeroed with probability λ, one
-mask over all channels (Eq. 2 indexes (h, w) only); a generation module G^l
-(conv3x3 → ReLU → conv3x3, channels derived from the backbone) restores the features.
+Each spatial position (h, w) of a student feature map f_S^l is zeroed with
+probability λ; Eq. 2 indexes positions only, so one mask covers every channel. A
+generation module G^l (conv3x3 → ReLU → conv3x3, Eq. 3) then restores the features.
+The official code hard-codes the generation channels to WideResNet50's 256/512/1024,
+which is why its ResNet18 variant crashes; here they come from the backbone.
 """
 
 from __future__ import annotations
@@ -10,17 +12,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mrkd_core.errors import ConfigError
 
-def flm_mask(shape: tuple[int, int, int, int], ratio: float, generator: torch.Generator | None,
+DEFAULT_RATIO = 0.2  # λ of the paper (Sec. 4.1)
+
+
+def flm_mask(shape: tuple[int, ...] | torch.Size, ratio: float, generator: torch.Generator | None,
              device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
-    """M^l of Eq. 2: B×1×H×W, 0 where R(h, w) < λ, 1 elsewhere."""
-    b, _, h, w = shape
-    r = torch.rand((b, 1, h, w), generator=generator, device=device)
-    return (r >= ratio).to(dtype)
+    """M^l of Eq. 2 for a B×C×H×W feature map: a B×1×H×W tensor, 0 where R(h, w) < λ, 1 elsewhere.
+
+    The channel dimension is 1 so that broadcasting masks all channels of a position
+    together. ``generator`` makes the draw repeatable (the test-time masks of Sec. 3.4
+    must not change between evaluations). The random numbers are drawn on the
+    generator's own device (a CPU generator works for CUDA features and gives the same
+    masks as on CPU); ``None`` uses the global RNG of ``device``.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"config field 'flm_ratio': λ={ratio} must lie in [0, 1)")
+    if len(shape) != 4:
+        raise ValueError(f"flm_mask expects a B×C×H×W shape, got {tuple(shape)}")
+    b, _, h, w = (int(s) for s in shape)
+    draw_on = generator.device if generator is not None else torch.device(device)
+    r = torch.rand((b, 1, h, w), generator=generator, device=draw_on)
+    return (r >= ratio).to(device=device, dtype=dtype)
 
 
 class Generation(nn.Module):
-    """G^l of Eq. 3: W2(ReLU(W1(·))), same channels in and out."""
+    """G^l of Eq. 3: W_l2(ReLU(W_l1(·))), 3×3 convolutions with bias, channels in = out."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -32,19 +50,27 @@ class Generation(nn.Module):
         return self.conv2(self.relu(self.conv1(x)))
 
 
-class GenerationModules(nn.Module):
-    """One generation module per scale; masks with ratio λ before restoring (Eq. 2-3)."""
+class GenerationModules(nn.ModuleList):
+    """One generation module per scale (a ModuleList of 3); masks with ratio λ, then restores.
 
-    def __init__(self, channels: tuple[int, ...], ratio: float):
-        super().__init__()
-        self.blocks = nn.ModuleList(Generation(c) for c in channels)
+    ``forward(features, generator, mask)`` applies Eq. 2 then Eq. 3 to each scale;
+    ``mask=False`` gives the mask-free restoration (inference without FLM).
+    """
+
+    def __init__(self, channels: tuple[int, ...], ratio: float = DEFAULT_RATIO):
+        super().__init__(Generation(int(c)) for c in channels)
+        if not 0.0 <= ratio < 1.0:
+            raise ConfigError(f"config field 'flm_ratio': λ={ratio} must lie in [0, 1)")
+        self.channels = tuple(int(c) for c in channels)
         self.ratio = float(ratio)
 
     def forward(self, features: list[Tensor], generator: torch.Generator | None = None,
                 mask: bool = True) -> list[Tensor]:
+        if len(features) != len(self):
+            raise ValueError(f"expected {len(self)} feature maps (one per scale), got {len(features)}")
         out = []
-        for f, g in zip(features, self.blocks):
+        for f, g in zip(features, self):
             if mask and self.ratio > 0:
-                f = f * flm_mask(tuple(f.shape), self.ratio, generator, f.device, f.dtype)
+                f = f * flm_mask(f.shape, self.ratio, generator, f.device, f.dtype)
             out.append(g(f))
         return out

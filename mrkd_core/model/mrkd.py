@@ -1,16 +1,16 @@
 """The MRKD network: teacher T, bottleneck B, student S and generation modules G.
 
-No training loop here (see ``mrkd_core/train.py``); this module only wires Eq. 1-3.
+No training loop here (see ``mrkd_core/train.py``); this module only wires Eq. 1-3:
+f_T,n = T(x_n), f_B = B(T(x_a)), f_S = S(f_B), f_G = G(f_S ⊙ M).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from mrkd_core.config import MRKDConfig
+from mrkd_core.errors import ConfigError
 from mrkd_core.model.bottleneck import Bottleneck
 from mrkd_core.model.flm import GenerationModules
 from mrkd_core.model.student import Student
@@ -18,22 +18,41 @@ from mrkd_core.model.teacher import Teacher, build_teacher
 
 
 class MRKD(nn.Module):
+    """T, B, S and G (``generation`` is None when FLM is off, Table 5).
+
+    ``flm_test_seed`` seeds the test-time masks when the caller passes no generator,
+    so that scoring the same image twice gives the same anomaly map (the official code
+    draws them at random: its scores vary by ~0.4% between runs).
+    """
+
     def __init__(self, teacher: Teacher, bottleneck: Bottleneck, student: Student,
-                 generation: GenerationModules | None):
+                 generation: GenerationModules | None, *, flm_test_seed: int = 0,
+                 channels_last: bool = False):
         super().__init__()
+        if tuple(student.channels) != tuple(teacher.channels):
+            raise ConfigError(f"student channels {student.channels} do not match the teacher's "
+                              f"{teacher.channels}: build both from the same backbone")
         self.teacher = teacher
         self.bottleneck = bottleneck
         self.student = student
-        self.generation = generation  # None: FLM off (Table 5)
+        self.generation = generation
+        self.flm_test_seed = int(flm_test_seed)
+        self.channels_last = bool(channels_last)
 
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """θ_S, θ_B, θ_G of Algorithm 1 (θ_T stays frozen)."""
-        yield from self.bottleneck.parameters()
-        yield from self.student.parameters()
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """θ_B, θ_S, θ_G of Algorithm 1 (θ_T stays frozen)."""
+        params = [*self.bottleneck.parameters(), *self.student.parameters()]
         if self.generation is not None:
-            yield from self.generation.parameters()
+            params += list(self.generation.parameters())
+        return params
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected an image batch B×3×H×W, got shape {tuple(x.shape)}")
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _restore(self, f_input: list[Tensor], generator: torch.Generator | None, mask: bool) -> list[Tensor]:
+        """f_G^l = G(S(B(f)) ⊙ M^l) (Eq. 1-3); without FLM the student output itself."""
         f_s = self.student(self.bottleneck(f_input))
         if self.generation is None:
             return f_s
@@ -41,17 +60,24 @@ class MRKD(nn.Module):
 
     def forward_train(self, x_normal: Tensor, x_synth: Tensor,
                       generator: torch.Generator | None = None) -> tuple[list[Tensor], list[Tensor]]:
-        """(f_T,n^l, f_G^l) for Eq. 4.
+        """(f_T,n^l, f_G^l) for the loss of Eq. 4.
 
-        The teacher runs once on [x_n; x_a]: it is in eval mode, so the batched pass
-        equals two separate passes (tested) at a fraction of the launch overhead.
-        When ILM is off the caller passes the same tensor twice and the teacher runs once.
+        The teacher runs once on [x_n; x_a] instead of twice (as the official code does):
+        it is frozen and in eval mode, so the batched pass equals two separate passes.
+        Without ILM the caller passes the same tensor object twice and the teacher runs
+        on it once. ``generator`` draws the FLM masks (None: the device's global RNG).
         """
+        same = x_synth is x_normal
+        x_normal = self._prepare(x_normal)
         with torch.no_grad():
-            if x_synth is x_normal:
+            if same:
                 f_normal = self.teacher(x_normal)
                 f_synth = f_normal
             else:
+                x_synth = self._prepare(x_synth)
+                if x_synth.shape[1:] != x_normal.shape[1:]:
+                    raise ValueError(f"normal {tuple(x_normal.shape)} and synthetic {tuple(x_synth.shape)} "
+                                     "batches must have the same image shape")
                 n = x_normal.shape[0]
                 both = self.teacher(torch.cat([x_normal, x_synth]))
                 f_normal = [f[:n] for f in both]
@@ -60,16 +86,30 @@ class MRKD(nn.Module):
 
     def forward_test(self, x: Tensor, generator: torch.Generator | None = None,
                      flm: bool = True) -> tuple[list[Tensor], list[Tensor]]:
-        """(f_T^l, f_G^l) of a test batch; ``flm`` masks features as Sec. 3.4 prescribes."""
+        """(f_T^l, f_G^l) of a test batch for Eq. 5-6.
+
+        ``flm=True`` masks the student features as Sec. 3.4 prescribes; the masks come
+        from ``generator``, or, when None, from a fresh generator on ``x``'s device seeded
+        with ``flm_test_seed`` (repeatable). ``flm=False`` restores without masking.
+        """
+        x = self._prepare(x)
         with torch.no_grad():
             f_t = self.teacher(x)
-        return f_t, self._restore(f_t, generator, mask=flm)
+        mask = flm and self.generation is not None and self.generation.ratio > 0
+        if mask and generator is None:
+            generator = torch.Generator(device=x.device).manual_seed(self.flm_test_seed)
+        return f_t, self._restore(f_t, generator, mask=mask)
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         return self.forward_test(x)
 
 
 def build_mrkd(cfg: MRKDConfig) -> MRKD:
+    """The network of ``cfg`` on the CPU (move it with ``.to(device)``)."""
     teacher = build_teacher(cfg.backbone, cfg.teacher_weights)
     generation = GenerationModules(teacher.channels, cfg.flm_ratio) if cfg.flm else None
-    return MRKD(teacher, Bottleneck(cfg.backbone), Student(cfg.backbone), generation)
+    model = MRKD(teacher, Bottleneck(cfg.backbone), Student(cfg.backbone), generation,
+                 flm_test_seed=cfg.flm_test_seed, channels_last=cfg.channels_last)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

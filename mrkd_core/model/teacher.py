@@ -1,5 +1,10 @@
 """The teacher T (Sec. 3.2): an ImageNet ResNet truncated after layer3, frozen.
 
+Eq. 1 takes f_T^1..3 from the first three residual stages; layer4 and the classifier
+are never built. θ_T is frozen, and the teacher stays in eval mode even when the
+whole model is put in training mode, so its BatchNorm keeps the ImageNet running
+statistics (a batched pass then equals separate passes, see ``MRKD.forward_train``).
+
 Weights are an explicit choice, never fetched behind the caller's back:
 ``imagenet`` reads torchvision's file from the local torch cache only, a path/URI
 reads a state dict, ``none`` keeps the random initialisation (recorded in every
@@ -20,7 +25,14 @@ from mrkd_core.model.specs import backbone_spec
 
 log = logging.getLogger(__name__)
 
-_KEPT = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
+# Keys of a full torchvision state dict that the truncated teacher does not use.
+_IGNORED_PREFIXES = ("layer4.", "fc.")
+
+
+def _out_channels(stage: nn.Sequential) -> int:
+    """Channels a torchvision ResNet stage emits (its last BatchNorm's width)."""
+    norms = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)]
+    return norms[-1].num_features
 
 
 class Teacher(nn.Module):
@@ -28,18 +40,20 @@ class Teacher(nn.Module):
 
     def __init__(self, backbone: str):
         super().__init__()
-        spec = backbone_spec(backbone)
+        backbone_spec(backbone)  # ConfigError naming the field for an unknown backbone
         full = torchvision.models.get_model(backbone, weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = full.conv1, full.bn1, full.relu, full.maxpool
         self.layer1, self.layer2, self.layer3 = full.layer1, full.layer2, full.layer3
-        self.channels = spec.channels
         self.backbone = backbone
+        self.channels: tuple[int, int, int] = (
+            _out_channels(self.layer1), _out_channels(self.layer2), _out_channels(self.layer3)
+        )
         for p in self.parameters():
             p.requires_grad_(False)
         super().train(False)
 
     def train(self, mode: bool = True) -> "Teacher":
-        # Always eval: BatchNorm must keep ImageNet running statistics (Sec. 3.2, θ_T frozen).
+        # Always eval: θ_T is frozen (Sec. 3.2), BatchNorm included.
         return super().train(False)
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -51,7 +65,12 @@ class Teacher(nn.Module):
 
 
 def imagenet_weights_path(backbone: str) -> str:
-    """Where torchvision would cache the ImageNet weights the official code uses (V1)."""
+    """Where torchvision caches the ImageNet weights the official code uses (IMAGENET1K_V1).
+
+    Same rule as ``torch.hub.load_state_dict_from_url``: ``$TORCH_HOME/hub/checkpoints/``
+    plus the file name of the weights' URL (e.g. ``wide_resnet50_2-95faca4d.pth``).
+    """
+    backbone_spec(backbone)
     weights = torchvision.models.get_model_weights(backbone).IMAGENET1K_V1
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
 
@@ -65,46 +84,64 @@ def _read_state_dict(location: str) -> dict[str, Tensor]:
     except FileNotFoundError:
         raise WeightsError(f"teacher weights {location}: file not found — pass an existing path/URI, "
                            "'imagenet' or 'none'") from None
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad weights file
+    except Exception as exc:  # noqa: BLE001 - any failure to read/unpickle is a bad weights file
         raise WeightsError(f"teacher weights {location}: cannot load ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"teacher weights {location}: not a state dict")
+    # Training checkpoints often wrap the weights one level down.
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"teacher weights {location}: not a state dict of tensors "
+                           f"(got {type(state).__name__}); save one with torch.save(model.state_dict(), path)")
     return state
 
 
 def load_teacher_weights(teacher: Teacher, weights: str) -> None:
-    """Fill ``teacher`` from ``weights`` ('imagenet', 'none' or a path/URI)."""
+    """Fill ``teacher`` from ``weights`` ('imagenet', 'none' or a path/URI).
+
+    A full torchvision state dict is accepted (layer4/fc are ignored, a DataParallel
+    ``module.`` prefix is stripped); any other missing, extra or mis-shaped key is a
+    ``WeightsError`` naming the first offenders.
+    """
     if weights == "none":
         log.info("teacher %s keeps random weights (teacher_weights=none): not the paper's setting", teacher.backbone)
         return
     if weights == "imagenet":
-        path = imagenet_weights_path(teacher.backbone)
-        if not os.path.isfile(path):
+        location = imagenet_weights_path(teacher.backbone)
+        if not os.path.isfile(location):
             raise WeightsError(
-                f"ImageNet weights for {teacher.backbone} are not in the local torch cache ({path}); "
-                f"copy {os.path.basename(path)} there (or set TORCH_HOME), or pass --teacher-weights PATH|URI"
+                f"ImageNet weights for {teacher.backbone} are not in the local torch cache: copy "
+                f"{os.path.basename(location)} to {location} (or set TORCH_HOME), or pass "
+                "teacher_weights=PATH|URI to a state dict"
             )
-        location = path
     else:
         location = weights
     state = _read_state_dict(location)
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    kept = {k: v for k, v in state.items() if k.startswith(_KEPT)}
-    try:
-        result = teacher.load_state_dict(kept, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise WeightsError(f"teacher weights {location} do not fit {teacher.backbone}: "
-                           f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
-    if result.missing_keys:
+    kept = {k: v for k, v in state.items() if not k.startswith(_IGNORED_PREFIXES)}
+    own = teacher.state_dict()
+    missing = [k for k in own if k not in kept]
+    extra = [k for k in kept if k not in own]
+    shapes = [f"{k} {tuple(kept[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in kept and kept[k].shape != v.shape]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} of wrong shape (e.g. {'; '.join(shapes[:2])})")
         raise WeightsError(
-            f"teacher weights {location} do not fit {teacher.backbone}: missing {result.missing_keys[:3]}… "
-            f"({len(result.missing_keys)} keys) — is it a {teacher.backbone} state dict?"
+            f"teacher weights {location} do not fit {teacher.backbone}: {'; '.join(parts)} — "
+            f"pass a torchvision {teacher.backbone} state dict"
         )
+    teacher.load_state_dict(kept, strict=True)
+    log.info("teacher %s: loaded weights from %s", teacher.backbone, location)
 
 
 def build_teacher(backbone: str, weights: str = "imagenet") -> Teacher:
+    """The frozen teacher with its weights loaded (see ``load_teacher_weights``)."""
     teacher = Teacher(backbone)
     load_teacher_weights(teacher, weights)
     return teacher
