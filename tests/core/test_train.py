@@ -136,13 +136,15 @@ def test_evaluate_is_repeatable_and_model_roundtrips(samples, tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_detects_obvious_defects(tmp_path):
-    """A few epochs on generated images with obvious defects → image AU-ROC ≥ 0.9."""
+    """Short training on generated images with obvious defects → image AU-ROC ≥ 0.9."""
     torch.set_num_threads(2)
     root = tmp_path / "data"
     make_synthetic_mvtec(root, categories=("obj_disc",), n_train=16, n_test_good=8, n_test_defect=8,
                          size=64, seed=11)
     ds = get_dataset("folder")
-    cfg = MRKDConfig(epochs=6, lr=0.005, **TINY)
+    # 30 epochs: with a random teacher and RD4AD's init, 6 epochs pass only for some seeds
+    # (measured AU-ROC 0.95-1.0 over seeds 111, 1, 2 at 30 epochs); ~20 s on 2 cores.
+    cfg = MRKDConfig(epochs=30, lr=0.005, **TINY)
     result = train(cfg, ds.train_samples(str(root), "obj_disc"), "obj_disc")
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     ev = evaluate(result.model, cfg, ds.test_samples(str(root), "obj_disc"))
