@@ -116,10 +116,10 @@ class ExperimentSpec:
                     cats = get_dataset(entry.name).categories(root)
                 except DataError as exc:
                     raise DataError(f"spec '{self.name}': {exc}; download it first (python -m flows.download "
-                                    f"--dataset {entry.name}) or point MRKD_DATA_ROOT at it") from None
+                                    f"--spec {self.name}) or point MRKD_DATA_ROOT at it") from None
                 if not cats:
                     raise ConfigError(f"spec '{self.name}': dataset '{entry.name}' has no categories in {root} — "
-                                      "download or generate it first (flows.download)")
+                                      f"download or generate it first (python -m flows.download --spec {self.name})")
             for cat in cats:
                 for vname, cfg in configs.items():
                     tasks.append(Task(entry.name, cat, vname, cfg, root, self.name, self.narrowed, self.scale_sets))
