@@ -467,6 +467,16 @@ def main_setting_rows(metrics_df: pd.DataFrame | None) -> pd.DataFrame:
     """
     df = _prepare(metrics_df)
     rows, _ = latest(df[_at_defaults(df, None)], ["dataset", "category"])
+    # A category with no paper-default model (a compact demo or custom-data run, e.g.
+    # ResNet18) is illustrated by its full-MRKD variant with the main fusion, so the
+    # report's figures always show the run's own maps; the tables are unaffected.
+    have = set(zip(rows["dataset"], rows["category"]))
+    main_scales = ",".join(str(s) for s in sorted(paper_defaults().score_scales))
+    fallback = df[(df["variant"] == "mrkd") & (df["score_scales"] == main_scales)]
+    fallback = fallback[[(d, c) not in have for d, c in zip(fallback["dataset"], fallback["category"])]]
+    if not fallback.empty:
+        extra, _ = latest(fallback, ["dataset", "category"])
+        rows = pd.concat([rows, extra])
     return rows.drop(columns=["_alpha", "_lambda", "_order"]).reset_index(drop=True)
 
 
