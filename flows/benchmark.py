@@ -1,0 +1,267 @@
+"""Flow ``mrkd-benchmark``: an experiment spec in, the paper's tables and an HTML report out.
+
+::
+
+    benchmark(spec)
+      ├─ prepare-dataset      per dataset of the spec, in the driver (download / generate, idempotent)
+      ├─ plan                 spec.tasks(data_root) → one Task per (dataset, category, variant)
+      ├─ find-complete        keys with a valid manifest in any run are not trained again (unless force)
+      ├─ record-complete      per complete key, in the driver: runner.train_evaluate → "skipped"
+      ├─ mrkd-train-all       subflow on Ray (or a thread): train-evaluate per pending key,
+      │                       num_gpus=1 each on a cluster, results are small records
+      └─ tables               runner.read_metrics/read_scores(run_id) → report.write_report
+
+Keys that are already complete never reach Ray, so a rerun of a finished spec starts no
+Ray at all and takes seconds. Store and data root come from the environment (see
+``flows.settings``); nothing secret is a flow parameter.
+
+CLI (what ``make demo`` runs)::
+
+    python -m flows.benchmark --spec smoke [--store URI] [--runner ray|local] [--ray-address ADDR]
+        [--categories a b] [--epochs N] [--image-size N] [--force] [--run-id ID] [--num-gpus G]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+import flows  # noqa: F401 - offline-safe environment defaults
+from flows.download import dataset_records, prepare_dataset
+from flows.ray_runner import (
+    RUNNERS,
+    check_runner,
+    local_gpu_request,
+    make_task_runner,
+    remote_request,
+    requested_gpus,
+    resolve_address,
+    warn_if_no_gpu,
+    worker_env,
+)
+from flows.settings import data_root as default_data_root
+from flows.settings import open_store, resolve_run_id
+from flows.train_evaluate import train_one
+from mrkd_core.report import MapTriple, write_report
+from mrkd_core.runner import find_complete, read_maps, read_metrics, read_scores
+from mrkd_core.specs import ExperimentSpec, Task, load_spec
+from mrkd_core.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+MAIN_VARIANT = "mrkd"  # whose maps illustrate a category in the report (Fig. 7)
+
+
+class BenchmarkFailed(RuntimeError):
+    """Some trainings failed after their retries; the report covers the others."""
+
+
+# --------------------------------------------------------------------------- tasks (driver)
+@task(name="plan", cache_policy=NO_CACHE, persist_result=False)
+def plan(spec: ExperimentSpec, data_root: str) -> list[dict[str, Any]]:
+    """The spec's tasks as JSON-safe records (what travels to Ray and to the Prefect API)."""
+    tasks = [t.to_dict() for t in spec.tasks(data_root)]
+    keys = [Task.from_dict(t).key for t in tasks]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        # Two variants with the same hashed config would overwrite each other's run directory.
+        raise ValueError(f"spec {spec.name!r}: several tasks share a key {dupes}; variants must differ in config")
+    return tasks
+
+
+@task(name="find-complete", cache_policy=NO_CACHE, persist_result=False)
+def find_done(tasks: list[dict[str, Any]], forced_run_id: str | None = None) -> list[bool]:
+    """For each task, whether its key already has a complete result (the runner's own rule).
+
+    With ``force`` only results of this very run count (``forced_run_id``), as in the
+    runner: a retried forced run does not redo the keys it already finished.
+    """
+    store = open_store()
+    return [find_complete(store, Task.from_dict(t), forced_run_id) is not None for t in tasks]
+
+
+@task(name="tables", cache_policy=NO_CACHE, persist_result=False)
+def tables(run_id: str, results: list[dict[str, Any]]) -> str:
+    """Report of the run from the partitioned tables; Fig. 7 maps from each category's run dir."""
+    store = open_store()
+    metrics = read_metrics(store, run_id)
+    scores = read_scores(store, run_id)
+    report = write_report(store, run_id, metrics, scores, maps_provider(store, results))
+    return store.uri(report["html"])
+
+
+def maps_provider(store: ArtifactStore, results: list[dict[str, Any]]) -> Callable[[str], list[MapTriple]]:
+    """category → (image, mask, map) triples from the ``maps.npz`` of that category's run dir.
+
+    A skipped task's run dir is the earlier run that trained it, so a rerun's report still
+    has its maps. The main variant illustrates a category when a spec has several.
+    """
+    run_dirs: dict[str, str] = {}
+    for r in sorted(results, key=lambda r: r["variant"] != MAIN_VARIANT):
+        run_dirs.setdefault(r["category"], r["run_dir"])
+
+    def provide(category: str) -> list[MapTriple]:
+        return read_maps(store, run_dirs[category])
+
+    return provide
+
+
+# --------------------------------------------------------------------------- fan-out subflow
+@flow(name="mrkd-train-all")
+def train_all(tasks: list[dict[str, Any]], datasets: dict[str, dict[str, Any]], run_id: str, force: bool,
+              runner: str, address: str | None, num_gpus: float | None, store_root: str,
+              data_root: str) -> list[dict[str, Any]]:
+    """One ``train-evaluate`` per task on this subflow's task runner; failed ones come back as errors.
+
+    The workers' environment (credentials included) is built here from the driver's
+    environment, never passed as a parameter: parameters are stored and shown by Prefect.
+    """
+    logger = get_run_logger()
+    env = worker_env(store_root, data_root, _prefect_api_url()) if runner == "ray" else {}
+    if runner == "ray":
+        gpus = num_gpus if num_gpus is not None else local_gpu_request()
+        if address:
+            warn_if_no_gpu(gpus)
+    else:
+        gpus = 0.0
+    logger.info("%d training(s) on runner=%s, %s GPU(s) each", len(tasks), runner, gpus)
+    with remote_request(runner, gpus, env):
+        futures = [train_one.submit(t, run_id, force, datasets[t["dataset"]]) for t in tasks]
+    results = []
+    for t, future in zip(tasks, futures):
+        future.wait()
+        state = future.state
+        if state.is_completed():
+            results.append(future.result())
+        else:
+            key = Task.from_dict(t).key
+            logger.error("training %s ended %s: %s", key, state.name, state.message)
+            results.append({"key": key, "status": "failed", "dataset": t["dataset"], "category": t["category"],
+                            "variant": t["variant"], "run_dir": None, "error": state.message})
+    return results
+
+
+# --------------------------------------------------------------------------- the flow
+def _scheduled_time() -> datetime | None:
+    """The flow run's scheduled start (deployments), so a late nightly keeps its date."""
+    try:
+        from prefect.runtime import flow_run
+
+        when = flow_run.scheduled_start_time
+        return datetime.fromisoformat(str(when)) if when is not None else None
+    except Exception:  # noqa: BLE001 - outside a flow run: the caller uses "now"
+        return None
+
+
+def _prefect_api_url() -> str | None:
+    """The API this flow run talks to: configured, or the temporary server of ephemeral mode."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return url
+    try:
+        with get_client(sync_client=True) as client:
+            return str(client.api_url).rstrip("/")
+    except Exception:  # noqa: BLE001 - workers then start their own temporary servers
+        return None
+
+
+@flow(name="mrkd-benchmark")
+def benchmark(
+    spec: str = "smoke",
+    run_id: str | None = None,
+    categories: list[str] | None = None,
+    epochs: int | None = None,
+    image_size: int | None = None,
+    force: bool = False,
+    runner: str = "ray",
+    ray_address: str | None = None,
+    num_gpus: float | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate every (dataset, category, variant) of ``spec`` and write the report.
+
+    ``spec`` is a name under ``flows/specs/`` or a YAML path; ``categories``/``epochs``/
+    ``image_size`` narrow it (the report says so). ``run_id`` defaults to
+    ``<spec>-<UTC yyyymmdd-HHMMSS>`` and may use ``{date}``/``{time}``/``{spec}``.
+    ``runner='ray'`` fans out on Ray (``ray_address``/``RAY_ADDRESS`` = a cluster, else a
+    local Ray); ``runner='local'`` trains one task after another without Ray.
+    ``num_gpus`` per training defaults to ``MRKD_NUM_GPUS``, else 1 on a cluster.
+    """
+    logger = get_run_logger()
+    check_runner(runner)
+    loaded = load_spec(spec).narrow(categories=categories, epochs=epochs, image_size=image_size)
+    rid = resolve_run_id(run_id, loaded.name, _scheduled_time())
+    store = open_store()
+    root = default_data_root(store)
+    logger.info("run %s: spec %s%s → %s", rid, loaded.name, " (narrowed)" if loaded.narrowed else "", store.uri())
+
+    records = dataset_records(loaded, root)
+    for record in records:
+        prepare_dataset(record)
+    tasks = plan(loaded, root)
+    done = find_done(tasks, rid if force else None)
+    by_name = {r["name"]: r for r in records}
+
+    results: list[dict[str, Any]] = []
+    complete = [t for t, d in zip(tasks, done) if d]
+    pending = [t for t, d in zip(tasks, done) if not d]
+    for t in complete:  # cheap: the runner finds the manifest and copies the rows into this run's tables
+        results.append(train_one(t, rid, force, None))
+    if pending:
+        address = resolve_address(ray_address) if runner == "ray" else None
+        gpus = requested_gpus(num_gpus, address) if runner == "ray" else 0.0
+        task_runner = make_task_runner(runner, address)
+        results += train_all.with_options(task_runner=task_runner)(
+            pending, by_name, rid, force, runner, address, gpus, store.root, root)
+
+    ok = [r for r in results if r["status"] != "failed"]
+    report = tables(rid, ok) if ok else None
+    counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "skipped", "failed")}
+    logger.info("run %s: %s; report %s", rid, counts, report)
+    failed = [r["key"] for r in results if r["status"] == "failed"]
+    if failed:
+        raise BenchmarkFailed(f"{len(failed)} of {len(results)} trainings failed: {failed}; report of the rest: {report}")
+    return {"run_id": rid, "spec": loaded.name, "store": store.uri(), "report": report, "counts": counts,
+            "tasks": results}
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.benchmark",
+                                     description="Run the mrkd-benchmark flow and print where the report is.")
+    parser.add_argument("--spec", default="smoke", help="spec name (flows/specs/<name>.yaml) or a YAML path")
+    parser.add_argument("--store", help="artifact store root (sets MRKD_STORE): a folder or s3://bucket/prefix")
+    parser.add_argument("--runner", choices=RUNNERS, default="ray")
+    parser.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--num-gpus", type=float, help="GPUs per training (default: MRKD_NUM_GPUS, 1 on a cluster)")
+    parser.add_argument("--categories", nargs="+", help="narrow the spec to these categories")
+    parser.add_argument("--epochs", type=int, help="narrow the spec to this many epochs")
+    parser.add_argument("--image-size", type=int, help="narrow the spec to this image size")
+    parser.add_argument("--force", action="store_true", help="train again even where a complete result exists")
+    parser.add_argument("--run-id", help="default <spec>-<UTC yyyymmdd-HHMMSS>; {date} {time} {spec} allowed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.store:
+        os.environ["MRKD_STORE"] = args.store
+    started = time.perf_counter()
+    out = benchmark(spec=args.spec, run_id=args.run_id, categories=args.categories, epochs=args.epochs,
+                    image_size=args.image_size, force=args.force, runner=args.runner,
+                    ray_address=args.ray_address, num_gpus=args.num_gpus)
+    log.info("%s in %.1f s: %s", out["run_id"], time.perf_counter() - started, out["counts"])
+    print(f"report: {out['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Flow ``mrkd-download``: put a spec's datasets into the data root, once.
+
+Real datasets (MVTec AD, BTAD, MTD) are downloaded, sha256-verified and extracted by
+``mrkd_core.data`` (a marker makes a second call a no-op; a lock makes parallel callers
+download once). Generated datasets (the ``smoke``/``demo`` specs) are written by
+``mrkd_core.specs.prepare_data``.
+
+The same :func:`ensure_dataset` runs in two places: in the driver before the fan-out
+(so that the spec can list its categories) and at the start of every training task
+(so that a GPU node with a node-local data root fetches what it trains on). On a
+machine where the data is already there both are a marker check.
+
+    python -m flows.download --spec mvtec-full
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+import flows  # noqa: F401 - offline-safe environment defaults
+from flows.settings import data_root as default_data_root
+from flows.settings import open_store
+from mrkd_core.data import get_dataset
+from mrkd_core.specs import DatasetEntry, ExperimentSpec, load_spec, prepare_data
+
+log = logging.getLogger(__name__)
+
+
+def dataset_records(spec: ExperimentSpec, data_root: str) -> list[dict[str, Any]]:
+    """One small JSON-safe record per dataset of the spec: what a node needs to prepare it."""
+    records = []
+    for entry in spec.datasets:
+        records.append({
+            "name": entry.name,
+            "root": entry.root_path(data_root),
+            "entry_root": entry.root,
+            "categories": list(entry.categories) if entry.categories else None,
+            "generate": {k: list(v) if isinstance(v, tuple) else v for k, v in entry.generate} if entry.generate else None,
+            "data_root": data_root,
+            "spec": spec.name,
+        })
+    return records
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialise generation between the trainings that start together on one node."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: callers then rely on the marker only
+            yield
+            return
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_dataset(record: dict[str, Any]) -> str:
+    """Make ``record['root']`` hold the dataset; return it. Idempotent and safe in parallel."""
+    root = record["root"]
+    if record.get("generate"):
+        generate = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in record["generate"].items()))
+        entry = DatasetEntry(record["name"], record.get("entry_root"), None, generate)
+        one = ExperimentSpec(name=record.get("spec") or "download", datasets=(entry,))
+        with _file_lock(Path(record["data_root"]) / f".{Path(root).name}.lock"):
+            prepare_data(one, record["data_root"])
+        return root
+    dataset = get_dataset(record["name"])
+    if getattr(dataset, "download_info", None) is not None:
+        # A no-op (marker check) when the dataset is already extracted there.
+        dataset.download(root, None, progress=False)
+    elif not os.path.isdir(root):
+        # 'folder' datasets are the user's own images: nothing to fetch, so say where they are expected.
+        log.warning("dataset %s: %s does not exist and has no download; put the images there", record["name"], root)
+    return root
+
+
+@task(name="prepare-dataset", retries=2, retry_delay_seconds=10, persist_result=False)
+def prepare_dataset(record: dict[str, Any]) -> str:
+    """Download or generate one dataset (retried: mirrors and networks fail transiently)."""
+    root = ensure_dataset(record)
+    log.info("dataset %s ready in %s", record["name"], root)
+    return root
+
+
+@flow(name="mrkd-download", log_prints=False)
+def download(spec: str = "smoke", datasets: list[str] | None = None) -> list[str]:
+    """Prepare every dataset of ``spec`` (or only those named in ``datasets``) in the data root.
+
+    The data root comes from ``MRKD_DATA_ROOT`` (see :func:`flows.settings.data_root`).
+    """
+    loaded = load_spec(spec)
+    if datasets:
+        keep = set(datasets)
+        loaded = dataclasses.replace(loaded, datasets=tuple(d for d in loaded.datasets if d.name in keep))
+    root = default_data_root(open_store())
+    return [prepare_dataset(r) for r in dataset_records(loaded, root)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.download", description=download.__doc__)
+    parser.add_argument("--spec", default="smoke", help="experiment spec name or YAML path")
+    parser.add_argument("--datasets", nargs="+", help="only these datasets of the spec")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for root in download(spec=args.spec, datasets=args.datasets):
+        print(root)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

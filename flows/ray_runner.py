@@ -1,0 +1,197 @@
+"""Task runners for the fan-out, the GPU request of each training, and what Ray workers see.
+
+Two runners:
+
+- ``ray`` (default): prefect-ray's ``RayTaskRunner``. With an address (``ray_address`` or
+  ``RAY_ADDRESS``) it joins that cluster and every training asks for ``num_gpus`` (1 unless
+  ``MRKD_NUM_GPUS`` or the parameter says otherwise; fractions share a GPU). Without one
+  it starts a local Ray with its dashboard on http://127.0.0.1:8265 and asks for a GPU
+  only if this machine has one.
+- ``local``: Prefect's ``ThreadPoolTaskRunner`` with one worker: no Ray at all, trainings
+  run one after another in the flow's process.
+
+Ray workers inherit the environment of the process that started Ray (the raylet), not
+the driver's, so everything a training needs to find its data and store travels in
+``runtime_env={"env_vars": ...}`` (:func:`worker_env`). It is set per task through
+``remote_options`` rather than only in ``ray.init``: when Ray is already initialised in
+the process (a notebook, a test), the runner reuses it and ``init_kwargs`` never apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+log = logging.getLogger(__name__)
+
+RUNNERS = ("ray", "local")
+ENV_NUM_GPUS = "MRKD_NUM_GPUS"
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_PORT = 8265
+# Ray re-runs a task whose worker process died (OOM kill, lost node) this many times;
+# Python exceptions are Prefect's to retry (see flows.train_evaluate), not Ray's.
+RAY_MAX_RETRIES = 2
+
+# Variables forwarded to Ray workers when set in the driver. Values are never logged.
+FORWARDED_ENV = (
+    "MRKD_STORE", "MRKD_DATA_ROOT", "MRKD_S3_ENDPOINT_URL", "MRKD_TEACHER_WEIGHTS",
+    "MRKD_MVTEC_URL", "MRKD_BTAD_URL", "MRKD_MTD_URL",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+    "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+    "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING",
+    "TORCH_HOME",
+)
+
+# The folder that holds the `flows` and `mrkd_core` packages (a checkout, or site-packages).
+CODE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def resolve_address(ray_address: str | None) -> str | None:
+    """The cluster to join: the parameter, else ``RAY_ADDRESS``; None means a local Ray."""
+    return ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
+def requested_gpus(num_gpus: float | None, address: str | None) -> float | None:
+    """GPUs per training: the parameter, else ``MRKD_NUM_GPUS``, else 1 on a cluster.
+
+    Returns None for a local Ray without an explicit request: the runner then asks for a
+    GPU only if the local Ray found one (:func:`local_gpu_request`). On a cluster the
+    default stays 1 even when no GPU node is up yet, because the autoscaler adds GPU
+    nodes only for tasks that ask for GPUs.
+    """
+    if num_gpus is None and os.environ.get(ENV_NUM_GPUS):
+        num_gpus = float(os.environ[ENV_NUM_GPUS])
+    if num_gpus is not None:
+        if num_gpus < 0:
+            raise ValueError(f"num_gpus must be ≥ 0, got {num_gpus}")
+        return float(num_gpus)
+    return 1.0 if address else None
+
+
+def local_gpu_request() -> float:
+    """1 when the local Ray has a GPU (so two trainings never share it unasked), else 0."""
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def worker_env(store_root: str, data_root: str, api_url: str | None) -> dict[str, str]:
+    """The environment every Ray worker gets: store, data root, S3 settings, Prefect API.
+
+    ``store_root`` and ``data_root`` are the driver's resolved absolute locations. The
+    Prefect API URL matters: without one each Ray worker starts its own temporary Prefect
+    server (~10 s per worker) and the task runs land in throwaway databases.
+    """
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env["MRKD_STORE"] = store_root
+    env["MRKD_DATA_ROOT"] = data_root
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    # Workers import flows.* by name; from a checkout that is not pip-installed the code
+    # is found only through PYTHONPATH (in the image it is installed, and this is a no-op).
+    paths = [CODE_ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != CODE_ROOT]]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", "PREFECT_SERVER_ANALYTICS_ENABLED",
+              "PREFECT_LOGGING_EXTRA_LOGGERS"):
+        if os.environ.get(k):
+            env[k] = os.environ[k]
+    return env
+
+
+def check_runner(runner: str) -> None:
+    """Fail before any work when the runner cannot exist here (unknown name, Ray not installed)."""
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
+    if runner == "ray":
+        try:
+            import prefect_ray  # noqa: F401
+            import ray  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError("runner='ray' needs `ray[default]` and `prefect-ray` (the project's "
+                               "`pipeline` extra); or use runner='local'") from exc
+
+
+def make_task_runner(runner: str, address: str | None, num_cpus: int | None = None) -> TaskRunner:
+    """The task runner of the fan-out subflow."""
+    check_runner(runner)
+    if runner == "local":
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_ray import RayTaskRunner
+
+    if address:
+        # Joining a cluster: its nodes declare CPUs/GPUs; the dashboard is the head's.
+        return RayTaskRunner(address=address, init_kwargs={"log_to_driver": True})
+    # "local" forces a new Ray: a bare ray.init() would join any cluster another user
+    # started on this host (it reads /tmp/ray/ray_current_cluster) and run there.
+    return RayTaskRunner(address="local", init_kwargs={
+        "num_cpus": num_cpus or os.cpu_count() or 1,
+        "include_dashboard": True,
+        "dashboard_host": DASHBOARD_HOST,
+        "dashboard_port": dashboard_port(),
+        "log_to_driver": True,
+    })
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((DASHBOARD_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def dashboard_port() -> int:
+    """8265, or a free port when 8265 is taken (Ray would refuse to start, not pick another)."""
+    if _port_free(DASHBOARD_PORT):
+        return DASHBOARD_PORT
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((DASHBOARD_HOST, 0))
+        port = int(sock.getsockname()[1])
+    log.warning("port %d is taken (another Ray?): the Ray dashboard of this run is on http://%s:%d",
+                DASHBOARD_PORT, DASHBOARD_HOST, port)
+    return port
+
+
+@contextlib.contextmanager
+def remote_request(runner: str, num_gpus: float, env: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+    """Within this context, Ray tasks ask for ``num_gpus`` and run with ``env``; a no-op locally."""
+    if runner != "ray":
+        yield {}
+        return
+    from prefect_ray.context import remote_options
+
+    options: dict[str, Any] = {"num_gpus": num_gpus, "max_retries": RAY_MAX_RETRIES,
+                               "runtime_env": {"env_vars": dict(env)}}
+    with remote_options(**options):
+        yield {"num_gpus": num_gpus, "max_retries": RAY_MAX_RETRIES}
+
+
+def warn_if_no_gpu(num_gpus: float) -> None:
+    """A GPU request on a cluster without GPU nodes pends silently: say so in the flow log."""
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0)
+    if num_gpus > 0 and have < num_gpus:
+        log.warning("each training asks for %s GPU(s) but the cluster has %s now: tasks wait until "
+                    "the autoscaler adds GPU nodes (set MRKD_NUM_GPUS=0 to train on CPUs)", num_gpus, have)
+
+
+def node_info() -> dict[str, Any]:
+    """Where this code runs: the Ray node id inside a Ray worker, else None (local runner)."""
+    info: dict[str, Any] = {"node_id": None, "pid": os.getpid(), "host": os.uname().nodename}
+    try:
+        import ray
+    except ImportError:
+        return info
+    if ray.is_initialized():
+        with contextlib.suppress(Exception):
+            info["node_id"] = ray.get_runtime_context().get_node_id()
+    return info

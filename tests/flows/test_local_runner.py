@@ -1,0 +1,120 @@
+"""The benchmark without Ray: ``--runner local`` in a Python where ``import ray`` fails.
+
+Run as the CLI in a subprocess whose ``ray`` and ``prefect_ray`` imports are blocked, as
+on a machine without the pipeline's Ray extra. Also covered here: the run id rules and
+what Ray workers are (and are not) given.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from flows.ray_runner import requested_gpus, worker_env
+from flows.settings import resolve_run_id
+from mrkd_core.errors import ConfigError
+from tests.flows.servers import ROOT, clean_env
+
+NO_RAY = """
+import os
+import sys
+sys.modules["ray"] = None          # `import ray` now raises ImportError
+sys.modules["prefect_ray"] = None
+from flows.benchmark import benchmark, main
+try:
+    benchmark(spec="smoke", categories=["obj_disc"], run_id="needs-ray", runner="ray")
+except RuntimeError as exc:
+    print("RAY-ERROR:", exc)
+assert not os.path.exists("artifacts"), "the failed attempt must not have touched a store"
+code = main(sys.argv[1:])
+assert "ray" not in {m.split(".")[0] for m, v in sys.modules.items() if v is not None}
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_local_runner_trains_without_ray(prefect_api, prefect_home, tmp_path):
+    store, workdir = tmp_path / "store", tmp_path / "cwd"
+    workdir.mkdir()  # the failed ray attempt would create ./artifacts here if it touched a store
+    env = clean_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(prefect_home),
+                    MRKD_DATA_ROOT=str(tmp_path / "data"))
+    proc = subprocess.run([sys.executable, "-c", NO_RAY, "--spec", "smoke", "--store", str(store), "--runner",
+                           "local", "--categories", "obj_disc", "--image-size", "32", "--run-id", "no-ray"],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "RAY-ERROR: runner='ray' needs" in proc.stdout and "runner='local'" in proc.stdout
+    report = store / "reports" / "no-ray" / "report.html"
+    assert f"report: {report}" in proc.stdout
+    assert report.is_file()
+    metrics = pd.read_parquet(store / "tables" / "metrics")
+    assert list(metrics["category"]) == ["obj_disc"] and list(metrics["run_id"].astype(str)) == ["no-ray"]
+    assert bool(metrics["narrowed"].iloc[0])  # --categories narrowed the spec, and the rows say so
+    (manifest,) = (store / "runs" / "no-ray").rglob("manifest.json")
+    assert json.loads(manifest.read_text())["run_id"] == "no-ray"
+
+
+def test_run_id_placeholders_and_validation():
+    assert resolve_run_id("nightly-{date}", "mvtec-full").startswith("nightly-2")
+    assert resolve_run_id("fixed", "smoke") == "fixed"
+    for bad in ("a/b", "x=1", "", "{nope}"):
+        if bad == "":
+            continue  # empty means "default", tested elsewhere
+        with pytest.raises(ConfigError):
+            resolve_run_id(bad, "smoke")
+
+
+def test_gpu_request_rules(monkeypatch):
+    monkeypatch.delenv("MRKD_NUM_GPUS", raising=False)
+    assert requested_gpus(None, "ray-head:6379") == 1.0  # a cluster: one GPU per training
+    assert requested_gpus(None, None) is None  # local: decided by the GPUs the local Ray finds
+    assert requested_gpus(0.5, "ray-head:6379") == 0.5  # fractional: two trainings per GPU
+    monkeypatch.setenv("MRKD_NUM_GPUS", "0.25")
+    assert requested_gpus(None, "ray-head:6379") == 0.25
+    assert requested_gpus(2, None) == 2.0  # the parameter wins over the environment
+    with pytest.raises(ValueError):
+        requested_gpus(-1, None)
+
+
+def test_worker_env_carries_store_settings_but_only_what_is_set(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("MRKD_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
+    env = worker_env("s3://b/p", "/data/datasets", "http://127.0.0.1:4200/api")
+    assert env["MRKD_STORE"] == "s3://b/p" and env["MRKD_DATA_ROOT"] == "/data/datasets"
+    assert env["AWS_SECRET_ACCESS_KEY"] == "secret" and env["MRKD_S3_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+    assert "AWS_SESSION_TOKEN" not in env and "UNRELATED_SECRET" not in env
+    assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
+
+
+@pytest.mark.slow
+def test_failed_training_is_retried_and_a_lost_one_does_not_sink_the_report(prefect_api, local_store, monkeypatch):
+    """Prefect retries a failing training (the runner resumes it); one that keeps failing
+    fails the flow after the others' report is written."""
+    import flows.benchmark as fb
+    import flows.train_evaluate as fte
+    from flows.train_evaluate import TRAIN_RETRIES, train_one
+
+    real = fte.train_evaluate
+    calls: dict[str, int] = {}
+
+    def flaky(task, store, run_id, force=False):
+        calls[task.category] = calls.get(task.category, 0) + 1
+        if task.category == "tex_stripes" or calls[task.category] == 1:
+            raise RuntimeError(f"simulated failure {calls[task.category]} of {task.category}")
+        return real(task, store, run_id, force)
+
+    monkeypatch.setattr(fte, "train_evaluate", flaky)
+    monkeypatch.setattr(fb, "train_one", train_one.with_options(retry_delay_seconds=0))
+    with pytest.raises(fb.BenchmarkFailed, match="tex_stripes"):
+        fb.benchmark(spec="smoke", run_id="flaky", runner="local", image_size=32)
+    assert calls == {"tex_stripes": 1 + TRAIN_RETRIES, "obj_disc": 2}
+    metrics = pd.read_parquet(local_store / "tables" / "metrics")
+    assert list(metrics["category"]) == ["obj_disc"]
+    assert (local_store / "reports" / "flaky" / "report.html").is_file()
