@@ -21,7 +21,7 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
 from mrkd_core.data.torch_datasets import TestDataset
 from mrkd_core.device import autocast_context
-from mrkd_core.errors import DataError
+from mrkd_core.errors import DataError, unwrap_worker_errors
 from mrkd_core.metrics import compute_all
 from mrkd_core.model import MRKD
 from mrkd_core.score import fuse_maps, image_score, per_scale_maps
@@ -81,7 +81,7 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
     masks: list[np.ndarray] = []
     scores: list[dict] = []
     main_key = scales_key(cfg.score_scales)
-    for batch in loader:
+    for batch in unwrap_worker_errors(loader):  # a bad file's DataError stays one line
         images = batch["image"].to(device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -14,7 +14,7 @@ import logging
 import torch
 
 from mrkd_core.config import MRKDConfig
-from mrkd_core.errors import MRKDError, StorageError
+from mrkd_core.errors import MRKDError, StorageError, unpickle_error
 from mrkd_core.model import MRKD, build_mrkd
 from mrkd_core.storage import ArtifactStore, open_uri
 
@@ -46,7 +46,7 @@ def load_model_bytes(data: bytes, source: str, device: str | torch.device = "cpu
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our model file"
-        raise MRKDError(f"{source}: not a readable MRKD model file ({type(exc).__name__}: {exc})") from None
+        raise MRKDError(f"{source}: not a readable MRKD model file ({unpickle_error(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise MRKDError(f"{source}: not an MRKD model file (expected format {MODEL_FORMAT}); "
                         "pass the model.pt written by `mrkd train`")

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 import mrkd_core
+from mrkd_core.claims import KeyClaim
 from mrkd_core.data import get_dataset
 from mrkd_core.errors import StorageError
 from mrkd_core.evaluate import evaluate, scales_key
@@ -143,17 +144,32 @@ def _maps_npz(samples, ev, image_size: int) -> bytes:
 
 
 def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = False) -> dict[str, Any]:
-    """Train, evaluate and store one task; skip it when its key is already complete."""
-    cfg = task.config
+    """Train, evaluate and store one task; skip it when its key is already complete.
+
+    While it trains, the task holds the key's claim (``mrkd_core.claims``): a concurrent
+    call for the same key waits, then skips the key its holder completed.
+    """
     done = find_complete(store, task, run_id if force else None)
     if done is not None:
-        metrics = read_parquet_bytes(store.read_bytes(f"{done}/metrics.parquet")).to_pandas()
-        scores = read_parquet_bytes(store.read_bytes(f"{done}/scores.parquet")).to_pandas()
-        metrics["spec"] = task.spec or metrics["spec"]
-        _write_tables(store, task, run_id, metrics, scores, done)
-        log.info("skip %s: complete in %s", task.key, store.uri(done))
-        return {"key": task.key, "status": "skipped", "run_dir": done, "rows": _rows(metrics, run_id)}
+        return _skip(task, store, run_id, done)
+    with KeyClaim(store, key_path(task), run_id) as claim:
+        done = find_complete(store, task, run_id if force else None)  # the holder we waited for finished it
+        if done is not None:
+            return _skip(task, store, run_id, done)
+        return _train_and_store(task, store, run_id, force, claim)
 
+
+def _skip(task: Task, store: ArtifactStore, run_id: str, done: str) -> dict[str, Any]:
+    metrics = read_parquet_bytes(store.read_bytes(f"{done}/metrics.parquet")).to_pandas()
+    scores = read_parquet_bytes(store.read_bytes(f"{done}/scores.parquet")).to_pandas()
+    metrics["spec"] = task.spec or metrics["spec"]
+    _write_tables(store, task, run_id, metrics, scores, done)
+    log.info("skip %s: complete in %s", task.key, store.uri(done))
+    return {"key": task.key, "status": "skipped", "run_dir": done, "rows": _rows(metrics, run_id)}
+
+
+def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool, claim: KeyClaim) -> dict[str, Any]:
+    cfg = task.config
     directory = run_dir(task, run_id)
     check_no_collision(store, task, directory)
     ds = get_dataset(task.dataset)
@@ -193,6 +209,7 @@ def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = 
         "scores.parquet": parquet_bytes(score_rows, SCORES_SCHEMA),
         "maps.npz": _maps_npz(test_samples, ev, cfg.image_size),
     }
+    claim.check()  # a task whose claim was taken over writes nothing
     save_model(result.model, cfg, store, f"{directory}/model.pt",
                extra={"dataset": task.dataset, "category": task.category, "run_id": run_id})
     for name, data in files.items():
@@ -202,6 +219,7 @@ def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = 
         "epoch_losses": result.epoch_losses, "log": result.log, "resumed_from_epoch": result.resumed_from_epoch,
         "eval_seconds": ev.seconds, "host": platform.node(),
     })
+    claim.check()
     write_manifest(store, directory, [*files, "config.json", "train.json"],
                    extra={"key": task.key, "run_id": run_id, "variant": task.variant})
     _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(score_rows), directory)

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 import fsspec
+from fsspec.exceptions import FSTimeoutError
 
 from mrkd_core.errors import StorageError
 
@@ -32,6 +33,32 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = "./artifacts"
 ENV_ROOT = "MRKD_STORE"
 ENV_ENDPOINT = "MRKD_S3_ENDPOINT_URL"
+ENV_S3_TIMEOUT = "MRKD_S3_TIMEOUT"
+
+# How long an S3 server may stay silent before a request counts as failed. Every call is
+# bounded: botocore makes S3_ATTEMPTS attempts, s3fs repeats a timed-out call S3_RETRIES
+# times, so a hung server fails a read after about S3_RETRIES × S3_ATTEMPTS × timeout
+# (2 min by default) and a down one (connection refused) within seconds. Whole-object
+# writes get a deadline that grows with their size (S3_MIN_THROUGHPUT), because aiohttp
+# waits for "100 Continue" without any timeout: without it a PUT to a hung server never
+# returns.
+DEFAULT_S3_TIMEOUT = 20.0
+S3_ATTEMPTS = 3
+S3_RETRIES = 2
+S3_MIN_THROUGHPUT = 2 * 2**20  # bytes/s
+
+
+def s3_timeout() -> float:
+    """Seconds of silence before an S3 request fails (``MRKD_S3_TIMEOUT``, default 20)."""
+    raw = os.environ.get(ENV_S3_TIMEOUT)
+    try:
+        value = float(raw) if raw else DEFAULT_S3_TIMEOUT
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        log.warning("%s=%r is not a positive number of seconds; using %s", ENV_S3_TIMEOUT, raw, DEFAULT_S3_TIMEOUT)
+        value = DEFAULT_S3_TIMEOUT
+    return value
 
 
 def storage_options_from_env(protocol: str) -> dict[str, Any]:
@@ -52,8 +79,10 @@ def storage_options_from_env(protocol: str) -> dict[str, Any]:
         client_kwargs["region_name"] = region
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
-    # Fail fast instead of retrying for minutes when the server is down.
-    opts["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 3}}
+    # Fail fast instead of retrying for minutes when the server is down (see S3_ATTEMPTS).
+    timeout = s3_timeout()
+    opts["config_kwargs"] = {"connect_timeout": min(5.0, timeout), "read_timeout": timeout,
+                             "retries": {"total_max_attempts": S3_ATTEMPTS}}
     # Fresh instance per store: s3fs caches instances per option set, and a cached client
     # bound to a dead event loop breaks inside Ray workers.
     opts["skip_instance_cache"] = True
@@ -104,6 +133,8 @@ class ArtifactStore:
             self.fs = fsspec.filesystem(protocol, **opts)
         except Exception as exc:  # noqa: BLE001 - surface as a storage error with the root only
             raise StorageError(f"cannot open artifact store {self.root!r}: {type(exc).__name__}: {exc}") from None
+        if not self.is_local and hasattr(self.fs, "retries"):
+            self.fs.retries = S3_RETRIES  # s3fs's own retries multiply botocore's attempts
         if protocol == "file":
             os.makedirs(self._base, exist_ok=True)
 
@@ -204,7 +235,16 @@ class ArtifactStore:
                 os.replace(tmp, full)
                 tmp = None
             else:
-                self.fs.pipe_file(full, data)
+                deadline = S3_ATTEMPTS * s3_timeout() + len(data) / S3_MIN_THROUGHPUT
+                try:
+                    self.fs.pipe_file(full, data, timeout=deadline)
+                except FSTimeoutError:
+                    raise StorageError(
+                        f"artifact store {self.root!r}: cannot write {rel!r}: no answer within {deadline:.0f} s "
+                        f"(server hung or slower than {S3_MIN_THROUGHPUT // 2**20} MiB/s; see {ENV_S3_TIMEOUT})"
+                    ) from None
+        except StorageError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise self._wrap("write", rel, exc) from None
         finally:

@@ -31,7 +31,7 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
 from mrkd_core.data.torch_datasets import TrainImages, normalize
 from mrkd_core.device import autocast_context, resolve_device
-from mrkd_core.errors import DataError, StorageError
+from mrkd_core.errors import DataError, StorageError, unpickle_error
 from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.synth import get_preset, ilm_pair
@@ -175,9 +175,14 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig) -> dict | None
                 store.uri(name), digest[:12], str(meta.get("sha256"))[:12],
             )
             continue
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            log.warning("checkpoint %s has unknown format %r; ignoring it", store.uri(name), state.get("format"))
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - refused (objects other than tensors) or unreadable
+            log.warning("checkpoint %s cannot be loaded (%s); trying an older one", store.uri(name), unpickle_error(exc))
+            continue
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            log.warning("checkpoint %s has unknown format %r; ignoring it", store.uri(name), found)
             continue
         stored_cfg = MRKDConfig.from_json(state["config"], source=store.uri(name))
         if _resume_key(stored_cfg) != _resume_key(cfg):

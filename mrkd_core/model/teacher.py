@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from mrkd_core.errors import WeightsError
+from mrkd_core.errors import WeightsError, unpickle_error
 from mrkd_core.model.specs import backbone_spec
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def _read_state_dict(location: str) -> dict[str, Tensor]:
         raise WeightsError(f"teacher weights {location}: file not found — pass an existing path/URI, "
                            "'imagenet' or 'none'") from None
     except Exception as exc:  # noqa: BLE001 - any failure to read/unpickle is a bad weights file
-        raise WeightsError(f"teacher weights {location}: cannot load ({type(exc).__name__}: {exc})") from None
+        raise WeightsError(f"teacher weights {location}: cannot load ({unpickle_error(exc)})") from None
     # Training checkpoints often wrap the weights one level down.
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
