@@ -51,6 +51,7 @@ from flows.ray_runner import (
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id
 from flows.train_evaluate import train_one
+from mrkd_core.errors import MRKDError
 from mrkd_core.report import MapTriple, write_report
 from mrkd_core.runner import find_complete, read_maps, read_metrics, read_scores
 from mrkd_core.specs import ExperimentSpec, Task, load_spec
@@ -255,9 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.store:
         os.environ["MRKD_STORE"] = args.store
     started = time.perf_counter()
-    out = benchmark(spec=args.spec, run_id=args.run_id, categories=args.categories, epochs=args.epochs,
-                    image_size=args.image_size, force=args.force, runner=args.runner,
-                    ray_address=args.ray_address, num_gpus=args.num_gpus)
+    try:
+        load_spec(args.spec).narrow(args.categories, args.epochs, args.image_size)  # fail before any server starts
+        out = benchmark(spec=args.spec, run_id=args.run_id, categories=args.categories, epochs=args.epochs,
+                        image_size=args.image_size, force=args.force, runner=args.runner,
+                        ray_address=args.ray_address, num_gpus=args.num_gpus)
+    except MRKDError as exc:
+        sys.stderr.write(f"mrkd-benchmark: error: {exc}\n")
+        return 2
     log.info("%s in %.1f s: %s", out["run_id"], time.perf_counter() - started, out["counts"])
     print(f"report: {out['report']}")
     return 0
