@@ -16,11 +16,9 @@ machine where the data is already there both are a marker check.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ import flows  # noqa: F401 - offline-safe environment defaults
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store
 from mrkd_core.data import get_dataset
+from mrkd_core.data.download import file_lock
 from mrkd_core.specs import DatasetEntry, ExperimentSpec, load_spec, prepare_data
 
 log = logging.getLogger(__name__)
@@ -51,23 +50,6 @@ def dataset_records(spec: ExperimentSpec, data_root: str) -> list[dict[str, Any]
     return records
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialise generation between the trainings that start together on one node."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: callers then rely on the marker only
-            yield
-            return
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_dataset(record: dict[str, Any]) -> str:
     """Make ``record['root']`` hold the dataset; return it. Idempotent and safe in parallel."""
     root = record["root"]
@@ -75,7 +57,7 @@ def ensure_dataset(record: dict[str, Any]) -> str:
         generate = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in record["generate"].items()))
         entry = DatasetEntry(record["name"], record.get("entry_root"), None, generate)
         one = ExperimentSpec(name=record.get("spec") or "download", datasets=(entry,))
-        with _file_lock(Path(record["data_root"]) / f".{Path(root).name}.lock"):
+        with file_lock(Path(record["data_root"]) / f".{Path(root).name}.lock"):
             prepare_data(one, record["data_root"])
         return root
     dataset = get_dataset(record["name"])

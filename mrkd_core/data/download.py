@@ -301,7 +301,7 @@ def _find_root(extracted: Path, looks_like_root: Callable[[Path], bool], max_dep
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Inter-process lock so parallel workers download once (POSIX; no-op elsewhere)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
@@ -336,7 +336,7 @@ def download_dataset(info: DownloadInfo, root: str | os.PathLike[str], url: str 
     backoff = DEFAULT_BACKOFF if backoff is None else backoff
     source = resolve_url(info, url)
     work = root.parent / f".{root.name}.download"
-    with _lock(root.parent / f".{root.name}.lock"):
+    with file_lock(root.parent / f".{root.name}.lock"):
         try:
             _download_locked(info, root, source, work, progress, looks_like_root, timeout, retries, backoff,
                              keep_archive)
