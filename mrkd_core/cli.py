@@ -45,7 +45,7 @@ FIELD_HELP = {
     "score_scales": "which scales SM^l are fused into the anomaly map (Table 7)",
     "gaussian_sigma": "σ of the Gaussian smoothing of the anomaly map (0 = none)",
     "precision": "fp32 or bf16 (autocast on CUDA only)",
-    "channels_last": "NHWC memory format (faster convolutions on many devices)",
+    "memory_format": "auto (NHWC where measured faster), channels_last (NHWC) or contiguous (NCHW); speed only",
     "device": "auto, cpu or cuda",
     "num_workers": "DataLoader worker processes (ILM synthesis runs there)",
     "checkpoint_every": "epochs between checkpoints",
@@ -168,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mrkd_core.device import resolve_device
+    from mrkd_core.device import place_model, resolve_device
     from mrkd_core.evaluate import evaluate
     from mrkd_core.model_io import load_model
 
@@ -191,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides = {k: getattr(args, k) for k in ("device", "num_workers", "flm_at_test", "eval_batch_size")
                      if getattr(args, k, None) is not None}
         cfg = cfg.replace(progress=False, **overrides)
-        model.to(resolve_device(cfg.device))
+        place_model(model, cfg, resolve_device(cfg.device))
         samples = ds.test_samples(str(root), cat)
         result = evaluate(model, cfg, samples)
         metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in result.metrics.items()}

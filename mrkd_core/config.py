@@ -23,6 +23,7 @@ ILM_SOURCES = ("same", "other")
 ILM_BLENDS = ("swap", "poisson")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 # ImageNet statistics (Sec. 4.1: "normalized by the mean and variance of the ImageNet dataset").
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,7 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Fields that do not change what is computed, only where/how fast; not part of the hash.
 RUNTIME_FIELDS = frozenset(
-    {"device", "num_workers", "checkpoint_every", "progress", "eval_batch_size", "channels_last"}
+    {"device", "num_workers", "checkpoint_every", "progress", "eval_batch_size", "memory_format"}
 )
 
 
@@ -79,7 +80,9 @@ class MRKDConfig:
     precision: str = "fp32"  # "bf16" = autocast on CUDA only; CPU always runs fp32
 
     # --- runtime (not hashed) ---
-    channels_last: bool = False
+    # auto = the layout measured faster for the device and image size (mrkd_core.device.
+    # use_channels_last); channels_last / contiguous force NHWC / NCHW. Speed only.
+    memory_format: str = "auto"
     device: str = "auto"
     num_workers: int = 2
     checkpoint_every: int = 1  # epochs between checkpoints
@@ -104,6 +107,7 @@ class MRKDConfig:
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "MRKDConfig":
         """Build from a mapping; unknown keys and wrong types are a ConfigError naming the key."""
         known = {f.name: f for f in fields(cls)}
+        data = _upgrade_legacy(data, source)
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(
@@ -136,6 +140,23 @@ class MRKDConfig:
         """Stable 16-hex-digit name of the experiment (sha256 of the canonical JSON)."""
         canon = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _upgrade_legacy(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Read configs stored before ``memory_format`` replaced the boolean ``channels_last``.
+
+    Models and checkpoints written then must stay loadable; the old field meant NHWC
+    when true and NCHW when false, so that is what it maps to.
+    """
+    if "channels_last" not in data:
+        return data
+    data = dict(data)
+    legacy = data.pop("channels_last")
+    if not isinstance(legacy, bool):
+        raise ConfigError(f"{source}: legacy field 'channels_last' must be true or false, got {legacy!r}; "
+                          "use memory_format: auto, channels_last or contiguous")
+    data.setdefault("memory_format", "channels_last" if legacy else "contiguous")
+    return data
 
 
 def _coerce(name: str, value: Any, f: dataclasses.Field, source: str) -> Any:
@@ -215,6 +236,8 @@ def validate(cfg: MRKDConfig) -> None:
         fail("normalize_std", "mean and std need three values each, std > 0")
     if cfg.precision not in PRECISIONS:
         fail("precision", f"{cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if cfg.memory_format not in MEMORY_FORMATS:
+        fail("memory_format", f"{cfg.memory_format!r}; choose one of {', '.join(MEMORY_FORMATS)}")
     if cfg.device not in DEVICES:
         fail("device", f"{cfg.device!r}; choose one of {', '.join(DEVICES)}")
     if cfg.num_workers < 0:

@@ -14,6 +14,7 @@ import logging
 import torch
 
 from mrkd_core.config import MRKDConfig
+from mrkd_core.device import place_model
 from mrkd_core.errors import MRKDError, StorageError, unpickle_error
 from mrkd_core.model import MRKD, build_mrkd
 from mrkd_core.storage import ArtifactStore, open_uri
@@ -57,7 +58,7 @@ def load_model_bytes(data: bytes, source: str, device: str | torch.device = "cpu
         model.load_state_dict(state["state_dict"], strict=True)
     except RuntimeError as exc:
         raise MRKDError(f"{source}: weights do not match the {cfg.backbone} architecture ({exc})") from None
-    model.to(device).eval()
+    place_model(model, cfg, torch.device(device)).eval()
     return model, cfg
 
 

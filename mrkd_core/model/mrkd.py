@@ -59,15 +59,23 @@ class MRKD(nn.Module):
         return self.generation(f_s, generator=generator, mask=mask)
 
     def forward_train(self, x_normal: Tensor, x_synth: Tensor,
-                      generator: torch.Generator | None = None) -> tuple[list[Tensor], list[Tensor]]:
+                      generator: torch.Generator | None = None, *,
+                      teacher_normal: list[Tensor] | None = None) -> tuple[list[Tensor], list[Tensor]]:
         """(f_T,n^l, f_G^l) for the loss of Eq. 4.
 
         The teacher runs once on [x_n; x_a] instead of twice (as the official code does):
         it is frozen and in eval mode, so the batched pass equals two separate passes.
         Without ILM the caller passes the same tensor object twice and the teacher runs
         on it once. ``generator`` draws the FLM masks (None: the device's global RNG).
+        ``teacher_normal``: f_T,n of this batch computed beforehand (θ_T is frozen, so a
+        training image's features never change; ``mrkd_core.train`` caches them once per
+        run); the teacher then runs on x_a only, or not at all without ILM.
         """
         same = x_synth is x_normal
+        if teacher_normal is not None:
+            with torch.no_grad():
+                f_synth = list(teacher_normal) if same else self.teacher(self._prepare(x_synth))
+            return list(teacher_normal), self._restore(f_synth, generator, mask=True)
         x_normal = self._prepare(x_normal)
         with torch.no_grad():
             if same:
@@ -105,11 +113,9 @@ class MRKD(nn.Module):
 
 
 def build_mrkd(cfg: MRKDConfig) -> MRKD:
-    """The network of ``cfg`` on the CPU (move it with ``.to(device)``)."""
+    """The network of ``cfg`` on the CPU in NCHW (``mrkd_core.device.place_model`` moves it and picks the layout)."""
     teacher = build_teacher(cfg.backbone, cfg.teacher_weights)
     generation = GenerationModules(teacher.channels, cfg.flm_ratio) if cfg.flm else None
     model = MRKD(teacher, Bottleneck(cfg.backbone), Student(cfg.backbone), generation,
-                 flm_test_seed=cfg.flm_test_seed, channels_last=cfg.channels_last)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+                 flm_test_seed=cfg.flm_test_seed)
     return model

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mrkd_core.config import MRKDConfig
+from mrkd_core.device import place_model
 from mrkd_core.errors import ConfigError, WeightsError
 from mrkd_core.model import (
     MRKD, Bottleneck, GenerationModules, build_mrkd, build_student, build_teacher, flm_mask, mrkd_loss,
@@ -235,13 +236,10 @@ def test_flm_off_restores_with_the_student_alone(r18):
 
 
 def test_channels_last_gives_the_same_features(r18):
-    with torch.device("meta"):
-        built = build_mrkd(_cfg(channels_last=True))
-    assert built.channels_last
-    assert built.student.stage1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     r18.eval()
-    cl = copy.deepcopy(r18).to(memory_format=torch.channels_last)
-    cl.channels_last = True
+    cl = place_model(copy.deepcopy(r18), _cfg(memory_format="channels_last"), torch.device("cpu"))
+    assert cl.channels_last
+    assert cl.student.stage1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref, out = r18.forward_test(x)[1], cl.forward_test(x)[1]
