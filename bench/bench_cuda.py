@@ -14,7 +14,7 @@ on ``device=cuda``) and prints two tables:
    generated images: ``nvidia-smi`` samples every 0.2 s, the median over the epochs
    after the first (steady state), with the training images/s.
 
-It needs a CUDA GPU and exits with a one-line message without one.
+Without a CUDA GPU it prints one line and exits 0 (so ``make bench`` runs everywhere).
 """
 
 from __future__ import annotations
@@ -139,8 +139,8 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.stderr.write("bench_cuda: no CUDA GPU here; run it on a GPU machine\n")
-        return 2
+        print("bench_cuda: skipped, no CUDA GPU here (run it on a GPU machine; --device cpu for a dry run)")
+        return 0
     if args.device == "cuda":
         print(f"GPU {torch.cuda.get_device_name(0)}; torch {torch.__version__}, CUDA {torch.version.cuda}")
     with tempfile.TemporaryDirectory(prefix="bench-cuda-") as tmp:

@@ -6,10 +6,15 @@ import contextlib
 import ctypes
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from mrkd_core.errors import DeviceError
+
+if TYPE_CHECKING:  # annotations only: the model package must not depend on this module at import
+    from mrkd_core.config import MRKDConfig
+    from mrkd_core.model import MRKD
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,8 +40,9 @@ def autocast_context(device: torch.device, precision: str):
 
 
 # Smallest image size from which NHWC (channels_last) beats NCHW for MRKD training on
-# CPU with oneDNN; below it the late-stage maps are tiny and NHWC is several times
-# slower (WRN50 at 64 px: 0.3x). Measured with bench/bench_train.py, docs/performance.md.
+# CPU with oneDNN (0-8 % faster at 128 and 256 px); below it the late-stage maps are
+# tiny and NHWC is slower (WRN50 at 64 px: 0.3-0.9x of NCHW over three runs). Measured
+# with bench/bench_train.py, docs/performance.md.
 CPU_CHANNELS_LAST_MIN_SIZE = 128
 
 
@@ -53,7 +59,7 @@ def use_channels_last(memory_format: str, device: torch.device, image_size: int)
     return device.type == "cpu" and image_size >= CPU_CHANNELS_LAST_MIN_SIZE
 
 
-def place_model(model, cfg, device: torch.device):
+def place_model(model: "MRKD", cfg: "MRKDConfig", device: torch.device) -> "MRKD":
     """Move an MRKD model to ``device`` in the layout ``use_channels_last`` picks (in place; returned).
 
     The one place where a model meets its device, so training, evaluation, prediction

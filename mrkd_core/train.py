@@ -1,14 +1,16 @@
 """One MRKD training run (Algorithm 1, training stage) from a frozen config.
 
 The whole step fits on one screen (``_train_step``): synthesise (ILM, in DataLoader
-workers), one batched teacher pass (Eq. 1), bottleneck + student + FLM generation
-(Eq. 2-3), the loss of Eq. 4, backward, Adam step.
+workers), the teacher on x_a (f_T,n of the clean images comes from a per-run cache, or
+one batched pass on [x_n; x_a]) (Eq. 1), bottleneck + student + FLM generation (Eq. 2-3),
+the loss of Eq. 4, backward, Adam step.
 
 Speed (measured in ``bench/bench_train.py``, figures in ``docs/performance.md``): the
 frozen teacher's features of the clean images are computed once per run and reused
-every epoch, so per step the teacher only sees x_a; channels_last where it is measured
-faster (``mrkd_core.device.use_channels_last``); fused Adam; DataLoader workers that live for the whole
-run; the step never waits for the loss on the host.
+every epoch, so per step the teacher only sees x_a; NHWC where it is measured faster
+(``mrkd_core.device.use_channels_last``); fused Adam; on CPU the heap keeps each step's
+activations for the next (``mrkd_core.device.cpu_heap_reuse``); DataLoader workers live
+for the whole run; the step never waits for the loss on the host.
 
 Reproducibility: every random draw is derived from ``(cfg.seed, epoch, index)``: the
 shuffling order, the ILM patches of each image and the FLM masks of each step. A run
