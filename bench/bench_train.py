@@ -444,7 +444,7 @@ def main() -> int:
     shapes = args.shapes or (QUICK if args.quick else ["wrn50-256", "wrn50-128", "r18-256"])
     out = sys.stdout
     out.write(f"# MRKD training step on {device}: {machine(device)}\n")
-    out.write(f"| shape | path | what | step s (wall) | CPU s | img/s | ratio | CPU ratio | peak MB | |Δloss| | n |\n")
+    out.write("| shape | path | what | step s (wall) | CPU s | img/s | ratio | CPU ratio | peak MB | |Δloss| | n |\n")
     out.write("|---|---|---|---|---|---|---|---|---|---|---|\n")
     step_rates: dict[str, float] = {}
     for key in shapes:

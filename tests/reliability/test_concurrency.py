@@ -18,7 +18,7 @@ import pytest
 from mrkd_core.claims import KeyClaim
 from mrkd_core.errors import StorageError
 from mrkd_core.results import verify_manifest
-from mrkd_core.runner import find_complete, key_path, read_metrics, read_scores, run_dir
+from mrkd_core.runner import find_complete, key_path, read_metrics, read_scores
 from mrkd_core.storage import ArtifactStore
 from tests.reliability.relkit import finish_worker, make_task, start_worker
 

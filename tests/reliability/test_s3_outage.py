@@ -130,7 +130,7 @@ def test_outage_fails_fast_with_one_clear_line_and_nothing_counts_as_complete(ou
     d = run_dir(outage.task, RUN)
     for err, victim, seconds in zip(outage.errors, ("model.pt", "manifest.json"), outage.fail_seconds):
         msg = str(err)
-        assert "\n" not in msg and f"s3://mrkd-rel/outage" in msg and f"{d}/{victim}" in msg, msg
+        assert "\n" not in msg and "s3://mrkd-rel/outage" in msg and f"{d}/{victim}" in msg, msg
         assert "cannot write" in msg
         assert seconds < 30, f"took {seconds:.1f} s to give up on a refused connection"
     first, second = outage.between
