@@ -35,7 +35,7 @@ import uuid
 from typing import Any
 
 from mrkd_core.errors import StorageError
-from mrkd_core.storage import ArtifactStore
+from mrkd_core.storage import ArtifactStore, env_seconds
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,8 @@ _ACTIVE: set[str] = set()  # owner ids this process holds right now
 
 
 def stale_seconds() -> float:
-    raw = os.environ.get(ENV_STALE)
-    try:
-        value = float(raw) if raw else DEFAULT_STALE_S
-    except ValueError:
-        value = 0.0
-    return value if value > 0 else DEFAULT_STALE_S
+    """Seconds without a heartbeat after which a claim is abandoned (``MRKD_CLAIM_STALE_S``, default 120)."""
+    return env_seconds(ENV_STALE, DEFAULT_STALE_S)
 
 
 def _pid_namespace() -> str:

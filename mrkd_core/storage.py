@@ -48,17 +48,22 @@ S3_RETRIES = 2
 S3_MIN_THROUGHPUT = 2 * 2**20  # bytes/s
 
 
-def s3_timeout() -> float:
-    """Seconds of silence before an S3 request fails (``MRKD_S3_TIMEOUT``, default 20)."""
-    raw = os.environ.get(ENV_S3_TIMEOUT)
+def env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from environment variable ``name``; unset or invalid → ``default``."""
+    raw = os.environ.get(name)
     try:
-        value = float(raw) if raw else DEFAULT_S3_TIMEOUT
+        value = float(raw) if raw else default
     except ValueError:
         value = 0.0
     if not value > 0:
-        log.warning("%s=%r is not a positive number of seconds; using %s", ENV_S3_TIMEOUT, raw, DEFAULT_S3_TIMEOUT)
-        value = DEFAULT_S3_TIMEOUT
+        log.warning("%s=%r is not a positive number of seconds; using %s", name, raw, default)
+        value = default
     return value
+
+
+def s3_timeout() -> float:
+    """Seconds of silence before an S3 request fails (``MRKD_S3_TIMEOUT``, default 20)."""
+    return env_seconds(ENV_S3_TIMEOUT, DEFAULT_S3_TIMEOUT)
 
 
 def storage_options_from_env(protocol: str) -> dict[str, Any]:
