@@ -58,6 +58,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_synth import texture_image  # noqa: E402 - a smooth colour texture with fine noise
 from mrkd_core.config import MRKDConfig  # noqa: E402
 from mrkd_core.data.torch_datasets import normalize  # noqa: E402
 from mrkd_core.device import cpu_heap_reuse, place_model, use_channels_last  # noqa: E402
@@ -82,17 +83,6 @@ CL = torch.channels_last
 
 
 # --------------------------------------------------------------------------- inputs
-def texture(size: int, seed: int) -> np.ndarray:
-    """A smooth random colour texture with fine noise (what the carpet preset expects)."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    img = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.int16)
-    img += rng.integers(-10, 11, img.shape, dtype=np.int16)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 class Images:
     """The ``images`` view of ``ILMTrainDataset`` that ``teacher_feature_cache`` reads."""
 
@@ -104,7 +94,7 @@ class Images:
 
 
 def make_batch(cfg: MRKDConfig, batch: int) -> tuple[Images, torch.Tensor, torch.Tensor]:
-    images = [texture(cfg.image_size, i) for i in range(batch)]
+    images = [texture_image(cfg.image_size, i) for i in range(batch)]
     preset = get_preset("carpet")
     synth = [ilm_pair(im, preset, np.random.default_rng([cfg.seed, 0, i]), fraction=1.0)[0] for i, im in enumerate(images)]
     x_n = torch.stack([normalize(im, cfg.normalize_mean, cfg.normalize_std) for im in images])
@@ -365,7 +355,7 @@ def bench_synthesis(size: int, n: int) -> dict[str, float]:
     import cv2
 
     cv2.setNumThreads(1)
-    images = [texture(size, 100 + i) for i in range(n)]
+    images = [texture_image(size, 100 + i) for i in range(n)]
     preset = get_preset("carpet")
     out = {}
     for blend in ("swap", "poisson"):
