@@ -9,6 +9,7 @@ dozen pixels; masks are one filled rectangle (value 255) so tests know their are
     make_mtd(root)     MTD: variable-size grey .jpg with same-stem .png masks
     plant_*            zero-byte, text-named-.png, truncated PNG, wrong-size mask ...
     make_tar/make_zip  archives (optionally hostile) for download tests
+    train_smoke_key    one trained key (smoke spec, obj_disc, 32 px) in a local store
 """
 
 from __future__ import annotations
@@ -189,3 +190,21 @@ def tree_files(src: str | Path, prefix: str = "") -> dict[str, bytes]:
     """Every file under ``src`` as {prefix + relative posix path: bytes} (to archive a layout)."""
     src = Path(src)
     return {prefix + p.relative_to(src).as_posix(): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
+
+
+def train_smoke_key(base: str | Path, run_id: str = "r1"):
+    """Generate the smoke data under ``base/data`` and train its obj_disc key at 32 px into ``base/store``.
+
+    Returns (store, task, result of ``runner.train_evaluate``): what runner and store
+    tests inspect, rewrite or damage.
+    """
+    from mrkd_core.runner import train_evaluate
+    from mrkd_core.specs import load_spec, prepare_data
+    from mrkd_core.storage import ArtifactStore
+
+    base = Path(base)
+    spec = load_spec("smoke").narrow(categories=["obj_disc"], image_size=32)
+    prepare_data(spec, str(base / "data"))
+    task = spec.tasks(str(base / "data"))[0]
+    store = ArtifactStore(base / "store")
+    return store, task, train_evaluate(task, store, run_id)

@@ -10,19 +10,13 @@ import pytest
 from mrkd_core.errors import StorageError
 from mrkd_core.results import METRICS_SCHEMA, verify_manifest
 from mrkd_core.runner import find_complete, read_maps, read_metrics, read_scores, run_dir, train_evaluate
-from mrkd_core.specs import load_spec, prepare_data
 from mrkd_core.storage import ArtifactStore
+from tests.datagen import train_smoke_key
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("runner")
-    spec = load_spec("smoke").narrow(categories=["obj_disc"], image_size=32)
-    prepare_data(spec, str(base / "data"))
-    task = spec.tasks(str(base / "data"))[0]
-    store = ArtifactStore(base / "store")
-    first = train_evaluate(task, store, "r1")
-    return store, task, first
+    return train_smoke_key(tmp_path_factory.mktemp("runner"))
 
 
 def test_outputs_and_manifest(setup):

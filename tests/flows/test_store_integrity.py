@@ -15,8 +15,9 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import ConfigError, StorageError
 from mrkd_core.results import verify_manifest, write_manifest
 from mrkd_core.runner import find_complete, key_path, read_metrics, read_scores, run_dir, train_evaluate
-from mrkd_core.specs import load_spec, prepare_data
+from mrkd_core.specs import load_spec
 from mrkd_core.storage import ArtifactStore, is_temp_name
+from tests.datagen import train_smoke_key
 
 
 # ----------------------------------------------------------------------------- storage
@@ -64,12 +65,7 @@ def test_a_write_in_flight_is_invisible_to_listings_and_parquet_readers(tmp_path
 # ----------------------------------------------------------------------------- a trained key
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("integrity")
-    spec = load_spec("smoke").narrow(categories=["obj_disc"], image_size=32)
-    prepare_data(spec, str(base / "data"))
-    task = spec.tasks(str(base / "data"))[0]
-    store = ArtifactStore(base / "store")
-    first = train_evaluate(task, store, "r1")
+    store, task, first = train_smoke_key(tmp_path_factory.mktemp("integrity"))
     assert first["status"] == "trained"
     return store, task
 
