@@ -17,6 +17,12 @@ from mrkd_core.errors import ConfigError
 DEFAULT_RATIO = 0.2  # λ of the paper (Sec. 4.1)
 
 
+def check_ratio(ratio: float) -> None:
+    """λ of Eq. 2 must lie in [0, 1): 1 would mask every position."""
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"config field 'flm_ratio': λ={ratio} must lie in [0, 1)")
+
+
 def flm_mask(shape: tuple[int, ...] | torch.Size, ratio: float, generator: torch.Generator | None,
              device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
     """M^l of Eq. 2 for a B×C×H×W feature map: a B×1×H×W tensor, 0 where R(h, w) < λ, 1 elsewhere.
@@ -27,8 +33,7 @@ def flm_mask(shape: tuple[int, ...] | torch.Size, ratio: float, generator: torch
     generator's own device (a CPU generator works for CUDA features and gives the same
     masks as on CPU); ``None`` uses the global RNG of ``device``.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"config field 'flm_ratio': λ={ratio} must lie in [0, 1)")
+    check_ratio(ratio)
     if len(shape) != 4:
         raise ValueError(f"flm_mask expects a B×C×H×W shape, got {tuple(shape)}")
     b, _, h, w = (int(s) for s in shape)
@@ -59,8 +64,7 @@ class GenerationModules(nn.ModuleList):
 
     def __init__(self, channels: tuple[int, ...], ratio: float = DEFAULT_RATIO):
         super().__init__(Generation(int(c)) for c in channels)
-        if not 0.0 <= ratio < 1.0:
-            raise ConfigError(f"config field 'flm_ratio': λ={ratio} must lie in [0, 1)")
+        check_ratio(ratio)
         self.channels = tuple(int(c) for c in channels)
         self.ratio = float(ratio)
 
