@@ -11,17 +11,22 @@ temporary server, a local Ray on 127.0.0.1):
    a first round trip to a fresh worker process, the import of the training code there;
 4. ``mrkd-benchmark`` with ``force`` on ``--spec`` with its variants doubled by an RD4AD
    baseline (so there are several tasks) and Ray limited to ``--slots`` concurrent
-   tasks: with 1, the tasks run one after another in one reused worker, so the gaps
-   between them are the steady-state cost of dispatching a task;
+   tasks: with 1, the tasks run one after another, so the gaps between them are the
+   steady-state cost of dispatching a task. Once per ``--modes`` entry:
+
+   * ``cpu``: CPU tasks (what a machine without GPU runs); Ray reuses their worker;
+   * ``gpu-reuse``: GPU tasks as on a cluster (the local Ray declares one GPU, each
+     training asks for it; torch finds no CUDA and trains on the CPU), with the
+     product's default ``MRKD_RAY_REUSE_GPU_WORKERS=1``: workers reused;
+   * ``gpu-fresh``: the same with ``MRKD_RAY_REUSE_GPU_WORKERS=0``: Ray's default for GPU
+     tasks, a fresh worker process per training (start + imports on every task);
 5. the same flow again without ``force``: every key is complete, no Ray is started, so
    its wall time is the flow's own fixed cost (planning, the skipped records, report).
 
 From the task records of (4) (``started``/``finished``/``seconds`` measured inside the
-worker; ``train_seconds`` in metrics.parquet, ``eval_seconds`` in train.json) it prints
-the per-task overhead as a share of a 60-second training (issue 8: < 5 %), once for
-tasks that reuse a worker (CPU tasks) and once for tasks that each need a fresh worker
-(Ray gives GPU tasks ``max_calls=1``: a new process per training, so that a CUDA context
-never outlives its task).
+worker; ``train_seconds`` in metrics.parquet, ``eval_seconds`` in train.json) it prints,
+per mode, the per-task overhead (in-task overhead + gap to the previous task) as a share
+of a 60-second training (issue 8: < 5 %).
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import yaml
@@ -98,11 +102,71 @@ def spec_with_baseline(name: str, epochs: int | None, folder: Path) -> str:
     return str(path)
 
 
+MODES = {  # name: (GPUs per training, MRKD_RAY_REUSE_GPU_WORKERS, what it stands for)
+    "cpu": (0.0, None, "CPU tasks (worker reused by Ray)"),
+    "gpu-reuse": (1.0, "1", "GPU tasks, workers reused (the default)"),
+    "gpu-fresh": (1.0, "0", "GPU tasks, fresh worker per task (Ray's default)"),
+}
+
+
+def with_declared_gpus(make_runner, slots: int, gpus: int):
+    """``make_task_runner`` whose local Ray has ``slots`` CPUs and declares ``gpus`` GPUs."""
+    def make(runner: str, address: str | None):
+        task_runner = make_runner(runner, address, num_cpus=slots)
+        if gpus:
+            task_runner.init_kwargs["num_gpus"] = gpus
+        return task_runner
+    return make
+
+
+def flow_tasks(store, result: dict) -> list[dict]:
+    """The trained tasks of one flow run, in start order, with their training + evaluation seconds."""
+    from mrkd_core.results import read_parquet_bytes
+
+    tasks = sorted((t for t in result["tasks"] if t["status"] == "trained"), key=lambda t: t["started"])
+    for t in tasks:
+        ev = float(store.read_json(f"{t['run_dir']}/train.json")["eval_seconds"])
+        tr = float(read_parquet_bytes(store.read_bytes(f"{t['run_dir']}/metrics.parquet"))
+                   .column("train_seconds")[0].as_py())
+        t["work"] = tr + ev
+        t["in_task"] = float(t["seconds"]) - t["work"]
+    return tasks
+
+
+def run_mode(mode: str, spec: str, slots: int, store) -> dict:
+    """One forced flow run in ``mode``; per-task overhead from its records."""
+    import flows.benchmark
+    from flows.ray_runner import ENV_REUSE_GPU_WORKERS, make_task_runner
+
+    gpus, reuse, _ = MODES[mode]
+    saved = os.environ.get(ENV_REUSE_GPU_WORKERS)
+    if reuse is not None:
+        os.environ[ENV_REUSE_GPU_WORKERS] = reuse
+    flows.benchmark.make_task_runner = with_declared_gpus(make_task_runner, slots, int(gpus > 0))
+    try:
+        result, flow_s = timed(flows.benchmark.benchmark, spec=spec, run_id=f"bench-{mode}", force=True,
+                               num_gpus=gpus)
+    finally:
+        flows.benchmark.make_task_runner = make_task_runner
+        if saved is None:
+            os.environ.pop(ENV_REUSE_GPU_WORKERS, None)
+        else:
+            os.environ[ENV_REUSE_GPU_WORKERS] = saved
+    tasks = flow_tasks(store, result)
+    gaps = [b["started"] - a["finished"] for a, b in zip(tasks, tasks[1:])] if slots == 1 else []
+    in_task = statistics.mean(t["in_task"] for t in tasks)
+    gap = statistics.mean(gaps) if gaps else float("nan")
+    return {"mode": mode, "flow_s": flow_s, "n": len(tasks), "pids": len({t["pid"] for t in tasks}),
+            "work": statistics.mean(t["work"] for t in tasks), "in_task": in_task, "gap": gap,
+            "overhead": in_task + gap, "span": tasks[-1]["finished"] - tasks[0]["started"]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default="smoke")
     ap.add_argument("--epochs", type=int, help="set the spec's epochs (longer trainings dilute the overhead)")
     ap.add_argument("--slots", type=int, default=1, help="concurrent Ray tasks (CPUs given to the local Ray)")
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     args = ap.parse_args()
     out = sys.stdout
     with tempfile.TemporaryDirectory(prefix="bench-orchestration-") as tmp:
@@ -115,8 +179,6 @@ def main() -> int:
         from prefect import flow
 
         import flows.benchmark
-        from flows.ray_runner import make_task_runner
-        from mrkd_core.results import read_parquet_bytes
         from mrkd_core.storage import ArtifactStore
 
         import_s = time.perf_counter() - t0
@@ -128,50 +190,27 @@ def main() -> int:
         _, prefect_s = timed(empty)
         ray_s = ray_startup()
         spec = spec_with_baseline(args.spec, args.epochs, Path(tmp))
-        # Ray with --slots CPUs: the tasks queue for them as trainings queue for GPUs.
-        flows.benchmark.make_task_runner = partial(make_task_runner, num_cpus=args.slots)
-        result, flow_s = timed(flows.benchmark.benchmark, spec=spec, run_id="bench-first", force=True)
-        rerun, rerun_s = timed(flows.benchmark.benchmark, spec=spec, run_id="bench-rerun")
         store = ArtifactStore(os.environ["MRKD_STORE"])
-        tasks = sorted((t for t in result["tasks"] if t["status"] == "trained"), key=lambda t: t["started"])
-        eval_s = [float(store.read_json(f"{t['run_dir']}/train.json")["eval_seconds"]) for t in tasks]
-        train_s = [float(read_parquet_bytes(store.read_bytes(f"{t['run_dir']}/metrics.parquet"))
-                         .column("train_seconds")[0].as_py()) for t in tasks]
+        modes = [run_mode(m, spec, args.slots, store) for m in args.modes]
+        rerun, rerun_s = timed(flows.benchmark.benchmark, spec=spec, run_id="bench-rerun")
     if rerun["counts"].get("trained"):
         raise SystemExit(f"the rerun trained {rerun['counts']['trained']} task(s): the fixed-cost figure is invalid")
 
-    n = len(tasks)
-    work = [t + e for t, e in zip(train_s, eval_s)]
-    in_task = [float(t["seconds"]) - w for t, w in zip(tasks, work)]
-    pids = {t["pid"] for t in tasks}
-    gaps = [b["started"] - a["finished"] for a, b in zip(tasks, tasks[1:])] if args.slots == 1 else []
-    span = tasks[-1]["finished"] - tasks[0]["started"]
-    gap = statistics.mean(gaps) if gaps else float("nan")
-    reused = statistics.mean(in_task) + gap
-    fresh = reused + ray_s["fresh worker"] + ray_s["worker imports"]
-
-    out.write(f"# Orchestration of `{args.spec}` + baseline: {n} trainings, {args.slots} Ray slot(s), "
-              f"{len(pids)} worker process(es); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
+    out.write(f"# Orchestration of `{args.spec}` + baseline: {modes[0]['n']} trainings per mode, {args.slots} Ray "
+              f"slot(s); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
     out.write("| part | seconds | what |\n|---|---|---|\n")
     out.write(f"| imports | {import_s:.1f} | torch, Prefect, Ray, the project (once per driver) |\n")
     out.write(f"| Prefect | {prefect_s:.1f} | temporary server start + an empty flow run (once per driver) |\n")
     for k, v in ray_s.items():
         out.write(f"| Ray: {k} | {v:.2f} | {'once per flow run' if k == 'init' else 'per worker process'} |\n")
-    out.write(f"| flow run, everything trains | {flow_s:.1f} | `benchmark(force=True)` |\n")
-    out.write(f"| flow run, nothing to train | {rerun_s:.1f} | planning, skipped records, report; no Ray |\n")
-    out.write(f"| tasks, first start → last finish | {span:.1f} | inside the workers |\n")
-    out.write(f"| training + evaluation | {sum(work):.1f} | {statistics.mean(work):.1f} per task |\n")
-    out.write(f"| in-task overhead | {statistics.mean(in_task):.2f} per task | dataset check, claim, store writes, "
-              "Parquet tables, model file |\n")
-    if gaps:
-        out.write(f"| gap between tasks | {gap:.2f} per task | finish → next start in the same worker: Prefect "
-                  "task run, Ray scheduling |\n")
-    out.write("\n")
-    if gaps:
-        out.write(f"per-task overhead, worker reused (CPU tasks): {reused:.2f} s = "
-                  f"{100 * reused / TARGET_TASK_SECONDS:.1f} % of a {TARGET_TASK_SECONDS:.0f}-second training\n")
-        out.write(f"per-task overhead, fresh worker per task (GPU tasks, Ray max_calls=1): {fresh:.2f} s = "
-                  f"{100 * fresh / TARGET_TASK_SECONDS:.1f} %\n")
+    out.write(f"| flow run, nothing to train | {rerun_s:.1f} | planning, skipped records, report; no Ray |\n\n")
+    out.write("| mode | flow run s | worker processes | training + evaluation s/task | in-task overhead s | "
+              "gap between tasks s | per-task overhead s | % of a 60-s training |\n|---|---|---|---|---|---|---|---|\n")
+    for m in modes:
+        out.write(f"| {MODES[m['mode']][2]} | {m['flow_s']:.1f} | {m['pids']} | {m['work']:.1f} | {m['in_task']:.2f} | "
+                  f"{m['gap']:.2f} | {m['overhead']:.2f} | {100 * m['overhead'] / TARGET_TASK_SECONDS:.1f} % |\n")
+    out.write("\nin-task overhead: dataset check, claim, store writes, Parquet tables, model file; gap: finish → "
+              "next start (Prefect task run, Ray scheduling, and for a fresh worker its start and imports)\n")
     out.write(f"fixed per flow run: {rerun_s + ray_s['init']:.1f} s (flow {rerun_s:.1f} + Ray start "
               f"{ray_s['init']:.1f}); per driver process: {import_s + prefect_s:.1f} s\n")
     return 0

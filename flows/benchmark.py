@@ -134,8 +134,10 @@ def train_all(tasks: list[dict[str, Any]], datasets: dict[str, dict[str, Any]], 
             warn_if_no_gpu(gpus)
     else:
         gpus = 0.0
-    logger.info("%d training(s) on runner=%s, %s GPU(s) each", len(tasks), runner, gpus)
-    with remote_request(runner, gpus, env):
+    with remote_request(runner, gpus, env) as options:
+        reuse = "" if "max_calls" not in options else (
+            ", one Ray worker process per training" if options["max_calls"] == 1 else ", Ray workers reused")
+        logger.info("%d training(s) on runner=%s, %s GPU(s) each%s", len(tasks), runner, gpus, reuse)
         futures = [train_one.submit(t, run_id, force, datasets[t["dataset"]]) for t in tasks]
     results = []
     for t, future in zip(tasks, futures):

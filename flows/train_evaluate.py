@@ -30,7 +30,7 @@ from prefect.cache_policies import NO_CACHE
 
 import flows  # noqa: F401 - offline-safe environment defaults
 from flows.download import dataset_records, ensure_dataset
-from flows.ray_runner import node_info
+from flows.ray_runner import assigned_gpu, node_info
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id
 from mrkd_core.errors import ConfigError
@@ -67,7 +67,8 @@ def train_one(task: dict[str, Any], run_id: str, force: bool = False,
     where = node_info()
     if dataset is not None:
         ensure_dataset(dataset)
-    result = train_evaluate(Task.from_dict(task), open_store(), run_id, force)
+    with assigned_gpu():  # Ray's GPU for this task, freed for the next task of a reused worker
+        result = train_evaluate(Task.from_dict(task), open_store(), run_id, force)
     finished = time.time()
     summary = {
         "key": result["key"], "status": result["status"], "run_dir": result["run_dir"],

@@ -96,3 +96,41 @@ def test_four_gpu_trainings_run_two_at_a_time_one_per_node(two_gpu_nodes, local_
     assert {t["node_id"] for t in tasks} == nodes  # both GPUs were used
     assert answers and answers[0].get("ray_version") == ray.__version__, answers[:1]
     assert (local_store / "reports" / "gpu-sched" / "report.html").is_file()
+    # GPU trainings reuse worker processes (MRKD_RAY_REUSE_GPU_WORKERS defaults to on):
+    # each node's two trainings ran in one process, on the node's one GPU (id 0).
+    assert len({(t["node_id"], t["pid"]) for t in tasks}) == 2, [(t["node_id"], t["pid"]) for t in tasks]
+    assert all(t["gpu_ids"] == ["0"] for t in tasks), [t["gpu_ids"] for t in tasks]
+
+
+def test_reused_gpu_workers_see_every_gpu_and_fresh_ones_only_theirs(two_gpu_nodes):
+    """What a task's process sees with and without reuse (the options ``remote_request`` gives Ray)."""
+    import ray
+
+    from flows.ray_runner import cuda_index, ray_options
+
+    def probe() -> dict:  # defined here so that Ray ships it by value, not by module name
+        import os
+
+        import ray
+
+        return {"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+
+    cluster, _ = two_gpu_nodes
+    ray.init(address=cluster.address)
+    try:
+        for reuse in (True, False):
+            remote = ray.remote(**ray_options(1.0, {}, reuse=reuse))(probe)
+            seen = [ray.get(remote.remote()) for _ in range(4)]  # one after another
+            pids = {s["pid"] for s in seen}
+            if reuse:
+                # Ray left CUDA_VISIBLE_DEVICES as the node has it (unset here): the
+                # task indexes the node's GPUs itself.
+                assert all(s["visible"] is None for s in seen), seen
+                assert len(pids) < 4, seen
+                assert all(cuda_index(s["gpu_ids"], s["visible"], ray_narrowed=False) == 0 for s in seen)
+            else:
+                assert all(s["visible"] == s["gpu_ids"][0] == "0" for s in seen), seen
+                assert len(pids) == 4, seen  # a fresh process per task
+    finally:
+        ray.shutdown()
