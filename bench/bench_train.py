@@ -30,6 +30,13 @@ latter is robust to other jobs on a shared machine); peak MB = the path's own me
 (weights, optimizer state, activations) from an RSS sampler (CPU) or
 ``max_memory_allocated`` (CUDA).
 
+Work: the floating-point operations of one step of ``straightforward`` and ``ours``
+(``torch.utils.flop_counter``: convolutions and matrix products, forward and backward),
+the rate each path reaches, and the device's fp32 matrix-product rate measured in the
+same process (4096² ``torch.mm``). The ceiling ``straightforward s/step ÷ (ours GFLOP ÷
+matmul rate)`` is the speed-up ours would reach if its every operation ran at that rate:
+on a compute-bound step, the bound of what any exact implementation can gain.
+
 Then: inference per image including the anomaly map and score (ours vs the official
 test loop: numpy float64 maps, scipy Gaussian), and the data path (ILM synthesis per
 worker against the training step rate; DataLoader in the main process, as the official
@@ -255,13 +262,39 @@ def run_path(name, base, cfg, device, imgs, x_n, x_a, steps) -> dict:
             sync(device)
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
+        gflop = count_gflop(step) if name in COUNTED else float("nan")
     if device.type == "cpu":
         peak = sampler.peak - baseline_rss[0]
     else:
         peak = torch.cuda.max_memory_allocated(device) - base_cuda
     del step
     release_memory(device)
-    return {"path": name, "desc": desc, "first_loss": first, "wall": wall, "cpu": cpu, "peak_mb": peak / 2**20}
+    return {"path": name, "desc": desc, "first_loss": first, "wall": wall, "cpu": cpu, "peak_mb": peak / 2**20,
+            "gflop": gflop}
+
+
+COUNTED = ("straightforward", "ours")  # the paths whose operations are counted (one extra step each)
+
+
+def count_gflop(step) -> float:
+    """GFLOP of one call of ``step`` (convolutions and matrix products, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(device: torch.device, n: int = 4096, repeats: int = 3) -> float:
+    """fp32 matrix-product rate of ``device`` (GFLOP/s): the practical peak the convolutions chase."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 baseline_rss = [0]
@@ -437,6 +470,7 @@ def main() -> int:
     out.write("| shape | path | what | step s (wall) | CPU s | img/s | ratio | CPU ratio | peak MB | |Δloss| | n |\n")
     out.write("|---|---|---|---|---|---|---|---|---|---|---|\n")
     step_rates: dict[str, float] = {}
+    work: list[dict] = []
     for key in shapes:
         big = key in BIG
         paths = args.paths or (["straightforward", "ours", "ours-layout", "ours-mmap"] if big else
@@ -451,8 +485,23 @@ def main() -> int:
                       f"| {r['ratio']:.2f}x | {r['cpu_ratio']:.2f}x | {r['peak_mb']:.0f} | {r['dloss']:.1e}{ok} | {r['n']} |\n")
             if r["path"] == "ours":
                 step_rates[key] = r["img_s"]
+            if r["path"] in COUNTED:
+                work.append(r)
             out.flush()
     out.write(f"\nload average after the training steps: {os.getloadavg()[0]:.1f}\n")
+    if work:
+        peak = matmul_gflops(device)
+        out.write(f"\n# Work per step against the fp32 matmul rate of this {device.type} ({peak:.0f} GFLOP/s, 4096² mm)\n")
+        out.write("| shape | path | GFLOP/step | GFLOP/s | % of matmul rate | ceiling of ours vs straightforward |\n")
+        out.write("|---|---|---|---|---|---|\n")
+        by_shape = {(r["shape"], r["path"]): r for r in work}
+        for r in work:
+            sf, ours = by_shape.get((r["shape"], "straightforward")), by_shape.get((r["shape"], "ours"))
+            ceiling = (f"{sf['step_s'] / (ours['gflop'] / peak):.2f}x" if sf and ours and r["path"] == "ours" else "")
+            rate = r["gflop"] / r["step_s"]
+            out.write(f"| {r['shape']} | {r['path']} | {r['gflop']:.1f} | {rate:.0f} | {100 * rate / peak:.0f} % "
+                      f"| {ceiling} |\n")
+        out.write("(ceiling: straightforward s/step ÷ the time ours would take with every GFLOP at the matmul rate)\n")
 
     if not args.skip_inference:
         out.write(f"\n# Inference, batch 1, anomaly map (Eq. 5) + score (Eq. 6), median of {args.inference_images}\n")
