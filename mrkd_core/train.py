@@ -58,7 +58,14 @@ class ILMTrainDataset(Dataset):
 
     ILM runs here, i.e. in DataLoader workers, so synthesis never stalls the model.
     With ``cfg.ilm`` off (the RD4AD baseline) x_a is x_n itself.
+
+    ``with_normal = False`` (what ``train`` sets when the clean images' teacher features
+    are cached) makes items ``(index, x_a)``: the index picks the cached rows, and the
+    clean image, which would only be normalised, shipped from the worker and dropped, is
+    not built. Without ILM x_a is then an empty tensor (nothing of the batch is needed).
     """
+
+    with_normal: bool = True
 
     def __init__(self, samples: Sequence[Sample], cfg: MRKDConfig, category: str):
         if not samples:
@@ -87,13 +94,19 @@ class ILMTrainDataset(Dataset):
         return self.images[idx]
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``key`` = an index (epoch from ``set_epoch``) or an ``(epoch, index)`` pair."""
+        """``key`` = an index (epoch from ``set_epoch``) or an ``(epoch, index)`` pair.
+
+        Returns ``(x_n, x_a)``, or ``(index, x_a)`` when ``with_normal`` is False.
+        """
         epoch, idx = key if isinstance(key, tuple) else (self.epoch, key)
         cfg = self.cfg
         image = self._load(idx)
-        normal = normalize(image, cfg.normalize_mean, cfg.normalize_std)
+        if self.with_normal:
+            first = normal = normalize(image, cfg.normalize_mean, cfg.normalize_std)
+        else:
+            first, normal = torch.tensor(idx, dtype=torch.int64), torch.empty(0)
         if not cfg.ilm:
-            return normal, normal
+            return first, normal
         rng = np.random.default_rng([cfg.seed, epoch, idx])
         source = None
         if cfg.ilm_source == "other" and len(self.samples) > 1:
@@ -102,7 +115,7 @@ class ILMTrainDataset(Dataset):
         synthetic, _ = ilm_pair(
             image, self.preset, rng, fraction=cfg.ilm_fraction, source=source, blend=cfg.ilm_blend
         )
-        return normal, normalize(synthetic, cfg.normalize_mean, cfg.normalize_std)
+        return first, normalize(synthetic, cfg.normalize_mean, cfg.normalize_std)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -337,20 +350,20 @@ def _train_epoch(model: MRKD, optimizer: torch.optim.Optimizer, loader: DataLoad
     model.train()
     flm_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + epoch) if cfg.flm else None
     loader.sampler.set_epoch(epoch)
-    order = torch.as_tensor(loader.sampler.order(), device=device)
     total = torch.zeros((), dtype=torch.float64, device=device)  # float64 like the Python sum: same bits
     batches = seen = 0
-    for normal, synthetic in loader:
+    for first, synthetic in loader:
         f_normal = None
-        if cache is not None:  # batches are consecutive slices of this epoch's order
-            rows = order[seen: seen + normal.shape[0]]
+        if cache is not None:  # the dataset sends indices, not clean images (with_normal=False)
+            rows = first.to(device, non_blocking=True)
             f_normal = [c.index_select(0, rows) for c in cache]
+            normal = None  # without ILM, synthetic is None too: forward_train uses the cache alone
         else:
-            normal = normal.to(device, non_blocking=True)
+            normal = first.to(device, non_blocking=True)
         synthetic = normal if not cfg.ilm else synthetic.to(device, non_blocking=True)
         total += _train_step(model, optimizer, normal, synthetic, cfg, device, flm_gen, teacher_normal=f_normal)
         batches += 1
-        seen += synthetic.shape[0]
+        seen += len(first)
     mean_loss = total.item() / max(batches, 1)  # the epoch's only host-device sync
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"loss became {mean_loss} in epoch {epoch + 1} of {category}; lower lr or use fp32")
@@ -402,6 +415,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
         cache = None
         if teacher_cache is not False and start_epoch < cfg.epochs:
             cache = teacher_feature_cache(model, dataset, cfg, device, limit=None if teacher_cache is None else 1 << 62)
+        dataset.with_normal = cache is None  # set before the loader forks its workers
         loader = make_loader(dataset, cfg, start_epoch, pin_memory=device.type == "cuda")
         progress = _progress(cfg, category, start_epoch)
         try:

@@ -27,7 +27,14 @@ from mrkd_core.device import CPU_CHANNELS_LAST_MIN_SIZE, _glibc, place_model, us
 from mrkd_core.errors import ConfigError
 from mrkd_core.model import build_mrkd, mrkd_loss
 from mrkd_core.model_io import load_model_bytes, model_bytes
-from mrkd_core.train import ILMTrainDataset, build_optimizer, teacher_feature_cache, train
+from mrkd_core.train import (
+    ILMTrainDataset,
+    build_optimizer,
+    epoch_order,
+    make_loader,
+    teacher_feature_cache,
+    train,
+)
 
 TINY = dict(backbone="resnet18", teacher_weights="none", image_size=64, batch_size=4, num_workers=0,
             progress=False, device="cpu", memory_format="contiguous")
@@ -59,6 +66,35 @@ def test_teacher_cache_equals_a_teacher_pass_per_step(samples):
     per_step = train(cfg, samples, "tex_stripes", teacher_cache=False)
     assert cached.epoch_losses == pytest.approx(per_step.epoch_losses, rel=1e-6, abs=1e-7)
     _assert_weights_close(cached.model, per_step.model, 1e-5)
+
+
+def test_teacher_cache_without_ilm_trains_like_a_teacher_pass_per_step(samples):
+    """The RD4AD baseline: with the cache the batch carries only indices, and no teacher runs per step."""
+    cfg = MRKDConfig(epochs=2, ilm=False, flm=False, **TINY)
+    cached = train(cfg, samples, "tex_stripes", teacher_cache=True)
+    per_step = train(cfg, samples, "tex_stripes", teacher_cache=False)
+    assert cached.epoch_losses == pytest.approx(per_step.epoch_losses, rel=1e-6, abs=1e-7)
+    _assert_weights_close(cached.model, per_step.model, 1e-5)
+
+
+@pytest.mark.parametrize("ilm", [True, False])
+def test_with_the_cache_the_loader_sends_indices_instead_of_clean_images(samples, ilm):
+    cfg = MRKDConfig(ilm=ilm, **TINY)
+    full = ILMTrainDataset(samples, cfg, "tex_stripes")
+    lean = ILMTrainDataset(samples, cfg, "tex_stripes")
+    lean.with_normal = False
+    for key in [(0, 3), (1, 3), (1, 5)]:
+        x_n, x_a = full[key]
+        index, x_a_lean = lean[key]
+        assert index.dtype == torch.int64 and int(index) == key[1]
+        if ilm:
+            assert torch.equal(x_a_lean, x_a)  # the same ILM draw from (seed, epoch, index)
+        else:
+            assert x_a_lean.numel() == 0  # nothing of the image is needed
+    loader = make_loader(lean, cfg.replace(batch_size=4), epoch=1)
+    loader.sampler.set_epoch(1)
+    indices = torch.cat([first for first, _ in loader]).tolist()
+    assert indices == epoch_order(len(lean), cfg.seed, 1)
 
 
 def test_teacher_cache_holds_the_teacher_features_in_dataset_order(samples):
