@@ -11,8 +11,9 @@ on ``device=cuda``) and prints two tables:
 1. per category of ``--spec`` (variant ``mrkd``): image and pixel AU-ROC in fp32 NCHW,
    fp32 channels_last and bf16 channels_last, and the differences in points;
 2. GPU utilisation while training WRN50 at 256 px, batch 16 (the paper's setting) on
-   generated images: ``nvidia-smi`` samples every 0.2 s, the median over the epochs
-   after the first (steady state), with the training images/s.
+   generated images, with a checkpoint after every epoch as the product writes them:
+   ``nvidia-smi`` samples every 0.2 s, the median over the epochs after the first
+   (steady state), with the training images/s.
 
 Without a CUDA GPU it prints one line and exits 0 (so ``make bench`` runs everywhere).
 """
@@ -39,6 +40,7 @@ from mrkd_core.data import get_dataset  # noqa: E402
 from mrkd_core.data.synthetic import make_synthetic_mvtec  # noqa: E402
 from mrkd_core.evaluate import evaluate  # noqa: E402
 from mrkd_core.specs import load_spec, prepare_data  # noqa: E402
+from mrkd_core.storage import ArtifactStore  # noqa: E402
 from mrkd_core.train import train  # noqa: E402
 
 VARIANTS = {  # name → config changes on top of the spec's
@@ -121,7 +123,9 @@ def utilisation(root: str, n_images: int, epochs: int, device: str, backbone: st
                          **change)
         with GpuSampler() as sampler:
             t0 = time.perf_counter()
-            result = train(cfg, samples, "tex_grain")
+            # As the product trains: a checkpoint after every epoch (CheckpointWriter).
+            result = train(cfg, samples, "tex_grain", checkpoints=ArtifactStore(str(Path(root) / f"ckpt-{name}")),
+                           resume=False)
         first = t0 + result.log[0]["seconds"] if result.log else t0
         print(f"| {name} | {result.log[-1]['images_per_second']:.0f} | {sampler.median_after(first):.0f} |",
               flush=True)

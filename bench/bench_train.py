@@ -37,6 +37,10 @@ same process (4096² ``torch.mm``). The ceiling ``straightforward s/step ÷ (our
 matmul rate)`` is the speed-up ours would reach if its every operation ran at that rate:
 on a compute-bound step, the bound of what any exact implementation can gain.
 
+Checkpoint after an epoch: how long the training loop is blocked by writing a
+checkpoint (to a local folder) in the loop, as the official code's ``torch.save`` does,
+against ``CheckpointWriter.save`` (host copy, then a background thread).
+
 Then: inference per image including the anomaly map and score (ours vs the official
 test loop: numpy float64 maps, scipy Gaussian), and the data path (ILM synthesis per
 worker against the training step rate; DataLoader in the main process, as the official
@@ -435,6 +439,40 @@ def bench_loader(size: int, batch: int, n_images: int, workers: int) -> dict[str
 
 
 # --------------------------------------------------------------------------- report
+def bench_checkpoint(key: str, device: torch.device, repeats: int = 2) -> list[dict]:
+    """Seconds the loop is blocked per checkpoint: in the loop vs ``CheckpointWriter`` (+ its thread's time)."""
+    from mrkd_core.storage import ArtifactStore
+    from mrkd_core.train import CheckpointWriter, save_checkpoint
+
+    backbone, size, _ = SHAPES[key]
+    cfg = MRKDConfig(backbone=backbone, teacher_weights="none", image_size=size, device=device.type, progress=False)
+    model = place_model(build_mrkd(cfg), cfg, device)
+    opt = build_optimizer(model, cfg)
+    for p in model.trainable_parameters():  # Adam's moments exist after a first step
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    rows: dict[str, list[float]] = {"in the loop (torch.save + store)": [], "CheckpointWriter.save": [],
+                                    "  its background write": []}
+    size_mb = float("nan")
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
+        for r in range(repeats):
+            store = ArtifactStore(str(Path(tmp) / f"sync-{r}"))
+            t0 = time.perf_counter()
+            name = save_checkpoint(store, model, opt, cfg, 1, [0.1])
+            rows["in the loop (torch.save + store)"].append(time.perf_counter() - t0)
+            size_mb = len(store.read_bytes(name)) / 2**20
+            writer = CheckpointWriter(ArtifactStore(str(Path(tmp) / f"async-{r}")))
+            t0 = time.perf_counter()
+            writer.save(model, opt, cfg, 1, [0.1])
+            rows["CheckpointWriter.save"].append(time.perf_counter() - t0)
+            writer.wait()
+            rows["  its background write"].append(time.perf_counter() - t0)
+            writer.close()
+    ref = statistics.median(rows["in the loop (torch.save + store)"])
+    return [{"shape": key, "path": k, "s": statistics.median(v), "mb": size_mb,
+             "ratio": ref / statistics.median(v) if not k.startswith(" ") else float("nan")} for k, v in rows.items()]
+
+
 def machine(device: torch.device) -> str:
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -459,6 +497,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--skip-data", action="store_true")
+    ap.add_argument("--skip-checkpoint", action="store_true")
     ap.add_argument("--inference-images", type=int, default=5)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -502,6 +541,15 @@ def main() -> int:
             out.write(f"| {r['shape']} | {r['path']} | {r['gflop']:.1f} | {rate:.0f} | {100 * rate / peak:.0f} % "
                       f"| {ceiling} |\n")
         out.write("(ceiling: straightforward s/step ÷ the time ours would take with every GFLOP at the matmul rate)\n")
+
+    if not args.skip_checkpoint:
+        key = shapes[0]
+        out.write(f"\n# Checkpoint after an epoch, {key} (model + Adam state), local folder\n")
+        out.write("| path | s the training loop is blocked | MB | ratio |\n|---|---|---|---|\n")
+        for r in bench_checkpoint(key, device):
+            ratio = "" if r["ratio"] != r["ratio"] else f"{r['ratio']:.1f}x"
+            out.write(f"| {r['path']} | {r['s']:.2f} | {r['mb']:.0f} | {ratio} |\n")
+        out.flush()
 
     if not args.skip_inference:
         out.write(f"\n# Inference, batch 1, anomaly map (Eq. 5) + score (Eq. 6), median of {args.inference_images}\n")

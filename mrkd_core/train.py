@@ -10,7 +10,8 @@ frozen teacher's features of the clean images are computed once per run and reus
 every epoch, so per step the teacher only sees x_a; NHWC where it is measured faster
 (``mrkd_core.device.use_channels_last``); fused Adam; on CPU the heap keeps each step's
 activations for the next (``mrkd_core.device.cpu_heap_reuse``); DataLoader workers live
-for the whole run; the step never waits for the loss on the host.
+for the whole run; the step never waits for the loss on the host; checkpoints are
+written by a background thread (``CheckpointWriter``).
 
 Reproducibility: every random draw is derived from ``(cfg.seed, epoch, index)``: the
 shuffling order, the ILM patches of each image and the FLM masks of each step. A run
@@ -169,32 +170,103 @@ def _ckpt_name(epoch: int) -> str:
     return f"epoch-{epoch:04d}.pt"
 
 
-def save_checkpoint(store: ArtifactStore, model: MRKD, optimizer: torch.optim.Optimizer,
-                    cfg: MRKDConfig, epoch: int, losses: list[float]) -> str:
-    """Write the state after ``epoch`` completed epochs, then its sha256 sidecar, then prune.
+def checkpoint_state(model: MRKD, optimizer: torch.optim.Optimizer, cfg: MRKDConfig, epoch: int,
+                     losses: list[float]) -> dict:
+    """What the checkpoint after ``epoch`` completed epochs holds, as host-memory copies taken now.
 
-    The sidecar is written after the checkpoint, so a crash in between leaves a
-    checkpoint without a sidecar, which resume treats as unverified and skips.
+    Copies, not references: the next optimizer step updates the parameters and Adam's
+    moments in place while :class:`CheckpointWriter` may still be serialising this state.
+    The frozen teacher is left out (it is rebuilt from its weights).
     """
-    state = {
+    return {
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_json(),
         "epoch": epoch,
         "losses": list(losses),
-        "model": {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")},
-        "optimizer": optimizer.state_dict(),
+        "model": {k: _host_copy(v) for k, v in model.state_dict().items() if not k.startswith("teacher.")},
+        "optimizer": _host_copy(optimizer.state_dict()),
         "torch_rng": torch.get_rng_state(),
     }
+
+
+def _host_copy(obj):
+    """``obj`` with every tensor copied to CPU memory (a new tensor even when it is on the CPU)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
+
+
+def write_checkpoint(store: ArtifactStore, state: dict) -> str:
+    """Serialise ``state`` (from :func:`checkpoint_state`), store it, then its sha256 sidecar, then prune.
+
+    The sidecar is written after the checkpoint, so a crash in between leaves a
+    checkpoint without a sidecar, which resume treats as unverified and skips.
+    """
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    name = _ckpt_name(epoch)
+    name = _ckpt_name(int(state["epoch"]))
     store.write_bytes(name, data)
     store.write_json(name + ".sha256.json", {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
     for old in _checkpoint_epochs(store)[KEEP_CHECKPOINTS:]:
         store.remove(_ckpt_name(old))
         store.remove(_ckpt_name(old) + ".sha256.json")
     return name
+
+
+def save_checkpoint(store: ArtifactStore, model: MRKD, optimizer: torch.optim.Optimizer,
+                    cfg: MRKDConfig, epoch: int, losses: list[float]) -> str:
+    """Write the state after ``epoch`` completed epochs now, in this thread (see also :class:`CheckpointWriter`)."""
+    return write_checkpoint(store, checkpoint_state(model, optimizer, cfg, epoch, losses))
+
+
+class CheckpointWriter:
+    """Stores checkpoints from a background thread while training goes on.
+
+    A WRN50 checkpoint (bottleneck, student and generation modules with Adam's two
+    moments: 109 M parameters × 3) is 1.24 GB; serialising, hashing and storing it takes
+    5-8 s on the 2-core VM of docs/performance.md, more to S3, while a GPU epoch of an
+    MVTec AD category takes seconds: written in the training loop, it would idle the GPU
+    most of the time. :meth:`save` copies the state to host memory (a fraction of a
+    second) and returns; the thread does the rest. At most one write is in flight:
+    ``save`` first waits for the previous one, so host memory holds at most one extra
+    copy and no checkpoint is skipped. A failed write is raised by the next ``save`` or
+    by :meth:`wait`.
+    """
+
+    def __init__(self, store: ArtifactStore):
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrkd-checkpoint")
+        self._pending = None
+
+    def save(self, model: MRKD, optimizer: torch.optim.Optimizer, cfg: MRKDConfig, epoch: int,
+             losses: list[float]) -> None:
+        self.wait()
+        state = checkpoint_state(model, optimizer, cfg, epoch, losses)
+        self._pending = self._pool.submit(write_checkpoint, self.store, state)
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is stored; re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the write in flight and stop the thread; an error is logged, not raised.
+
+        For ``finally`` blocks: an exception already on its way out must not be replaced
+        by a storage error, and the finished checkpoint still helps the retry resume.
+        """
+        try:
+            self.wait()
+        except Exception as exc:  # noqa: BLE001 - reported, the original exception (if any) wins
+            log.error("checkpoint write to %s failed: %s", self.store.uri(), exc)
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _checkpoint_epochs(store: ArtifactStore) -> list[int]:
@@ -418,6 +490,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
         dataset.with_normal = cache is None  # set before the loader forks its workers
         loader = make_loader(dataset, cfg, start_epoch, pin_memory=device.type == "cuda")
         progress = _progress(cfg, category, start_epoch)
+        writer = CheckpointWriter(checkpoints) if checkpoints is not None else None
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t_epoch = time.perf_counter()
@@ -430,11 +503,15 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
                 log.info("%s epoch %d/%d loss %.5f %.1f img/s", category, epoch + 1, cfg.epochs, mean_loss, rate)
                 progress.update(1)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
-                if checkpoints is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-                    save_checkpoint(checkpoints, model, optimizer, cfg, epoch + 1, losses)
+                if writer is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+                    writer.save(model, optimizer, cfg, epoch + 1, losses)
+            if writer is not None:
+                writer.wait()  # the last checkpoint is stored (or its error raised) before train returns
         finally:
             progress.close()
             _close_loader(loader)
+            if writer is not None:
+                writer.close()
             del cache  # freed before the heap is trimmed
     elapsed = time.perf_counter() - t0
     model.eval()
@@ -463,6 +540,7 @@ def config_from_checkpoint(data: bytes) -> MRKDConfig:
 
 
 __all__ = [
-    "EpochSampler", "ILMTrainDataset", "TrainResult", "build_optimizer", "epoch_order", "load_latest_checkpoint",
-    "make_loader", "save_checkpoint", "teacher_feature_cache", "train", "config_from_checkpoint",
+    "CheckpointWriter", "EpochSampler", "ILMTrainDataset", "TrainResult", "build_optimizer", "checkpoint_state",
+    "epoch_order", "load_latest_checkpoint", "make_loader", "save_checkpoint", "teacher_feature_cache", "train",
+    "config_from_checkpoint", "write_checkpoint",
 ]
