@@ -12,8 +12,9 @@ Two runners:
 
 GPU trainings reuse Ray worker processes (``MRKD_RAY_REUSE_GPU_WORKERS``, on by default).
 Ray's default for a GPU task is a fresh process per task (``max_calls=1``): each one pays
-the worker start and the imports of torch, torchvision and Prefect (4.5 s on a 2-core VM,
-plus a CUDA context), 9 % of a 60-second training. Reuse is safe because each task picks
+the worker start and the imports of torch, torchvision and Prefect (5.3 s on a 2-core VM,
+plus a CUDA context on a GPU node): 12.9 % of a 60-second training against 2.3 % with
+reuse (``bench/bench_orchestration.py``). Reuse is safe because each task picks
 its GPU itself: its ``runtime_env`` sets ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES``,
 so Ray leaves ``CUDA_VISIBLE_DEVICES`` as the node has it (a CUDA context created by an
 earlier task would otherwise pin the process to that task's GPU), and
