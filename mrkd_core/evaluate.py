@@ -82,7 +82,7 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
     scores: list[dict] = []
     main_key = scales_key(cfg.score_scales)
     for batch in unwrap_worker_errors(loader):  # a bad file's DataError stays one line
-        images = batch["image"].to(device, non_blocking=True)  # MRKD._prepare applies the model's layout
+        images = batch["image"].to(device, non_blocking=True)  # MRKD.prepare_input applies the model's layout
         psm = infer(model, images, cfg, generator)
         for key, s in want.items():
             fused[key].append(fuse_maps(psm, s, cfg.gaussian_sigma).cpu().numpy().astype(np.float32))

@@ -371,10 +371,8 @@ def teacher_feature_cache(model: MRKD, dataset: ILMTrainDataset, cfg: MRKDConfig
         stop = min(n, start + cfg.batch_size)
         x = torch.stack([normalize(dataset.images[i], cfg.normalize_mean, cfg.normalize_std)
                          for i in range(start, stop)]).to(device)
-        if model.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, cfg.precision):
-            feats = model.teacher(x)
+            feats = model.teacher(model.prepare_input(x))
         if cache is None:
             per_image = sum(f[0].numel() * f.element_size() for f in feats)
             if per_image * n > limit:

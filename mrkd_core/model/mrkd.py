@@ -46,7 +46,8 @@ class MRKD(nn.Module):
             params += list(self.generation.parameters())
         return params
 
-    def _prepare(self, x: Tensor) -> Tensor:
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """An image batch in the memory layout of the model (``place_model`` chose it); checks its rank."""
         if x.dim() != 4:
             raise ValueError(f"expected an image batch B×3×H×W, got shape {tuple(x.shape)}")
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -74,15 +75,15 @@ class MRKD(nn.Module):
         same = x_synth is x_normal
         if teacher_normal is not None:
             with torch.no_grad():
-                f_synth = list(teacher_normal) if same else self.teacher(self._prepare(x_synth))
+                f_synth = list(teacher_normal) if same else self.teacher(self.prepare_input(x_synth))
             return list(teacher_normal), self._restore(f_synth, generator, mask=True)
-        x_normal = self._prepare(x_normal)
+        x_normal = self.prepare_input(x_normal)
         with torch.no_grad():
             if same:
                 f_normal = self.teacher(x_normal)
                 f_synth = f_normal
             else:
-                x_synth = self._prepare(x_synth)
+                x_synth = self.prepare_input(x_synth)
                 if x_synth.shape[1:] != x_normal.shape[1:]:
                     raise ValueError(f"normal {tuple(x_normal.shape)} and synthetic {tuple(x_synth.shape)} "
                                      "batches must have the same image shape")
@@ -100,7 +101,7 @@ class MRKD(nn.Module):
         from ``generator``, or, when None, from a fresh generator on ``x``'s device seeded
         with ``flm_test_seed`` (repeatable). ``flm=False`` restores without masking.
         """
-        x = self._prepare(x)
+        x = self.prepare_input(x)
         with torch.no_grad():
             f_t = self.teacher(x)
         mask = flm and self.generation is not None and self.generation.ratio > 0
