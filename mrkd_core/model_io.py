@@ -17,6 +17,7 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.device import place_model
 from mrkd_core.errors import MRKDError, StorageError, unpickle_error
 from mrkd_core.model import MRKD, build_mrkd
+from mrkd_core.revision import TRAINING_REVISION
 from mrkd_core.storage import ArtifactStore, open_uri
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ MODEL_FORMAT = "mrkd-model/1"
 def model_bytes(model: MRKD, cfg: MRKDConfig, extra: dict | None = None) -> bytes:
     state = {
         "format": MODEL_FORMAT,
+        "training_revision": TRAINING_REVISION,
         "config": cfg.to_json(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": dict(extra or {}),

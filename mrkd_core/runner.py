@@ -56,6 +56,7 @@ from mrkd_core.results import (
     utcnow,
     write_manifest,
 )
+from mrkd_core.revision import TRAINING_REVISION, stored_revision
 from mrkd_core.specs import Task
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.train import train
@@ -95,6 +96,12 @@ def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None) -
         d = f"{run}/{key_path(task)}"
         if store.exists(f"{d}/{MANIFEST}") and is_complete(store, d, SKIP_CHECK_HASH_BYTES):
             check_no_collision(store, task, d)
+            revision = stored_revision(store.read_json(f"{d}/{MANIFEST}"))
+            if revision != TRAINING_REVISION:
+                # Kept as history, never reused: the same config trains differently now.
+                log.info("not reusing %s: trained by training revision %d, this code is revision %d",
+                         store.uri(d), revision, TRAINING_REVISION)
+                continue
             return d
     return None
 
@@ -221,7 +228,8 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     })
     claim.check()
     write_manifest(store, directory, [*files, "config.json", "train.json"],
-                   extra={"key": task.key, "run_id": run_id, "variant": task.variant})
+                   extra={"key": task.key, "run_id": run_id, "variant": task.variant,
+                          "training_revision": TRAINING_REVISION})
     _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(score_rows), directory)
     if force:
         # Only a crash of this run needed them; the run directory now holds model.pt.

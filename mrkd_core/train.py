@@ -43,6 +43,7 @@ from mrkd_core.data.torch_datasets import TrainImages, normalize
 from mrkd_core.device import autocast_context, cpu_heap_reuse, place_model, resolve_device
 from mrkd_core.errors import DataError, StorageError, unpickle_error
 from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
+from mrkd_core.revision import TRAINING_REVISION, stored_revision
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.synth import get_preset, ilm_pair
 
@@ -180,6 +181,7 @@ def checkpoint_state(model: MRKD, optimizer: torch.optim.Optimizer, cfg: MRKDCon
     """
     return {
         "format": CHECKPOINT_FORMAT,
+        "training_revision": TRAINING_REVISION,
         "config": cfg.to_json(),
         "epoch": epoch,
         "losses": list(losses),
@@ -311,11 +313,27 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig) -> dict | None
                 f"checkpoint {store.uri(name)} belongs to config {stored_cfg.config_hash()}, not "
                 f"{cfg.config_hash()}; train into another output folder or delete its checkpoints"
             )
+        if stored_revision(state) != TRAINING_REVISION:
+            # The same config trains differently now (mrkd_core.revision): continuing this
+            # state would mix two trainings. It can never be resumed, so it goes, and the
+            # run starts from scratch (pruning would otherwise keep its higher epochs).
+            log.warning("checkpoint %s was written by training revision %d, this code is revision %d: "
+                        "it cannot be resumed; training starts from scratch and replaces it",
+                        store.uri(name), stored_revision(state), TRAINING_REVISION)
+            discard_checkpoints(store)
+            return None
         if int(state["epoch"]) > cfg.epochs:
             log.warning("checkpoint %s is past epoch %d; ignoring it", store.uri(name), cfg.epochs)
             continue
         return state
     return None
+
+
+def discard_checkpoints(store: ArtifactStore) -> None:
+    """Remove every ``epoch-NNNN.pt`` of ``store`` and its sidecar."""
+    for epoch in _checkpoint_epochs(store):
+        store.remove(_ckpt_name(epoch))
+        store.remove(_ckpt_name(epoch) + ".sha256.json")
 
 
 def _resume_key(cfg: MRKDConfig) -> dict:
@@ -540,5 +558,5 @@ def config_from_checkpoint(data: bytes) -> MRKDConfig:
 __all__ = [
     "CheckpointWriter", "EpochSampler", "ILMTrainDataset", "TrainResult", "build_optimizer", "checkpoint_state",
     "epoch_order", "load_latest_checkpoint", "make_loader", "save_checkpoint", "teacher_feature_cache", "train",
-    "config_from_checkpoint", "write_checkpoint",
+    "config_from_checkpoint", "discard_checkpoints", "write_checkpoint",
 ]

@@ -14,22 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from mrkd_core.model.blocks import conv3x3, make_stage
+from mrkd_core.model.init import init_like_rd4ad
 from mrkd_core.model.specs import backbone_spec
-
-
-def init_like_rd4ad(module: nn.Module) -> None:
-    """RD4AD's initialisation of its bottleneck and decoder, which MRKD trains from.
-
-    Kaiming-normal (fan_out, ReLU) for every ``nn.Conv2d``, BatchNorm weight 1 / bias 0.
-    Transposed convolutions are not ``nn.Conv2d`` instances and keep PyTorch's default,
-    as in the official code.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def _down(cin: int, cout: int) -> nn.Sequential:

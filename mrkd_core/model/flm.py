@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mrkd_core.errors import ConfigError
+from mrkd_core.model.init import init_like_rd4ad
 
 DEFAULT_RATIO = 0.2  # λ of the paper (Sec. 4.1)
 
@@ -43,13 +44,19 @@ def flm_mask(shape: tuple[int, ...] | torch.Size, ratio: float, generator: torch
 
 
 class Generation(nn.Module):
-    """G^l of Eq. 3: W_l2(ReLU(W_l1(·))), 3×3 convolutions with bias, channels in = out."""
+    """G^l of Eq. 3: W_l2(ReLU(W_l1(·))), 3×3 convolutions with bias, channels in = out.
+
+    Initialised like the rest of the official decoder (``init_like_rd4ad``): the official
+    code builds these modules inside the decoder before its initialisation loop, so their
+    weights are Kaiming-normal (fan_out, ReLU) and their biases PyTorch's default.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        init_like_rd4ad(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv2(self.relu(self.conv1(x)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mrkd_core.model.blocks import make_stage
-from mrkd_core.model.bottleneck import init_like_rd4ad
+from mrkd_core.model.init import init_like_rd4ad
 from mrkd_core.model.specs import backbone_spec
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,8 @@ from mrkd_core.errors import StorageError
 from mrkd_core.evaluate import evaluate
 from mrkd_core.model_io import load_model, save_model
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.train import ILMTrainDataset, epoch_order, load_latest_checkpoint, train
+from mrkd_core.revision import TRAINING_REVISION
+from mrkd_core.train import ILMTrainDataset, epoch_order, load_latest_checkpoint, train, write_checkpoint
 
 TINY = dict(backbone="resnet18", teacher_weights="none", image_size=64, batch_size=4, num_workers=0,
             progress=False, device="cpu")
@@ -80,6 +83,31 @@ def test_corrupt_checkpoint_falls_back(samples, tmp_path, caplog):
         state = load_latest_checkpoint(store, cfg)
     assert state is not None and state["epoch"] == 1
     assert "corrupt or truncated" in caplog.text
+
+
+def test_checkpoint_of_an_older_training_revision_is_not_resumed(samples, tmp_path, caplog):
+    """A pre-revision-2 checkpoint (no recorded revision) is discarded: training starts from scratch."""
+    cfg = MRKDConfig(epochs=2, **TINY)
+    store = ArtifactStore(tmp_path)
+    fresh = train(cfg, samples[0], "tex_stripes")
+    train(cfg, samples[0], "tex_stripes", checkpoints=store)
+    for epoch in (1, 2):  # as the code before the generation-module fix wrote them
+        state = torch.load(io.BytesIO(store.read_bytes(f"epoch-{epoch:04d}.pt")), weights_only=True)
+        del state["training_revision"]
+        write_checkpoint(store, state)
+    assert load_latest_checkpoint(store, cfg) is None
+    assert not store.exists("epoch-0002.pt")
+    train(cfg, samples[0], "tex_stripes", checkpoints=store)  # writes revision-2 checkpoints again
+    for epoch in (1, 2):
+        state = torch.load(io.BytesIO(store.read_bytes(f"epoch-{epoch:04d}.pt")), weights_only=True)
+        del state["training_revision"]
+        write_checkpoint(store, state)
+    with caplog.at_level("WARNING"):
+        again = train(cfg, samples[0], "tex_stripes", checkpoints=store)
+    assert "training revision 1" in caplog.text and "starts from scratch" in caplog.text
+    assert again.resumed_from_epoch == 0 and again.epoch_losses == fresh.epoch_losses
+    state = torch.load(io.BytesIO(store.read_bytes("epoch-0002.pt")), weights_only=True)
+    assert state["training_revision"] == TRAINING_REVISION
 
 
 def test_epoch_order_is_a_pure_function():
