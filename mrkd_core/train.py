@@ -29,7 +29,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -356,6 +356,30 @@ class TrainResult:
     log: list[dict] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EpochProgress:
+    """What ``train`` reports after each finished epoch (to ``on_epoch`` and the log).
+
+    ``epoch`` is 1-based and counts finished epochs out of ``epochs`` (a resumed run
+    starts past 0); ``loss`` is the epoch's mean loss of Eq. 4; ``seconds`` the epoch's
+    wall time; ``eta_seconds`` the remaining epochs times this run's mean epoch time.
+    """
+
+    category: str
+    epoch: int
+    epochs: int
+    loss: float
+    seconds: float
+    images_per_second: float
+    elapsed_seconds: float
+    eta_seconds: float
+
+    @property
+    def fraction(self) -> float:
+        """Finished share of the training, in [0, 1]."""
+        return self.epoch / self.epochs if self.epochs else 1.0
+
+
 # --------------------------------------------------------------------------- speed
 # Largest cache of clean-image teacher features; a deterministic function of the run
 # (never of free memory), so an interrupted and an uninterrupted run decide alike.
@@ -468,13 +492,16 @@ def _close_loader(loader: DataLoader) -> None:
 
 def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
           checkpoints: ArtifactStore | None = None, resume: bool = True,
-          teacher_cache: bool | None = None) -> TrainResult:
+          teacher_cache: bool | None = None,
+          on_epoch: Callable[[EpochProgress], None] | None = None) -> TrainResult:
     """Train MRKD on the defect-free ``samples`` of one category.
 
     ``checkpoints``: a store (folder or s3 prefix) for ``epoch-NNNN.pt`` every
     ``cfg.checkpoint_every`` epochs; with ``resume`` the newest valid one is continued.
     ``teacher_cache``: reuse the clean images' teacher features (None: when they fit in
     ``teacher_cache_limit``; False: never; True: always).
+    ``on_epoch``: called with an :class:`EpochProgress` after every epoch (the flows turn
+    it into Prefect progress artifacts); it runs in the training loop, so keep it cheap.
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -516,7 +543,14 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
                 seconds = time.perf_counter() - t_epoch
                 rate = seen / seconds if seconds > 0 else float("nan")
                 history.append({"epoch": epoch + 1, "loss": mean_loss, "seconds": seconds, "images_per_second": rate})
-                log.info("%s epoch %d/%d loss %.5f %.1f img/s", category, epoch + 1, cfg.epochs, mean_loss, rate)
+                elapsed = time.perf_counter() - t0
+                done = epoch + 1 - start_epoch
+                report = EpochProgress(category, epoch + 1, cfg.epochs, mean_loss, seconds, rate, elapsed,
+                                       elapsed / done * (cfg.epochs - epoch - 1))
+                log.info("%s epoch %d/%d loss %.5f %.1f img/s, ETA %s", category, report.epoch, report.epochs,
+                         mean_loss, rate, _hms(report.eta_seconds))
+                if on_epoch is not None:
+                    on_epoch(report)
                 progress.update(1)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
                 if writer is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
@@ -542,6 +576,12 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     )
 
 
+def _hms(seconds: float) -> str:
+    """'1:02:03' for an ETA in log lines."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 def _progress(cfg: MRKDConfig, category: str, start_epoch: int):
     from tqdm.auto import tqdm
 
@@ -556,7 +596,7 @@ def config_from_checkpoint(data: bytes) -> MRKDConfig:
 
 
 __all__ = [
-    "CheckpointWriter", "EpochSampler", "ILMTrainDataset", "TrainResult", "build_optimizer", "checkpoint_state",
+    "CheckpointWriter", "EpochProgress", "EpochSampler", "ILMTrainDataset", "TrainResult", "build_optimizer", "checkpoint_state",
     "epoch_order", "load_latest_checkpoint", "make_loader", "save_checkpoint", "teacher_feature_cache", "train",
     "config_from_checkpoint", "discard_checkpoints", "write_checkpoint",
 ]

@@ -64,6 +64,16 @@ def test_resume_is_bit_exact(samples, tmp_path):
     assert all(torch.equal(ps[k], pr[k]) for k in ps), "resumed weights differ from the uninterrupted run"
 
 
+def test_on_epoch_reports_each_epoch(samples):
+    reports = []
+    result = train(MRKDConfig(epochs=3, **TINY), samples[0], "tex_stripes", on_epoch=reports.append)
+    assert [r.epoch for r in reports] == [1, 2, 3] and all(r.epochs == 3 for r in reports)
+    assert [r.loss for r in reports] == result.epoch_losses
+    assert reports[-1].fraction == 1.0 and reports[-1].eta_seconds == 0.0
+    assert all(r.images_per_second > 0 and r.category == "tex_stripes" for r in reports)
+    assert reports[0].eta_seconds > 0
+
+
 def test_checkpoint_of_another_config_is_refused(samples, tmp_path):
     store = ArtifactStore(tmp_path)
     cfg = MRKDConfig(epochs=1, **TINY)
