@@ -16,7 +16,7 @@ import torch
 from mrkd_core.data.io import load_image
 from mrkd_core.data.torch_datasets import normalize
 from mrkd_core.device import resolve_device
-from mrkd_core.evaluate import infer, test_generator
+from mrkd_core.evaluate import infer
 from mrkd_core.model_io import load_model
 from mrkd_core.score import fuse_maps, image_score
 
@@ -39,14 +39,13 @@ def predict_images(model_path: str, images: Sequence[Path], out_dir: Path, devic
     """
     dev = resolve_device(device)
     model, cfg = load_model(model_path, device=dev)
-    generator = test_generator(cfg, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[tuple[Path, np.ndarray, np.ndarray, float]] = []
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])
         raw = [load_image(str(p), cfg.image_size) for p in chunk]
         batch = torch.stack([normalize(r, cfg.normalize_mean, cfg.normalize_std) for r in raw]).to(dev)
-        maps = fuse_maps(infer(model, batch, cfg, generator), cfg.score_scales, cfg.gaussian_sigma)
+        maps = fuse_maps(infer(model, batch, cfg), cfg.score_scales, cfg.gaussian_sigma)
         scores = image_score(maps).cpu().numpy()
         maps_np = maps.cpu().numpy()
         for p, r, m, s in zip(chunk, raw, maps_np, scores):

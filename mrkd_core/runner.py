@@ -56,7 +56,7 @@ from mrkd_core.results import (
     utcnow,
     write_manifest,
 )
-from mrkd_core.revision import TRAINING_REVISION, stored_revision
+from mrkd_core.revision import EVALUATION_REVISION, TRAINING_REVISION, stored_revision
 from mrkd_core.specs import Task
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.train import train
@@ -96,11 +96,19 @@ def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None) -
         d = f"{run}/{key_path(task)}"
         if store.exists(f"{d}/{MANIFEST}") and is_complete(store, d, SKIP_CHECK_HASH_BYTES):
             check_no_collision(store, task, d)
-            revision = stored_revision(store.read_json(f"{d}/{MANIFEST}"))
+            manifest = store.read_json(f"{d}/{MANIFEST}")
+            revision = stored_revision(manifest)
             if revision != TRAINING_REVISION:
                 # Kept as history, never reused: the same config trains differently now.
                 log.info("not reusing %s: trained by training revision %d, this code is revision %d",
                          store.uri(d), revision, TRAINING_REVISION)
+                continue
+            evaluation = stored_revision(manifest, "evaluation_revision")
+            if evaluation != EVALUATION_REVISION:
+                # The same weights score differently now; the key's last checkpoint (kept
+                # under checkpoints/<key>/) lets the rerun skip straight to evaluation.
+                log.info("not reusing %s: evaluated by evaluation revision %d, this code is revision %d",
+                         store.uri(d), evaluation, EVALUATION_REVISION)
                 continue
             return d
     return None
@@ -229,7 +237,8 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     claim.check()
     write_manifest(store, directory, [*files, "config.json", "train.json"],
                    extra={"key": task.key, "run_id": run_id, "variant": task.variant,
-                          "training_revision": TRAINING_REVISION})
+                          "training_revision": TRAINING_REVISION,
+                          "evaluation_revision": EVALUATION_REVISION})
     _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(score_rows), directory)
     if force:
         # Only a crash of this run needed them; the run directory now holds model.pt.

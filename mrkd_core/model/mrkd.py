@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import ConfigError
 from mrkd_core.model.bottleneck import Bottleneck
-from mrkd_core.model.flm import GenerationModules
+from mrkd_core.model.flm import GenerationModules, flm_test_masks
 from mrkd_core.model.student import Student
 from mrkd_core.model.teacher import Teacher, build_teacher
 
@@ -20,9 +20,11 @@ from mrkd_core.model.teacher import Teacher, build_teacher
 class MRKD(nn.Module):
     """T, B, S and G (``generation`` is None when FLM is off, Table 5).
 
-    ``flm_test_seed`` seeds the test-time masks when the caller passes no generator,
-    so that scoring the same image twice gives the same anomaly map (the official code
-    draws them at random: its scores vary by ~0.4% between runs).
+    ``flm_test_seed`` fixes the test-time masks (``flm_test_masks``: one mask per scale,
+    a function of the seed, the scale and the feature map's size), so that an image's
+    anomaly map is the same alone, in any batch, on any device and in an exported graph
+    (the official code draws them at random per call: its scores vary by ~0.4% between
+    runs and with the batch an image is scored in).
     """
 
     def __init__(self, teacher: Teacher, bottleneck: Bottleneck, student: Student,
@@ -59,6 +61,11 @@ class MRKD(nn.Module):
             return f_s
         return self.generation(f_s, generator=generator, mask=mask)
 
+    def test_masks(self, shapes: list[torch.Size] | list[tuple[int, ...]]) -> list[Tensor]:
+        """The test-time FLM masks (1×1×H×W per scale, CPU) for student features of these shapes."""
+        ratio = self.generation.ratio if self.generation is not None else 0.0
+        return flm_test_masks(self.flm_test_seed, shapes, ratio)
+
     def forward_train(self, x_normal: Tensor, x_synth: Tensor,
                       generator: torch.Generator | None = None, *,
                       teacher_normal: list[Tensor] | None = None) -> tuple[list[Tensor], list[Tensor]]:
@@ -93,21 +100,25 @@ class MRKD(nn.Module):
                 f_synth = [f[n:] for f in both]
         return f_normal, self._restore(f_synth, generator, mask=True)
 
-    def forward_test(self, x: Tensor, generator: torch.Generator | None = None,
-                     flm: bool = True) -> tuple[list[Tensor], list[Tensor]]:
+    def forward_test(self, x: Tensor, flm: bool = True,
+                     masks: list[Tensor] | None = None) -> tuple[list[Tensor], list[Tensor]]:
         """(f_T^l, f_G^l) of a test batch for Eq. 5-6.
 
-        ``flm=True`` masks the student features as Sec. 3.4 prescribes; the masks come
-        from ``generator``, or, when None, from a fresh generator on ``x``'s device seeded
-        with ``flm_test_seed`` (repeatable). ``flm=False`` restores without masking.
+        ``flm=True`` masks the student features as Sec. 3.4 prescribes, every image with
+        the same fixed masks: ``masks`` when given (one per scale, broadcastable to
+        B×1×H×W; an exported graph passes them as constants), else
+        ``test_masks`` of the features' shapes. ``flm=False`` restores without masking.
         """
         x = self.prepare_input(x)
         with torch.no_grad():
             f_t = self.teacher(x)
         mask = flm and self.generation is not None and self.generation.ratio > 0
-        if mask and generator is None:
-            generator = torch.Generator(device=x.device).manual_seed(self.flm_test_seed)
-        return f_t, self._restore(f_t, generator, mask=mask)
+        if not mask:
+            return f_t, self._restore(f_t, None, mask=False)
+        f_s = self.student(self.bottleneck(f_t))
+        if masks is None:
+            masks = self.test_masks([f.shape for f in f_s])
+        return f_t, self.generation(f_s, mask=True, masks=masks)
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         return self.forward_test(x)

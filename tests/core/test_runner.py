@@ -9,7 +9,7 @@ import pytest
 
 from mrkd_core.errors import StorageError
 from mrkd_core.results import METRICS_SCHEMA, verify_manifest
-from mrkd_core.revision import TRAINING_REVISION
+from mrkd_core.revision import EVALUATION_REVISION, TRAINING_REVISION
 from mrkd_core.runner import find_complete, read_maps, read_metrics, read_scores, run_dir, train_evaluate
 from mrkd_core.storage import ArtifactStore
 from tests.datagen import train_smoke_key
@@ -63,8 +63,14 @@ def test_manifest_detects_missing_and_changed_objects(setup, tmp_path):
     assert find_complete(copy, task) is None  # readers ignore it
 
 
-def test_result_of_an_older_training_revision_is_not_reused(setup, tmp_path, caplog):
-    """A complete run written before revision 2 (no revision in its manifest) stays, unused."""
+@pytest.mark.parametrize("field,current", [("training_revision", TRAINING_REVISION),
+                                           ("evaluation_revision", EVALUATION_REVISION)])
+def test_result_of_an_older_revision_is_not_reused(setup, tmp_path, caplog, field, current):
+    """A complete run written before revision 2 (no revision in its manifest) stays, unused.
+
+    Training revision: the same config trains differently now; evaluation revision: the
+    same weights score differently now (test-time masks fixed per model since revision 2).
+    """
     store, task, _ = setup
     d = run_dir(task, "r1")
     copy = ArtifactStore(tmp_path)
@@ -72,12 +78,12 @@ def test_result_of_an_older_training_revision_is_not_reused(setup, tmp_path, cap
         copy.write_bytes(rel, store.read_bytes(rel))
     assert find_complete(copy, task) == d
     manifest = copy.read_json(f"{d}/manifest.json")
-    assert manifest["training_revision"] == TRAINING_REVISION
-    del manifest["training_revision"]
+    assert manifest[field] == current
+    del manifest[field]
     copy.write_json(f"{d}/manifest.json", manifest)
     with caplog.at_level("INFO"):
         assert find_complete(copy, task) is None
-    assert "training revision 1" in caplog.text
+    assert f"{field.split('_')[0]} revision 1" in caplog.text
     assert verify_manifest(copy, d) == []  # kept intact as history
 
 
