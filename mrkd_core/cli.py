@@ -156,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "category": cat, "config_hash": cfg.config_hash(), "epochs": cfg.epochs,
             "epoch_losses": result.epoch_losses, "train_seconds": result.train_seconds,
             "images_per_second": result.images_per_second, "device": result.device,
-            "resumed_from_epoch": result.resumed_from_epoch, "n_train": len(samples),
+            "resumed_from_epoch": result.resumed_from_epoch, "n_train": result.n_train,
         }
         cat_store.write_json("train.json", info)
         summary[cat] = {"model": cat_store.uri("model.pt"), "final_loss": result.epoch_losses[-1] if result.epoch_losses else None,

@@ -34,6 +34,11 @@ RUNTIME_FIELDS = frozenset(
     {"device", "num_workers", "checkpoint_every", "progress", "eval_batch_size", "memory_format"}
 )
 
+# Result-defining fields added after results were stored under config hashes: left out of
+# the hash while they hold the value that reproduces what was trained before they existed,
+# so the hashes (and the stored results, checkpoints and models keyed by them) stay valid.
+HASH_NEUTRAL_DEFAULTS: dict[str, object] = {"validation_fraction": 0.0}
+
 
 @dataclass(frozen=True)
 class MRKDConfig:
@@ -49,6 +54,9 @@ class MRKDConfig:
     image_size: int = 256
     normalize_mean: tuple[float, float, float] = IMAGENET_MEAN
     normalize_std: tuple[float, float, float] = IMAGENET_STD
+    # Fraction of train/good held out from training (seeded by ``seed``) for calibrating
+    # thresholds on defect-free images the model never saw; 0 = the paper's training set.
+    validation_fraction: float = 0.0
 
     # --- optimisation (Sec. 4.1) ---
     epochs: int = 200
@@ -133,8 +141,10 @@ class MRKDConfig:
 
     # ------------------------------------------------------------------ hash
     def hashed_dict(self) -> dict[str, Any]:
-        """The fields that define the result (everything but RUNTIME_FIELDS)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """The fields that define the result (everything but RUNTIME_FIELDS and the
+        HASH_NEUTRAL_DEFAULTS fields at their neutral value)."""
+        return {k: v for k, v in self.to_dict().items()
+                if k not in RUNTIME_FIELDS and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
 
     def config_hash(self) -> str:
         """Stable 16-hex-digit name of the experiment (sha256 of the canonical JSON)."""
@@ -208,6 +218,8 @@ def validate(cfg: MRKDConfig) -> None:
         fail("teacher_weights", "use 'imagenet', 'none', or a path/URI to a state dict")
     if cfg.image_size < 32 or cfg.image_size % 32:
         fail("image_size", f"{cfg.image_size} must be a multiple of 32 and at least 32 (e.g. 256)")
+    if not 0.0 <= cfg.validation_fraction < 1.0:
+        fail("validation_fraction", f"{cfg.validation_fraction} must lie in [0, 1) (0 = train on all of train/good)")
     if cfg.epochs < 1:
         fail("epochs", f"{cfg.epochs} must be at least 1")
     if cfg.batch_size < 1:

@@ -243,4 +243,15 @@ def read_partitions(store: ArtifactStore, kind: str, schema: pa.Schema, run_id: 
                 frames.append(df)
     if not frames:
         return pd.DataFrame({n: pd.Series(dtype="object") for n in schema.names})
-    return pd.concat(frames, ignore_index=True)[schema.names]
+    # Files written before a column was added lack it: null there (older rows stay readable).
+    return pd.concat(frames, ignore_index=True).reindex(columns=schema.names)
+
+
+def with_columns(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """``df`` with exactly ``schema``'s columns; columns added to the schema after ``df``'s
+    rows were stored are null (e.g. rows re-read from an older run's Parquet)."""
+    df = df.copy()
+    for name in schema.names:
+        if name not in df.columns:
+            df[name] = None
+    return df[list(schema.names)]

@@ -54,6 +54,7 @@ from mrkd_core.results import (
     read_parquet_bytes,
     read_partitions,
     utcnow,
+    with_columns,
     write_manifest,
 )
 from mrkd_core.revision import EVALUATION_REVISION, TRAINING_REVISION, stored_revision
@@ -134,7 +135,7 @@ def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.Dat
     for kind, df, schema in (("metrics", metrics, METRICS_SCHEMA), ("scores", scores, SCORES_SCHEMA)):
         df = df.copy()
         df["run_id"] = run_id
-        rows = df[list(schema.names)].to_dict("records")
+        rows = with_columns(df, schema).to_dict("records")
         store.write_bytes(partition_path(kind, task.dataset, run_id, _table_name(task)),
                           partition_bytes(rows, schema, source_run_dir))
 
@@ -204,7 +205,7 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     common = {
         "spec": task.spec, "narrowed": task.narrowed, "dataset": task.dataset, "category": task.category,
         "config_hash": cfg.config_hash(), "variant": task.variant, **cfg_columns(cfg),
-        "teacher_weights": cfg.teacher_weights, "n_train": len(train_samples), "n_test": len(test_samples),
+        "teacher_weights": cfg.teacher_weights, "n_train": result.n_train, "n_test": len(test_samples),
         "n_test_anomalous": int(sum(s.label for s in test_samples)), "train_seconds": result.train_seconds,
         "images_per_second": result.images_per_second, "device": result.device,
         "torch_version": torch.__version__, "mrkd_version": mrkd_core.__version__, "git_revision": git_revision(),

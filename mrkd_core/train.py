@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
+from mrkd_core.data.holdout import holdout_split
 from mrkd_core.data.torch_datasets import TrainImages, normalize
 from mrkd_core.device import autocast_context, cpu_heap_reuse, place_model, resolve_device
 from mrkd_core.errors import DataError, StorageError, unpickle_error
@@ -354,6 +355,8 @@ class TrainResult:
     device: str
     resumed_from_epoch: int = 0
     log: list[dict] = field(default_factory=list)
+    n_train: int = 0  # images trained on (train/good less the held-out ones)
+    held_out: list[Sample] = field(default_factory=list)  # cfg.validation_fraction of train/good
 
 
 @dataclass(frozen=True)
@@ -502,7 +505,10 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     ``teacher_cache_limit``; False: never; True: always).
     ``on_epoch``: called with an :class:`EpochProgress` after every epoch (the flows turn
     it into Prefect progress artifacts); it runs in the training loop, so keep it cheap.
+    ``cfg.validation_fraction`` of the samples is held out (``data.holdout.holdout_split``)
+    and returned in ``TrainResult.held_out`` for calibration.
     """
+    samples, held_out = holdout_split(samples, cfg.validation_fraction, cfg.seed)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = place_model(build_mrkd(cfg), cfg, device)
@@ -573,6 +579,8 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
         device=str(device),
         resumed_from_epoch=start_epoch,
         log=history,
+        n_train=len(samples),
+        held_out=held_out,
     )
 
 
