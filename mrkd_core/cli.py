@@ -1,7 +1,10 @@
-"""The ``mrkd`` command: train, evaluate and score images without Prefect or Ray.
+"""The ``mrkd`` command: train, evaluate, calibrate, predict and export without Prefect or Ray.
 
 Every error a user can cause is printed as one line naming the thing at fault and
-the fix, with exit code 2 and no traceback (``--debug`` shows it).
+the fix, with exit code 2 and no traceback (``--debug`` shows it). Exit codes: 0 done,
+1 ``mrkd data check`` found problems, 2 an error, 3 ``mrkd predict --skip-unreadable``
+skipped unreadable files (listed in its table), 130 interrupted. The inference commands
+live in ``mrkd_core.inference.commands``.
 """
 
 from __future__ import annotations
@@ -22,13 +25,12 @@ from mrkd_core.errors import ConfigError, DataError, MRKDError
 
 log = logging.getLogger("mrkd")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
 # One-line help per config field, shown by `mrkd train --help`.
 FIELD_HELP = {
     "backbone": f"teacher/student architecture: {', '.join(BACKBONES)}",
     "teacher_weights": "imagenet (local torch cache), none (random; not the paper's setting) or a path/URI",
     "image_size": "images are resized to this square size (paper: 256)",
+    "validation_fraction": "fraction of train/good held out (seeded) to calibrate thresholds on; 0 = train on all",
     "epochs": "training epochs (paper: 200)",
     "batch_size": "training batch size (paper: 16)",
     "lr": "Adam learning rate (paper: 0.005)",
@@ -216,33 +218,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collect_images(items: Sequence[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()))
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder — pass image files or folders of images")
-    if not paths:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(items)}")
-    return paths
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from mrkd_core.predict import predict_images
-
-    images = _collect_images(args.images)
-    rows = predict_images(args.model, images, Path(args.output), device=args.device, batch_size=args.batch_size)
-    _write_csv(Path(args.output) / "scores.csv", rows)
-    width = max(len(str(r["path"])) for r in rows)
-    for r in rows:
-        _out(f"{str(r['path']):<{width}}  {r['score']:.6f}  {r['heatmap']}")
-    return 0
-
-
 def cmd_model_summary(args: argparse.Namespace) -> int:
     from mrkd_core.model.summary import model_summary
 
@@ -279,6 +254,8 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from mrkd_core.inference.commands import add_commands as add_inference_commands
+
     parser = argparse.ArgumentParser(prog="mrkd", description="Masked Reverse Knowledge Distillation (MRKD) anomaly detection")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -304,13 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, only=("device", "num_workers", "flm_at_test", "eval_batch_size"))
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="score new images with a trained model; writes heatmap overlays")
-    p.add_argument("model", help="model.pt written by `mrkd train` (path or URI)")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--output", "-o", default="mrkd-predictions", help="folder for scores.csv and heatmaps")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.set_defaults(func=cmd_predict)
+    add_inference_commands(sub, add_config_options)  # predict, calibrate, export, models info
 
     p = sub.add_parser("model-summary", help="parameter counts and forward GFLOPs per component, as JSON")
     p.add_argument("--backbone", default="wide_resnet50_2")

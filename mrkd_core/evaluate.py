@@ -62,11 +62,12 @@ def infer(model: MRKD, images: torch.Tensor, cfg: MRKDConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps: bool = False,
-             scale_sets: Sequence[Sequence[int]] | None = None) -> EvalResult:
+             scale_sets: Sequence[Sequence[int]] | None = None, metrics: bool = True) -> EvalResult:
     """Anomaly maps (Eq. 5), image scores (Eq. 6) and metrics of every test sample.
 
     ``scale_sets``: extra fusions to score from the same forward passes (Table 7 needs
     no retraining); their metrics land in ``metrics_by_scales`` keyed like '1,3'.
+    ``metrics=False``: scores (and maps) only, e.g. of defect-free calibration images.
     """
     if not samples:
         raise DataError("the test split is empty — add images to test/good and test/<defect> folders")
@@ -104,7 +105,7 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
     for key, chunks in fused.items():
         maps = np.concatenate(chunks)
         img_scores = maps.reshape(maps.shape[0], -1).max(axis=1)
-        by_scales[key] = compute_all(img_scores, labels, maps, all_masks)
+        by_scales[key] = compute_all(img_scores, labels, maps, all_masks) if metrics else {}
         if key == main_key:
             main_maps = maps
     return EvalResult(

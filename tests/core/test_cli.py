@@ -44,10 +44,15 @@ def test_train_evaluate_predict(data_root, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", str(models / "obj_disc" / "model.pt"), str(images), "-o", str(out), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4
-    pngs = sorted(out.glob("*_heatmap.png"))
-    assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
-    assert (out / "scores.csv").is_file()
+    assert len(lines) == 5  # one per image, then where the tables are
+    assert all(line.split()[-1] in ("good", "defective") for line in lines[:4])
+    for kind in ("mask", "overlay"):
+        pngs = sorted(out.glob(f"*_{kind}.png"))
+        assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    header = (out / "predictions.csv").read_text().splitlines()[0]
+    assert header.replace('"', "") == ("path,width,height,score,normalized_score,verdict,threshold,mask_path,"
+                                       "overlay_path,error")
+    assert (out / "predictions.parquet").is_file() and not (out / "scores.csv").exists()
 
 
 def test_model_summary_json(capsys):
