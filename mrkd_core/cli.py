@@ -135,7 +135,17 @@ def _out(text: str) -> None:
 
 
 # --------------------------------------------------------------------------- commands
+def _test_samples_if_any(ds, root: Path, category: str) -> list:
+    """The test split, or [] when the category has none (calibration then needs held-out images)."""
+    try:
+        return ds.test_samples(str(root), category)
+    except DataError as exc:
+        log.info("%s: no test split to calibrate on (%s)", category, exc)
+        return []
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from mrkd_core.inference.calibration import calibrate_after_training
     from mrkd_core.model_io import save_model
     from mrkd_core.storage import ArtifactStore
     from mrkd_core.train import train
@@ -151,8 +161,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         cat_store = out.sub(cat)
         log.info("training %s (%d images, config %s) → %s", cat, len(samples), cfg.config_hash(), cat_store.uri())
         result = train(cfg, samples, cat, checkpoints=cat_store.sub("checkpoints"), resume=args.resume)
+        calibration = None
+        if args.calibrate:  # docs/inference.md: the default policy and where its images come from
+            calibration = calibrate_after_training(result.model, cfg.replace(progress=False), samples,
+                                                   _test_samples_if_any(ds, root, cat), category=cat)
         save_model(result.model, cfg, cat_store, "model.pt",
-                   extra={"category": cat, "dataset": args.dataset, "data_root": str(root)})
+                   extra={"category": cat, "dataset": args.dataset, "data_root": str(root)},
+                   calibration=calibration.to_dict() if calibration is not None else None)
         cat_store.write_json("config.json", cfg.to_dict())
         info = {
             "category": cat, "config_hash": cfg.config_hash(), "epochs": cfg.epochs,
@@ -162,7 +177,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         cat_store.write_json("train.json", info)
         summary[cat] = {"model": cat_store.uri("model.pt"), "final_loss": result.epoch_losses[-1] if result.epoch_losses else None,
-                        "train_seconds": round(result.train_seconds, 2)}
+                        "train_seconds": round(result.train_seconds, 2),
+                        "calibration": calibration.summary() if calibration is not None else None}
     _out(json.dumps(summary, indent=2))
     return 0
 
@@ -172,7 +188,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from mrkd_core.device import place_model, resolve_device
     from mrkd_core.evaluate import evaluate
-    from mrkd_core.model_io import load_model
+    from mrkd_core.inference.calibration import verdict_columns
+    from mrkd_core.model_io import load_model_file
 
     ds = _dataset(args.dataset)
     root = Path(args.data_root)
@@ -189,7 +206,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model_path = models / cat / "model.pt"
         if not model_path.is_file():
             raise DataError(f"{model_path}: model not found — train category {cat!r} first")
-        model, cfg = load_model(str(model_path))
+        loaded = load_model_file(str(model_path))
+        model, cfg = loaded.model, loaded.config
         overrides = {k: getattr(args, k) for k in ("device", "num_workers", "flm_at_test", "eval_batch_size")
                      if getattr(args, k, None) is not None}
         cfg = cfg.replace(progress=False, **overrides)
@@ -199,10 +217,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in result.metrics.items()}
         record = {"category": cat, "config_hash": cfg.config_hash(), "teacher_weights": cfg.teacher_weights,
                   "n_test": len(samples), "n_test_anomalous": int(sum(s["label"] for s in result.scores)),
-                  "eval_seconds": round(result.seconds, 3), "metrics": metrics, "config": cfg.to_dict()}
+                  "eval_seconds": round(result.seconds, 3), "metrics": metrics, "config": cfg.to_dict(),
+                  "calibration": loaded.calibration}
+        if loaded.calibration is None:
+            log.warning("%s has no calibration: scores.csv has no verdicts — run `mrkd calibrate %s %s`",
+                        model_path, model_path, root)
         (out_dir / cat).mkdir(parents=True, exist_ok=True)
         (out_dir / cat / "metrics.json").write_text(json.dumps(record, indent=2))
-        _write_csv(out_dir / cat / "scores.csv", result.scores)
+        verdicts = verdict_columns(loaded.calibration, [s["score"] for s in result.scores])
+        _write_csv(out_dir / cat / "scores.csv", [{**s, **v} for s, v in zip(result.scores, verdicts)])
         per_cat[cat] = metrics
         log.info("%s: %s", cat, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
     keys = sorted({k for m in per_cat.values() for k in m})
@@ -269,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", "-c", action="append", help="category to train (repeatable; default: all)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the newest valid checkpoint (default: on)")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="calibrate thresholds at the end (policy auto, see `mrkd calibrate --help`; default: on)")
     add_config_options(p)
     p.set_defaults(func=cmd_train)
 

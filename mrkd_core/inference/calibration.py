@@ -340,3 +340,15 @@ def calibrate_after_training(model: MRKD, cfg: MRKDConfig, train_samples: Sequen
         log.warning("%s: not calibrated (%s); the model predicts scores only until `mrkd calibrate` runs",
                     category or "model", exc)
         return None
+
+
+def verdict_columns(calibration: dict[str, Any] | None, scores: Sequence[float]) -> list[dict[str, Any]]:
+    """``{"normalized_score", "verdict"}`` per raw score; None values without calibration.
+
+    For result tables (``mrkd evaluate``'s scores.csv, the flows' ``scores`` table).
+    """
+    if calibration is None:
+        return [{"normalized_score": None, "verdict": None} for _ in scores]
+    cal = Calibration.from_dict(calibration)
+    return [{"normalized_score": float(cal.normalize_score(float(s))), "verdict": cal.verdict(float(s))}
+            for s in scores]

@@ -102,3 +102,64 @@ def test_console_script_exit_code(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_holds_out_and_calibrates_then_calibrate_and_models_info(data_root, tmp_path, capsys):
+    """train --validation-fraction: thresholds at a 1 % false-alarm rate on held-out train/good."""
+    models = tmp_path / "models"
+    assert main(["train", str(data_root), "-o", str(models), "-c", "obj_disc", "--validation-fraction", "0.5",
+                 *FAST]) == 0
+    model = str(models / "obj_disc" / "model.pt")
+    assert json.loads((models / "obj_disc" / "train.json").read_text())["n_train"] == 2  # 4 train/good − 2
+    capsys.readouterr()
+    assert main(["models", "info", model, "--images"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    cal = info["calibration"]
+    assert cal["policy"] == "false_alarm_rate" and cal["source"] == "held-out train/good"
+    assert cal["target_false_alarm_rate"] == 0.01 and not cal["on_evaluation_images"]
+    assert len(cal["images"]) == 2 and all("/train/good/" in p for p in cal["images"])
+    assert info["thresholds"] == {"image": cal["image_threshold"], "pixel": cal["pixel_threshold"],
+                                  "normalized_image": 0.5}
+    assert info["config"]["validation_fraction"] == 0.5 and info["calibration_history"] == 0
+    # recalibrate on the labelled test split: F1, and the report says where it was chosen
+    assert main(["calibrate", model, str(data_root), "--policy", "f1", "--num-workers", "0", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)["calibration"]
+    assert out["policy"] == "f1" and out["on_evaluation_images"] and out["source"] == "test split"
+    assert main(["models", "info", model]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["calibration"]["policy"] == "f1" and info["calibration_history"] == 1
+
+
+def test_predict_skip_unreadable_exits_3_and_lists_the_reason(data_root, tmp_path, capsys):
+    import shutil
+
+    models = tmp_path / "models"
+    assert main(["train", str(data_root), "-o", str(models), "-c", "obj_disc", *FAST]) == 0
+    folder = tmp_path / "incoming"
+    shutil.copytree(data_root / "obj_disc" / "test" / "good", folder)
+    (folder / "truncated.png").write_bytes((folder / "000.png").read_bytes()[:200])
+    model = str(models / "obj_disc" / "model.pt")
+    capsys.readouterr()
+    assert main(["predict", model, str(folder), "-o", str(tmp_path / "a"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "truncated.png" in err
+    assert main(["predict", model, str(folder), "-o", str(tmp_path / "b"), "--device", "cpu",
+                 "--skip-unreadable"]) == 3
+    captured = capsys.readouterr()
+    assert "truncated.png  skipped: " in captured.out and "1 of 3 files were unreadable" in captured.err
+    rows = (tmp_path / "b" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 4 and "cannot read image" in [r for r in rows if "truncated" in r][0]
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["calibrate", "{tmp}/missing.pt", "{root}"], "model file not found"),
+    (["calibrate", "{tmp}/m.onnx", "{root}"], "export it again"),
+    (["export", "{tmp}/missing.pt", "-o", "{tmp}/x.onnx"], "model file not found"),
+    (["predict", "{tmp}/missing.onnx", "{root}"], "file not found"),
+    (["models", "info", "{tmp}/missing.pt"], "model file not found"),
+])
+def test_inference_command_errors_are_one_line(argv, fragment, data_root, tmp_path, capsys):
+    argv = [a.format(root=data_root, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err and "Traceback" not in err
