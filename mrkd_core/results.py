@@ -88,6 +88,10 @@ SCORES_SCHEMA = pa.schema(
         pa.field("defect_type", pa.string()),
         pa.field("label", pa.int8()),
         pa.field("score", pa.float64()),
+        # From the model's calibration (mrkd_core.inference); null where it is uncalibrated
+        # and in rows stored before these columns existed.
+        pa.field("normalized_score", pa.float64()),
+        pa.field("verdict", pa.string()),
     ]
 )
 

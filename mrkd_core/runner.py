@@ -38,6 +38,7 @@ from mrkd_core.claims import KeyClaim
 from mrkd_core.data import get_dataset
 from mrkd_core.errors import StorageError
 from mrkd_core.evaluate import evaluate, scales_key
+from mrkd_core.inference.calibration import calibrate_after_training, verdict_columns
 from mrkd_core.model_io import save_model
 from mrkd_core.results import (
     MANIFEST,
@@ -200,6 +201,11 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     ckpt = store.sub(ckpt_dir)
     result = train(cfg, train_samples, task.category, checkpoints=ckpt, resume=True)
     ev = evaluate(result.model, cfg, test_samples, keep_maps=True, scale_sets=list(task.scale_sets) or None)
+    # Policy auto (docs/inference.md): F1 on the test split, reusing these maps, unless
+    # validation_fraction holds images out; the calibration records where it was chosen.
+    calibration = calibrate_after_training(result.model, cfg, train_samples, test_samples, task.category,
+                                           evaluation=ev)
+    cal_dict = calibration.to_dict() if calibration is not None else None
     finished = utcnow()
 
     common = {
@@ -214,10 +220,11 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     by_scales = ev.metrics_by_scales or {scales_key(cfg.score_scales): ev.metrics}
     rows = [{**common, "score_scales": key, **{m: float(vals.get(m, np.nan)) for m in METRIC_COLUMNS}}
             for key, vals in by_scales.items()]
+    verdicts = verdict_columns(cal_dict, [s["score"] for s in ev.scores])
     score_rows = [{"run_id": run_id, "dataset": task.dataset, "category": task.category,
                    "config_hash": cfg.config_hash(), "variant": task.variant, "path": s["path"],
-                   "defect_type": s["defect_type"], "label": int(s["label"]), "score": float(s["score"])}
-                  for s in ev.scores]
+                   "defect_type": s["defect_type"], "label": int(s["label"]), "score": float(s["score"]), **v}
+                  for s, v in zip(ev.scores, verdicts)]
 
     files = {
         "model.pt": None,
@@ -227,7 +234,7 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     }
     claim.check()  # a task whose claim was taken over writes nothing
     save_model(result.model, cfg, store, f"{directory}/model.pt",
-               extra={"dataset": task.dataset, "category": task.category, "run_id": run_id})
+               extra={"dataset": task.dataset, "category": task.category, "run_id": run_id}, calibration=cal_dict)
     for name, data in files.items():
         if data is not None:
             store.write_bytes(f"{directory}/{name}", data)

@@ -113,3 +113,32 @@ def test_tables_read_with_pandas_and_duckdb(setup):
         f"select count(*) from read_parquet('{store.uri('tables/metrics')}/*/*/*.parquet', hive_partitioning=true)"
     ).fetchall()[0][0]
     assert n == len(df)
+
+
+def test_the_stored_model_is_calibrated_and_the_scores_carry_verdicts(setup):
+    from mrkd_core.model_io import load_model_file
+
+    store, task, _ = setup
+    d = run_dir(task, "r1")
+    cal = load_model_file(store, f"{d}/model.pt", build=False).calibration
+    assert cal["policy"] == "f1" and cal["on_evaluation_images"] and cal["source"] == "test split"
+    s = read_scores(store, "r1")
+    assert set(s["verdict"]) <= {"good", "defective"} and s["normalized_score"].between(0, 1).all()
+    assert ((s["score"] > cal["image_threshold"]) == (s["verdict"] == "defective")).all()
+
+
+def test_scores_rows_stored_before_the_verdict_columns_stay_readable(setup, tmp_path):
+    """A partition file of an older run, without normalized_score/verdict, reads with nulls there."""
+    import pyarrow.parquet as pq
+
+    store, task, _ = setup
+    copy = ArtifactStore(tmp_path)
+    for rel in store.list("", recursive=True):
+        copy.write_bytes(rel, store.read_bytes(rel))
+    for f in copy.list("tables/scores", recursive=True):
+        if f.endswith(".parquet"):
+            table = pq.read_table(copy.uri(f)).drop_columns(["normalized_score", "verdict"])
+            pq.write_table(table, copy.uri(f))
+    s = read_scores(copy)
+    assert len(s) and s["verdict"].isna().all() and s["normalized_score"].isna().all()
+    assert s["score"].notna().all()
