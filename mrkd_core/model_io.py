@@ -160,11 +160,17 @@ def _model_file_data(location: str | ArtifactStore, rel_path: str | None) -> tup
         data = location.read_bytes(rel)
     else:
         source = str(location)
-        try:
-            with open_uri(source, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            raise MRKDError(f"{source}: model file not found — pass the model.pt written by `mrkd train`") from None
-        except Exception as exc:  # noqa: BLE001
-            raise StorageError(f"{source}: cannot read model ({type(exc).__name__}: {exc})") from None
+        data = read_location(source, "model file not found — pass the model.pt written by `mrkd train`")
     return data, source
+
+
+def read_location(location: str, missing: str) -> bytes:
+    """The bytes at a path or URI. Missing: an MRKDError ``"<location>: <missing>"``; any
+    other failure: a one-line StorageError."""
+    try:
+        with open_uri(location, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise MRKDError(f"{location}: {missing}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise StorageError(f"{location}: cannot read ({type(exc).__name__}: {exc})") from None

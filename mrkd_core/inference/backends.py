@@ -17,7 +17,7 @@ import torch
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.device import resolve_device
-from mrkd_core.errors import MRKDError, StorageError
+from mrkd_core.errors import MRKDError
 from mrkd_core.evaluate import infer
 from mrkd_core.inference.export import (
     INPUT_NAME,
@@ -29,9 +29,8 @@ from mrkd_core.inference.export import (
     ONNX_FORMAT,
     onnx_packages,
 )
-from mrkd_core.model_io import load_model_file
+from mrkd_core.model_io import load_model_file, read_location
 from mrkd_core.score import fuse_maps, image_score
-from mrkd_core.storage import open_uri
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +82,7 @@ class OnnxBackend:
 
     def __init__(self, location: str, device: str = "auto"):
         _, ort = onnx_packages()
-        try:
-            with open_uri(location, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            raise MRKDError(f"{location}: file not found — pass the .onnx written by `mrkd export`") from None
-        except Exception as exc:  # noqa: BLE001
-            raise StorageError(f"{location}: cannot read ({type(exc).__name__}: {exc})") from None
+        data = read_location(location, "file not found — pass the .onnx written by `mrkd export`")
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

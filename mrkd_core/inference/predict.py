@@ -55,8 +55,9 @@ TABLE_NAME = "predictions"
 
 @dataclass
 class Prediction:
-    """One image's result. ``anomaly_map`` (float32) and ``mask`` (uint8 {0, 1}) are at the
-    input's height × width; ``mask`` is None without calibration; all None when skipped."""
+    """One image's result: the table's fields, and ``anomaly_map`` (float32), ``mask`` (uint8
+    {0, 1}) and ``image`` (the decoded RGB uint8) at the input's height × width. ``mask`` is
+    None without calibration; all three None when skipped."""
 
     path: str
     width: int | None = None

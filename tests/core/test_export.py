@@ -13,7 +13,7 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.data import get_dataset
 from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.inference import Predictor, calibrate_model, predict_images
-from mrkd_core.inference.export import KEY_CALIBRATION, KEY_PREPROCESSING, export_onnx, onnx_metadata
+from mrkd_core.inference.export import KEY_CALIBRATION, KEY_PREPROCESSING, onnx_metadata
 from mrkd_core.model import build_mrkd
 from mrkd_core.model_io import load_model_file, save_model
 from mrkd_core.storage import ArtifactStore
