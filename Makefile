@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	# torch first, from the pinned wheels on this machine's disk (CUDA build, runs on CPU too)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev,onnx]'
+	$(PY) -m pip install --quiet -e '.[dev,onnx,openvino]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -50,7 +50,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise MRKDError(f"--batch-size {args.batch_size}: must be at least 1")
     images = collect_images(args.images)
     report = predict_images(args.model, images, Path(args.output), device=args.device, batch_size=args.batch_size,
-                            skip_unreadable=args.skip_unreadable)
+                            skip_unreadable=args.skip_unreadable, engine=args.engine)
     width = max(len(p.path) for p in report.predictions)
     for p in report.predictions:
         if p.error:
@@ -189,6 +189,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parsers
 def add_commands(sub: argparse._SubParsersAction, add_config_options) -> None:
     """Register predict, calibrate, export and the ``models`` group on ``mrkd``'s subparsers."""
+    from mrkd_core.inference.backends import ENGINES
     from mrkd_core.inference.calibration import DEFAULT_FALSE_ALARM_RATE, POLICIES
     from mrkd_core.inference.export import EXPORT_FORMATS
 
@@ -200,6 +201,8 @@ def add_commands(sub: argparse._SubParsersAction, add_config_options) -> None:
                    help="folder for predictions.csv, predictions.parquet, <stem>_mask.png and <stem>_overlay.png")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (speed only)")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="for an .onnx export: onnxruntime (auto) or openvino (the openvino extra, CPU)")
     p.add_argument("--skip-unreadable", action="store_true",
                    help=f"list unreadable files with the reason instead of stopping; exit status {EXIT_SKIPPED} "
                         "if any was skipped")

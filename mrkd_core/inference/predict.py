@@ -105,8 +105,10 @@ class Predictor:
                         stored_revision(info.calibration, "evaluation_revision"), EVALUATION_REVISION, info.source)
 
     @classmethod
-    def load(cls, location: str | os.PathLike[str], device: str = "auto", batch_size: int = 8) -> "Predictor":
-        return cls(open_backend(str(location), device), batch_size)
+    def load(cls, location: str | os.PathLike[str], device: str = "auto", batch_size: int = 8,
+             engine: str = "auto") -> "Predictor":
+        """``engine`` for an .onnx export: auto/onnxruntime or openvino (``backends.open_backend``)."""
+        return cls(open_backend(str(location), device, engine), batch_size)
 
     @property
     def image_size(self) -> int:
@@ -191,15 +193,15 @@ def _unique_stem(path: str, used: set[str]) -> str:
 
 def predict_images(model: str | os.PathLike[str] | Predictor, images: Sequence[str | os.PathLike[str]],
                    out_dir: str | os.PathLike[str], device: str = "auto", batch_size: int = 8,
-                   skip_unreadable: bool = False) -> PredictionReport:
-    """Predict every image (``batch_size`` per forward pass; ignored when ``model`` is a
-    Predictor, which has its own) and write ``<stem>_mask.png``, ``<stem>_overlay.png`` (input size),
+                   skip_unreadable: bool = False, engine: str = "auto") -> PredictionReport:
+    """Predict every image (``batch_size`` per forward pass, ``engine`` for an .onnx file;
+    both ignored when ``model`` is a Predictor) and write ``<stem>_mask.png``, ``<stem>_overlay.png`` (input size),
     ``predictions.csv`` and ``predictions.parquet`` (``PREDICTIONS_SCHEMA``) into ``out_dir``.
 
     Without calibration: scores only (no masks, overlays, normalised scores or verdicts).
     Maps are not kept in the returned predictions (a folder of 10,000 images would not fit).
     """
-    predictor = model if isinstance(model, Predictor) else Predictor.load(model, device, batch_size)
+    predictor = model if isinstance(model, Predictor) else Predictor.load(model, device, batch_size, engine)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cal = predictor.calibration

@@ -83,3 +83,16 @@ def test_predict_with_the_onnx_file_writes_the_same_outputs(exported, tmp_path, 
     assert main(["models", "info", str(onnx_path)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["thresholds"]["image"] == load_model_file(pt, build=False).calibration["image_threshold"]
+
+
+def test_openvino_runs_the_export_with_the_same_maps(exported, tmp_path):
+    """OpenVINO in float32 (its bf16 default on such CPUs moved maps by ~6e-3)."""
+    pytest.importorskip("openvino")
+    pt, onnx_path, paths = exported
+    ref = list(Predictor.load(pt, device="cpu").predict(paths))
+    ours = list(Predictor.load(str(onnx_path), engine="openvino", batch_size=4).predict(paths))
+    np.testing.assert_allclose(np.stack([p.anomaly_map for p in ours]), np.stack([p.anomaly_map for p in ref]),
+                               rtol=0, atol=1e-4)
+    assert [p.verdict for p in ours] == [p.verdict for p in ref]
+    assert main(["-q", "predict", str(onnx_path), paths[0], "-o", str(tmp_path), "--engine", "openvino"]) == 0
+    assert main(["-q", "predict", pt, paths[0], "-o", str(tmp_path), "--engine", "openvino"]) == 2  # needs an export
