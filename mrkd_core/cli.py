@@ -51,7 +51,7 @@ FIELD_HELP = {
     "device": "auto, cpu or cuda",
     "num_workers": "DataLoader worker processes (ILM synthesis runs there)",
     "checkpoint_every": "epochs between checkpoints",
-    "eval_batch_size": "test batch size (official code: 1)",
+    "eval_batch_size": "test batch size; speed only, scores equal to float32 rounding (official code: 1)",
     "progress": "show a progress bar",
 }
 
