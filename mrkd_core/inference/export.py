@@ -88,7 +88,7 @@ class MapAndScore(nn.Module):
         if self.flm:
             with torch.no_grad():
                 probe = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=next(model.parameters()).device)
-                shapes = [f.shape for f in model.student(model.bottleneck(model.teacher(probe)))]
+                shapes = [f.shape for f in model.teacher(probe)]  # the student restores these shapes
             for i, m in enumerate(model.test_masks(shapes)):
                 self.register_buffer(f"flm_mask_{i + 1}", m)
 

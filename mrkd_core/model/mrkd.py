@@ -54,15 +54,21 @@ class MRKD(nn.Module):
             raise ValueError(f"expected an image batch B×3×H×W, got shape {tuple(x.shape)}")
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _restore(self, f_input: list[Tensor], generator: torch.Generator | None, mask: bool) -> list[Tensor]:
-        """f_G^l = G(S(B(f)) ⊙ M^l) (Eq. 1-3); without FLM the student output itself."""
+    def _restore(self, f_input: list[Tensor], generator: torch.Generator | None, mask: bool,
+                 masks: list[Tensor] | None = None) -> list[Tensor]:
+        """f_G^l = G(S(B(f)) ⊙ M^l) (Eq. 1-3); without FLM the student output itself.
+
+        ``masks``: the same masks for every image (test time); None draws them per image
+        from ``generator`` (training).
+        """
         f_s = self.student(self.bottleneck(f_input))
         if self.generation is None:
             return f_s
-        return self.generation(f_s, generator=generator, mask=mask)
+        return self.generation(f_s, generator=generator, mask=mask, masks=masks)
 
     def test_masks(self, shapes: list[torch.Size] | list[tuple[int, ...]]) -> list[Tensor]:
-        """The test-time FLM masks (1×1×H×W per scale, CPU) for student features of these shapes."""
+        """The test-time FLM masks (1×1×H×W per scale, CPU) for features of these shapes
+        (the student's outputs have the teacher's shapes)."""
         ratio = self.generation.ratio if self.generation is not None else 0.0
         return flm_test_masks(self.flm_test_seed, shapes, ratio)
 
@@ -107,18 +113,15 @@ class MRKD(nn.Module):
         ``flm=True`` masks the student features as Sec. 3.4 prescribes, every image with
         the same fixed masks: ``masks`` when given (one per scale, broadcastable to
         B×1×H×W; an exported graph passes them as constants), else
-        ``test_masks`` of the features' shapes. ``flm=False`` restores without masking.
+        ``test_masks`` of the teacher features' shapes. ``flm=False`` restores without masking.
         """
         x = self.prepare_input(x)
         with torch.no_grad():
             f_t = self.teacher(x)
         mask = flm and self.generation is not None and self.generation.ratio > 0
-        if not mask:
-            return f_t, self._restore(f_t, None, mask=False)
-        f_s = self.student(self.bottleneck(f_t))
-        if masks is None:
-            masks = self.test_masks([f.shape for f in f_s])
-        return f_t, self.generation(f_s, mask=True, masks=masks)
+        if mask and masks is None:
+            masks = self.test_masks([f.shape for f in f_t])
+        return f_t, self._restore(f_t, None, mask=mask, masks=masks if mask else None)
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         return self.forward_test(x)
