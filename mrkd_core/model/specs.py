@@ -15,7 +15,7 @@ class BackboneSpec:
     block: type
     base_width: int
     decoder_layers: tuple[int, int, int]  # blocks of the student's stages (from deep to shallow)
-    bottleneck_blocks: int  # blocks of the OCBE residual stage
+    ocbe_blocks: int  # blocks of the OCBE residual stage
 
     @property
     def channels(self) -> tuple[int, int, int]:

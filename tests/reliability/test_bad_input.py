@@ -8,7 +8,7 @@ The loaders' own checks are unit-tested in tests/core: test_data.py
 (``test_bad_image_files_give_one_clear_error``, ``test_decompression_bomb_guard_checks_header_before_decoding``,
 ``test_mask_of_other_size_names_both_sizes``, ``test_missing_mask_is_one_clear_error``,
 ``test_missing_or_empty_train_folder``), test_specs.py / test_config.py (bad specs and
-configs) and test_runner.py (``test_hash_collision_is_refused_and_nothing_overwritten``).
+configs) and test_engine.py (``test_hash_collision_is_refused_and_nothing_overwritten``).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def test_config_hash_collision_is_refused_and_nothing_is_overwritten(data_root, 
     """A forged complete result: another config stored under this task's hash, with a valid manifest.
 
     The runner refuses to take it as this task's result and writes nothing (also in
-    tests/core/test_runner.py for the same run dir and tests/flows/test_store_integrity.py)."""
+    tests/core/test_engine.py for the same run dir and tests/flows/test_store_integrity.py)."""
     task = make_task(data_root, epochs=1, seed=11)
     d = run_dir(task, "forged")
     store = reference.store

@@ -18,7 +18,7 @@ import pytest
 from mrkd_core.results import verify_manifest
 from mrkd_core.runner import find_complete, key_path, run_dir, train_evaluate
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.train import load_latest_checkpoint
+from mrkd_core.checkpoint import load_latest_checkpoint
 from tests.reliability.relkit import assert_same_result, finish_worker, kill, start_worker, wait_until
 
 
