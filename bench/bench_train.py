@@ -78,7 +78,13 @@ from mrkd_core.model import build_mrkd, mrkd_loss  # noqa: E402
 from mrkd_core.score import fuse_maps, image_score  # noqa: E402
 from mrkd_core.ilm import get_preset, ilm_pair, synthesize  # noqa: E402
 from mrkd_core.data.ilm_dataset import TrainItem  # noqa: E402
-from mrkd_core.train import CachedTeacherFeatures, TeacherPass, build_optimizer, teacher_feature_cache, train_step  # noqa: E402
+from mrkd_core.train import (  # noqa: E402
+    CachedTeacherFeatures,
+    TeacherPass,
+    build_optimizer,
+    teacher_feature_cache,
+    train_step,
+)
 
 SHAPES = {
     "wrn50-256": ("wide_resnet50_2", 256, 16),

@@ -185,7 +185,8 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig) -> dict | None
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - refused (objects other than tensors) or unreadable
-            log.warning("checkpoint %s cannot be loaded (%s); trying an older one", store.uri(name), unpickle_error(exc))
+            log.warning("checkpoint %s cannot be loaded (%s); trying an older one", store.uri(name),
+                        unpickle_error(exc))
             continue
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__

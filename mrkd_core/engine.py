@@ -1,25 +1,34 @@
-"""The unit of work the flows fan out: train + evaluate one (dataset, category, config).
+"""Train, evaluate and store one (dataset, category, config): the one path of the CLI and the flows.
 
-Work is keyed by ``<dataset>/<category>/<config_hash>``. A key whose run directory
-holds a valid manifest (in any run) is complete: rerunning skips it unless forced.
-Checkpoints live under the key, not the run, so a task that died, or a later run of
-the same key, resumes where training stopped.
+``train_evaluate(task, store, run_id)`` is what ``mrkd train`` runs per category and what
+every Prefect task of the flows runs: train (resuming from the key's checkpoints),
+evaluate the test split, write the run directory with its manifest last, and copy the
+rows into the hive-partitioned tables. Paths and the skip rule are ``mrkd_core.layout``
+(where ``mrkd evaluate`` also finds the models it scores, ``find_models``); rows are
+built by ``mrkd_core.results`` next to their schemas.
+
+Work is keyed by ``Task.key`` = ``<dataset>/<category>/<config_hash>``. A key whose run
+directory holds a valid manifest (in any run) is complete: calling again skips it
+unless forced. Checkpoints live under the key, not the run, so a task that died, or a
+later run of the same key, resumes where training stopped.
 
 ``force`` means "train this key again, from scratch, in this run" (e.g. the nightly
-retraining that catches regressions in the code): complete results of *other* runs
-and the key's shared checkpoints are ignored. Its checkpoints go to a folder of its
-own (``checkpoints/<key>/forced/<run_id>/``), so a forced task that dies still resumes
-on retry, and are deleted once the run directory is complete. A complete result of the
-*same* run still counts, so retrying a forced flow run does not redo finished keys.
+retraining that catches regressions in the code, or ``mrkd train --no-resume``):
+complete results of *other* runs and the key's shared checkpoints are ignored. Its
+checkpoints go to a folder of its own (``checkpoints/<key>/forced/<run_id>/``), so a
+forced task that dies still resumes on retry, and are deleted once the run directory is
+complete. A complete result of the *same* run still counts, so retrying a forced flow
+run does not redo finished keys.
 
-Store layout written here (see docs/storage.md)::
+``evaluate=False`` (``mrkd train --no-evaluate``: a dataset without a test split) stores
+the model and its training record only; such a run directory satisfies later calls that
+do not evaluate either, and is trained on (0 epochs, from the checkpoints) and evaluated
+by a call that does.
 
-    checkpoints/<dataset>/<category>/<config_hash>/epoch-NNNN.pt (+ .sha256.json)
-    checkpoints/<dataset>/<category>/<config_hash>/forced/<run_id>/...  (forced runs, removed when done)
-    runs/<run_id>/<dataset>/<category>/<config_hash>/
-        config.json model.pt metrics.parquet scores.parquet maps.npz train.json manifest.json (last)
-    tables/metrics/dataset=<d>/run_id=<r>/<category>-<variant>-<hash>.parquet
-    tables/scores/dataset=<d>/run_id=<r>/<category>-<variant>-<hash>.parquet
+Written here (the layout of ``mrkd_core.layout``, docs/storage.md): ``checkpoints/<key>/``,
+``claims/<key>.json`` while training, ``runs/<run_id>/<key>/`` (``config.json model.pt
+metrics.parquet scores.parquet maps.npz train.json`` and ``manifest.json`` last) and the
+``tables/`` partitions.
 """
 
 from __future__ import annotations
@@ -27,97 +36,139 @@ from __future__ import annotations
 import io
 import logging
 import platform
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-import mrkd_core
 from mrkd_core.claims import KeyClaim
 from mrkd_core.data import get_dataset
-from mrkd_core.errors import StorageError
-from mrkd_core.evaluate import evaluate, scales_key
+from mrkd_core.evaluate import EvalResult, evaluate
+from mrkd_core.layout import check_no_collision, checkpoint_dir, find_complete, is_evaluated, run_dir, table_name
 from mrkd_core.model_io import save_model
 from mrkd_core.results import (
     MANIFEST,
-    METRIC_COLUMNS,
     METRICS_SCHEMA,
-    PARTITION_COLUMNS,
     SCORES_SCHEMA,
-    cfg_columns,
-    git_revision,
-    is_complete,
+    metrics_rows,
     parquet_bytes,
     partition_bytes,
     partition_path,
     read_parquet_bytes,
-    read_partitions,
+    score_rows,
+    summary_rows,
     utcnow,
     write_manifest,
 )
-from mrkd_core.revision import TRAINING_REVISION, stored_revision
+from mrkd_core.revision import TRAINING_REVISION
 from mrkd_core.specs import Task
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.train import train
+from mrkd_core.train import EpochProgress, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PARTITION_COLUMNS", "check_no_collision", "find_complete", "key_path", "read_maps",
-           "read_metrics", "read_scores", "run_dir", "train_evaluate"]
+__all__ = ["train_evaluate"]
 
 MAPS_PER_CATEGORY = 6  # test images whose maps are kept for the report's Fig. 7 grid
-# The skip rule checks objects above this size by size only (see results.verify_manifest):
-# metrics, scores, maps and configs are hashed; a WRN50 model.pt (~0.5 GB) is not downloaded.
-SKIP_CHECK_HASH_BYTES = 64 * 1024 * 1024
 
 
-def key_path(task: Task) -> str:
-    return f"{task.dataset}/{task.category}/{task.config.config_hash()}"
+# --------------------------------------------------------------------------- the one path
+def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = False, *, evaluate: bool = True,
+                   on_epoch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
+    """Train, evaluate and store one task; skip it when its key is already complete.
 
-
-def run_dir(task: Task, run_id: str) -> str:
-    return f"runs/{run_id}/{key_path(task)}"
-
-
-def _table_name(task: Task) -> str:
-    return f"{task.category}-{task.variant}-{task.config.config_hash()}.parquet"
-
-
-def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None) -> str | None:
-    """The run directory of a complete result for this key (newest run first), or None.
-
-    ``run_id`` limits the search to that run (what a forced task accepts). A complete
-    directory whose ``config.json`` is another config under the same hash raises a
-    ``StorageError`` rather than being reused as this task's result.
+    Returns a JSON-safe record: ``{"key", "status": "trained"|"skipped", "run_dir",
+    "rows": [summary rows per fused scale set], "evaluated": bool}`` plus
+    ``"resumed_from_epoch"`` when it trained. ``on_epoch`` is passed to :func:`train`
+    (progress reports). While it trains, the task holds the key's claim
+    (``mrkd_core.claims``): a concurrent call for the same key waits, then skips the key
+    its holder completed. Raises ``DataError`` for bad input, ``StorageError`` for a
+    config-hash collision or a lost claim; nothing stored before is changed either way.
     """
-    runs = [f"runs/{run_id}"] if run_id is not None else sorted(store.list("runs"), reverse=True)
-    for run in runs:
-        d = f"{run}/{key_path(task)}"
-        if store.exists(f"{d}/{MANIFEST}") and is_complete(store, d, SKIP_CHECK_HASH_BYTES):
-            check_no_collision(store, task, d)
-            revision = stored_revision(store.read_json(f"{d}/{MANIFEST}"))
-            if revision != TRAINING_REVISION:
-                # Kept as history, never reused: the same config trains differently now.
-                log.info("not reusing %s: trained by training revision %d, this code is revision %d",
-                         store.uri(d), revision, TRAINING_REVISION)
-                continue
-            return d
-    return None
+    forced_run = run_id if force else None
+    done = find_complete(store, task, forced_run, evaluated=evaluate)
+    if done is not None:
+        return _skip(task, store, run_id, done)
+    with KeyClaim(store, task.key, run_id) as claim:
+        done = find_complete(store, task, forced_run, evaluated=evaluate)  # the holder we waited for finished it
+        if done is not None:
+            return _skip(task, store, run_id, done)
+        return _train_and_store(task, store, run_id, force, evaluate, claim, on_epoch)
 
 
-def check_no_collision(store: ArtifactStore, task: Task, directory: str) -> None:
-    """Same hash, different config → refuse, and touch nothing that is stored."""
-    rel = f"{directory}/config.json"
-    if not store.exists(rel):
-        return
-    stored = store.read_json(rel)
-    stored_h = {k: v for k, v in stored.items() if k in task.config.hashed_dict()}
-    if stored_h != task.config.hashed_dict():
-        raise StorageError(
-            f"config hash collision at {store.uri(rel)}: a different config is stored under hash "
-            f"{task.config.config_hash()}; nothing was overwritten — move that folder away"
-        )
+def _skip(task: Task, store: ArtifactStore, run_id: str, done: str) -> dict[str, Any]:
+    manifest = store.read_json(f"{done}/{MANIFEST}")
+    rows: list[dict] = []
+    if is_evaluated(manifest):
+        metrics = read_parquet_bytes(store.read_bytes(f"{done}/metrics.parquet")).to_pandas()
+        scores = read_parquet_bytes(store.read_bytes(f"{done}/scores.parquet")).to_pandas()
+        metrics["spec"] = task.spec or metrics["spec"]
+        _write_tables(store, task, run_id, metrics, scores, done)
+        rows = summary_rows(metrics, run_id)
+    log.info("skip %s: complete in %s", task.key, store.uri(done))
+    return {"key": task.key, "status": "skipped", "run_dir": done, "rows": rows, "evaluated": is_evaluated(manifest)}
+
+
+def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool, evaluate_test: bool,
+                     claim: KeyClaim, on_epoch: Callable[[EpochProgress], None] | None) -> dict[str, Any]:
+    cfg = task.config
+    directory = run_dir(task, run_id)
+    check_no_collision(store, task, directory)
+    ds = get_dataset(task.dataset)
+    train_samples = ds.train_samples(task.data_root, task.category)
+    # Listed before training, so that a bad test split fails in seconds, not after it.
+    test_samples = ds.test_samples(task.data_root, task.category) if evaluate_test else []
+    started = utcnow()
+    ckpt_dir = checkpoint_dir(task, run_id, force)
+    result = train(cfg, train_samples, task.category, checkpoints=store.sub(ckpt_dir), resume=True,
+                   on_epoch=on_epoch)
+    ev = (evaluate(result.model, cfg, test_samples, keep_maps=True, scale_sets=list(task.scale_sets) or None)
+          if evaluate_test else None)
+    finished = utcnow()
+    training = {"n_train": len(train_samples), "train_seconds": result.train_seconds,
+                "images_per_second": result.images_per_second, "device": result.device}
+
+    files: dict[str, bytes] = {}
+    rows: list[dict] = []
+    scores: list[dict] = []
+    if ev is not None:
+        rows = metrics_rows(task, run_id, ev, training, started, finished)
+        scores = score_rows(task, run_id, ev)
+        files = {"metrics.parquet": parquet_bytes(rows, METRICS_SCHEMA),
+                 "scores.parquet": parquet_bytes(scores, SCORES_SCHEMA),
+                 "maps.npz": _maps_npz(ev, cfg.image_size)}
+    claim.check()  # a task whose claim was taken over writes nothing
+    # A manifest here is stale (find_complete rejected it): drop it before rewriting the
+    # files it lists, so that no reader takes the directory for complete meanwhile.
+    store.remove(f"{directory}/{MANIFEST}")
+    store.write_json(f"{directory}/config.json", cfg.to_dict())
+    save_model(result.model, cfg, store, f"{directory}/model.pt",
+               extra={"dataset": task.dataset, "category": task.category, "run_id": run_id,
+                      "data_root": task.data_root})
+    for name, data in files.items():
+        store.write_bytes(f"{directory}/{name}", data)
+    store.write_json(f"{directory}/train.json", {
+        **training, "epoch_losses": result.epoch_losses, "log": result.log,
+        "resumed_from_epoch": result.resumed_from_epoch, "eval_seconds": ev.seconds if ev is not None else None,
+        "host": platform.node(), "data_root": task.data_root,
+    })
+    claim.check()
+    write_manifest(store, directory, ["model.pt", *files, "config.json", "train.json"],
+                   extra={"key": task.key, "run_id": run_id, "variant": task.variant,
+                          "training_revision": TRAINING_REVISION})
+    if ev is not None:
+        _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(scores), directory)
+    if force:
+        # Only a crash of this run needed them; the run directory now holds model.pt.
+        store.remove(ckpt_dir, recursive=True)
+    if ev is not None:
+        log.info("done %s: %s", task.key, {k: round(v, 4) for k, v in ev.metrics.items() if v == v})
+    else:
+        log.info("done %s (not evaluated): %s", task.key, store.uri(f"{directory}/model.pt"))
+    return {"key": task.key, "status": "trained", "run_dir": directory,
+            "rows": summary_rows(pd.DataFrame(rows), run_id) if rows else [], "evaluated": ev is not None,
+            "resumed_from_epoch": result.resumed_from_epoch}
 
 
 def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.DataFrame, scores: pd.DataFrame,
@@ -126,12 +177,13 @@ def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.Dat
     for kind, df, schema in (("metrics", metrics, METRICS_SCHEMA), ("scores", scores, SCORES_SCHEMA)):
         df = df.copy()
         df["run_id"] = run_id
-        rows = df[list(schema.names)].to_dict("records")
-        store.write_bytes(partition_path(kind, task.dataset, run_id, _table_name(task)),
-                          partition_bytes(rows, schema, source_run_dir))
+        table_rows = df[list(schema.names)].to_dict("records")
+        store.write_bytes(partition_path(kind, task.dataset, run_id, table_name(task)),
+                          partition_bytes(table_rows, schema, source_run_dir))
 
 
-def _maps_npz(samples, ev, image_size: int) -> bytes:
+# --------------------------------------------------------------------------- maps (Fig. 7)
+def _maps_npz(ev: EvalResult, image_size: int) -> bytes:
     """A few test images with their masks and maps, for the report's qualitative figure."""
     from mrkd_core.data.io import load_image
 
@@ -148,119 +200,3 @@ def _maps_npz(samples, ev, image_size: int) -> bytes:
         labels=labels[order] if order else np.zeros((0,)),
     )
     return buf.getvalue()
-
-
-def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = False) -> dict[str, Any]:
-    """Train, evaluate and store one task; skip it when its key is already complete.
-
-    While it trains, the task holds the key's claim (``mrkd_core.claims``): a concurrent
-    call for the same key waits, then skips the key its holder completed.
-    """
-    done = find_complete(store, task, run_id if force else None)
-    if done is not None:
-        return _skip(task, store, run_id, done)
-    with KeyClaim(store, key_path(task), run_id) as claim:
-        done = find_complete(store, task, run_id if force else None)  # the holder we waited for finished it
-        if done is not None:
-            return _skip(task, store, run_id, done)
-        return _train_and_store(task, store, run_id, force, claim)
-
-
-def _skip(task: Task, store: ArtifactStore, run_id: str, done: str) -> dict[str, Any]:
-    metrics = read_parquet_bytes(store.read_bytes(f"{done}/metrics.parquet")).to_pandas()
-    scores = read_parquet_bytes(store.read_bytes(f"{done}/scores.parquet")).to_pandas()
-    metrics["spec"] = task.spec or metrics["spec"]
-    _write_tables(store, task, run_id, metrics, scores, done)
-    log.info("skip %s: complete in %s", task.key, store.uri(done))
-    return {"key": task.key, "status": "skipped", "run_dir": done, "rows": _rows(metrics, run_id)}
-
-
-def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool, claim: KeyClaim) -> dict[str, Any]:
-    cfg = task.config
-    directory = run_dir(task, run_id)
-    check_no_collision(store, task, directory)
-    ds = get_dataset(task.dataset)
-    train_samples = ds.train_samples(task.data_root, task.category)
-    test_samples = ds.test_samples(task.data_root, task.category)
-    started = utcnow()
-    # A manifest here is stale (find_complete rejected it): drop it before rewriting the
-    # files it lists, so that no reader takes the directory for complete meanwhile.
-    store.remove(f"{directory}/{MANIFEST}")
-    store.write_json(f"{directory}/config.json", cfg.to_dict())
-    ckpt_dir = f"checkpoints/{key_path(task)}" + (f"/forced/{run_id}" if force else "")
-    ckpt = store.sub(ckpt_dir)
-    result = train(cfg, train_samples, task.category, checkpoints=ckpt, resume=True)
-    ev = evaluate(result.model, cfg, test_samples, keep_maps=True, scale_sets=list(task.scale_sets) or None)
-    finished = utcnow()
-
-    common = {
-        "spec": task.spec, "narrowed": task.narrowed, "dataset": task.dataset, "category": task.category,
-        "config_hash": cfg.config_hash(), "variant": task.variant, **cfg_columns(cfg),
-        "teacher_weights": cfg.teacher_weights, "n_train": len(train_samples), "n_test": len(test_samples),
-        "n_test_anomalous": int(sum(s.label for s in test_samples)), "train_seconds": result.train_seconds,
-        "images_per_second": result.images_per_second, "device": result.device,
-        "torch_version": torch.__version__, "mrkd_version": mrkd_core.__version__, "git_revision": git_revision(),
-        "started_at": started, "finished_at": finished, "run_id": run_id,
-    }
-    by_scales = ev.metrics_by_scales or {scales_key(cfg.score_scales): ev.metrics}
-    rows = [{**common, "score_scales": key, **{m: float(vals.get(m, np.nan)) for m in METRIC_COLUMNS}}
-            for key, vals in by_scales.items()]
-    score_rows = [{"run_id": run_id, "dataset": task.dataset, "category": task.category,
-                   "config_hash": cfg.config_hash(), "variant": task.variant, "path": s["path"],
-                   "defect_type": s["defect_type"], "label": int(s["label"]), "score": float(s["score"])}
-                  for s in ev.scores]
-
-    files = {
-        "model.pt": None,
-        "metrics.parquet": parquet_bytes(rows, METRICS_SCHEMA),
-        "scores.parquet": parquet_bytes(score_rows, SCORES_SCHEMA),
-        "maps.npz": _maps_npz(test_samples, ev, cfg.image_size),
-    }
-    claim.check()  # a task whose claim was taken over writes nothing
-    save_model(result.model, cfg, store, f"{directory}/model.pt",
-               extra={"dataset": task.dataset, "category": task.category, "run_id": run_id})
-    for name, data in files.items():
-        if data is not None:
-            store.write_bytes(f"{directory}/{name}", data)
-    store.write_json(f"{directory}/train.json", {
-        "epoch_losses": result.epoch_losses, "log": result.log, "resumed_from_epoch": result.resumed_from_epoch,
-        "eval_seconds": ev.seconds, "host": platform.node(),
-    })
-    claim.check()
-    write_manifest(store, directory, [*files, "config.json", "train.json"],
-                   extra={"key": task.key, "run_id": run_id, "variant": task.variant,
-                          "training_revision": TRAINING_REVISION})
-    _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(score_rows), directory)
-    if force:
-        # Only a crash of this run needed them; the run directory now holds model.pt.
-        store.remove(ckpt_dir, recursive=True)
-    log.info("done %s: %s", task.key, {k: round(v, 4) for k, v in ev.metrics.items() if v == v})
-    return {"key": task.key, "status": "trained", "run_dir": directory, "rows": _rows(pd.DataFrame(rows), run_id),
-            "resumed_from_epoch": result.resumed_from_epoch}
-
-
-def _rows(df: pd.DataFrame, run_id: str) -> list[dict]:
-    """JSON-safe summary rows for the flow's logs (not the Parquet source of truth)."""
-    keep = ["dataset", "category", "variant", "config_hash", "score_scales", *METRIC_COLUMNS]
-    out = []
-    for r in df[keep].to_dict("records"):
-        r["run_id"] = run_id
-        out.append({k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()})
-    return out
-
-
-def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
-    """All metrics rows (of one run, or all) from the partitioned tables; complete runs only."""
-    return read_partitions(store, "metrics", METRICS_SCHEMA, run_id)
-
-
-def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
-    return read_partitions(store, "scores", SCORES_SCHEMA, run_id)
-
-
-def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(image, mask, map) triples kept for the report (Fig. 7)."""
-    with np.load(io.BytesIO(store.read_bytes(f"{run_directory}/maps.npz"))) as z:
-        if z["images"].ndim != 4:
-            return []
-        return [(z["images"][i], z["masks"][i], z["maps"][i]) for i in range(z["images"].shape[0])]

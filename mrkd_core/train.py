@@ -61,7 +61,8 @@ class TrainResult:
     the mean loss of Eq. 4 per epoch, from epoch 1 (a resumed run includes the epochs of
     its checkpoint). ``train_seconds``: wall time of the epochs run here, the teacher-feature
     cache and the loader's start included (decoding the images excluded);
-    ``images_per_second``: training images per second over that time (NaN when no epoch ran). ``device``: where it trained, e.g. ``'cpu'`` or ``'cuda:0'``.
+    ``images_per_second``: training images per second over that time (NaN when no epoch
+    ran). ``device``: where it trained, e.g. ``'cpu'`` or ``'cuda:0'``.
     ``resumed_from_epoch``: completed epochs taken from a checkpoint (0 = from scratch).
     ``log``: one ``{"epoch", "loss", "seconds", "images_per_second"}`` dict per epoch run here.
     """

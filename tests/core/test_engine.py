@@ -1,4 +1,4 @@
-"""The runner: stored outputs, manifests, skipping complete work, hash collisions."""
+"""The engine: stored outputs, manifests, skipping complete work, hash collisions."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ import json
 import pandas as pd
 import pytest
 
+from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import StorageError
-from mrkd_core.results import METRICS_SCHEMA, verify_manifest
+from mrkd_core.layout import find_complete, read_maps, run_dir
+from mrkd_core.results import METRICS_SCHEMA, read_metrics, read_scores, verify_manifest
 from mrkd_core.revision import TRAINING_REVISION
-from mrkd_core.runner import find_complete, read_maps, read_metrics, read_scores, run_dir, train_evaluate
 from mrkd_core.storage import ArtifactStore
 from tests.datagen import train_smoke_key
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    return train_smoke_key(tmp_path_factory.mktemp("runner"))
+    return train_smoke_key(tmp_path_factory.mktemp("engine"))
 
 
 def test_outputs_and_manifest(setup):

@@ -1,7 +1,7 @@
 """Bad input: one clear line naming the file or field, exit code 2, and nothing stored is lost.
 
 Each case goes through a user-facing path — the ``mrkd`` CLI (``cli.main``) and/or
-``runner.train_evaluate`` (what the flows run) — against a store that already holds a
+``engine.train_evaluate`` (what the flows run) — against a store that already holds a
 finished run; the sha256 of every object of that run is compared before and after.
 
 The loaders' own checks are unit-tested in tests/core: test_data.py
@@ -24,9 +24,10 @@ import pytest
 from PIL import Image
 
 from mrkd_core.cli import main
+from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError, DataError, MRKDError, StorageError
+from mrkd_core.layout import find_complete, run_dir
 from mrkd_core.results import write_manifest
-from mrkd_core.runner import find_complete, run_dir, train_evaluate
 from mrkd_core.specs import load_spec
 from tests.datagen import plant_text_as_image, plant_truncated, plant_wrong_size_mask, plant_zero_byte
 from tests.reliability.relkit import CATEGORY, make_task, snapshot, tree
