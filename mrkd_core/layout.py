@@ -85,18 +85,21 @@ def table_name(task: Task) -> str:
     return f"{task.category}-{task.variant}-{task.config.config_hash()}.parquet"
 
 
-def usable_manifest(store: ArtifactStore, directory: str) -> dict | None:
-    """The manifest of a complete, intact run directory of this training revision, else None."""
+def complete_manifest(store: ArtifactStore, directory: str) -> dict | None:
+    """The manifest of a complete, intact run directory (objects above 64 MiB checked by size), else None."""
     if not store.exists(f"{directory}/{MANIFEST}") or not is_complete(store, directory, SKIP_CHECK_HASH_BYTES):
         return None
-    manifest = store.read_json(f"{directory}/{MANIFEST}")
+    return store.read_json(f"{directory}/{MANIFEST}")
+
+
+def is_current(store: ArtifactStore, directory: str, manifest: dict) -> bool:
+    """Whether this training revision wrote the run directory; older ones are kept as history, never reused."""
     revision = stored_revision(manifest)
     if revision != TRAINING_REVISION:
-        # Kept as history, never reused: the same config trains differently now.
         log.info("not reusing %s: trained by training revision %d, this code is revision %d",
                  store.uri(directory), revision, TRAINING_REVISION)
-        return None
-    return manifest
+        return False
+    return True
 
 
 def is_evaluated(manifest: dict) -> bool:
@@ -115,10 +118,12 @@ def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None, e
     runs = [f"{RUNS}/{run_id}"] if run_id is not None else sorted(store.list(RUNS), reverse=True)
     for run in runs:
         d = f"{run}/{task.key}"
-        manifest = usable_manifest(store, d)
+        manifest = complete_manifest(store, d)
         if manifest is None:
             continue
         check_no_collision(store, task, d)
+        if not is_current(store, d, manifest):
+            continue
         if evaluated and not is_evaluated(manifest):
             continue
         return d
@@ -174,8 +179,8 @@ def find_models(store: ArtifactStore, dataset: str, category: str | None = None,
         cats = [f"{run}/{dataset}/{category}"] if category else store.list(f"{run}/{dataset}")
         for cat_dir in cats:
             for d in store.list(cat_dir):
-                manifest = usable_manifest(store, d)
-                if manifest is None or "model.pt" not in manifest.get("files", {}):
+                manifest = complete_manifest(store, d)
+                if manifest is None or not is_current(store, d, manifest) or "model.pt" not in manifest["files"]:
                     continue
                 _, rid, _, cat, config_hash = d.split("/")
                 m = StoredModel(dataset, cat, config_hash, rid, d, manifest)

@@ -50,7 +50,8 @@ def models(data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "models"
     assert main(["-q", "train", str(data_root), "-o", str(out), "-c", CATEGORY, *FAST]) == 0
     assert main(["-q", "evaluate", str(data_root), "-m", str(out), "--num-workers", "0"]) == 0
-    assert (out / CATEGORY / "model.pt").is_file() and (out / "metrics.json").is_file()
+    assert len(list(out.glob(f"runs/*/folder/{CATEGORY}/*/model.pt"))) == 1
+    assert len(list(out.glob("evaluations/*/metrics.json"))) == 1
     return out
 
 
@@ -114,8 +115,10 @@ def test_bad_file_through_the_cli_is_one_line_naming_it_and_loses_nothing(case, 
     bad = plant(cat, bomb_png)
     before = tree(models)
     if command == "train":
-        argv = ["train", str(root), "-o", str(models), "-c", CATEGORY, *FAST]
-    else:  # default output = the models folder, which already holds metrics of the clean data
+        # --no-resume: the same config is complete in `models`, and the data is not part of the key
+        # (yet): without it the complete model would be reused and the bad file never read.
+        argv = ["train", str(root), "-o", str(models), "-c", CATEGORY, "--no-resume", *FAST]
+    else:  # default output = the models store, which already holds an evaluation of the clean data
         workers = "2" if "worker" in case else "0"  # worker processes cost seconds to start and stop
         argv = ["evaluate", str(root), "-m", str(models), "--num-workers", workers]
     capsys.readouterr()
@@ -162,13 +165,18 @@ def test_bad_experiment_spec_file_names_file_and_key(tmp_path):
         assert "\n" not in msg and str(path) in msg and fragment in msg, msg
 
 
-def test_another_config_into_a_trained_output_is_refused_by_the_cli(data_root, models, capsys):
-    """Same output folder, different config: the stored checkpoints belong to another config."""
+def test_another_config_into_a_trained_output_trains_beside_it_and_loses_nothing(data_root, models, capsys):
+    """Same store, different config: in the unified layout (issue 17) every config has its own key, so the
+    CLI trains it beside the first one (as the flows do with a spec's variants) and changes nothing stored."""
     before = tree(models)
-    assert main(["train", str(data_root), "-o", str(models), "-c", CATEGORY, *FAST, "--flm-ratio", "0.4"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "belongs to config" in err and str(models) in err, err
-    assert tree(models) == before
+    capsys.readouterr()
+    assert main(["-q", "train", str(data_root), "-o", str(models), "-c", CATEGORY, *FAST, "--flm-ratio", "0.4"]) == 0
+    printed = json.loads(capsys.readouterr().out)["models"][CATEGORY]
+    after = tree(models)
+    assert {k: after.get(k) for k in before} == before  # nothing stored was changed or lost
+    assert printed["status"] == "trained" and Path(printed["model"]).is_file()
+    assert json.loads((Path(printed["model"]).parent / "config.json").read_text())["flm_ratio"] == 0.4
+    assert len(list(models.glob(f"runs/*/folder/{CATEGORY}/*/model.pt"))) == 2
 
 
 # --------------------------------------------------------------------------- the runner (what the flows run)
