@@ -11,6 +11,8 @@ from mrkd_core.model.blocks import BasicBlock, Bottleneck
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """What MRKD needs of a backbone: block type, base width, the student's and OCBE's block counts, channels."""
+
     name: str
     block: type
     base_width: int
