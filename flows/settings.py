@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mrkd_core.layout import resolve_run_id  # noqa: F401 - the run ids of the CLI and the flows, one rule
+from mrkd_core.layout import resolve_run_id  # the run ids of the CLI and the flows: one rule
 from mrkd_core.specs import ENV_SPEC_PATH, parse_search_path
 from mrkd_core.storage import DEFAULT_ROOT, ENV_ROOT, ArtifactStore
+
+__all__ = ["ENV_DATA_ROOT", "REMOTE_DATA_ROOT", "SPEC_DIR", "data_root", "open_store", "resolve_run_id", "spec_path"]
 
 ENV_DATA_ROOT = "MRKD_DATA_ROOT"
 REMOTE_DATA_ROOT = "~/.cache/mrkd/datasets"

@@ -190,8 +190,6 @@ def find_models(store: ArtifactStore, dataset: str, category: str | None = None,
     return sorted(found.values(), key=lambda m: m.manifest.get("written_at", ""), reverse=True)
 
 
-
-
 def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(image, mask, map) triples kept for the report (Fig. 7); FileNotFoundError without ``maps.npz``."""
     with np.load(io.BytesIO(store.read_bytes(f"{run_directory}/maps.npz"))) as z:
