@@ -54,6 +54,8 @@ def _state_bytes(state: dict) -> bytes:
 
 def model_bytes(model: MRKD, cfg: MRKDConfig, extra: dict | None = None,
                 calibration: dict | None = None) -> bytes:
+    """The model file's bytes: format, training revision, config JSON, the whole state dict,
+    ``extra`` and, when given, the calibration."""
     state = {
         "format": MODEL_FORMAT,
         "training_revision": TRAINING_REVISION,
@@ -98,6 +100,10 @@ def _model_file(state: dict, source: str) -> ModelFile:
 
 
 def load_model_bytes(data: bytes, source: str, device: str | torch.device = "cpu") -> tuple[MRKD, MRKDConfig]:
+    """(model in eval mode on ``device``, its config) from a model file's bytes; ``MRKDError`` naming ``source``.
+
+    State dicts in an earlier naming load too (``bottleneck.*`` → ``ocbe.*``, ``MRKD.load_state_dict``).
+    """
     loaded = load_model_file_bytes(data, source, device)
     return loaded.model, loaded.config
 
