@@ -24,6 +24,7 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.device import place_model
 from mrkd_core.errors import MRKDError, StorageError, unpickle_error
 from mrkd_core.model import MRKD, build_mrkd
+from mrkd_core.results import update_manifest_entry
 from mrkd_core.revision import TRAINING_REVISION, stored_revision
 from mrkd_core.storage import ArtifactStore, open_uri
 
@@ -144,7 +145,9 @@ def write_calibration(location: str, calibration: dict[str, Any]) -> str:
     """Store ``calibration`` in the model file at ``location`` (path or URI), atomically.
 
     The weights and everything else stay as they are; the calibration the file held is
-    appended to ``calibration_history``, so recalibrating loses nothing. Returns the URI.
+    appended to ``calibration_history``, so recalibrating loses nothing. A run directory's
+    ``manifest.json`` beside the file that lists it is updated too, so the run stays
+    complete for the skip rule and for readers. Returns the URI.
     """
     data, source = _model_file_data(location, None)
     state = _read_state(data, source)
@@ -154,7 +157,10 @@ def write_calibration(location: str, calibration: dict[str, Any]) -> str:
     state["calibration"] = dict(calibration)
     parent, name = posixpath.split(str(location).rstrip("/"))
     store = ArtifactStore(parent or ".")
-    store.write_bytes(name, _state_bytes(state))
+    new = _state_bytes(state)
+    store.write_bytes(name, new)
+    if update_manifest_entry(store, "", name, new):
+        log.info("%s: manifest updated for the recalibrated %s", store.uri(), name)
     return store.uri(name)
 
 

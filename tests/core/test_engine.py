@@ -183,3 +183,19 @@ def test_without_a_test_split_a_model_is_stored_unevaluated_then_evaluated_when_
     assert again["status"] == "trained" and again["evaluated"] and again["resumed_from_epoch"] == 1
     assert again["rows"] and 0.0 <= again["rows"][0]["image_auroc"] <= 1.0
     assert [m.run_id for m in find_models(store, "folder", "obj_disc")] == ["r3"]  # newest of the key
+
+
+def test_recalibrating_a_stored_model_keeps_its_run_complete(setup, tmp_path):
+    """`mrkd calibrate` on a run directory's model.pt updates the manifest: the run stays complete."""
+    from mrkd_core.model_io import load_model_file, write_calibration
+
+    store, task, _ = setup
+    d = run_dir(task, "r1")
+    copy = ArtifactStore(tmp_path)
+    for rel in store.list(d):
+        copy.write_bytes(rel, store.read_bytes(rel))
+    cal = load_model_file(copy, f"{d}/model.pt", build=False).calibration
+    write_calibration(copy.uri(f"{d}/model.pt"), {**cal, "image_threshold": 9.0})
+    assert verify_manifest(copy, d) == [] and find_complete(copy, task) == d
+    assert "model.pt" in copy.read_json(f"{d}/manifest.json")["updated"]
+    assert load_model_file(copy, f"{d}/model.pt", build=False).calibration["image_threshold"] == 9.0
