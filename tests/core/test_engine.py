@@ -16,6 +16,14 @@ from mrkd_core.storage import ArtifactStore
 from tests.datagen import train_smoke_key
 
 
+def _copied(store: ArtifactStore, prefix: str, folder) -> ArtifactStore:
+    """A store in ``folder`` holding a copy of everything under ``prefix`` ('' = all)."""
+    copy = ArtifactStore(folder)
+    for rel in store.list(prefix, recursive=True):
+        copy.write_bytes(rel, store.read_bytes(rel))
+    return copy
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return train_smoke_key(tmp_path_factory.mktemp("engine"))
@@ -74,9 +82,7 @@ def test_result_of_an_older_revision_is_not_reused(setup, tmp_path, caplog, fiel
     """
     store, task, _ = setup
     d = run_dir(task, "r1")
-    copy = ArtifactStore(tmp_path)
-    for rel in store.list(d):
-        copy.write_bytes(rel, store.read_bytes(rel))
+    copy = _copied(store, d, tmp_path)
     assert find_complete(copy, task) == d
     manifest = copy.read_json(f"{d}/manifest.json")
     assert manifest[field] == current
@@ -133,9 +139,7 @@ def test_scores_rows_stored_before_the_verdict_columns_stay_readable(setup, tmp_
     import pyarrow.parquet as pq
 
     store, task, _ = setup
-    copy = ArtifactStore(tmp_path)
-    for rel in store.list("", recursive=True):
-        copy.write_bytes(rel, store.read_bytes(rel))
+    copy = _copied(store, "", tmp_path)
     for f in copy.list("tables/scores", recursive=True):
         if f.endswith(".parquet"):
             table = pq.read_table(copy.uri(f)).drop_columns(["normalized_score", "verdict"])
@@ -191,9 +195,7 @@ def test_recalibrating_a_stored_model_keeps_its_run_complete(setup, tmp_path):
 
     store, task, _ = setup
     d = run_dir(task, "r1")
-    copy = ArtifactStore(tmp_path)
-    for rel in store.list(d):
-        copy.write_bytes(rel, store.read_bytes(rel))
+    copy = _copied(store, d, tmp_path)
     cal = load_model_file(copy, f"{d}/model.pt", build=False).calibration
     write_calibration(copy.uri(f"{d}/model.pt"), {**cal, "image_threshold": 9.0})
     assert verify_manifest(copy, d) == [] and find_complete(copy, task) == d
