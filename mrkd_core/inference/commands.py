@@ -129,7 +129,8 @@ def model_info(location: str) -> dict:
 
     if is_onnx(location):
         from mrkd_core.inference.export import (
-            KEY_CALIBRATION, KEY_CONFIG, KEY_EXTRA, KEY_FORMAT, KEY_PREPROCESSING, onnx_metadata,
+            KEY_CALIBRATION, KEY_CONFIG, KEY_EVALUATION_REVISION, KEY_EXTRA, KEY_FORMAT, KEY_PREPROCESSING,
+            KEY_TRAINING_REVISION, onnx_metadata,
         )
 
         path = Path(location)
@@ -141,8 +142,8 @@ def model_info(location: str) -> dict:
         calibration = json.loads(meta[KEY_CALIBRATION]) if meta.get(KEY_CALIBRATION) else None
         info = {"source": location, "format": meta[KEY_FORMAT], "config": json.loads(meta[KEY_CONFIG]),
                 "preprocessing": json.loads(meta[KEY_PREPROCESSING]), "extra": json.loads(meta.get(KEY_EXTRA) or "{}"),
-                "training_revision": int(meta.get("mrkd.training_revision", 1)),
-                "evaluation_revision": int(meta.get("mrkd.evaluation_revision", 1)), "calibration": calibration}
+                "training_revision": int(meta.get(KEY_TRAINING_REVISION, 1)),
+                "evaluation_revision": int(meta.get(KEY_EVALUATION_REVISION, 1)), "calibration": calibration}
     else:
         from mrkd_core.model_io import MODEL_FORMAT, load_model_file
 
