@@ -10,17 +10,14 @@ the fan-out, because Ray workers do not share the driver's working directory: a 
 from __future__ import annotations
 
 import os
-import re
 from datetime import datetime, timezone
 
 from mrkd_core.errors import ConfigError
+from mrkd_core.partitioned import check_run_id
 from mrkd_core.storage import ArtifactStore
 
 ENV_DATA_ROOT = "MRKD_DATA_ROOT"
 REMOTE_DATA_ROOT = "~/.cache/mrkd/datasets"
-
-# A run id is a path component and a hive partition value (``run_id=<id>``): no '/', '='.
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def open_store() -> ArtifactStore:
@@ -56,6 +53,6 @@ def resolve_run_id(run_id: str | None, spec_name: str, when: datetime | None = N
         resolved = run_id.format(spec=spec_name, date=when.strftime("%Y%m%d"), time=when.strftime("%H%M%S"))
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"run id {run_id!r}: unknown placeholder ({exc}); use {{date}}, {{time}}, {{spec}}") from None
-    if not _RUN_ID.match(resolved):
-        raise ConfigError(f"run id {resolved!r} must match {_RUN_ID.pattern} (it names a folder and a partition)")
-    return resolved
+    # Any text that can name a folder (digits only, dates, spaces, Unicode): partition
+    # values are percent-encoded and read back as strings (mrkd_core.partitioned).
+    return check_run_id(resolved)

@@ -134,6 +134,7 @@ def _out(text: str) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
+    from mrkd_core.data.fingerprint import fingerprint_samples
     from mrkd_core.model_io import save_model
     from mrkd_core.storage import ArtifactStore
     from mrkd_core.train import train
@@ -148,15 +149,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         samples = ds.train_samples(str(root), cat)
         cat_store = out.sub(cat)
         log.info("training %s (%d images, config %s) → %s", cat, len(samples), cfg.config_hash(), cat_store.uri())
-        result = train(cfg, samples, cat, checkpoints=cat_store.sub("checkpoints"), resume=args.resume)
+        # Keys resume: a checkpoint trained on other images is not continued (mrkd_core.lineage).
+        fingerprint = fingerprint_samples(samples, root).digest
+        result = train(cfg, samples, cat, checkpoints=cat_store.sub("checkpoints"), resume=args.resume,
+                       train_fingerprint=fingerprint)
         save_model(result.model, cfg, cat_store, "model.pt",
-                   extra={"category": cat, "dataset": args.dataset, "data_root": str(root)})
+                   extra={"category": cat, "dataset": args.dataset, "data_root": str(root),
+                          "train_fingerprint": fingerprint})
         cat_store.write_json("config.json", cfg.to_dict())
         info = {
             "category": cat, "config_hash": cfg.config_hash(), "epochs": cfg.epochs,
             "epoch_losses": result.epoch_losses, "train_seconds": result.train_seconds,
             "images_per_second": result.images_per_second, "device": result.device,
             "resumed_from_epoch": result.resumed_from_epoch, "n_train": len(samples),
+            "train_fingerprint": fingerprint,
         }
         cat_store.write_json("train.json", info)
         summary[cat] = {"model": cat_store.uri("model.pt"), "final_loss": result.epoch_losses[-1] if result.epoch_losses else None,

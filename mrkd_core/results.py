@@ -15,7 +15,7 @@ import logging
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,9 +23,6 @@ import pyarrow.parquet as pq
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import StorageError
 from mrkd_core.storage import ArtifactStore
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +71,10 @@ METRICS_SCHEMA = pa.schema(
         pa.field("git_revision", pa.string()),
         pa.field("started_at", _TS),
         pa.field("finished_at", _TS),
+        # What the row was computed from (mrkd_core.lineage); null in rows written before them.
+        pa.field("train_fingerprint", pa.string()),
+        pa.field("test_fingerprint", pa.string()),
+        pa.field("training_revision", pa.int64()),
     ]
 )
 
@@ -182,65 +183,3 @@ def verify_manifest(store: ArtifactStore, run_dir: str, max_hash_bytes: int | No
 
 def is_complete(store: ArtifactStore, run_dir: str, max_hash_bytes: int | None = None) -> bool:
     return not verify_manifest(store, run_dir, max_hash_bytes)
-
-
-# --------------------------------------------------------------------------- partitioned tables
-# Which run directory a partition file was copied from (a skipped task's rows come from an
-# earlier run): stored in the Parquet footer, so the schema stays exactly METRICS_SCHEMA.
-SOURCE_KEY = b"mrkd.run_dir"
-PARTITION_COLUMNS = ("dataset", "run_id")  # carried by the hive path, not the files
-
-
-def partition_path(kind: str, dataset: str, run_id: str, name: str) -> str:
-    """``tables/<kind>/dataset=<d>/run_id=<r>/<name>``: one read of ``tables/<kind>`` gets every run."""
-    return f"tables/{kind}/dataset={dataset}/run_id={run_id}/{name}"
-
-
-def partition_bytes(rows: list[dict], schema: pa.Schema, source_run_dir: str) -> bytes:
-    """Parquet of ``rows`` without the partition columns, tagged with the run dir they came from.
-
-    pyarrow refuses a column that is both in the file and in the hive path, so the
-    partition columns live only in the path.
-    """
-    table = to_table(rows, schema).drop_columns(list(PARTITION_COLUMNS))
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source_run_dir.encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
-def read_partitions(store: ArtifactStore, kind: str, schema: pa.Schema, run_id: str | None = None) -> pd.DataFrame:
-    """Every row of ``tables/<kind>`` (one run or all) whose source run has its manifest.
-
-    A partition file whose run directory lost its manifest (deleted, or being rewritten
-    by a forced rerun) is left out: readers see complete runs only.
-    """
-    import pandas as pd
-
-    frames = []
-    manifest_seen: dict[str, bool] = {}
-    for dataset_dir in store.list(f"tables/{kind}"):
-        dataset = dataset_dir.rsplit("dataset=", 1)[-1]
-        for run_path in store.list(dataset_dir):
-            rid = run_path.rsplit("run_id=", 1)[-1]
-            if run_id is not None and rid != run_id:
-                continue
-            for f in store.list(run_path):
-                if not f.endswith(".parquet"):
-                    continue
-                table = read_parquet_bytes(store.read_bytes(f))
-                source = (table.schema.metadata or {}).get(SOURCE_KEY)
-                if source is not None:
-                    src = source.decode()
-                    if src not in manifest_seen:
-                        manifest_seen[src] = store.exists(f"{src}/{MANIFEST}")
-                    if not manifest_seen[src]:
-                        log.warning("%s: its run %s has no manifest; ignored", store.uri(f), store.uri(src))
-                        continue
-                df = table.to_pandas()
-                df.insert(0, "run_id", rid)
-                df.insert(1, "dataset", dataset)
-                frames.append(df)
-    if not frames:
-        return pd.DataFrame({n: pd.Series(dtype="object") for n in schema.names})
-    return pd.concat(frames, ignore_index=True)[schema.names]

@@ -5,6 +5,11 @@ holds a valid manifest (in any run) is complete: rerunning skips it unless force
 Checkpoints live under the key, not the run, so a task that died, or a later run of
 the same key, resumes where training stopped.
 
+A complete result is reused only if it was computed from the same inputs
+(:mod:`mrkd_core.lineage`): the same config, training data (fingerprint), test data
+(fingerprint) and training revision. Otherwise the key is trained again, and the old
+run directory stays as history.
+
 ``force`` means "train this key again, from scratch, in this run" (e.g. the nightly
 retraining that catches regressions in the code): complete results of *other* runs
 and the key's shared checkpoints are ignored. Its checkpoints go to a folder of its
@@ -35,28 +40,26 @@ import torch
 
 import mrkd_core
 from mrkd_core.claims import KeyClaim
-from mrkd_core.data import get_dataset
+from mrkd_core.data import Sample, get_dataset
+from mrkd_core.data.fingerprint import HashCache, fingerprint_samples
 from mrkd_core.errors import StorageError
 from mrkd_core.evaluate import evaluate, scales_key
+from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage
 from mrkd_core.model_io import save_model
+from mrkd_core.partitioned import METRICS_TABLE, PARTITION_COLUMNS, SCORES_TABLE, check_run_id, conform
 from mrkd_core.results import (
     MANIFEST,
     METRIC_COLUMNS,
     METRICS_SCHEMA,
-    PARTITION_COLUMNS,
     SCORES_SCHEMA,
     cfg_columns,
     git_revision,
     is_complete,
     parquet_bytes,
-    partition_bytes,
-    partition_path,
     read_parquet_bytes,
-    read_partitions,
     utcnow,
     write_manifest,
 )
-from mrkd_core.revision import TRAINING_REVISION, stored_revision
 from mrkd_core.specs import Task
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.train import train
@@ -64,7 +67,7 @@ from mrkd_core.train import train
 log = logging.getLogger(__name__)
 
 __all__ = ["PARTITION_COLUMNS", "check_no_collision", "find_complete", "key_path", "read_maps",
-           "read_metrics", "read_scores", "run_dir", "train_evaluate"]
+           "read_metrics", "read_scores", "run_dir", "task_inputs", "train_evaluate"]
 
 MAPS_PER_CATEGORY = 6  # test images whose maps are kept for the report's Fig. 7 grid
 # The skip rule checks objects above this size by size only (see results.verify_manifest):
@@ -84,10 +87,30 @@ def _table_name(task: Task) -> str:
     return f"{task.category}-{task.variant}-{task.config.config_hash()}.parquet"
 
 
-def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None) -> str | None:
-    """The run directory of a complete result for this key (newest run first), or None.
+def task_inputs(task: Task) -> tuple[Lineage, list[Sample], list[Sample]]:
+    """The task's training and test splits and the :class:`Lineage` they make with its config.
 
-    ``run_id`` limits the search to that run (what a forced task accepts). A complete
+    Both splits are fingerprinted with one hash cache of the dataset root (only files
+    whose size or mtime changed are read). Raises ``DataError`` for unreadable data.
+    """
+    ds = get_dataset(task.dataset)
+    train_samples = ds.train_samples(task.data_root, task.category)
+    test_samples = ds.test_samples(task.data_root, task.category)
+    cache = HashCache(task.data_root)
+    lineage = Lineage(task.config.config_hash(), fingerprint_samples(train_samples, task.data_root, cache).digest,
+                      fingerprint_samples(test_samples, task.data_root, cache).digest)
+    cache.save()
+    return lineage, train_samples, test_samples
+
+
+def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None,
+                  lineage: Lineage | None = None) -> str | None:
+    """The run directory of a complete result for this key and these inputs (newest run first), or None.
+
+    ``run_id`` limits the search to that run (what a forced task accepts). ``lineage``
+    (default: :func:`task_inputs` of ``task``) must match what the manifest recorded:
+    a result trained by another training revision, on other training data or
+    evaluated on other test data is kept as history, never reused. A complete
     directory whose ``config.json`` is another config under the same hash raises a
     ``StorageError`` rather than being reused as this task's result.
     """
@@ -96,11 +119,10 @@ def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None) -
         d = f"{run}/{key_path(task)}"
         if store.exists(f"{d}/{MANIFEST}") and is_complete(store, d, SKIP_CHECK_HASH_BYTES):
             check_no_collision(store, task, d)
-            revision = stored_revision(store.read_json(f"{d}/{MANIFEST}"))
-            if revision != TRAINING_REVISION:
-                # Kept as history, never reused: the same config trains differently now.
-                log.info("not reusing %s: trained by training revision %d, this code is revision %d",
-                         store.uri(d), revision, TRAINING_REVISION)
+            lineage = lineage or task_inputs(task)[0]
+            stale = lineage.stale_reason(store.read_json(f"{d}/{MANIFEST}"))
+            if stale is not None:
+                log.info("not reusing %s: %s", store.uri(d), stale)
                 continue
             return d
     return None
@@ -123,12 +145,10 @@ def check_no_collision(store: ArtifactStore, task: Task, directory: str) -> None
 def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.DataFrame, scores: pd.DataFrame,
                   source_run_dir: str) -> None:
     """The hive-partitioned copies that pandas/pyarrow/DuckDB read across runs in one call."""
-    for kind, df, schema in (("metrics", metrics, METRICS_SCHEMA), ("scores", scores, SCORES_SCHEMA)):
+    for table, df in ((METRICS_TABLE, metrics), (SCORES_TABLE, scores)):
         df = df.copy()
         df["run_id"] = run_id
-        rows = df[list(schema.names)].to_dict("records")
-        store.write_bytes(partition_path(kind, task.dataset, run_id, _table_name(task)),
-                          partition_bytes(rows, schema, source_run_dir))
+        table.write(store, df[list(table.schema.names)].to_dict("records"), _table_name(task), source_run_dir)
 
 
 def _maps_npz(samples, ev, image_size: int) -> bytes:
@@ -156,32 +176,35 @@ def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = 
     While it trains, the task holds the key's claim (``mrkd_core.claims``): a concurrent
     call for the same key waits, then skips the key its holder completed.
     """
-    done = find_complete(store, task, run_id if force else None)
+    check_run_id(run_id)
+    lineage, train_samples, test_samples = task_inputs(task)
+    done = find_complete(store, task, run_id if force else None, lineage)
     if done is not None:
         return _skip(task, store, run_id, done)
     with KeyClaim(store, key_path(task), run_id) as claim:
-        done = find_complete(store, task, run_id if force else None)  # the holder we waited for finished it
+        done = find_complete(store, task, run_id if force else None, lineage)  # the holder we waited for finished it
         if done is not None:
             return _skip(task, store, run_id, done)
-        return _train_and_store(task, store, run_id, force, claim)
+        return _train_and_store(task, store, run_id, force, claim, lineage, train_samples, test_samples)
 
 
 def _skip(task: Task, store: ArtifactStore, run_id: str, done: str) -> dict[str, Any]:
-    metrics = read_parquet_bytes(store.read_bytes(f"{done}/metrics.parquet")).to_pandas()
-    scores = read_parquet_bytes(store.read_bytes(f"{done}/scores.parquet")).to_pandas()
+    # Conformed: a run directory of an older version lacks the columns added since (null).
+    metrics = conform(read_parquet_bytes(store.read_bytes(f"{done}/metrics.parquet")), METRICS_SCHEMA,
+                      store.uri(done)).to_pandas()
+    scores = conform(read_parquet_bytes(store.read_bytes(f"{done}/scores.parquet")), SCORES_SCHEMA,
+                     store.uri(done)).to_pandas()
     metrics["spec"] = task.spec or metrics["spec"]
     _write_tables(store, task, run_id, metrics, scores, done)
     log.info("skip %s: complete in %s", task.key, store.uri(done))
     return {"key": task.key, "status": "skipped", "run_dir": done, "rows": _rows(metrics, run_id)}
 
 
-def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool, claim: KeyClaim) -> dict[str, Any]:
+def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool, claim: KeyClaim, lineage: Lineage,
+                     train_samples: list[Sample], test_samples: list[Sample]) -> dict[str, Any]:
     cfg = task.config
     directory = run_dir(task, run_id)
     check_no_collision(store, task, directory)
-    ds = get_dataset(task.dataset)
-    train_samples = ds.train_samples(task.data_root, task.category)
-    test_samples = ds.test_samples(task.data_root, task.category)
     started = utcnow()
     # A manifest here is stale (find_complete rejected it): drop it before rewriting the
     # files it lists, so that no reader takes the directory for complete meanwhile.
@@ -189,7 +212,8 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     store.write_json(f"{directory}/config.json", cfg.to_dict())
     ckpt_dir = f"checkpoints/{key_path(task)}" + (f"/forced/{run_id}" if force else "")
     ckpt = store.sub(ckpt_dir)
-    result = train(cfg, train_samples, task.category, checkpoints=ckpt, resume=True)
+    result = train(cfg, train_samples, task.category, checkpoints=ckpt, resume=True,
+                   train_fingerprint=lineage.train_fingerprint)
     ev = evaluate(result.model, cfg, test_samples, keep_maps=True, scale_sets=list(task.scale_sets) or None)
     finished = utcnow()
 
@@ -200,7 +224,7 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
         "n_test_anomalous": int(sum(s.label for s in test_samples)), "train_seconds": result.train_seconds,
         "images_per_second": result.images_per_second, "device": result.device,
         "torch_version": torch.__version__, "mrkd_version": mrkd_core.__version__, "git_revision": git_revision(),
-        "started_at": started, "finished_at": finished, "run_id": run_id,
+        "started_at": started, "finished_at": finished, "run_id": run_id, **lineage.record(),
     }
     by_scales = ev.metrics_by_scales or {scales_key(cfg.score_scales): ev.metrics}
     rows = [{**common, "score_scales": key, **{m: float(vals.get(m, np.nan)) for m in METRIC_COLUMNS}}
@@ -218,7 +242,8 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     }
     claim.check()  # a task whose claim was taken over writes nothing
     save_model(result.model, cfg, store, f"{directory}/model.pt",
-               extra={"dataset": task.dataset, "category": task.category, "run_id": run_id})
+               extra={"dataset": task.dataset, "category": task.category, "run_id": run_id,
+                      TRAIN_FINGERPRINT: lineage.train_fingerprint})
     for name, data in files.items():
         if data is not None:
             store.write_bytes(f"{directory}/{name}", data)
@@ -228,8 +253,7 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     })
     claim.check()
     write_manifest(store, directory, [*files, "config.json", "train.json"],
-                   extra={"key": task.key, "run_id": run_id, "variant": task.variant,
-                          "training_revision": TRAINING_REVISION})
+                   extra={"key": task.key, "run_id": run_id, "variant": task.variant, **lineage.record()})
     _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(score_rows), directory)
     if force:
         # Only a crash of this run needed them; the run directory now holds model.pt.
@@ -251,11 +275,11 @@ def _rows(df: pd.DataFrame, run_id: str) -> list[dict]:
 
 def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
     """All metrics rows (of one run, or all) from the partitioned tables; complete runs only."""
-    return read_partitions(store, "metrics", METRICS_SCHEMA, run_id)
+    return METRICS_TABLE.read(store, run_id=run_id)
 
 
 def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
-    return read_partitions(store, "scores", SCORES_SCHEMA, run_id)
+    return SCORES_TABLE.read(store, run_id=run_id)
 
 
 def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -39,11 +39,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
+from mrkd_core.data.fingerprint import fingerprint_samples
 from mrkd_core.data.torch_datasets import TrainImages, normalize
 from mrkd_core.device import autocast_context, cpu_heap_reuse, place_model, resolve_device
 from mrkd_core.errors import DataError, StorageError, unpickle_error
+from mrkd_core.lineage import TRAIN_FINGERPRINT, TRAINING_REVISION_KEY, Lineage
 from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
-from mrkd_core.revision import TRAINING_REVISION, stored_revision
+from mrkd_core.revision import TRAINING_REVISION
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.synth import get_preset, ilm_pair
 
@@ -172,16 +174,19 @@ def _ckpt_name(epoch: int) -> str:
 
 
 def checkpoint_state(model: MRKD, optimizer: torch.optim.Optimizer, cfg: MRKDConfig, epoch: int,
-                     losses: list[float]) -> dict:
+                     losses: list[float], train_fingerprint: str | None = None) -> dict:
     """What the checkpoint after ``epoch`` completed epochs holds, as host-memory copies taken now.
 
     Copies, not references: the next optimizer step updates the parameters and Adam's
     moments in place while :class:`CheckpointWriter` may still be serialising this state.
-    The frozen teacher is left out (it is rebuilt from its weights).
+    The frozen teacher is left out (it is rebuilt from its weights). ``train_fingerprint``
+    (the training data's, :mod:`mrkd_core.data.fingerprint`) keys resume with the config
+    and the training revision.
     """
     return {
         "format": CHECKPOINT_FORMAT,
         "training_revision": TRAINING_REVISION,
+        TRAIN_FINGERPRINT: train_fingerprint,
         "config": cfg.to_json(),
         "epoch": epoch,
         "losses": list(losses),
@@ -221,9 +226,9 @@ def write_checkpoint(store: ArtifactStore, state: dict) -> str:
 
 
 def save_checkpoint(store: ArtifactStore, model: MRKD, optimizer: torch.optim.Optimizer,
-                    cfg: MRKDConfig, epoch: int, losses: list[float]) -> str:
+                    cfg: MRKDConfig, epoch: int, losses: list[float], train_fingerprint: str | None = None) -> str:
     """Write the state after ``epoch`` completed epochs now, in this thread (see also :class:`CheckpointWriter`)."""
-    return write_checkpoint(store, checkpoint_state(model, optimizer, cfg, epoch, losses))
+    return write_checkpoint(store, checkpoint_state(model, optimizer, cfg, epoch, losses, train_fingerprint))
 
 
 class CheckpointWriter:
@@ -237,18 +242,19 @@ class CheckpointWriter:
     second) and returns; the thread does the rest. At most one write is in flight:
     ``save`` first waits for the previous one, so host memory holds at most one extra
     copy and no checkpoint is skipped. A failed write is raised by the next ``save`` or
-    by :meth:`wait`.
+    by :meth:`wait`. ``train_fingerprint`` is recorded in every checkpoint.
     """
 
-    def __init__(self, store: ArtifactStore):
+    def __init__(self, store: ArtifactStore, train_fingerprint: str | None = None):
         self.store = store
+        self.train_fingerprint = train_fingerprint
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrkd-checkpoint")
         self._pending = None
 
     def save(self, model: MRKD, optimizer: torch.optim.Optimizer, cfg: MRKDConfig, epoch: int,
              losses: list[float]) -> None:
         self.wait()
-        state = checkpoint_state(model, optimizer, cfg, epoch, losses)
+        state = checkpoint_state(model, optimizer, cfg, epoch, losses, self.train_fingerprint)
         self._pending = self._pool.submit(write_checkpoint, self.store, state)
 
     def wait(self) -> None:
@@ -281,8 +287,14 @@ def _checkpoint_epochs(store: ArtifactStore) -> list[int]:
     return sorted(epochs, reverse=True)
 
 
-def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig) -> dict | None:
-    """The newest checkpoint whose sha256 matches its sidecar; corrupt ones are reported and skipped."""
+def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerprint: str | None = None) -> dict | None:
+    """The newest checkpoint whose sha256 matches its sidecar; corrupt ones are reported and skipped.
+
+    A checkpoint of another config raises ``StorageError``. One written by another
+    training revision, or (when ``train_fingerprint`` is given) trained on other data,
+    can never be continued: every checkpoint of ``store`` is discarded and None returned,
+    so training starts from scratch.
+    """
     for epoch in _checkpoint_epochs(store):
         name = _ckpt_name(epoch)
         try:
@@ -313,13 +325,15 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig) -> dict | None
                 f"checkpoint {store.uri(name)} belongs to config {stored_cfg.config_hash()}, not "
                 f"{cfg.config_hash()}; train into another output folder or delete its checkpoints"
             )
-        if stored_revision(state) != TRAINING_REVISION:
-            # The same config trains differently now (mrkd_core.revision): continuing this
-            # state would mix two trainings. It can never be resumed, so it goes, and the
-            # run starts from scratch (pruning would otherwise keep its higher epochs).
-            log.warning("checkpoint %s was written by training revision %d, this code is revision %d: "
-                        "it cannot be resumed; training starts from scratch and replaces it",
-                        store.uri(name), stored_revision(state), TRAINING_REVISION)
+        check = (TRAINING_REVISION_KEY, TRAIN_FINGERPRINT) if train_fingerprint else (TRAINING_REVISION_KEY,)
+        stale = Lineage(cfg.config_hash(), train_fingerprint or "").stale_reason(state, check)
+        if stale is not None:
+            # The same config trains differently now (mrkd_core.revision), or the data
+            # changed: continuing this state would mix two trainings. It can never be
+            # resumed, so it goes, and the run starts from scratch (pruning would
+            # otherwise keep its higher epochs).
+            log.warning("checkpoint %s was %s: it cannot be resumed; training starts from scratch and replaces it",
+                        store.uri(name), stale)
             discard_checkpoints(store)
             return None
         if int(state["epoch"]) > cfg.epochs:
@@ -354,6 +368,7 @@ class TrainResult:
     device: str
     resumed_from_epoch: int = 0
     log: list[dict] = field(default_factory=list)
+    train_fingerprint: str | None = None  # of the training data, when checkpoints were kept
 
 
 @dataclass(frozen=True)
@@ -493,7 +508,8 @@ def _close_loader(loader: DataLoader) -> None:
 def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
           checkpoints: ArtifactStore | None = None, resume: bool = True,
           teacher_cache: bool | None = None,
-          on_epoch: Callable[[EpochProgress], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[EpochProgress], None] | None = None,
+          train_fingerprint: str | None = None) -> TrainResult:
     """Train MRKD on the defect-free ``samples`` of one category.
 
     ``checkpoints``: a store (folder or s3 prefix) for ``epoch-NNNN.pt`` every
@@ -502,6 +518,10 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     ``teacher_cache_limit``; False: never; True: always).
     ``on_epoch``: called with an :class:`EpochProgress` after every epoch (the flows turn
     it into Prefect progress artifacts); it runs in the training loop, so keep it cheap.
+    ``train_fingerprint``: the training data's fingerprint, recorded in checkpoints and
+    compared on resume (a checkpoint of other data is not continued); None = computed
+    from ``samples`` when ``checkpoints`` is given (names relative to the folder they share;
+    the runner and ``mrkd train`` pass the one relative to the dataset root).
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -509,8 +529,10 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     optimizer = build_optimizer(model, cfg)
     losses: list[float] = []
     start_epoch = 0
+    if checkpoints is not None and train_fingerprint is None:
+        train_fingerprint = fingerprint_samples(samples).digest
     if checkpoints is not None and resume:
-        state = load_latest_checkpoint(checkpoints, cfg)
+        state = load_latest_checkpoint(checkpoints, cfg, train_fingerprint)
         if state is not None:
             missing = model.load_state_dict(state["model"], strict=False)
             bad = [k for k in missing.missing_keys if not k.startswith("teacher.")]
@@ -533,7 +555,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
         dataset.with_normal = cache is None  # set before the loader forks its workers
         loader = make_loader(dataset, cfg, start_epoch, pin_memory=device.type == "cuda")
         progress = _progress(cfg, category, start_epoch)
-        writer = CheckpointWriter(checkpoints) if checkpoints is not None else None
+        writer = CheckpointWriter(checkpoints, train_fingerprint) if checkpoints is not None else None
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t_epoch = time.perf_counter()
@@ -573,6 +595,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
         device=str(device),
         resumed_from_epoch=start_epoch,
         log=history,
+        train_fingerprint=train_fingerprint,
     )
 
 

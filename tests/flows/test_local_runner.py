@@ -60,9 +60,10 @@ def test_local_runner_trains_without_ray(prefect_api, prefect_home, tmp_path):
 def test_run_id_placeholders_and_validation():
     assert resolve_run_id("nightly-{date}", "mvtec-full").startswith("nightly-2")
     assert resolve_run_id("fixed", "smoke") == "fixed"
-    for bad in ("a/b", "x=1", "", "{nope}"):
-        if bad == "":
-            continue  # empty means "default", tested elsewhere
+    # Any text that names a folder: partition values are percent-encoded (tests/core/test_partitioned.py).
+    for good in ("0001", "x=1", "nuit du 30 nov", "essai-été", "100%"):
+        assert resolve_run_id(good, "smoke") == good
+    for bad in ("a/b", "{nope}", " padded", "a*b", "..", "tab\there", "x" * 129):
         with pytest.raises(ConfigError):
             resolve_run_id(bad, "smoke")
 

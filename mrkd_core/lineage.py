@@ -1,0 +1,81 @@
+"""What a stored state was computed from, and whether it may stand for today's inputs.
+
+Every cached or resumable state is keyed by everything it was computed from:
+
+* the **config** (``MRKDConfig.config_hash()``, in the store path and ``config.json``),
+* the **training data** (``train_fingerprint``: :mod:`mrkd_core.data.fingerprint` of the
+  category's training split),
+* the **training revision** (:data:`mrkd_core.revision.TRAINING_REVISION`: the code that
+  turned config and data into weights),
+* and, for evaluation results (metrics, scores, maps), the **test data**
+  (``test_fingerprint``).
+
+:class:`Lineage` carries these values. Checkpoints, model files (``extra``), run
+manifests and metrics rows record them (:meth:`Lineage.record`); before a stored state
+is reused — a checkpoint resumed, a complete result skipped — :meth:`Lineage.stale_reason`
+says why it cannot be (or None). A state that recorded no fingerprint (written before
+fingerprints existed) is never taken for today's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mrkd_core.revision import TRAINING_REVISION, stored_revision
+
+# The names under which the values are recorded (manifests, checkpoints, model extras, metrics columns).
+TRAIN_FINGERPRINT = "train_fingerprint"
+TEST_FINGERPRINT = "test_fingerprint"
+TRAINING_REVISION_KEY = "training_revision"
+
+
+def short(digest: str | None) -> str:
+    """The first 12 hex digits of a fingerprint, for log lines ('none' when unrecorded)."""
+    return digest[:12] if digest else "none"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """The inputs of one training (+ evaluation) of a key.
+
+    ``test_fingerprint`` is None for states that involve no evaluation (checkpoints,
+    ``mrkd train``'s model files).
+    """
+
+    config_hash: str
+    train_fingerprint: str
+    test_fingerprint: str | None = None
+    training_revision: int = TRAINING_REVISION
+
+    def record(self) -> dict[str, Any]:
+        """The values to store with a state (JSON-safe; the test fingerprint only when known)."""
+        out: dict[str, Any] = {"config_hash": self.config_hash, TRAIN_FINGERPRINT: self.train_fingerprint,
+                               TRAINING_REVISION_KEY: self.training_revision}
+        if self.test_fingerprint is not None:
+            out[TEST_FINGERPRINT] = self.test_fingerprint
+        return out
+
+    def stale_reason(self, stored: Mapping[str, Any], check: Sequence[str] = (TRAINING_REVISION_KEY,
+                     TRAIN_FINGERPRINT, TEST_FINGERPRINT)) -> str | None:
+        """Why a state that recorded ``stored`` cannot stand for these inputs; None when it can.
+
+        ``check`` names what to compare: a checkpoint has no test data, so its caller
+        leaves ``test_fingerprint`` out. The config is checked by the callers (hash
+        collisions, the resume key that ignores ``epochs``).
+        """
+        if TRAINING_REVISION_KEY in check and stored_revision(dict(stored)) != self.training_revision:
+            return (f"trained by training revision {stored_revision(dict(stored))}, "
+                    f"this code is revision {self.training_revision}")
+        if TRAIN_FINGERPRINT in check and stored.get(TRAIN_FINGERPRINT) != self.train_fingerprint:
+            return (f"trained on other data (training-data fingerprint {short(stored.get(TRAIN_FINGERPRINT))}, "
+                    f"now {short(self.train_fingerprint)})")
+        if (TEST_FINGERPRINT in check and self.test_fingerprint is not None
+                and stored.get(TEST_FINGERPRINT) != self.test_fingerprint):
+            return (f"evaluated on other test data (test-data fingerprint {short(stored.get(TEST_FINGERPRINT))}, "
+                    f"now {short(self.test_fingerprint)})")
+        return None
+
+
+__all__ = ["Lineage", "TEST_FINGERPRINT", "TRAIN_FINGERPRINT", "TRAINING_REVISION_KEY", "short"]
