@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from mrkd_core.cli import main
+from mrkd_core.data import get_dataset
+from mrkd_core.data.fingerprint import fingerprint_samples
 from mrkd_core.data.synthetic import make_synthetic_mvtec
 
 FAST = ["--backbone", "resnet18", "--teacher-weights", "none", "--image-size", "64", "--epochs", "1",
@@ -29,6 +31,10 @@ def test_train_evaluate_predict(data_root, tmp_path, capsys):
     for cat in ("tex_stripes", "obj_disc"):
         assert (models / cat / "model.pt").is_file()
         assert json.loads((models / cat / "config.json").read_text())["backbone"] == "resnet18"
+        # What it was trained on: the same fingerprint the runner keys its results with.
+        samples = get_dataset("folder").train_samples(str(data_root), cat)
+        assert json.loads((models / cat / "train.json").read_text())["train_fingerprint"] == \
+            fingerprint_samples(samples, data_root).digest
     assert main(["evaluate", str(data_root), "-m", str(models), "--num-workers", "0"]) == 0
     summary = json.loads((models / "metrics.json").read_text())
     assert set(summary["categories"]) == {"tex_stripes", "obj_disc"}

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from mrkd_core.data import get_dataset
 from mrkd_core.errors import StorageError
 from mrkd_core.results import METRICS_SCHEMA, verify_manifest
 from mrkd_core.revision import TRAINING_REVISION
-from mrkd_core.runner import find_complete, read_maps, read_metrics, read_scores, run_dir, train_evaluate
+from mrkd_core.runner import (
+    find_complete,
+    key_path,
+    read_maps,
+    read_metrics,
+    read_scores,
+    run_dir,
+    task_inputs,
+    train_evaluate,
+)
 from mrkd_core.storage import ArtifactStore
-from tests.datagen import train_smoke_key
+from tests.datagen import train_smoke_key, write_image
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +122,87 @@ def test_tables_read_with_pandas_and_duckdb(setup):
         f"select count(*) from read_parquet('{store.uri('tables/metrics')}/*/*/*.parquet', hive_partitioning=true)"
     ).fetchall()[0][0]
     assert n == len(df)
+
+
+# ----------------------------------------------------------------------------- inputs in every key
+def _copy_store(store: ArtifactStore, dest) -> ArtifactStore:
+    copy = ArtifactStore(dest)
+    for rel in store.list("", recursive=True):
+        if rel.startswith(("runs/r1/", "checkpoints/")):
+            copy.write_bytes(rel, store.read_bytes(rel))
+    return copy
+
+
+def _checkpoint(store: ArtifactStore, task) -> dict:
+    ckpt = store.sub(f"checkpoints/{key_path(task)}")
+    (name,) = [p for p in ckpt.list("") if p.endswith(".pt")]
+    return torch.load(io.BytesIO(ckpt.read_bytes(name)), weights_only=True)
+
+
+def test_inputs_are_recorded_with_model_checkpoint_manifest_and_metrics(setup):
+    store, task, _ = setup
+    lineage = task_inputs(task)[0]
+    d = run_dir(task, "r1")
+    manifest = store.read_json(f"{d}/manifest.json")
+    assert manifest["train_fingerprint"] == lineage.train_fingerprint and len(lineage.train_fingerprint) == 64
+    assert manifest["test_fingerprint"] == lineage.test_fingerprint != lineage.train_fingerprint
+    assert manifest["config_hash"] == task.config.config_hash() and manifest["training_revision"] == TRAINING_REVISION
+    row = read_metrics(store, "r1").iloc[0]
+    assert (row["train_fingerprint"], row["test_fingerprint"], row["training_revision"]) == (
+        lineage.train_fingerprint, lineage.test_fingerprint, TRAINING_REVISION)
+    model = torch.load(io.BytesIO(store.read_bytes(f"{d}/model.pt")), weights_only=True)
+    assert model["extra"]["train_fingerprint"] == lineage.train_fingerprint
+    assert _checkpoint(store, task)["train_fingerprint"] == lineage.train_fingerprint
+
+
+def test_a_changed_training_image_retrains_the_key_from_scratch(setup, tmp_path, caplog):
+    """Same config, same revision, one training image changed: neither the complete result
+    nor the key's checkpoint (trained on the old images) is reused."""
+    store, task, _ = setup
+    copy = _copy_store(store, tmp_path / "store")
+    moved = dataclasses.replace(task, data_root=str(tmp_path / "data"))
+    shutil.copytree(task.data_root, moved.data_root)
+    assert find_complete(copy, moved) == run_dir(task, "r1")  # the same images elsewhere: same inputs
+
+    image = Path(get_dataset(task.dataset).train_samples(moved.data_root, task.category)[2].path)
+    write_image(image, 64, 64, seed=1234)
+    with caplog.at_level("INFO"):
+        assert find_complete(copy, moved) is None
+    assert "trained on other data" in caplog.text
+
+    again = train_evaluate(moved, copy, "r-new-data")
+    assert again["status"] == "trained" and again["resumed_from_epoch"] == 0  # not r1's finished checkpoint
+    assert "training starts from scratch" in caplog.text
+    new_fp = task_inputs(moved)[0].train_fingerprint
+    assert _checkpoint(copy, moved)["train_fingerprint"] == new_fp
+    assert copy.read_json(f"{again['run_dir']}/manifest.json")["train_fingerprint"] == new_fp
+    assert verify_manifest(copy, run_dir(task, "r1")) == []  # the old result stays, as history
+    assert train_evaluate(moved, copy, "r-unchanged")["status"] == "skipped"  # unchanged: nothing trains
+    fps = read_metrics(copy).set_index("run_id")["train_fingerprint"]
+    assert fps["r-new-data"] == fps["r-unchanged"] == new_fp
+
+
+def test_a_result_evaluated_on_other_test_data_is_not_reused(setup, tmp_path, caplog):
+    store, task, _ = setup
+    copy = _copy_store(store, tmp_path / "store")
+    moved = dataclasses.replace(task, data_root=str(tmp_path / "data"))
+    shutil.copytree(task.data_root, moved.data_root)
+    test_image = Path(get_dataset(task.dataset).test_samples(moved.data_root, task.category)[0].path)
+    test_image.unlink()
+    with caplog.at_level("INFO"):
+        assert find_complete(copy, moved) is None
+    assert "evaluated on other test data" in caplog.text
+
+
+def test_a_result_without_recorded_fingerprints_is_not_reused(setup, tmp_path, caplog):
+    """What a store written before fingerprints holds: kept, never taken for today's data."""
+    store, task, _ = setup
+    copy = _copy_store(store, tmp_path / "store")
+    d = run_dir(task, "r1")
+    manifest = copy.read_json(f"{d}/manifest.json")
+    for key in ("train_fingerprint", "test_fingerprint", "config_hash"):
+        del manifest[key]
+    copy.write_json(f"{d}/manifest.json", manifest)
+    with caplog.at_level("INFO"):
+        assert find_complete(copy, task) is None
+    assert "training-data fingerprint none" in caplog.text
