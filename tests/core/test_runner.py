@@ -57,10 +57,12 @@ def test_outputs_and_manifest(setup):
 
 def test_second_run_skips_and_reports(setup):
     store, task, _ = setup
-    again = train_evaluate(task, store, "r2")
+    rid = "0002 essai-été"  # any text naming a folder; its partition reads back as written
+    again = train_evaluate(task, store, rid)
     assert again["status"] == "skipped" and again["run_dir"] == run_dir(task, "r1")
-    assert len(read_metrics(store, "r2")) == 1
-    assert set(read_metrics(store)["run_id"]) == {"r1", "r2"}
+    assert len(read_metrics(store, rid)) == 1 and len(read_scores(store, rid)) == 6
+    assert set(read_metrics(store)["run_id"]) == {"r1", rid}
+    assert store.exists("tables/metrics/dataset=folder/run_id=0002%20essai-%C3%A9t%C3%A9")
 
 
 def test_manifest_detects_missing_and_changed_objects(setup, tmp_path):
