@@ -152,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Keys resume: a checkpoint trained on other images is not continued (mrkd_core.lineage).
         fingerprint = fingerprint_samples(samples, root).digest
         result = train(cfg, samples, cat, checkpoints=cat_store.sub("checkpoints"), resume=args.resume,
-                       train_fingerprint=fingerprint)
+                       train_fingerprint=fingerprint, on_other_data="refuse")
         save_model(result.model, cfg, cat_store, "model.pt",
                    extra={"category": cat, "dataset": args.dataset, "data_root": str(root),
                           "train_fingerprint": fingerprint})
@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="folder", help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd")
     p.add_argument("--category", "-c", action="append", help="category to train (repeatable; default: all)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from the newest valid checkpoint (default: on)")
+                   help="continue from the newest valid checkpoint of the same config and training images "
+                        "(default: on); --no-resume trains from scratch and replaces the checkpoints")
     add_config_options(p)
     p.set_defaults(func=cmd_train)
 

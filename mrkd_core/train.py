@@ -45,7 +45,7 @@ from mrkd_core.device import autocast_context, cpu_heap_reuse, place_model, reso
 from mrkd_core.errors import DataError, StorageError, unpickle_error
 from mrkd_core.lineage import TRAIN_FINGERPRINT, TRAINING_REVISION_KEY, Lineage
 from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
-from mrkd_core.revision import TRAINING_REVISION
+from mrkd_core.revision import TRAINING_REVISION, stored_revision
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.synth import get_preset, ilm_pair
 
@@ -287,14 +287,20 @@ def _checkpoint_epochs(store: ArtifactStore) -> list[int]:
     return sorted(epochs, reverse=True)
 
 
-def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerprint: str | None = None) -> dict | None:
+def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerprint: str | None = None,
+                           on_other_data: str = "restart") -> dict | None:
     """The newest checkpoint whose sha256 matches its sidecar; corrupt ones are reported and skipped.
 
     A checkpoint of another config raises ``StorageError``. One written by another
-    training revision, or (when ``train_fingerprint`` is given) trained on other data,
-    can never be continued: every checkpoint of ``store`` is discarded and None returned,
-    so training starts from scratch.
+    training revision can never be continued: every checkpoint of ``store`` is
+    discarded and None returned, so training starts from scratch. One trained on other
+    data (when ``train_fingerprint`` is given) is discarded the same way with
+    ``on_other_data="restart"`` (the flows: the data changed, retrain), or refused with a
+    ``StorageError`` naming the way out with ``"refuse"`` (``mrkd train``: the user may
+    have pointed at the wrong folder, and the checkpoint is still good for its own data).
     """
+    if on_other_data not in ("restart", "refuse"):
+        raise ValueError(f"on_other_data must be 'restart' or 'refuse', not {on_other_data!r}")
     for epoch in _checkpoint_epochs(store):
         name = _ckpt_name(epoch)
         try:
@@ -327,6 +333,10 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerpr
             )
         check = (TRAINING_REVISION_KEY, TRAIN_FINGERPRINT) if train_fingerprint else (TRAINING_REVISION_KEY,)
         stale = Lineage(cfg.config_hash(), train_fingerprint or "").stale_reason(state, check)
+        if stale is not None and on_other_data == "refuse" and stored_revision(state) == TRAINING_REVISION:
+            raise StorageError(f"checkpoint {store.uri(name)} was {stale}: it cannot be resumed — train from "
+                               "scratch without resuming (mrkd train --no-resume; its checkpoints are replaced) "
+                               "or into another output folder")
         if stale is not None:
             # The same config trains differently now (mrkd_core.revision), or the data
             # changed: continuing this state would mix two trainings. It can never be
@@ -509,11 +519,13 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
           checkpoints: ArtifactStore | None = None, resume: bool = True,
           teacher_cache: bool | None = None,
           on_epoch: Callable[[EpochProgress], None] | None = None,
-          train_fingerprint: str | None = None) -> TrainResult:
+          train_fingerprint: str | None = None, on_other_data: str = "restart") -> TrainResult:
     """Train MRKD on the defect-free ``samples`` of one category.
 
     ``checkpoints``: a store (folder or s3 prefix) for ``epoch-NNNN.pt`` every
-    ``cfg.checkpoint_every`` epochs; with ``resume`` the newest valid one is continued.
+    ``cfg.checkpoint_every`` epochs; with ``resume`` the newest valid one is continued
+    (``on_other_data``: see :func:`load_latest_checkpoint`); without, the store's
+    checkpoints are replaced (kept, their higher epochs would shadow the new ones).
     ``teacher_cache``: reuse the clean images' teacher features (None: when they fit in
     ``teacher_cache_limit``; False: never; True: always).
     ``on_epoch``: called with an :class:`EpochProgress` after every epoch (the flows turn
@@ -531,8 +543,11 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     start_epoch = 0
     if checkpoints is not None and train_fingerprint is None:
         train_fingerprint = fingerprint_samples(samples).digest
+    if checkpoints is not None and not resume and _checkpoint_epochs(checkpoints):
+        log.info("not resuming: the checkpoints in %s are replaced by this training", checkpoints.uri())
+        discard_checkpoints(checkpoints)
     if checkpoints is not None and resume:
-        state = load_latest_checkpoint(checkpoints, cfg, train_fingerprint)
+        state = load_latest_checkpoint(checkpoints, cfg, train_fingerprint, on_other_data)
         if state is not None:
             missing = model.load_state_dict(state["model"], strict=False)
             bad = [k for k in missing.missing_keys if not k.startswith("teacher.")]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ from mrkd_core.cli import main
 from mrkd_core.data import get_dataset
 from mrkd_core.data.fingerprint import fingerprint_samples
 from mrkd_core.data.synthetic import make_synthetic_mvtec
+from tests.datagen import write_image
 
 FAST = ["--backbone", "resnet18", "--teacher-weights", "none", "--image-size", "64", "--epochs", "1",
         "--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu"]
@@ -54,6 +57,31 @@ def test_train_evaluate_predict(data_root, tmp_path, capsys):
     pngs = sorted(out.glob("*_heatmap.png"))
     assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert (out / "scores.csv").is_file()
+
+
+def test_train_refuses_a_checkpoint_of_other_images_and_no_resume_replaces_it(data_root, tmp_path, capsys):
+    import torch
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    out = tmp_path / "models"
+    args = ["train", str(data), "-o", str(out), "-c", "obj_disc", *FAST]
+    assert main(args) == 0
+    image = sorted((data / "obj_disc" / "train" / "good").iterdir())[1]
+    write_image(image, 64, 64, seed=77)  # one training image changed
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trained on other data" in err and "--no-resume" in err
+    assert (out / "obj_disc" / "checkpoints" / "epoch-0001.pt").is_file()  # nothing stored was lost
+
+    assert main([*args, "--no-resume"]) == 0
+    state = torch.load(io.BytesIO((out / "obj_disc" / "checkpoints" / "epoch-0001.pt").read_bytes()),
+                       weights_only=True)
+    info = json.loads((out / "obj_disc" / "train.json").read_text())
+    assert state["train_fingerprint"] == info["train_fingerprint"] and info["resumed_from_epoch"] == 0
+    assert main(args) == 0  # the same images again: resumes (nothing left to train)
+    assert json.loads((out / "obj_disc" / "train.json").read_text())["resumed_from_epoch"] == 1
 
 
 def test_model_summary_json(capsys):
