@@ -7,7 +7,7 @@ handles both for every partitioned table (``metrics``, ``scores``, and any later
 * **Partition values are strings.** Readers that infer partition types turn run id
   ``0001`` into the integer 1 and dataset ``123`` into a number. Values are written
   percent-encoded (``urllib.parse.quote``, what Arrow's ``segment_encoding="uri"`` and
-  DuckDB decode), so spaces, ``=``, ``%``, ``/`` and any Unicode survive the path, and
+  DuckDB decode), so spaces, ``=``, ``%``, ``#`` and any Unicode survive the path, and
   the documented reader calls pass the table's schema, in which every partition column
   is a string (:meth:`PartitionedTable.dataset`, docs/storage.md).
 * **Files differ in schema.** A newer version adds columns; pyarrow takes a dataset's

@@ -541,6 +541,9 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     optimizer = build_optimizer(model, cfg)
     losses: list[float] = []
     start_epoch = 0
+    # Decoded before any checkpoint is read or replaced: a bad image fails with its name
+    # and leaves the stored checkpoints as they are.
+    dataset = ILMTrainDataset(samples, cfg, category)
     if checkpoints is not None and train_fingerprint is None:
         train_fingerprint = fingerprint_samples(samples).digest
     if checkpoints is not None and not resume and _checkpoint_epochs(checkpoints):
@@ -559,7 +562,6 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
             losses = list(state["losses"])
             log.info("resuming %s from epoch %d (%s)", category, start_epoch, checkpoints.uri())
 
-    dataset = ILMTrainDataset(samples, cfg, category)
     history: list[dict] = []
     n_images = 0
     t0 = time.perf_counter()

@@ -74,6 +74,11 @@ def test_train_refuses_a_checkpoint_of_other_images_and_no_resume_replaces_it(da
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "trained on other data" in err and "--no-resume" in err
     assert (out / "obj_disc" / "checkpoints" / "epoch-0001.pt").is_file()  # nothing stored was lost
+    good = image.read_bytes()
+    image.write_bytes(b"")  # a bad image fails before --no-resume replaces anything
+    assert main([*args, "--no-resume"]) == 2 and "the file is empty" in capsys.readouterr().err
+    assert (out / "obj_disc" / "checkpoints" / "epoch-0001.pt").is_file()
+    image.write_bytes(good)
 
     assert main([*args, "--no-resume"]) == 0
     state = torch.load(io.BytesIO((out / "obj_disc" / "checkpoints" / "epoch-0001.pt").read_bytes()),
