@@ -68,6 +68,8 @@ class Lineage:
         if TRAINING_REVISION_KEY in check and stored_revision(dict(stored)) != self.training_revision:
             return (f"trained by training revision {stored_revision(dict(stored))}, "
                     f"this code is revision {self.training_revision}")
+        if TRAIN_FINGERPRINT in check and stored.get(TRAIN_FINGERPRINT) is None:
+            return "trained on unrecorded data (no training-data fingerprint: written before fingerprints)"
         if TRAIN_FINGERPRINT in check and stored.get(TRAIN_FINGERPRINT) != self.train_fingerprint:
             return (f"trained on other data (training-data fingerprint {short(stored.get(TRAIN_FINGERPRINT))}, "
                     f"now {short(self.train_fingerprint)})")

@@ -378,7 +378,7 @@ class TrainResult:
     device: str
     resumed_from_epoch: int = 0
     log: list[dict] = field(default_factory=list)
-    train_fingerprint: str | None = None  # of the training data, when checkpoints were kept
+    train_fingerprint: str | None = None  # of the training data: given, or computed when checkpoints are kept
 
 
 @dataclass(frozen=True)

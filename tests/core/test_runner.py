@@ -207,4 +207,4 @@ def test_a_result_without_recorded_fingerprints_is_not_reused(setup, tmp_path, c
     copy.write_json(f"{d}/manifest.json", manifest)
     with caplog.at_level("INFO"):
         assert find_complete(copy, task) is None
-    assert "training-data fingerprint none" in caplog.text
+    assert "trained on unrecorded data" in caplog.text
