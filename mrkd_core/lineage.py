@@ -41,11 +41,13 @@ class Lineage:
     """The inputs of one training (+ evaluation) of a key.
 
     ``test_fingerprint`` is None for states that involve no evaluation (checkpoints,
-    ``mrkd train``'s model files).
+    ``mrkd train --no-evaluate``'s results). ``train_fingerprint`` is None only where a
+    record of an existing model is made and the model recorded none (``mrkd evaluate`` of
+    a model written before fingerprints).
     """
 
     config_hash: str
-    train_fingerprint: str
+    train_fingerprint: str | None
     test_fingerprint: str | None = None
     training_revision: int = TRAINING_REVISION
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,34 +30,65 @@ def data_root(tmp_path_factory):
 
 
 def test_train_evaluate_predict(data_root, tmp_path, capsys):
+    """The unified layout: `mrkd train` stores runs/<run_id>/<dataset>/<category>/<config_hash>/ (as the flows
+    do) and prints where each model is; `mrkd evaluate -m` finds them; `mrkd predict` takes the printed path."""
     models = tmp_path / "models"
-    assert main(["train", str(data_root), "-o", str(models), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["train", str(data_root), "-o", str(models), "--run-id", "first", *FAST]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["run_id"] == "first" and printed["store"] == str(models)
     for cat in ("tex_stripes", "obj_disc"):
-        assert (models / cat / "model.pt").is_file()
-        assert json.loads((models / cat / "config.json").read_text())["backbone"] == "resnet18"
-        # What it was trained on: the same fingerprint the runner keys its results with.
+        info = printed["models"][cat]
+        model = Path(info["model"])
+        assert info["status"] == "trained" and model.is_file() and model.name == "model.pt"
+        assert model.parent.parent == models / "runs" / "first" / "folder" / cat
+        assert json.loads((model.parent / "config.json").read_text())["backbone"] == "resnet18"
+        # What it was trained on: the same fingerprint the engine keys its results with.
         samples = get_dataset("folder").train_samples(str(data_root), cat)
-        assert json.loads((models / cat / "train.json").read_text())["train_fingerprint"] == \
+        assert json.loads((model.parent / "train.json").read_text())["train_fingerprint"] == \
             fingerprint_samples(samples, data_root).digest
-    assert main(["evaluate", str(data_root), "-m", str(models), "--num-workers", "0"]) == 0
-    summary = json.loads((models / "metrics.json").read_text())
+        assert 0.0 <= info["metrics"]["image_auroc"] <= 1.0  # `mrkd train` evaluates, like the flows
+    assert main(["evaluate", str(data_root), "-m", str(models), "--num-workers", "0", "--evaluation-id", "ev1"]) == 0
+    summary = json.loads((models / "evaluations" / "ev1" / "metrics.json").read_text())
     assert set(summary["categories"]) == {"tex_stripes", "obj_disc"}
     for m in summary["categories"].values():
         assert {"image_auroc", "pixel_auroc", "au_pro", "au_pro_per_image"} <= set(m)
         assert 0.0 <= m["image_auroc"] <= 1.0
-    per_cat = json.loads((models / "obj_disc" / "metrics.json").read_text())
+    (cat_dir,) = (models / "evaluations" / "ev1" / "folder" / "obj_disc").iterdir()
+    per_cat = json.loads((cat_dir / "metrics.json").read_text())
     assert per_cat["teacher_weights"] == "none" and per_cat["n_test"] == 4
-    assert (models / "obj_disc" / "scores.csv").read_text().startswith("path,category,defect_type,label,score")
+    assert per_cat["model"] == printed["models"]["obj_disc"]["model"]
+    assert (cat_dir / "scores.csv").read_text().startswith(
+        "run_id,dataset,category,config_hash,variant,path,defect_type,label,score")
 
     out = tmp_path / "pred"
     images = data_root / "obj_disc" / "test"
     capsys.readouterr()
-    assert main(["predict", str(models / "obj_disc" / "model.pt"), str(images), "-o", str(out), "--device", "cpu"]) == 0
+    model = printed["models"]["obj_disc"]["model"]
+    assert main(["predict", model, str(images), "-o", str(out), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
     pngs = sorted(out.glob("*_heatmap.png"))
     assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert (out / "scores.csv").is_file()
+
+    # The same config again: the complete model is reused, not retrained, and printed again.
+    assert main(["train", str(data_root), "-o", str(models), "-c", "obj_disc", "--run-id", "again", *FAST]) == 0
+    again = json.loads(capsys.readouterr().out)["models"]["obj_disc"]
+    assert again["status"] == "skipped" and again["model"] == printed["models"]["obj_disc"]["model"]
+
+
+def test_the_store_defaults_to_mrkd_store_and_is_required(data_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MRKD_STORE", raising=False)
+    assert main(["train", str(data_root), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--output" in err and "MRKD_STORE" in err
+    assert main(["evaluate", str(data_root)]) == 2
+    assert "--models" in capsys.readouterr().err
+    monkeypatch.setenv("MRKD_STORE", str(tmp_path / "store"))
+    assert main(["evaluate", str(data_root)]) == 2  # an empty store: nothing trained yet
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no complete 'folder' model" in err and str(tmp_path / "store") in err
 
 
 def test_train_refuses_a_checkpoint_of_other_images_and_no_resume_replaces_it(data_root, tmp_path, capsys):
@@ -66,27 +98,33 @@ def test_train_refuses_a_checkpoint_of_other_images_and_no_resume_replaces_it(da
     shutil.copytree(data_root, data)
     out = tmp_path / "models"
     args = ["train", str(data), "-o", str(out), "-c", "obj_disc", *FAST]
-    assert main(args) == 0
+    assert main([*args, "--run-id", "r1"]) == 0
+    (key_checkpoints,) = (out / "checkpoints" / "folder" / "obj_disc").iterdir()  # checkpoints/<key>
+    checkpoint = key_checkpoints / "epoch-0001.pt"
     image = sorted((data / "obj_disc" / "train" / "good").iterdir())[1]
     write_image(image, 64, 64, seed=77)  # one training image changed
     capsys.readouterr()
-    assert main(args) == 2
+    assert main([*args, "--run-id", "r2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "trained on other data" in err and "--no-resume" in err
-    assert (out / "obj_disc" / "checkpoints" / "epoch-0001.pt").is_file()  # nothing stored was lost
+    assert checkpoint.is_file()  # nothing stored was lost
     good = image.read_bytes()
     image.write_bytes(b"")  # a bad image fails before --no-resume replaces anything
-    assert main([*args, "--no-resume"]) == 2 and "the file is empty" in capsys.readouterr().err
-    assert (out / "obj_disc" / "checkpoints" / "epoch-0001.pt").is_file()
+    assert main([*args, "--no-resume", "--run-id", "r2"]) == 2 and "the file is empty" in capsys.readouterr().err
+    assert checkpoint.is_file()
     image.write_bytes(good)
 
-    assert main([*args, "--no-resume"]) == 0
-    state = torch.load(io.BytesIO((out / "obj_disc" / "checkpoints" / "epoch-0001.pt").read_bytes()),
-                       weights_only=True)
-    info = json.loads((out / "obj_disc" / "train.json").read_text())
+    assert main([*args, "--no-resume", "--run-id", "r2"]) == 0
+    done = Path(json.loads(capsys.readouterr().out)["models"]["obj_disc"]["run_dir"])
+    state = torch.load(io.BytesIO(checkpoint.read_bytes()), weights_only=True)
+    info = json.loads((done / "train.json").read_text())
     assert state["train_fingerprint"] == info["train_fingerprint"] and info["resumed_from_epoch"] == 0
-    assert main(args) == 0  # the same images again: resumes (nothing left to train)
-    assert json.loads((out / "obj_disc" / "train.json").read_text())["resumed_from_epoch"] == 1
+    assert main([*args, "--run-id", "r3"]) == 0  # the same images again: r2's model is reused
+    assert json.loads(capsys.readouterr().out)["models"]["obj_disc"]["status"] == "skipped"
+    (done / "manifest.json").unlink()  # without it, the replaced checkpoint resumes (nothing left to train)
+    assert main([*args, "--run-id", "r4"]) == 0
+    assert json.loads((out / "runs" / "r4" / "folder" / "obj_disc" / done.name / "train.json").read_text())[
+        "resumed_from_epoch"] == 1
 
 
 def test_model_summary_json(capsys):

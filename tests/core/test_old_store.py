@@ -15,14 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from mrkd_core.engine import train_evaluate
+from mrkd_core.layout import read_maps
 from mrkd_core.partitioned import METRICS_TABLE, SCORES_TABLE
 from mrkd_core.report import write_report
-from mrkd_core.runner import read_maps, read_metrics, read_scores, train_evaluate
+from mrkd_core.results import read_metrics, read_scores
 from mrkd_core.specs import load_spec, prepare_data
 from mrkd_core.storage import ArtifactStore
 from tests import readers
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store-15298c0"
+SPECS = [Path(__file__).resolve().parents[2] / "flows" / "specs"]  # the flows' specs, passed as the flows do
 NEW_COLUMNS = ["train_fingerprint", "test_fingerprint", "training_revision"]
 OLD_RUNS = {"0001", "0002"}
 
@@ -84,7 +87,7 @@ def test_old_store_is_reported(old_store):
 
 
 def test_old_store_is_extended_by_a_new_run(old_store, tmp_path):
-    spec = load_spec("smoke").narrow(categories=["obj_disc"], image_size=32)
+    spec = load_spec("smoke", SPECS).narrow(categories=["obj_disc"], image_size=32)
     prepare_data(spec, str(tmp_path / "data"))
     (task,) = spec.tasks(str(tmp_path / "data"))
     result = train_evaluate(task, old_store, "0003")

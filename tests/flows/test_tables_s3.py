@@ -1,7 +1,7 @@
 """Partitioned tables on S3 (moto server): the documented readers get the strings written,
 and files of an older schema read with nulls — as tests/core/test_partitioned.py on a folder.
 
-No training here: rows are written through the same ``PartitionedTable.write`` the runner uses.
+No training here: rows are written through the same ``PartitionedTable.write`` the engine uses.
 """
 
 from __future__ import annotations
