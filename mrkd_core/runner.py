@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import logging
 import platform
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ from mrkd_core.results import (
 from mrkd_core.revision import TRAINING_REVISION, stored_revision
 from mrkd_core.specs import Task
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.train import train
+from mrkd_core.train import EpochProgress, train
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +151,13 @@ def _maps_npz(samples, ev, image_size: int) -> bytes:
     return buf.getvalue()
 
 
-def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = False) -> dict[str, Any]:
+def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = False,
+                   on_epoch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
     """Train, evaluate and store one task; skip it when its key is already complete.
 
     While it trains, the task holds the key's claim (``mrkd_core.claims``): a concurrent
-    call for the same key waits, then skips the key its holder completed.
+    call for the same key waits, then skips the key its holder completed. ``on_epoch`` is
+    handed to :func:`mrkd_core.train.train` (called after every epoch; not for a skip).
     """
     done = find_complete(store, task, run_id if force else None)
     if done is not None:
@@ -163,7 +166,7 @@ def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = 
         done = find_complete(store, task, run_id if force else None)  # the holder we waited for finished it
         if done is not None:
             return _skip(task, store, run_id, done)
-        return _train_and_store(task, store, run_id, force, claim)
+        return _train_and_store(task, store, run_id, force, claim, on_epoch)
 
 
 def _skip(task: Task, store: ArtifactStore, run_id: str, done: str) -> dict[str, Any]:
@@ -175,7 +178,8 @@ def _skip(task: Task, store: ArtifactStore, run_id: str, done: str) -> dict[str,
     return {"key": task.key, "status": "skipped", "run_dir": done, "rows": _rows(metrics, run_id)}
 
 
-def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool, claim: KeyClaim) -> dict[str, Any]:
+def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool, claim: KeyClaim,
+                     on_epoch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
     cfg = task.config
     directory = run_dir(task, run_id)
     check_no_collision(store, task, directory)
@@ -189,7 +193,7 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     store.write_json(f"{directory}/config.json", cfg.to_dict())
     ckpt_dir = f"checkpoints/{key_path(task)}" + (f"/forced/{run_id}" if force else "")
     ckpt = store.sub(ckpt_dir)
-    result = train(cfg, train_samples, task.category, checkpoints=ckpt, resume=True)
+    result = train(cfg, train_samples, task.category, checkpoints=ckpt, resume=True, on_epoch=on_epoch)
     ev = evaluate(result.model, cfg, test_samples, keep_maps=True, scale_sets=list(task.scale_sets) or None)
     finished = utcnow()
 
