@@ -272,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MRKDError as exc:
         sys.stderr.write(f"mrkd-benchmark: error: {exc}\n")
         return 2
+    except BenchmarkFailed as exc:  # the flow run's log has each training's error; one line here
+        sys.stderr.write(f"mrkd-benchmark: failed: {exc}\n")
+        return 1
     log.info("%s in %.1f s: %s", out["run_id"], time.perf_counter() - started, out["counts"])
     print(f"report: {out['report']}")
     return 0

@@ -10,9 +10,10 @@ that is already complete: it copies the stored rows into this run's tables, in t
 and is never shown as a training. Inputs are ``Task.to_dict()``, outputs small records
 (status, run directory, where and when it ran): never tensors.
 
-While a training runs, each finished epoch updates the task run's progress artifact
-(``progress-<dataset>-<category>-<variant>``: percent done, loss, images/s, ETA) and the
-library's epoch line (``mrkd_core.train``) goes to the task run's log, on Ray workers too.
+While a training runs, each finished epoch writes a line to the task run's log (epoch/total,
+percent, loss, images/s, ETA: console, worker log, Ray dashboard, Prefect UI) and updates
+the task run's progress artifact ``progress-<dataset>-<category>-<variant>``, on Ray
+workers too (:class:`TrainingProgress`).
 
 Retries are declared here, not in the library. Prefect retries an exception twice, 5 s
 apart, inside the same Ray task (the GPU stays reserved), except errors of the input
@@ -89,12 +90,23 @@ def progress_key(task: dict[str, Any]) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw)).strip("-")
 
 
-class TrainingProgress:
-    """``on_epoch`` of one training: a Prefect progress artifact in the task run, kept current.
+class _LibraryEpochLine(logging.Filter):
+    """Drops ``mrkd_core.train``'s own epoch line while :class:`TrainingProgress` logs a richer one."""
 
-    Created at 0 % when the task starts, updated after every epoch (percent done, loss,
-    images/s, ETA in its description). Reporting must never cost the training: a failed
-    API call is logged once and progress reporting stops.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "mrkd_core.train" and "epoch %d/%d" in str(record.msg))
+
+
+class TrainingProgress:
+    """``on_epoch`` of one training: a line in the task run's log and a progress artifact.
+
+    After every epoch: ``epoch 3/200 (1.5 %), loss 0.12345, 41.2 img/s, ETA 1:23:45`` through
+    the task run's logger (console, worker log, Ray dashboard's task logs and the task run in
+    the Prefect API, which names the training), and the task run's progress artifact
+    ``progress-<dataset>-<category>-<variant>`` is set to the percent done with the same
+    text. The library's own epoch line (which names the category only) is held back while
+    this reporter is active. Reporting must never cost the training: a failed API call is
+    logged once, and the artifact is not updated again.
     """
 
     def __init__(self, task: dict[str, Any]):
@@ -102,7 +114,15 @@ class TrainingProgress:
         self.label = f"{task['category']} ({task['dataset']}, {task['variant']})"
         self.artifact_id = None
         self.broken = False
+        self._filter = _LibraryEpochLine()
         self._call(self._create)
+
+    def __enter__(self) -> TrainingProgress:
+        logging.getLogger("mrkd_core.train").addFilter(self._filter)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("mrkd_core.train").removeFilter(self._filter)
 
     def _create(self) -> None:
         from prefect.artifacts import create_progress_artifact
@@ -120,16 +140,16 @@ class TrainingProgress:
                         self.key, type(exc).__name__, exc)
 
     def __call__(self, p: EpochProgress) -> None:
-        self._call(self._update, p)
+        text = (f"epoch {p.epoch}/{p.epochs} ({100.0 * p.fraction:.1f} %), loss {p.loss:.5f}, "
+                f"{p.images_per_second:.1f} img/s, ETA {timedelta(seconds=round(p.eta_seconds))}")
+        get_run_logger().info("%s", text)
+        self._call(self._update, p, text)
 
-    def _update(self, p: EpochProgress) -> None:
+    def _update(self, p: EpochProgress, text: str) -> None:
         from prefect.artifacts import update_progress_artifact
 
-        if self.artifact_id is None:
-            return
-        text = (f"{self.label}: epoch {p.epoch}/{p.epochs}, loss {p.loss:.5f}, "
-                f"{p.images_per_second:.1f} img/s, ETA {timedelta(seconds=round(p.eta_seconds))}")
-        update_progress_artifact(self.artifact_id, round(100.0 * p.fraction, 2), description=text)
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id, round(100.0 * p.fraction, 2), description=f"{self.label}: {text}")
 
 
 def _summary(task: dict[str, Any], result: dict[str, Any], started: float, where: dict[str, Any]) -> dict[str, Any]:
@@ -160,8 +180,8 @@ def train_one(task: dict[str, Any], run_id: str, force: bool = False,
     where = node_info()
     if dataset is not None:
         ensure_dataset(dataset)
-    progress = TrainingProgress(task)
-    with assigned_gpu():  # Ray's GPU for this task, freed for the next task of a reused worker
+    # Ray's GPU for this task, freed for the next task of a reused worker
+    with TrainingProgress(task) as progress, assigned_gpu():
         result = train_evaluate(Task.from_dict(task), open_store(), run_id, force, on_epoch=progress)
     summary = _summary(task, result, started, where)
     get_run_logger().info("%s %s in %.1f s", summary["status"], summary["key"], summary["seconds"])
