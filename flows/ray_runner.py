@@ -147,6 +147,7 @@ class Runner:
             head = read_head()
             if head is not None and head.address == self.address:
                 return head.dashboard_url
+            return f"the local head's at {self.address} (logged when the fan-out connects)"
         return "the cluster head's (logged when the fan-out connects)"
 
     def task_runner(self, num_cpus: int | None = None, num_gpus: int | None = None) -> TaskRunner:

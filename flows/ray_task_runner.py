@@ -24,6 +24,17 @@ from flows.local_ray import ensure_token, loopback_only
 LOG_DRAIN_TIMEOUT_S = 10
 
 
+def _run_logger(fallback: Any) -> Any:
+    """The flow run's logger (its lines reach the Prefect API), else the task runner's own."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return fallback
+
+
 class LoggedRayTaskRunner(RayTaskRunner):
     """``RayTaskRunner(address, init_kwargs)``; ``loopback``: the Ray lives on this machine only."""
 
@@ -41,7 +52,7 @@ class LoggedRayTaskRunner(RayTaskRunner):
             super().__enter__()
         url = getattr(getattr(self, "_ray_context", None), "dashboard_url", None)
         if url:
-            self.logger.info("Ray dashboard: %s", url if "://" in url else f"http://{url}")
+            _run_logger(self.logger).info("Ray dashboard: %s", url if "://" in url else f"http://{url}")
         return self
 
     @staticmethod
