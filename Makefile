@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Each training's epochs (loss, images/s, ETA) scroll by in the console; the last line is the report.
+# ARGS narrows or redirects it, e.g. make demo ARGS="--categories obj_disc --epochs 2 --store /tmp/demo"
 demo: $(STAMP)
-	$(PY) -m flows.benchmark --spec demo
+	$(PY) -m flows.benchmark --spec demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
