@@ -9,7 +9,7 @@
 - ``ray_head``: the long-lived local Ray head (``flows.ray_head``) on free loopback ports.
 
 Ray runs with token authentication, as for users, with one token for the whole session
-(``RAY_AUTH_TOKEN_PATH``, created by the product's own ``ensure_token`` on first use): a
+(``RAY_AUTH_TOKEN_PATH``, created here by the product's own ``ensure_token``): a
 token per test run, so the suite neither reads nor writes the machine's ``~/.ray/auth_token``.
 """
 
@@ -31,6 +31,7 @@ os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(_TOKEN_DIR, "auth_token")
 os.environ.pop("RAY_AUTH_TOKEN", None)
 
 import flows  # noqa: E402,F401 - offline-safe Ray/Prefect defaults before anything imports them
+from flows.local_ray import ensure_token  # noqa: E402
 from tests.flows.servers import (  # noqa: E402
     BIN,
     SERVER_START_TIMEOUT,
@@ -39,6 +40,9 @@ from tests.flows.servers import (  # noqa: E402
     stop_process,
     wait_http,
 )
+
+
+ensure_token()  # now, for the tests that start Ray directly (ray.cluster_utils.Cluster)
 
 
 @pytest.fixture(scope="session", autouse=True)
