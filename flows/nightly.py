@@ -74,7 +74,7 @@ def deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
         limit = d.get("concurrency_limit")
         built.append(benchmark.to_deployment(
             name=name, schedules=schedules or None, parameters=d.get("parameters") or {}, tags=d.get("tags"),
-            description=d.get("description"), entrypoint_type=EntrypointType.MODULE_PATH,
+            description=d.get("description"), entrypoint_type=EntrypointType.MODULE_PATH, paused=d.get("paused"),
             concurrency_limit=ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit))
     return built
 
@@ -102,6 +102,7 @@ def serve() -> None:
     """Serve the deployments from this process (Prefect's ``serve``: no pool, no worker)."""
     import asyncio
 
+    from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
     runner = Runner(name="mrkd-nightly")
@@ -115,8 +116,8 @@ def serve() -> None:
              ", ".join(f"{FLOW_NAME}/{d.name}" for d in built), CODE_ROOT, FLOW_NAME)
     try:
         asyncio.run(runner.start())
-    except KeyboardInterrupt:
-        log.info("stopped serving")
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        log.info("stopped serving (%s)", type(exc).__name__)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def test_prefect_yaml_is_the_one_source_that_deploy_and_serve_read():
     for name, built in served.items():
         d = declared[name]
         assert built.entrypoint == d["entrypoint"] and built.flow_name == nightly.FLOW_NAME
-        assert built.parameters == d["parameters"] and built.tags == d["tags"]
+        assert built.parameters == d["parameters"] and built.tags == d["tags"] and built.paused is d["paused"] is False
         assert built.description == d["description"]
         schedules = [(s.schedule.cron, s.schedule.timezone) for s in built.schedules or []]
         assert schedules == [(s["cron"], s["timezone"]) for s in d.get("schedules", [])]
@@ -263,6 +263,7 @@ def test_serve_takes_the_same_names_over_and_runs_them_on_the_local_head(served,
     for name in ("nightly", "on-demand"):
         d = _deployment(name)
         assert d.work_pool_name is None and d.entrypoint == "flows.benchmark.benchmark", (name, d.work_pool_name)
+        assert not d.paused, name
     night = _deployment("nightly")  # what prefect.yaml declares, now from serve
     assert night.global_concurrency_limit.limit == 1
     assert night.concurrency_options.collision_strategy.value == "CANCEL_NEW"
@@ -314,3 +315,4 @@ def test_prefect_deploy_hands_served_deployments_back_to_the_pool(served, deploy
     for name in ("nightly", "on-demand"):
         d = _deployment(name)
         assert d.work_pool_name == nightly.PROCESS_POOL and d.entrypoint == "flows.benchmark.benchmark"
+        assert not d.paused, name  # serve paused them when it stopped; prefect.yaml's paused: false resumes
