@@ -33,6 +33,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,16 @@ def is_loopback_address(address: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def port_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether ``host:port`` can be bound now (Ray refuses to start on a taken port, it does not pick another)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def token_auth_enabled() -> bool:

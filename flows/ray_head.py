@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flows.local_ray import LOOPBACK, ensure_token, local_process_env, token_path
+from flows.local_ray import LOOPBACK, ensure_token, local_process_env, port_free, token_path
+from mrkd_core.claims import _pid_alive as pid_alive  # the same liveness rule as a claim's owner
 
 DEFAULT_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
@@ -63,29 +63,7 @@ def read_head(state_dir: Path = DEFAULT_STATE_DIR) -> HeadInfo | None:
         info = HeadInfo(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    return info if _alive(info.pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _port_taken(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return True
-    return False
+    return info if pid_alive(info.pid) else None
 
 
 def _healthy(dashboard_url: str) -> bool:
@@ -104,7 +82,7 @@ def start_head(port: int = DEFAULT_PORT, dashboard_port: int = DEFAULT_DASHBOARD
     if running is not None:
         return running
     for name, p in (("--port", port), ("--dashboard-port", dashboard_port), ("--client-port", client_port)):
-        if _port_taken(p):
+        if not port_free(p):
             raise RuntimeError(f"127.0.0.1:{p} is taken (another Ray head or service?): choose another {name}")
     ensure_token()
     state = state_dir.expanduser()
@@ -138,7 +116,7 @@ def _stop_group(pid: int, grace: float = 20.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)  # whatever of its session is left (start_new_session: pgid == pid)

@@ -54,7 +54,7 @@ from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows.local_ray import LOOPBACK, is_loopback_address
+from flows.local_ray import LOOPBACK, is_loopback_address, port_free
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,14 @@ class Runner:
         return self.on_ray and (self.address is None or is_loopback_address(self.address))
 
     def describe(self) -> str:
+        """One line for the flow run's log: where the trainings will run."""
         if not self.on_ray:
-            return "runner=local (no Ray: one training after another in this process)"
+            return "runner=local: no Ray, one training after another in this process"
         if self.address is None:
-            return f"runner=ray: a Ray of this run on 127.0.0.1, dashboard {self.dashboard_hint()}"
-        return f"runner=ray: Ray at {self.address}, dashboard {self.dashboard_hint()}"
+            return "runner=ray: a Ray of this run, started by the fan-out (127.0.0.1 only, token auth)"
+        if self.loopback:
+            return f"runner=ray: the local Ray head at {self.address}"
+        return f"runner=ray: the Ray cluster at {self.address}"
 
     def dashboard_hint(self) -> str:
         """The Ray dashboard's URL as far as it is known before connecting."""
@@ -265,18 +268,9 @@ def check_runner(runner: str) -> None:
         reuse_gpu_workers()  # a bad MRKD_RAY_REUSE_GPU_WORKERS fails here, before any work
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((DASHBOARD_HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def dashboard_port() -> int:
     """8265, or a free port when 8265 is taken (Ray would refuse to start, not pick another)."""
-    if _port_free(DASHBOARD_PORT):
+    if port_free(DASHBOARD_PORT, DASHBOARD_HOST):
         return DASHBOARD_PORT
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((DASHBOARD_HOST, 0))
