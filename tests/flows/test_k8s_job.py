@@ -32,16 +32,19 @@ TEMPLATE = ROOT / "infra" / "k8s" / "prefect" / "base-job-template.json"
 # In the pod (cwd = the image's WORKDIR): load the flow as `prefect flow-run execute` does
 # after its pull step, pickle what prefect-ray ships to a Ray worker; print the workers' env.
 LOAD = textwrap.dedent("""
-    import json, os, sys
+    import json, sys
     from prefect.flows import load_flow_from_entrypoint
     import ray.cloudpickle as cloudpickle
-    flow = load_flow_from_entrypoint(sys.argv[1])
-    module = sys.modules[flow.fn.__module__]
     from flows.ray_runner import Runner
+    modules = []
+    for entrypoint, path in zip(sys.argv[1::2], sys.argv[2::2]):
+        flow = load_flow_from_entrypoint(entrypoint)
+        module = sys.modules[flow.fn.__module__]
+        with open(path, "wb") as f:
+            cloudpickle.dump((flow, module.train_all, module.train_one), f)
+        modules.append(flow.fn.__module__)
     env = Runner.resolve("ray", None, 0, "s3://b/store", "/data/datasets").worker_env()
-    with open(sys.argv[2], "wb") as f:
-        cloudpickle.dump((flow, module.train_all, module.train_one), f)
-    print(json.dumps({"module": flow.fn.__module__, "worker_env": env}))
+    print(json.dumps({"modules": modules, "worker_env": env}))
 """)
 
 # A Ray worker: another process, another directory, only the environment Ray gives it.
@@ -84,18 +87,22 @@ def _pod_env(container: dict) -> dict[str, str]:
     return env
 
 
-def _round_trip(entrypoint: str, pod_env: dict[str, str], tmp_path) -> tuple[subprocess.CompletedProcess, ...]:
-    pickled = tmp_path / "shipped.pkl"
-    load = subprocess.run([sys.executable, "-c", LOAD, entrypoint, str(pickled)], cwd=ROOT, env=pod_env,
-                          capture_output=True, text=True, timeout=180)
+def _load_in_pod(entrypoints: list[str], pod_env: dict[str, str], tmp_path) -> tuple[dict, list]:
+    """Load each entrypoint in the pod's environment and pickle what a Ray worker receives."""
+    pickles = [tmp_path / f"shipped-{i}.pkl" for i in range(len(entrypoints))]
+    args = [a for e, p in zip(entrypoints, pickles) for a in (e, str(p))]
+    load = subprocess.run([sys.executable, "-c", LOAD, *args], cwd=ROOT, env=pod_env, capture_output=True,
+                          text=True, timeout=180)
     assert load.returncode == 0, load.stdout + load.stderr
-    loaded = json.loads(load.stdout.strip().splitlines()[-1])
+    return json.loads(load.stdout.strip().splitlines()[-1]), pickles
+
+
+def _unpickle_in_ray_worker(pickled, loaded: dict, pod_env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
     worker_dir = tmp_path / "ray-worker-cwd"
     worker_dir.mkdir(exist_ok=True)
     worker_env = {"PATH": pod_env["PATH"], "HOME": pod_env.get("HOME", "/tmp"), **loaded["worker_env"]}
-    unpickle = subprocess.run([sys.executable, "-c", UNPICKLE, str(pickled)], cwd=worker_dir, env=worker_env,
-                              capture_output=True, text=True, timeout=180)
-    return loaded, unpickle
+    return subprocess.run([sys.executable, "-c", UNPICKLE, str(pickled)], cwd=worker_dir, env=worker_env,
+                          capture_output=True, text=True, timeout=180)
 
 
 def test_the_k8s_job_starts_the_flow_under_a_module_name_ray_workers_import(prefect_api, prefect_home, tmp_path):
@@ -122,13 +129,13 @@ def test_the_k8s_job_starts_the_flow_under_a_module_name_ray_workers_import(pref
     base = clean_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(prefect_home))
     base.pop("PYTHONPATH")
     pod_env = {**base, **{k: v for k, v in pod.items() if k != "RAY_ADDRESS"}}
-    loaded, unpickle = _round_trip(deployment.entrypoint, pod_env, tmp_path)
-    assert loaded["module"] == "flows.benchmark"
+    # With it, the entrypoint this replaced: loaded by path, pickled by reference to a module
+    # the workers do not have; its round trip must fail exactly as the trainings did.
+    loaded, (shipped, by_path) = _load_in_pod([deployment.entrypoint, "flows/benchmark.py:benchmark"], pod_env,
+                                              tmp_path)
+    assert loaded["modules"] == ["flows.benchmark", "benchmark"]
+    unpickle = _unpickle_in_ray_worker(shipped, loaded, pod_env, tmp_path)
     assert unpickle.returncode == 0, unpickle.stdout + unpickle.stderr
     assert unpickle.stdout.split() == ["mrkd-benchmark", "mrkd-train-all", "train-evaluate"]
-
-    # The entrypoint this replaced: loaded by path, pickled by reference to a module the
-    # workers do not have. The round trip must fail exactly as the trainings did.
-    loaded, unpickle = _round_trip("flows/benchmark.py:benchmark", pod_env, tmp_path)
-    assert loaded["module"] == "benchmark"
+    unpickle = _unpickle_in_ray_worker(by_path, loaded, pod_env, tmp_path)
     assert unpickle.returncode != 0 and "No module named 'benchmark'" in unpickle.stderr, unpickle.stderr[-2000:]
