@@ -8,10 +8,11 @@
       ├─ prepare-dataset      per dataset of the spec, in the driver (download / generate, idempotent)
       ├─ plan                 spec.tasks(data_root) → one Task per (dataset, category, variant)
       ├─ find-complete        keys with a valid manifest in any run are not trained again (unless force)
-      ├─ record-complete      per complete key, in the driver: rows copied to this run, state "Skipped"
+      ├─ record-complete      per complete key, in the driver: engine.train_evaluate copies the
+      │                       stored rows into this run; state "Skipped"
       ├─ mrkd-train-all       subflow on the runner: train-evaluate per pending key (num_gpus=1 each
       │                       on a cluster); ends Failed, naming the first error, if any training failed
-      └─ tables               runner.read_metrics/read_scores(run_id) → report.write_report
+      └─ tables               results.read_metrics/read_scores(run_id) → report.write_report
 
 Keys that are already complete never reach Ray, so a rerun of a finished spec starts no
 Ray at all and takes seconds. Store and data root come from the environment (see
@@ -43,11 +44,12 @@ import flows  # noqa: F401 - offline-safe environment defaults
 from flows.download import dataset_records, prepare_dataset
 from flows.ray_runner import RUNNERS, Runner, check_runner
 from flows.settings import data_root as default_data_root
-from flows.settings import open_store, resolve_run_id
+from flows.settings import open_store, resolve_run_id, spec_path
 from flows.train_evaluate import record_complete, train_one
 from mrkd_core.errors import MRKDError
+from mrkd_core.layout import find_complete, read_maps
 from mrkd_core.report import MapTriple, write_report
-from mrkd_core.runner import find_complete, read_maps, read_metrics, read_scores
+from mrkd_core.results import read_metrics, read_scores
 from mrkd_core.specs import ExperimentSpec, Task, load_spec
 from mrkd_core.storage import ArtifactStore
 
@@ -65,7 +67,7 @@ class BenchmarkFailed(RuntimeError):
 def plan(spec: ExperimentSpec, data_root: str) -> list[dict[str, Any]]:
     """The spec's tasks as JSON-safe records (what travels to Ray and to the Prefect API)."""
     tasks = [t.to_dict() for t in spec.tasks(data_root)]
-    keys = [Task.from_dict(t).key for t in tasks]
+    keys = [t["key"] for t in tasks]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
         # Two variants with the same hashed config would overwrite each other's run directory.
@@ -75,10 +77,10 @@ def plan(spec: ExperimentSpec, data_root: str) -> list[dict[str, Any]]:
 
 @task(name="find-complete", cache_policy=NO_CACHE, persist_result=False)
 def find_done(tasks: list[dict[str, Any]], forced_run_id: str | None = None) -> list[bool]:
-    """For each task, whether its key already has a complete result (the runner's own rule).
+    """For each task, whether its key already has a complete result (the engine's own rule).
 
     With ``force`` only results of this very run count (``forced_run_id``), as in the
-    runner: a retried forced run does not redo the keys it already finished.
+    engine: a retried forced run does not redo the keys it already finished.
     """
     store = open_store()
     return [find_complete(store, Task.from_dict(t), forced_run_id) is not None for t in tasks]
@@ -94,18 +96,18 @@ def tables(run_id: str, results: list[dict[str, Any]]) -> str:
     return store.uri(report["html"])
 
 
-def maps_provider(store: ArtifactStore, results: list[dict[str, Any]]) -> Callable[[str], list[MapTriple]]:
-    """category → (image, mask, map) triples from the ``maps.npz`` of that category's run dir.
+def maps_provider(store: ArtifactStore, results: list[dict[str, Any]]) -> Callable[[str, str], list[MapTriple]]:
+    """(dataset, category) → (image, mask, map) triples from the ``maps.npz`` of that category's run dir.
 
     A skipped task's run dir is the earlier run that trained it, so a rerun's report still
     has its maps. The main variant illustrates a category when a spec has several.
     """
-    run_dirs: dict[str, str] = {}
+    run_dirs: dict[tuple[str, str], str] = {}
     for r in sorted(results, key=lambda r: r["variant"] != MAIN_VARIANT):
-        run_dirs.setdefault(r["category"], r["run_dir"])
+        run_dirs.setdefault((r["dataset"], r["category"]), r["run_dir"])
 
-    def provide(category: str) -> list[MapTriple]:
-        return read_maps(store, run_dirs[category])
+    def provide(dataset: str, category: str) -> list[MapTriple]:
+        return read_maps(store, run_dirs[(dataset, category)])
 
     return provide
 
@@ -122,7 +124,7 @@ def _outcome(task: dict[str, Any], future: PrefectFuture, logger: logging.Logger
     try:
         return future.result()  # the task's own exception when it failed, a Ray error when it never ran
     except Exception as exc:  # noqa: BLE001 - one training's failure must not hide the others'
-        key = Task.from_dict(task).key
+        key = task["key"]
         error = _failure(exc)
         logger.error("training %s failed: %s", key, error)
         return {"key": key, "status": "failed", "dataset": task["dataset"], "category": task["category"],
@@ -192,8 +194,8 @@ def benchmark(
 ) -> dict[str, Any]:
     """Train and evaluate every (dataset, category, variant) of ``spec`` and write the report.
 
-    ``spec`` is a name under ``flows/specs/`` or a YAML path; ``categories``/``epochs``/
-    ``image_size`` narrow it (the report says so). ``run_id`` defaults to
+    ``spec`` is a name found along ``MRKD_SPEC_PATH`` then ``flows/specs/``, or a YAML path;
+    ``categories``/``epochs``/``image_size`` narrow it (the report says so). ``run_id`` defaults to
     ``<spec>-<UTC yyyymmdd-HHMMSS>`` and may use ``{date}``/``{time}``/``{spec}``.
     ``runner='ray'`` fans out on Ray (``ray_address``/``RAY_ADDRESS``: the local head or a
     cluster, else a Ray of this run); ``runner='local'`` trains one task after another
@@ -208,7 +210,7 @@ def benchmark(
     fan_out = Runner.resolve(runner, ray_address, num_gpus, store.root, root, _prefect_api_url())
     logger.info("Ray dashboard: %s", fan_out.dashboard_hint())
     logger.info("%s", fan_out.describe())
-    loaded = load_spec(spec).narrow(categories=categories, epochs=epochs, image_size=image_size)
+    loaded = load_spec(spec, spec_path()).narrow(categories=categories, epochs=epochs, image_size=image_size)
     rid = resolve_run_id(run_id, loaded.name, _scheduled_time())
     logger.info("run %s: spec %s%s → %s", rid, loaded.name, " (narrowed)" if loaded.narrowed else "", store.uri())
 
@@ -229,7 +231,7 @@ def benchmark(
         trained = state.result(raise_on_failure=False)
         if isinstance(trained, BaseException):  # the subflow itself crashed: no record per training
             error = _failure(trained)
-            trained = [{"key": Task.from_dict(t).key, "status": "failed", "dataset": t["dataset"],
+            trained = [{"key": t["key"], "status": "failed", "dataset": t["dataset"],
                         "category": t["category"], "variant": t["variant"], "run_dir": None, "error": error}
                        for t in pending]
         results += trained
@@ -249,7 +251,8 @@ def benchmark(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.benchmark",
                                      description="Run the mrkd-benchmark flow and print where the report is.")
-    parser.add_argument("--spec", default="smoke", help="spec name (flows/specs/<name>.yaml) or a YAML path")
+    parser.add_argument("--spec", default="smoke",
+                        help="spec name (MRKD_SPEC_PATH, then flows/specs/<name>.yaml) or a YAML path")
     parser.add_argument("--store", help="artifact store root (sets MRKD_STORE): a folder or s3://bucket/prefix")
     parser.add_argument("--runner", choices=RUNNERS, default="ray")
     parser.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
@@ -265,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["MRKD_STORE"] = args.store
     started = time.perf_counter()
     try:
-        load_spec(args.spec).narrow(args.categories, args.epochs, args.image_size)  # fail before any server starts
+        # fail before any server starts
+        load_spec(args.spec, spec_path()).narrow(args.categories, args.epochs, args.image_size)
         out = benchmark(spec=args.spec, run_id=args.run_id, categories=args.categories, epochs=args.epochs,
                         image_size=args.image_size, force=args.force, runner=args.runner,
                         ray_address=args.ray_address, num_gpus=args.num_gpus)

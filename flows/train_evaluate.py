@@ -3,7 +3,7 @@
 ``train_one`` (task ``train-evaluate``, run ``train-<dataset>-<category>-<variant>``) is
 what ``mrkd-benchmark`` submits once per (dataset, category, config) that is not complete
 yet: it makes sure the dataset is on this node, then calls
-:func:`mrkd_core.runner.train_evaluate`, which resumes from its last checkpoint and writes
+:func:`mrkd_core.engine.train_evaluate`, which resumes from its last checkpoint and writes
 the manifest last. ``record_complete`` (task ``record-complete``, run
 ``skip-<dataset>-<category>-<variant>``, final state *Skipped*) is the same call for a key
 that is already complete: it copies the stored rows into this run's tables, in the driver,
@@ -19,7 +19,7 @@ Retries are declared here, not in the library. Prefect retries an exception twic
 apart, inside the same Ray task (the GPU stays reserved), except errors of the input
 (``DataError``, ``ConfigError``, ``WeightsError``, ``DeviceError``: a corrupt image stays
 corrupt); Ray re-runs the task when its worker process dies (see
-``flows.ray_runner.RAY_MAX_RETRIES``). Either way the runner resumes from the checkpoint of
+``flows.ray_runner.RAY_MAX_RETRIES``). Either way the engine resumes from the checkpoint of
 the last finished epoch.
 
 ``mrkd-train-evaluate`` runs one category in the current process (no Ray): for
@@ -35,6 +35,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -46,9 +47,9 @@ import flows  # noqa: F401 - offline-safe environment defaults
 from flows.download import dataset_records, ensure_dataset
 from flows.ray_runner import assigned_gpu, node_info
 from flows.settings import data_root as default_data_root
-from flows.settings import open_store, resolve_run_id
+from flows.settings import open_store, resolve_run_id, spec_path
+from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError, DataError, DeviceError, WeightsError
-from mrkd_core.runner import train_evaluate
 from mrkd_core.specs import Task, load_spec
 from mrkd_core.train import EpochProgress
 
@@ -162,13 +163,19 @@ def _summary(task: dict[str, Any], result: dict[str, Any], started: float, where
     }
 
 
+def _train_evaluate(task: dict[str, Any], run_id: str, force: bool,
+                    on_epoch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
+    """:func:`mrkd_core.engine.train_evaluate` of a task record: where a record becomes a ``Task`` again."""
+    return train_evaluate(Task.from_dict(task), open_store(), run_id, force, on_epoch=on_epoch)
+
+
 @task(
     name="train-evaluate",
     task_run_name=_train_run_name,
     retries=TRAIN_RETRIES,
     retry_delay_seconds=TRAIN_RETRY_DELAY_S,
     retry_condition_fn=retry_unless_bad_input,
-    # The skip rule is the runner's (a valid manifest for the key); Prefect's own caching
+    # The skip rule is the engine's (a valid manifest for the key); Prefect's own caching
     # and result persistence would be a second, disagreeing one.
     cache_policy=NO_CACHE,
     persist_result=False,
@@ -182,7 +189,7 @@ def train_one(task: dict[str, Any], run_id: str, force: bool = False,
         ensure_dataset(dataset)
     # Ray's GPU for this task, freed for the next task of a reused worker
     with TrainingProgress(task) as progress, assigned_gpu():
-        result = train_evaluate(Task.from_dict(task), open_store(), run_id, force, on_epoch=progress)
+        result = _train_evaluate(task, run_id, force, on_epoch=progress)
     summary = _summary(task, result, started, where)
     get_run_logger().info("%s %s in %.1f s", summary["status"], summary["key"], summary["seconds"])
     return summary
@@ -192,7 +199,7 @@ def train_one(task: dict[str, Any], run_id: str, force: bool = False,
 def record_complete(task: dict[str, Any], run_id: str, force: bool = False) -> State:
     """A key that is complete already: its stored rows join this run's tables; state *Skipped*."""
     started = time.time()
-    result = train_evaluate(Task.from_dict(task), open_store(), run_id, force)
+    result = _train_evaluate(task, run_id, force)
     summary = _summary(task, result, started, node_info())
     if result["status"] == "skipped":
         return Completed(name="Skipped", message=f"complete in {result['run_dir']}: not trained again",
@@ -205,7 +212,7 @@ def train_evaluate_flow(spec: str = "smoke", category: str | None = None, datase
                         variant: str | None = None, run_id: str | None = None, force: bool = False,
                         epochs: int | None = None, image_size: int | None = None) -> list[dict[str, Any]]:
     """Run the tasks of ``spec`` that match ``dataset``/``category``/``variant``, here, one by one."""
-    loaded = load_spec(spec).narrow(categories=[category] if category else None, epochs=epochs,
+    loaded = load_spec(spec, spec_path()).narrow(categories=[category] if category else None, epochs=epochs,
                                     image_size=image_size)
     rid = resolve_run_id(run_id, loaded.name)
     root = default_data_root(open_store())
