@@ -113,7 +113,7 @@ def test_four_gpu_trainings_run_two_at_a_time_one_per_node(two_gpu_nodes, local_
 
 
 def test_reused_gpu_workers_see_every_gpu_and_fresh_ones_only_theirs(two_gpu_nodes):
-    """What a task's process sees with and without reuse (the options ``remote_request`` gives Ray)."""
+    """What a task's process sees with and without reuse (the options ``Runner.submitting`` gives Ray)."""
     import ray
 
     from flows.ray_runner import cuda_index, ray_options
