@@ -128,9 +128,9 @@ def test_maps_provider_reads_each_categorys_maps_from_s3(s3_run):
 
     out, _, _, _ = s3_run
     provide = maps_provider(open_store(), out["tasks"])
-    for _, category in SMOKE_KEYS:
-        triples = provide(category)
-        assert triples, category
+    for dataset, category in SMOKE_KEYS:  # keyed by (dataset, category), as the report asks
+        triples = provide(dataset, category)
+        assert triples, (dataset, category)
         image, mask, amap = triples[0]
         assert image.shape == (64, 64, 3) and mask.shape == (64, 64) and amap.shape == (64, 64)
 
