@@ -83,6 +83,39 @@ def list_images(folder: Path) -> list[Path]:
     return [p for p in entries if p.is_file() and is_image_file(p)]
 
 
+def name_key(name: str) -> str:
+    """A file name with its extension in lower case: how every loader matches names.
+
+    ``001.BMP`` and ``001.bmp`` are one image, and ``001_mask.PNG`` is the mask rule's
+    ``001_mask.png``, on every filesystem (image discovery already ignores the case of
+    extensions; a name match that did not would call the same file both missing and orphan).
+    Stems stay case-sensitive, as the files are on Linux.
+    """
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}.{ext.lower()}" if dot and stem else name
+
+
+def file_index(folder: Path) -> dict[str, Path]:
+    """Files directly in ``folder`` keyed by :func:`name_key` (empty if the folder is absent).
+
+    Built once per folder so that matching N images to their masks lists it once. Two
+    files whose names differ only in the case of the extension: the one spelt like the
+    key (lower-case extension) wins, and validation reports the other as a file that
+    belongs to nothing.
+    """
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    index: dict[str, Path] = {}
+    for p in entries:
+        if p.is_file() and not is_hidden(p):
+            key = name_key(p.name)
+            if key == p.name or key not in index:
+                index[key] = p
+    return index
+
+
 def list_dirs(folder: Path) -> list[Path]:
     """Sub-folders of ``folder`` (hidden ones skipped), sorted by name."""
     try:

@@ -31,8 +31,10 @@ from mrkd_core.data.base import (
     DatasetSpec,
     Problem,
     Sample,
+    file_index,
     is_hidden,
     list_dirs,
+    name_key,
     require_root,
 )
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
@@ -85,6 +87,11 @@ def _images(folder: Path) -> list[Path]:
         return []
     return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == _IMAGE_EXT
                    and not is_hidden(p)), key=lambda p: p.name)
+
+
+def _mask_of(image: Path, index: dict[str, Path]) -> Path | None:
+    """The same-stem .png mask of ``image`` as it is on disk (extension in any case)."""
+    return index.get(name_key(image.stem + _MASK_EXT))
 
 
 def _free_images(root: Path) -> list[str]:
@@ -208,10 +215,12 @@ class MTD(DownloadableMixin, DatasetSpec):
         for folder, defect in MTD_CLASSES.items():
             if folder == MTD_FREE:
                 continue
+            index = file_index(path / folder / "Imgs")
             for image in _images(path / folder / "Imgs"):
-                mask = image.with_suffix(_MASK_EXT)
-                if not mask.is_file():
-                    raise DataError(f"{image}: ground-truth mask missing — expected {mask}; add it or remove the image")
+                mask = _mask_of(image, index)
+                if mask is None:
+                    raise DataError(f"{image}: ground-truth mask missing — expected {image.with_suffix(_MASK_EXT)}; "
+                                    "add it or remove the image")
                 samples.append(Sample(str(image), str(mask), 1, defect, MTD_CATEGORY))
         return samples
 
@@ -261,12 +270,14 @@ class MTD(DownloadableMixin, DatasetSpec):
                 continue
             what = "mask without a .jpg image" if suffix == _MASK_EXT else "not an MTD image or mask"
             problems.append(Problem(str(entry), "unexpected", what, f"<name>.jpg images with same-stem .png masks in {imgs}"))
+        index = file_index(imgs)
         for image in images.values():
             size = check_image(image, problems)
-            mask = image.with_suffix(_MASK_EXT)
-            if not mask.is_file():
+            mask = _mask_of(image, index)
+            if mask is None:
                 if defective:
-                    problems.append(Problem(str(image), "missing_mask", "defective image has no ground-truth mask", str(mask)))
+                    problems.append(Problem(str(image), "missing_mask", "defective image has no ground-truth mask",
+                                            str(image.with_suffix(_MASK_EXT))))
                 continue
             check_mask(mask, image, size, problems)
         return len(images)

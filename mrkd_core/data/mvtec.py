@@ -25,10 +25,12 @@ from mrkd_core.data.base import (
     DatasetSpec,
     Problem,
     Sample,
+    file_index,
     is_hidden,
     is_image_file,
     list_dirs,
     list_images,
+    name_key,
     require_root,
 )
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
@@ -101,10 +103,19 @@ class MVTecLayout(DatasetSpec):
     def mask_candidates(self, cat_dir: Path, defect: str, image: Path) -> list[Path]:
         return [cat_dir / "ground_truth" / defect / name.format(stem=image.stem) for name in self.mask_names]
 
-    def find_mask(self, cat_dir: Path, defect: str, image: Path) -> Path | None:
-        for candidate in self.mask_candidates(cat_dir, defect, image):
-            if candidate.is_file():
-                return candidate
+    def find_mask(self, cat_dir: Path, defect: str, image: Path,
+                  index: dict[str, Path] | None = None) -> Path | None:
+        """The mask file of ``image`` as it is on disk; extensions match in any case (``.PNG``).
+
+        ``index``: ``file_index`` of ``ground_truth/<defect>``, to list the folder once per
+        defect rather than once per image.
+        """
+        if index is None:
+            index = file_index(cat_dir / "ground_truth" / defect)
+        for name in self.mask_names:
+            found = index.get(name_key(name.format(stem=image.stem)))
+            if found is not None:
+                return found
         return None
 
     # ------------------------------------------------------------------ splits
@@ -135,11 +146,12 @@ class MVTecLayout(DatasetSpec):
         samples: list[Sample] = []
         for sub in self._test_dirs(cat_dir):
             defect = sub.name
+            index = file_index(cat_dir / "ground_truth" / defect)
             for image in list_images(sub):
                 if defect == self.good_dir:
                     samples.append(Sample(str(image), None, 0, defect, category))
                     continue
-                mask = self.find_mask(cat_dir, defect, image)
+                mask = self.find_mask(cat_dir, defect, image, index)
                 if mask is None:
                     expected = self.mask_candidates(cat_dir, defect, image)[0]
                     raise DataError(
@@ -222,12 +234,13 @@ class MVTecLayout(DatasetSpec):
                                             f"images inside test/{self.good_dir} or test/<defect>"))
         for sub in test_dirs:
             defect = sub.name
+            index = file_index(cat_dir / "ground_truth" / defect)
             for image in self._images_in(sub, problems):
                 n_test += 1
                 size = check_image(image, problems)
                 if defect == self.good_dir:
                     continue
-                mask = self.find_mask(cat_dir, defect, image)
+                mask = self.find_mask(cat_dir, defect, image, index)
                 if mask is None:
                     expected = self.mask_candidates(cat_dir, defect, image)[0]
                     problems.append(Problem(str(image), "missing_mask", "defective test image has no ground-truth mask",
