@@ -183,6 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cats = _categories(ds, root, wanted)
     out_dir = Path(args.output or models)
     per_cat: dict[str, dict] = {}
+    absent: dict[str, dict[str, str]] = {}
     for cat in cats:
         model_path = models / cat / "model.pt"
         if not model_path.is_file():
@@ -195,24 +196,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         samples = ds.test_samples(str(root), cat)
         result = evaluate(model, cfg, samples)
         metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in result.metrics.items()}
+        # null + a reason: absent (no pixel ground truth); null alone: undefined (e.g. one class only)
         record = {"category": cat, "config_hash": cfg.config_hash(), "teacher_weights": cfg.teacher_weights,
                   "n_test": len(samples), "n_test_anomalous": int(sum(s["label"] for s in result.scores)),
-                  "eval_seconds": round(result.seconds, 3), "metrics": metrics, "config": cfg.to_dict()}
+                  "eval_seconds": round(result.seconds, 3), "metrics": metrics,
+                  "absent_metrics": result.absent, "config": cfg.to_dict()}
         (out_dir / cat).mkdir(parents=True, exist_ok=True)
         (out_dir / cat / "metrics.json").write_text(json.dumps(record, indent=2))
         _write_csv(out_dir / cat / "scores.csv", result.scores)
         per_cat[cat] = metrics
+        if result.absent:
+            absent[cat] = result.absent
+            log.info("%s: %s absent (%s)", cat, ", ".join(result.absent), next(iter(result.absent.values())))
         log.info("%s: %s", cat, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
     keys = sorted({k for m in per_cat.values() for k in m})
     mean = {}
     for k in keys:
         vals = [m[k] for m in per_cat.values() if m.get(k) is not None]
         mean[k] = float(np.mean(vals)) if vals else None
-    summary = {"categories": per_cat, "mean": mean, "n_categories": len(per_cat),
+    summary = {"categories": per_cat, "mean": mean, "absent_metrics": absent, "n_categories": len(per_cat),
                "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    _out(json.dumps({"metrics": str(out_dir / "metrics.json"), "mean": mean}, indent=2))
+    _out(json.dumps({"metrics": str(out_dir / "metrics.json"), "mean": mean,
+                     **({"absent_metrics": absent} if absent else {})}, indent=2))
     return 0
 
 
@@ -255,12 +262,14 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from mrkd_core.data.validate import check_dataset, format_problems
+    from mrkd_core.data.validate import check_dataset, describe_dataset, format_problems
 
     root = Path(args.root)
-    if not root.is_dir():
+    if not root.is_dir() and not _dataset(args.dataset).root_is_workspace:
         raise DataError(f"{root}: folder not found — pass the dataset root")
     problems = check_dataset(args.dataset, str(root), categories=args.category or None)
+    for line in describe_dataset(args.dataset, str(root), categories=args.category or None):
+        _out(line)
     if problems:
         _out(format_problems(problems))
         return 1

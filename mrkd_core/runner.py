@@ -40,6 +40,7 @@ from mrkd_core.errors import StorageError
 from mrkd_core.evaluate import evaluate, scales_key
 from mrkd_core.model_io import save_model
 from mrkd_core.results import (
+    ABSENT_COLUMN,
     MANIFEST,
     METRIC_COLUMNS,
     METRICS_SCHEMA,
@@ -126,6 +127,9 @@ def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.Dat
     for kind, df, schema in (("metrics", metrics, METRICS_SCHEMA), ("scores", scores, SCORES_SCHEMA)):
         df = df.copy()
         df["run_id"] = run_id
+        for name in schema.names:  # a column added since a reused run was written is null there
+            if name not in df.columns:
+                df[name] = None
         rows = df[list(schema.names)].to_dict("records")
         store.write_bytes(partition_path(kind, task.dataset, run_id, _table_name(task)),
                           partition_bytes(rows, schema, source_run_dir))
@@ -142,6 +146,7 @@ def _maps_npz(samples, ev, image_size: int) -> bytes:
     np.savez_compressed(
         buf,
         images=images,
+        has_masks=np.array(not ev.absent),  # False: the masks are zeros standing in for no ground truth
         masks=ev.masks[order] if order else np.zeros((0,)),
         maps=ev.maps[order].astype(np.float32) if order else np.zeros((0,)),
         paths=np.array([ev.scores[i]["path"] for i in order]),
@@ -203,7 +208,8 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
         "started_at": started, "finished_at": finished, "run_id": run_id,
     }
     by_scales = ev.metrics_by_scales or {scales_key(cfg.score_scales): ev.metrics}
-    rows = [{**common, "score_scales": key, **{m: float(vals.get(m, np.nan)) for m in METRIC_COLUMNS}}
+    absent = {ABSENT_COLUMN: next(iter(ev.absent.values()), None)}  # results.to_table writes those metrics null
+    rows = [{**common, "score_scales": key, **absent, **{m: float(vals.get(m, np.nan)) for m in METRIC_COLUMNS}}
             for key, vals in by_scales.items()]
     score_rows = [{"run_id": run_id, "dataset": task.dataset, "category": task.category,
                    "config_hash": cfg.config_hash(), "variant": task.variant, "path": s["path"],
@@ -258,9 +264,11 @@ def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame
     return read_partitions(store, "scores", SCORES_SCHEMA, run_id)
 
 
-def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(image, mask, map) triples kept for the report (Fig. 7)."""
+def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """(image, mask, map) triples kept for the report (Fig. 7); mask None without pixel ground truth."""
     with np.load(io.BytesIO(store.read_bytes(f"{run_directory}/maps.npz"))) as z:
         if z["images"].ndim != 4:
             return []
-        return [(z["images"][i], z["masks"][i], z["maps"][i]) for i in range(z["images"].shape[0])]
+        has_masks = bool(z["has_masks"]) if "has_masks" in z.files else True
+        return [(z["images"][i], z["masks"][i] if has_masks else None, z["maps"][i])
+                for i in range(z["images"].shape[0])]

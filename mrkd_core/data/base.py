@@ -63,6 +63,25 @@ class Problem:
         return f"{self.path}: {self.message} — expected {self.expected}"
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """What a category's defective test images are labelled with (``mrkd data check`` says it).
+
+    ``pixel_masks`` False is an image-labelled dataset (ELPV, or a folder without
+    ``ground_truth/``): a normal case, evaluated with the image metrics only; the pixel
+    metrics are reported as absent. ``detail`` says where the labels come from.
+    """
+
+    pixel_masks: bool
+    detail: str
+
+    def describe(self) -> str:
+        if self.pixel_masks:
+            return f"pixel masks ({self.detail}): every metric is computed"
+        return (f"image labels only ({self.detail}): image AU-ROC and F1-max are computed; pixel AU-ROC, "
+                "AU-PRO, AU-PRO per image and F1-max (pixel) are reported as absent")
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
@@ -143,6 +162,9 @@ class DatasetSpec(ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # True when ``root`` is only where the dataset writes its own files (its split): the
+    # images live elsewhere (an installed package), and the folder is created on first use.
+    root_is_workspace: ClassVar[bool] = False
 
     @abstractmethod
     def categories(self, root: str | os.PathLike[str]) -> list[str]:
@@ -159,6 +181,10 @@ class DatasetSpec(ABC):
     @abstractmethod
     def check(self, root: str | os.PathLike[str], categories: list[str] | None = None) -> list[Problem]:
         """Every problem of the folder at once (used by ``validate.check_dataset``)."""
+
+    def ground_truth(self, root: str | os.PathLike[str], category: str) -> GroundTruth:
+        """Pixel masks or image labels only, for ``category`` (datasets with masks keep this)."""
+        return GroundTruth(True, "a mask for every defective test image")
 
     def __repr__(self) -> str:
         return f"<dataset {self.name!r}>"

@@ -22,7 +22,8 @@ from mrkd_core.errors import DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Problem", "PROBLEM_KINDS", "check_dataset", "format_problems", "check_image", "check_mask"]
+__all__ = ["Problem", "PROBLEM_KINDS", "check_dataset", "describe_dataset", "format_problems", "check_image",
+           "check_mask"]
 
 # Stable codes of Problem.kind, with what each means.
 PROBLEM_KINDS: dict[str, str] = {
@@ -85,6 +86,25 @@ def check_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[
     problems = spec.check(path, list(categories) if categories else None)
     log.info("checked %s dataset at %s: %d problem(s)", name, path, len(problems))
     return problems
+
+
+def describe_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[str] | None = None) -> list[str]:
+    """What kind of dataset ``root`` holds, one line per category: pixel masks or image labels only.
+
+    ``mrkd data check`` prints these before the problems, so a folder without
+    ``ground_truth/`` reads as what it is (an image-labelled dataset, evaluated with the
+    image metrics) and not as a folder with every mask missing.
+    """
+    spec = get_dataset(name)
+    path = Path(root).expanduser()
+    try:
+        available = spec.categories(path)
+    except DataError:
+        return []  # the problems say why (e.g. no such folder)
+    cats = [c for c in categories if c in available] if categories else available
+    lines = [f"{path}: {name} dataset, {len(cats)} categor{'y' if len(cats) == 1 else 'ies'}"]
+    lines += [f"  {c}: {spec.ground_truth(path, c).describe()}" for c in cats]
+    return lines
 
 
 def format_problems(problems: Sequence[Problem]) -> str:
