@@ -102,7 +102,7 @@ def _dataset(name: str):
 
 
 def _categories(ds, root: Path, wanted: Sequence[str] | None) -> list[str]:
-    if not root.is_dir():
+    if not root.is_dir() and not ds.root_is_workspace:  # ELPV's root only receives its split files
         raise DataError(f"data root {root} does not exist — pass the folder that holds the category folders")
     available = ds.categories(str(root))
     if not wanted:
@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model per category of a dataset folder")
     p.add_argument("data_root", help="dataset root (MVTec AD layout: <root>/<category>/train/good ...)")
     p.add_argument("--output", "-o", required=True, help="folder or s3:// URI for <category>/model.pt and checkpoints")
-    p.add_argument("--dataset", default="folder", help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd")
+    p.add_argument("--dataset", default="folder",
+                   help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd, elpv, elpv_any_defect")
     p.add_argument("--category", "-c", action="append", help="category to train (repeatable; default: all)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the newest valid checkpoint (default: on)")

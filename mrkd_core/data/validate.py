@@ -37,7 +37,8 @@ PROBLEM_KINDS: dict[str, str] = {
     "missing_mask": "a defective test image without its ground-truth mask",
     "mask_size": "a mask whose size differs from its image",
     "unexpected": "a file or folder that does not belong to the layout",
-    "split_mismatch": "a stored split (MTD) lists a file that is not there",
+    "split_mismatch": "a stored split (MTD, ELPV) lists a file that is not there",
+    "missing_file": "a file the dataset's own label list (ELPV labels.csv) names is not there",
 }
 
 
@@ -80,7 +81,7 @@ def check_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[
     """
     spec = get_dataset(name)
     path = Path(root).expanduser()
-    if not path.is_dir():
+    if not path.is_dir() and not spec.root_is_workspace:
         return [Problem(str(path), "missing_root", "dataset folder not found",
                         "the folder that holds the category folders")]
     problems = spec.check(path, list(categories) if categories else None)
