@@ -31,8 +31,7 @@ from mrkd_core.storage import ArtifactStore
 from tests import datagen
 
 COUNTS = datagen.ELPV_COUNTS
-FAST = ["--backbone", "resnet18", "--teacher-weights", "none", "--image-size", "32", "--epochs", "1",
-        "--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu"]
+FAST = datagen.FAST_CLI
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from mrkd_core.runner import read_maps, read_metrics, read_scores, run_dir, trai
 from mrkd_core.specs import parse_spec
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.tables import ABSENT_MARK
+from tests import datagen
 
-FAST = ["--backbone", "resnet18", "--teacher-weights", "none", "--image-size", "32", "--epochs", "1",
-        "--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu"]
+FAST = datagen.FAST_CLI
 
 
 @pytest.fixture(scope="module")
