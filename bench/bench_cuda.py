@@ -83,7 +83,7 @@ class GpuSampler:
 
 
 def auroc_table(spec_name: str, root: str, epochs: int | None, device: str) -> None:
-    spec = load_spec(spec_name).narrow(epochs=epochs)
+    spec = load_spec(spec_name, [Path(__file__).resolve().parents[1] / "flows" / "specs"]).narrow(epochs=epochs)
     prepare_data(spec, root)
     tasks = [t for t in spec.tasks(root) if t.variant == "mrkd"]
     print(f"# {spec.name}: image / pixel AU-ROC (%) by numerics, {len(tasks)} categories, "

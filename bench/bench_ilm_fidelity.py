@@ -29,7 +29,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrkd_core.synth import DEFAULT_PRESET, synthesize  # noqa: E402
+from mrkd_core.ilm import DEFAULT_PRESET, synthesize  # noqa: E402
 from tests.nsa_reference import nsa_reference  # noqa: E402
 
 PHOTOS = ("brick", "gravel", "grass")

@@ -71,7 +71,7 @@ def ray_startup() -> dict[str, float]:
         def import_training() -> float:
             t0 = time.perf_counter()
             import flows.train_evaluate  # noqa: F401
-            import mrkd_core.runner  # noqa: F401
+            import mrkd_core.engine  # noqa: F401
 
             return time.perf_counter() - t0
 
@@ -85,11 +85,12 @@ def ray_startup() -> dict[str, float]:
 
 def spec_with_baseline(name: str, epochs: int | None, folder: Path) -> str:
     """The spec with an RD4AD baseline variant added, as a YAML file (more tasks per run)."""
+    from flows.settings import spec_path
     from mrkd_core.specs import available_specs
 
     src = Path(__file__).resolve().parents[1] / "flows" / "specs" / f"{name}.yaml"
-    if name not in available_specs() and not Path(name).is_file():
-        raise SystemExit(f"unknown spec {name!r}; one of {available_specs()}")
+    if name not in available_specs(spec_path()) and not Path(name).is_file():
+        raise SystemExit(f"unknown spec {name!r}; one of {available_specs(spec_path())}")
     data = yaml.safe_load((src if src.is_file() else Path(name)).read_text())
     data["name"] = f"{data['name']}-orchestration"
     variants = data.get("variants", {})

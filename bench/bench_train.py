@@ -69,15 +69,22 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_synth import texture_image  # noqa: E402 - a smooth colour texture with fine noise
+from bench.bench_ilm import texture_image  # noqa: E402 - a smooth colour texture with fine noise
 from mrkd_core.config import MRKDConfig  # noqa: E402
 from mrkd_core.data.torch_datasets import normalize  # noqa: E402
 from mrkd_core.device import cpu_heap_reuse, place_model, use_channels_last  # noqa: E402
 from mrkd_core.evaluate import infer, test_generator  # noqa: E402
 from mrkd_core.model import build_mrkd, mrkd_loss  # noqa: E402
 from mrkd_core.score import fuse_maps, image_score  # noqa: E402
-from mrkd_core.synth import get_preset, ilm_pair, synthesize  # noqa: E402
-from mrkd_core.train import _train_step, build_optimizer, teacher_feature_cache  # noqa: E402
+from mrkd_core.ilm import get_preset, ilm_pair, synthesize  # noqa: E402
+from mrkd_core.data.ilm_dataset import TrainItem  # noqa: E402
+from mrkd_core.train import (  # noqa: E402
+    CachedTeacherFeatures,
+    TeacherPass,
+    build_optimizer,
+    teacher_feature_cache,
+    train_step,
+)
 
 SHAPES = {
     "wrn50-256": ("wide_resnet50_2", 256, 16),
@@ -94,30 +101,20 @@ CL = torch.channels_last
 
 
 # --------------------------------------------------------------------------- inputs
-class Images:
-    """The ``images`` view of ``ILMTrainDataset`` that ``teacher_feature_cache`` reads."""
-
-    def __init__(self, images: list[np.ndarray]):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-def make_batch(cfg: MRKDConfig, batch: int) -> tuple[Images, torch.Tensor, torch.Tensor]:
+def make_batch(cfg: MRKDConfig, batch: int) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
     images = [texture_image(cfg.image_size, i) for i in range(batch)]
     preset = get_preset("carpet")
     synth = [ilm_pair(im, preset, np.random.default_rng([cfg.seed, 0, i]), fraction=1.0)[0] for i, im in enumerate(images)]
     x_n = torch.stack([normalize(im, cfg.normalize_mean, cfg.normalize_std) for im in images])
     x_a = torch.stack([normalize(im, cfg.normalize_mean, cfg.normalize_std) for im in synth])
-    return Images(images), x_n, x_a
+    return images, x_n, x_a
 
 
 # --------------------------------------------------------------------------- the straightforward path
 def official_dead_parameters(model) -> list[nn.Parameter]:
-    """bottleneck 1×1 conv 4·c3→2·c3 + BN, student 1×1 conv 2048→512 (WRN50: 8,392,704 + 1,048,576)."""
+    """OCBE 1×1 conv 4·c3→2·c3 + BN, student 1×1 conv 2048→512 (WRN50: 8,392,704 + 1,048,576)."""
     c3 = model.teacher.channels[2]
-    emb = model.bottleneck.out_channels
+    emb = model.ocbe.out_channels
     layers = [nn.Conv2d(c3 * 4, c3 * 2, 1, bias=False), nn.BatchNorm2d(c3 * 2), nn.Conv2d(emb, emb // 4, 1, bias=False)]
     return [p for layer in layers for p in layer.parameters()]
 
@@ -142,7 +139,7 @@ def straightforward_step(model, opt, x_n, x_a, gen):
     with torch.no_grad():
         f_n = model.teacher(x_n)
         f_a = model.teacher(x_a)
-    f_s = model.student(model.bottleneck(f_a))
+    f_s = model.student(model.ocbe(f_a))
     if model.generation is not None:
         f_s = official_flm(model.generation, f_s, gen)
     loss = mrkd_loss(f_n, f_s)
@@ -197,7 +194,7 @@ def sync(device: torch.device) -> None:
 
 
 # --------------------------------------------------------------------------- one path
-def build_path(name: str, base, cfg: MRKDConfig, device: torch.device, imgs: Images, x_n, x_a):
+def build_path(name: str, base, cfg: MRKDConfig, device: torch.device, imgs: list[np.ndarray], x_n, x_a):
     """(step function, description) for one path, with its own copy of the weights."""
     model = copy.deepcopy(base)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919)
@@ -224,20 +221,24 @@ def build_path(name: str, base, cfg: MRKDConfig, device: torch.device, imgs: Ima
             with torch.no_grad():
                 f_n = model.teacher(xn)
                 f_a = model.teacher(xa)
-            f_g = model._restore(f_a, gen, mask=True)
+            f_g = model.restore(f_a, gen, mask=True)
             loss = mrkd_loss(f_n, f_g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             return loss.detach()
         return twice, f"{layout}, teacher x2, fused Adam"
-    if name == "ours-nocache":
-        return (lambda: _train_step(model, opt, xn, xa, run_cfg, device, gen)), f"{layout}, teacher on [x_n; x_a], fused Adam"
-    cache = teacher_feature_cache(model, imgs, run_cfg, device, limit=1 << 62)
     rows = torch.arange(len(imgs), device=device)
+    if name == "ours-nocache":
+        batch = TrainItem(rows, xn, xa)
+        teacher = TeacherPass(ilm=True)
+        return (lambda: train_step(model, opt, batch, teacher, run_cfg, device, gen)), \
+            f"{layout}, teacher on [x_n; x_a], fused Adam"
+    cached = CachedTeacherFeatures(teacher_feature_cache(model, imgs, run_cfg, device, limit=1 << 62), ilm=True)
+    lean = TrainItem(rows, torch.empty(len(imgs), 0, device=device), xa)
 
     def ours():
-        return _train_step(model, opt, None, xa, run_cfg, device, gen, teacher_normal=[c.index_select(0, rows) for c in cache])
+        return train_step(model, opt, lean, cached, run_cfg, device, gen)
     desc = {"ours": "the product", "ours-layout": "", "ours-adam": "for-loop Adam", "ours-bf16": "bf16 autocast",
             "ours-mmap": "no heap reuse"}[name]
     return ours, f"{layout}, teacher on x_a + cache" + (f", {desc}" if desc else "") + ("" if name == "ours-adam" else ", fused Adam")
@@ -343,7 +344,7 @@ def official_inference(model, x, cfg: MRKDConfig, gen) -> float:
 
     with torch.no_grad():
         f_t = model.teacher(x)
-        f_s = official_flm(model.generation, model.student(model.bottleneck(f_t)), gen)
+        f_s = official_flm(model.generation, model.student(model.ocbe(f_t)), gen)
         mrkd_loss(f_t, f_s).item()
         amap = np.zeros((cfg.image_size, cfg.image_size))
         for t, s in zip(f_t, f_s):
@@ -410,7 +411,7 @@ def bench_loader(size: int, batch: int, n_images: int, workers: int) -> dict[str
 
     from mrkd_core.data import get_dataset
     from mrkd_core.data.synthetic import make_synthetic_mvtec
-    from mrkd_core.train import ILMTrainDataset, make_loader
+    from mrkd_core.data.ilm_dataset import ILMTrainDataset, make_loader
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -419,7 +420,7 @@ def bench_loader(size: int, batch: int, n_images: int, workers: int) -> dict[str
         samples = get_dataset("folder").train_samples(tmp, "tex_stripes")
         cfg = MRKDConfig(backbone="resnet18", teacher_weights="none", image_size=size, batch_size=batch,
                          num_workers=workers, progress=False)
-        dataset = ILMTrainDataset(samples, cfg, "carpet")
+        dataset = ILMTrainDataset.from_samples(samples, cfg, "carpet")
         official = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
         t0 = time.perf_counter()
         for epoch in range(2):
@@ -442,7 +443,7 @@ def bench_loader(size: int, batch: int, n_images: int, workers: int) -> dict[str
 def bench_checkpoint(key: str, device: torch.device, repeats: int = 2) -> list[dict]:
     """Seconds the loop is blocked per checkpoint: in the loop vs ``CheckpointWriter`` (+ its thread's time)."""
     from mrkd_core.storage import ArtifactStore
-    from mrkd_core.train import CheckpointWriter, save_checkpoint
+    from mrkd_core.checkpoint import CheckpointWriter, save_checkpoint
 
     backbone, size, _ = SHAPES[key]
     cfg = MRKDConfig(backbone=backbone, teacher_weights="none", image_size=size, device=device.type, progress=False)

@@ -6,10 +6,10 @@
       ├─ prepare-dataset      per dataset of the spec, in the driver (download / generate, idempotent)
       ├─ plan                 spec.tasks(data_root) → one Task per (dataset, category, variant)
       ├─ find-complete        keys with a valid manifest in any run are not trained again (unless force)
-      ├─ record-complete      per complete key, in the driver: runner.train_evaluate → "skipped"
+      ├─ record-complete      per complete key, in the driver: engine.train_evaluate → "skipped"
       ├─ mrkd-train-all       subflow on Ray (or a thread): train-evaluate per pending key,
       │                       num_gpus=1 each on a cluster, results are small records
-      └─ tables               runner.read_metrics/read_scores(run_id) → report.write_report
+      └─ tables               results.read_metrics/read_scores(run_id) → report.write_report
 
 Keys that are already complete never reach Ray, so a rerun of a finished spec starts no
 Ray at all and takes seconds. Store and data root come from the environment (see
@@ -49,11 +49,12 @@ from flows.ray_runner import (
     worker_env,
 )
 from flows.settings import data_root as default_data_root
-from flows.settings import open_store, resolve_run_id
+from flows.settings import open_store, resolve_run_id, spec_path
 from flows.train_evaluate import train_one
 from mrkd_core.errors import MRKDError
+from mrkd_core.layout import find_complete, read_maps
 from mrkd_core.report import MapTriple, write_report
-from mrkd_core.runner import find_complete, read_maps, read_metrics, read_scores
+from mrkd_core.results import read_metrics, read_scores
 from mrkd_core.specs import ExperimentSpec, Task, load_spec
 from mrkd_core.storage import ArtifactStore
 
@@ -71,7 +72,7 @@ class BenchmarkFailed(RuntimeError):
 def plan(spec: ExperimentSpec, data_root: str) -> list[dict[str, Any]]:
     """The spec's tasks as JSON-safe records (what travels to Ray and to the Prefect API)."""
     tasks = [t.to_dict() for t in spec.tasks(data_root)]
-    keys = [Task.from_dict(t).key for t in tasks]
+    keys = [t["key"] for t in tasks]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
         # Two variants with the same hashed config would overwrite each other's run directory.
@@ -81,10 +82,10 @@ def plan(spec: ExperimentSpec, data_root: str) -> list[dict[str, Any]]:
 
 @task(name="find-complete", cache_policy=NO_CACHE, persist_result=False)
 def find_done(tasks: list[dict[str, Any]], forced_run_id: str | None = None) -> list[bool]:
-    """For each task, whether its key already has a complete result (the runner's own rule).
+    """For each task, whether its key already has a complete result (the engine's own rule).
 
     With ``force`` only results of this very run count (``forced_run_id``), as in the
-    runner: a retried forced run does not redo the keys it already finished.
+    engine: a retried forced run does not redo the keys it already finished.
     """
     store = open_store()
     return [find_complete(store, Task.from_dict(t), forced_run_id) is not None for t in tasks]
@@ -100,18 +101,18 @@ def tables(run_id: str, results: list[dict[str, Any]]) -> str:
     return store.uri(report["html"])
 
 
-def maps_provider(store: ArtifactStore, results: list[dict[str, Any]]) -> Callable[[str], list[MapTriple]]:
-    """category → (image, mask, map) triples from the ``maps.npz`` of that category's run dir.
+def maps_provider(store: ArtifactStore, results: list[dict[str, Any]]) -> Callable[[str, str], list[MapTriple]]:
+    """(dataset, category) → (image, mask, map) triples from the ``maps.npz`` of that category's run dir.
 
     A skipped task's run dir is the earlier run that trained it, so a rerun's report still
     has its maps. The main variant illustrates a category when a spec has several.
     """
-    run_dirs: dict[str, str] = {}
+    run_dirs: dict[tuple[str, str], str] = {}
     for r in sorted(results, key=lambda r: r["variant"] != MAIN_VARIANT):
-        run_dirs.setdefault(r["category"], r["run_dir"])
+        run_dirs.setdefault((r["dataset"], r["category"]), r["run_dir"])
 
-    def provide(category: str) -> list[MapTriple]:
-        return read_maps(store, run_dirs[category])
+    def provide(dataset: str, category: str) -> list[MapTriple]:
+        return read_maps(store, run_dirs[(dataset, category)])
 
     return provide
 
@@ -146,7 +147,7 @@ def train_all(tasks: list[dict[str, Any]], datasets: dict[str, dict[str, Any]], 
         if state.is_completed():
             results.append(future.result())
         else:
-            key = Task.from_dict(t).key
+            key = t["key"]
             logger.error("training %s ended %s: %s", key, state.name, state.message)
             results.append({"key": key, "status": "failed", "dataset": t["dataset"], "category": t["category"],
                             "variant": t["variant"], "run_dir": None, "error": state.message})
@@ -194,8 +195,8 @@ def benchmark(
 ) -> dict[str, Any]:
     """Train and evaluate every (dataset, category, variant) of ``spec`` and write the report.
 
-    ``spec`` is a name under ``flows/specs/`` or a YAML path; ``categories``/``epochs``/
-    ``image_size`` narrow it (the report says so). ``run_id`` defaults to
+    ``spec`` is a name found along ``MRKD_SPEC_PATH`` then ``flows/specs/``, or a YAML path;
+    ``categories``/``epochs``/``image_size`` narrow it (the report says so). ``run_id`` defaults to
     ``<spec>-<UTC yyyymmdd-HHMMSS>`` and may use ``{date}``/``{time}``/``{spec}``.
     ``runner='ray'`` fans out on Ray (``ray_address``/``RAY_ADDRESS`` = a cluster, else a
     local Ray); ``runner='local'`` trains one task after another without Ray.
@@ -203,7 +204,7 @@ def benchmark(
     """
     logger = get_run_logger()
     check_runner(runner)
-    loaded = load_spec(spec).narrow(categories=categories, epochs=epochs, image_size=image_size)
+    loaded = load_spec(spec, spec_path()).narrow(categories=categories, epochs=epochs, image_size=image_size)
     rid = resolve_run_id(run_id, loaded.name, _scheduled_time())
     store = open_store()
     root = default_data_root(store)
@@ -219,7 +220,7 @@ def benchmark(
     results: list[dict[str, Any]] = []
     complete = [t for t, d in zip(tasks, done) if d]
     pending = [t for t, d in zip(tasks, done) if not d]
-    for t in complete:  # cheap: the runner finds the manifest and copies the rows into this run's tables
+    for t in complete:  # cheap: the engine finds the manifest and copies the rows into this run's tables
         results.append(train_one(t, rid, force, None))
     if pending:
         address = resolve_address(ray_address) if runner == "ray" else None
@@ -243,7 +244,8 @@ def benchmark(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.benchmark",
                                      description="Run the mrkd-benchmark flow and print where the report is.")
-    parser.add_argument("--spec", default="smoke", help="spec name (flows/specs/<name>.yaml) or a YAML path")
+    parser.add_argument("--spec", default="smoke",
+                        help="spec name (MRKD_SPEC_PATH, then flows/specs/<name>.yaml) or a YAML path")
     parser.add_argument("--store", help="artifact store root (sets MRKD_STORE): a folder or s3://bucket/prefix")
     parser.add_argument("--runner", choices=RUNNERS, default="ray")
     parser.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
@@ -259,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["MRKD_STORE"] = args.store
     started = time.perf_counter()
     try:
-        load_spec(args.spec).narrow(args.categories, args.epochs, args.image_size)  # fail before any server starts
+        # fail before any server starts
+        load_spec(args.spec, spec_path()).narrow(args.categories, args.epochs, args.image_size)
         out = benchmark(spec=args.spec, run_id=args.run_id, categories=args.categories, epochs=args.epochs,
                         image_size=args.image_size, force=args.force, runner=args.runner,
                         ray_address=args.ray_address, num_gpus=args.num_gpus)

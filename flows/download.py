@@ -3,7 +3,7 @@
 Real datasets (MVTec AD, BTAD, MTD) are downloaded, sha256-verified and extracted by
 ``mrkd_core.data`` (a marker makes a second call a no-op; a lock makes parallel callers
 download once). Generated datasets (the ``smoke``/``demo`` specs) are written by
-``mrkd_core.specs.prepare_data``.
+``mrkd_core.specs.generate_dataset``.
 
 The same :func:`ensure_dataset` runs in two places: in the driver before the fan-out
 (so that the spec can list its categories) and at the start of every training task
@@ -26,39 +26,30 @@ from prefect import flow, task
 
 import flows  # noqa: F401 - offline-safe environment defaults
 from flows.settings import data_root as default_data_root
-from flows.settings import open_store
+from flows.settings import open_store, spec_path
 from mrkd_core.data import get_dataset
 from mrkd_core.data.download import file_lock
-from mrkd_core.specs import DatasetEntry, ExperimentSpec, load_spec, prepare_data
+from mrkd_core.specs import DatasetEntry, ExperimentSpec, generate_dataset, load_spec
 
 log = logging.getLogger(__name__)
 
 
 def dataset_records(spec: ExperimentSpec, data_root: str) -> list[dict[str, Any]]:
-    """One small JSON-safe record per dataset of the spec: what a node needs to prepare it."""
-    records = []
-    for entry in spec.datasets:
-        records.append({
-            "name": entry.name,
-            "root": entry.root_path(data_root),
-            "entry_root": entry.root,
-            "categories": list(entry.categories) if entry.categories else None,
-            "generate": {k: list(v) if isinstance(v, tuple) else v for k, v in entry.generate} if entry.generate else None,
-            "data_root": data_root,
-            "spec": spec.name,
-        })
-    return records
+    """One small JSON-safe record per dataset of the spec: what a node needs to prepare it.
+
+    ``{"name", "root" (the resolved folder), "data_root", "entry" (DatasetEntry.to_dict())}``.
+    """
+    return [{"name": entry.name, "root": entry.root_path(data_root), "data_root": data_root,
+             "entry": entry.to_dict()} for entry in spec.datasets]
 
 
 def ensure_dataset(record: dict[str, Any]) -> str:
     """Make ``record['root']`` hold the dataset; return it. Idempotent and safe in parallel."""
     root = record["root"]
-    if record.get("generate"):
-        generate = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in record["generate"].items()))
-        entry = DatasetEntry(record["name"], record.get("entry_root"), None, generate)
-        one = ExperimentSpec(name=record.get("spec") or "download", datasets=(entry,))
+    entry = DatasetEntry.from_dict(record["entry"])
+    if entry.generate:
         with file_lock(Path(record["data_root"]) / f".{Path(root).name}.lock"):
-            prepare_data(one, record["data_root"])
+            generate_dataset(entry, record["data_root"])
         return root
     dataset = get_dataset(record["name"])
     if getattr(dataset, "download_info", None) is not None:
@@ -85,7 +76,7 @@ def download(spec: str = "smoke", datasets: list[str] | None = None) -> list[str
 
     The data root comes from ``MRKD_DATA_ROOT`` (see :func:`flows.settings.data_root`).
     """
-    loaded = load_spec(spec)
+    loaded = load_spec(spec, spec_path())
     if datasets:
         keep = set(datasets)
         loaded = dataclasses.replace(loaded, datasets=tuple(d for d in loaded.datasets if d.name in keep))

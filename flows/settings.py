@@ -1,31 +1,40 @@
 """Where a run reads and writes, and what it is called: resolved once, in the driver.
 
-The artifact store and the data root come from the environment (``MRKD_STORE``,
-``MRKD_DATA_ROOT``), never from flow parameters, so that credentials and endpoints stay
-out of Prefect's database and UI. The driver resolves them to absolute locations before
-the fan-out, because Ray workers do not share the driver's working directory: a relative
-``./artifacts`` would point somewhere else on every worker.
+The artifact store, the data root and the spec search path come from the environment
+(``MRKD_STORE``, ``MRKD_DATA_ROOT``, ``MRKD_SPEC_PATH``): this module is where the flows
+read it (the library never does), never from flow parameters, so that credentials and
+endpoints stay out of Prefect's database and UI. The driver resolves them to absolute
+locations before the fan-out, because Ray workers do not share the driver's working
+directory: a relative ``./artifacts`` would point somewhere else on every worker. Run ids
+follow the library's one rule (``mrkd_core.layout.resolve_run_id``, re-exported here).
 """
 
 from __future__ import annotations
 
 import os
-import re
-from datetime import datetime, timezone
+from pathlib import Path
 
-from mrkd_core.errors import ConfigError
-from mrkd_core.storage import ArtifactStore
+from mrkd_core.layout import resolve_run_id  # the run ids of the CLI and the flows: one rule
+from mrkd_core.specs import ENV_SPEC_PATH, parse_search_path
+from mrkd_core.storage import DEFAULT_ROOT, ENV_ROOT, ArtifactStore
+
+__all__ = ["ENV_DATA_ROOT", "REMOTE_DATA_ROOT", "SPEC_DIR", "data_root", "open_store", "resolve_run_id", "spec_path"]
 
 ENV_DATA_ROOT = "MRKD_DATA_ROOT"
 REMOTE_DATA_ROOT = "~/.cache/mrkd/datasets"
 
-# A run id is a path component and a hive partition value (``run_id=<id>``): no '/', '='.
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# The flows' own experiment specs (YAML under version control).
+SPEC_DIR = Path(__file__).resolve().parent / "specs"
 
 
 def open_store() -> ArtifactStore:
     """The artifact store named by ``MRKD_STORE`` (default ``./artifacts``)."""
-    return ArtifactStore()
+    return ArtifactStore(os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
+
+
+def spec_path() -> list[Path]:
+    """Where specs are found by name: the folders of ``MRKD_SPEC_PATH`` first, then ``flows/specs/``."""
+    return [*parse_search_path(os.environ.get(ENV_SPEC_PATH)), SPEC_DIR]
 
 
 def data_root(store: ArtifactStore) -> str:
@@ -40,22 +49,3 @@ def data_root(store: ArtifactStore) -> str:
     if store.is_local:
         return os.path.join(store.root, "datasets")
     return os.path.abspath(os.path.expanduser(REMOTE_DATA_ROOT))
-
-
-def resolve_run_id(run_id: str | None, spec_name: str, when: datetime | None = None) -> str:
-    """``<spec>-<UTC yyyymmdd-HHMMSS>`` by default; ``{date}``, ``{time}``, ``{spec}`` are filled in.
-
-    Placeholders let a deployment keep a static parameter (``nightly-{date}``) while each
-    scheduled run gets its own id; ``when`` is the run's scheduled time so that a late or
-    retried nightly keeps the date it was scheduled for.
-    """
-    when = (when or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    if not run_id:
-        run_id = "{spec}-{date}-{time}"
-    try:
-        resolved = run_id.format(spec=spec_name, date=when.strftime("%Y%m%d"), time=when.strftime("%H%M%S"))
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(f"run id {run_id!r}: unknown placeholder ({exc}); use {{date}}, {{time}}, {{spec}}") from None
-    if not _RUN_ID.match(resolved):
-        raise ConfigError(f"run id {resolved!r} must match {_RUN_ID.pattern} (it names a folder and a partition)")
-    return resolved

@@ -2,13 +2,13 @@
 
 ``train_one`` is what ``mrkd-benchmark`` submits once per (dataset, category, config):
 it makes sure the dataset is on this node, then calls
-:func:`mrkd_core.runner.train_evaluate`, which skips complete keys, resumes from its
+:func:`mrkd_core.engine.train_evaluate`, which skips complete keys, resumes from its
 last checkpoint and writes the manifest last. Its input is ``Task.to_dict()`` and its
 output a small record (status, run directory, where and when it ran): never tensors.
 
 Retries are declared here, not in the library. Prefect retries an exception twice, 5 s
 apart, inside the same Ray task (the GPU stays reserved); Ray re-runs the task when its
-worker process dies (see ``flows.ray_runner.RAY_MAX_RETRIES``). Either way the runner
+worker process dies (see ``flows.ray_runner.RAY_MAX_RETRIES``). Either way the engine
 resumes from the checkpoint of the last finished epoch.
 
 ``mrkd-train-evaluate`` runs one category in the current process (no Ray): for
@@ -32,9 +32,9 @@ import flows  # noqa: F401 - offline-safe environment defaults
 from flows.download import dataset_records, ensure_dataset
 from flows.ray_runner import assigned_gpu, node_info
 from flows.settings import data_root as default_data_root
-from flows.settings import open_store, resolve_run_id
+from flows.settings import open_store, resolve_run_id, spec_path
+from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError
-from mrkd_core.runner import train_evaluate
 from mrkd_core.specs import Task, load_spec
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _task_run_name() -> str:
     task_run_name=_task_run_name,
     retries=TRAIN_RETRIES,
     retry_delay_seconds=TRAIN_RETRY_DELAY_S,
-    # The skip rule is the runner's (a valid manifest for the key); Prefect's own caching
+    # The skip rule is the engine's (a valid manifest for the key); Prefect's own caching
     # and result persistence would be a second, disagreeing one.
     cache_policy=NO_CACHE,
     persist_result=False,
@@ -85,7 +85,7 @@ def train_evaluate_flow(spec: str = "smoke", category: str | None = None, datase
                         variant: str | None = None, run_id: str | None = None, force: bool = False,
                         epochs: int | None = None, image_size: int | None = None) -> list[dict[str, Any]]:
     """Run the tasks of ``spec`` that match ``dataset``/``category``/``variant``, here, one by one."""
-    loaded = load_spec(spec).narrow(categories=[category] if category else None, epochs=epochs,
+    loaded = load_spec(spec, spec_path()).narrow(categories=[category] if category else None, epochs=epochs,
                                     image_size=image_size)
     rid = resolve_run_id(run_id, loaded.name)
     root = default_data_root(open_store())

@@ -3,7 +3,7 @@
 Two flows started at once on the same spec (a nightly run and an on-demand one, or a
 flow retried while its first attempt's Ray tasks still run) would otherwise train the
 same ``<dataset>/<category>/<config_hash>`` twice, into the same shared checkpoints,
-and with the same run id into the same run directory. ``runner.train_evaluate`` holds a
+and with the same run id into the same run directory. ``engine.train_evaluate`` holds a
 ``KeyClaim`` while it trains; a second caller waits for it, then finds the key complete
 and skips it.
 

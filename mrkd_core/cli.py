@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import logging
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +26,7 @@ from mrkd_core.errors import ConfigError, DataError, MRKDError
 log = logging.getLogger("mrkd")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+CLI_VARIANT = "mrkd"  # the variant column of what `mrkd train` stores (the flows name theirs in the spec)
 
 # One-line help per config field, shown by `mrkd train --help`.
 FIELD_HELP = {
@@ -115,15 +119,20 @@ def _categories(ds, root: Path, wanted: Sequence[str] | None) -> list[str]:
     return list(wanted)
 
 
+def _csv_bytes(rows: list[dict]) -> bytes:
+    """``rows`` as CSV (header from the first row); empty for no rows."""
+    if not rows:
+        return b""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not rows:
-        path.write_text("")
-        return
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path.write_bytes(_csv_bytes(rows))
 
 
 def _out(text: str) -> None:
@@ -132,93 +141,130 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
+def _store_root(value: str | None, option: str) -> str:
+    """The store of ``option``: its value, else ``MRKD_STORE`` (read here, at the edge), else a one-line error."""
+    from mrkd_core.storage import ENV_ROOT
+
+    root = value or os.environ.get(ENV_ROOT)
+    if not root:
+        raise ConfigError(f"{option}: no store given — pass {option} FOLDER (or s3://bucket/prefix), "
+                          f"or set {ENV_ROOT}")
+    return root
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN → None, timestamps → ISO strings, numpy scalars → Python (for JSON written for people)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return _json_safe(value.item())
+    return value
+
+
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    from mrkd_core.model_io import save_model
+    """Train, evaluate and store one model per category: ``engine.train_evaluate``, as the flows run it."""
+    from mrkd_core.engine import train_evaluate
+    from mrkd_core.layout import resolve_run_id, run_dir
+    from mrkd_core.results import METRIC_COLUMNS
+    from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
-    from mrkd_core.train import train
 
     cfg = config_from_args(args)
     ds = _dataset(args.dataset)
     root = Path(args.data_root)
     cats = _categories(ds, root, args.category)
-    out = ArtifactStore(args.output)
-    summary = {}
+    store = ArtifactStore(_store_root(args.output, "--output"))
+    run_id = resolve_run_id(args.run_id, "train")
+    models: dict[str, dict] = {}
     for cat in cats:
-        samples = ds.train_samples(str(root), cat)
-        cat_store = out.sub(cat)
-        log.info("training %s (%d images, config %s) → %s", cat, len(samples), cfg.config_hash(), cat_store.uri())
-        result = train(cfg, samples, cat, checkpoints=cat_store.sub("checkpoints"), resume=args.resume)
-        save_model(result.model, cfg, cat_store, "model.pt",
-                   extra={"category": cat, "dataset": args.dataset, "data_root": str(root)})
-        cat_store.write_json("config.json", cfg.to_dict())
-        info = {
-            "category": cat, "config_hash": cfg.config_hash(), "epochs": cfg.epochs,
-            "epoch_losses": result.epoch_losses, "train_seconds": result.train_seconds,
-            "images_per_second": result.images_per_second, "device": result.device,
-            "resumed_from_epoch": result.resumed_from_epoch, "n_train": len(samples),
+        task = Task(args.dataset, cat, CLI_VARIANT, cfg, str(root))
+        log.info("training %s (config %s) → %s", cat, cfg.config_hash(), store.uri(run_dir(task, run_id)))
+        result = train_evaluate(task, store, run_id, force=not args.resume, evaluate=args.evaluate)
+        done = result["run_dir"]
+        info = store.read_json(f"{done}/train.json")
+        main = result["rows"][0] if result["rows"] else {}  # the config's own fusion comes first
+        models[cat] = {
+            "status": result["status"], "model": store.uri(f"{done}/model.pt"), "run_dir": store.uri(done),
+            "final_loss": info["epoch_losses"][-1] if info.get("epoch_losses") else None,
+            "train_seconds": round(float(info.get("train_seconds") or 0.0), 2),
+            "metrics": {m: main.get(m) for m in METRIC_COLUMNS} if main else None,
         }
-        cat_store.write_json("train.json", info)
-        summary[cat] = {"model": cat_store.uri("model.pt"), "final_loss": result.epoch_losses[-1] if result.epoch_losses else None,
-                        "train_seconds": round(result.train_seconds, 2)}
-    _out(json.dumps(summary, indent=2))
+        log.info("%s: %s model %s (score images with: mrkd predict %s IMAGES)", cat, result["status"],
+                 models[cat]["model"], models[cat]["model"])
+    _out(json.dumps({"run_id": run_id, "store": store.uri(), "models": models}, indent=2))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    """Evaluate the newest stored model of each category on a test split; JSON + CSV under ``evaluations/``."""
     from mrkd_core.device import place_model, resolve_device
     from mrkd_core.evaluate import evaluate
+    from mrkd_core.layout import EVALUATIONS, evaluation_dir, find_models, resolve_run_id
     from mrkd_core.model_io import load_model
+    from mrkd_core.results import METRIC_COLUMNS, metrics_rows, score_rows, utcnow
+    from mrkd_core.specs import Task
+    from mrkd_core.storage import ArtifactStore
 
     ds = _dataset(args.dataset)
     root = Path(args.data_root)
-    models = Path(args.models)
-    if not models.is_dir():
-        raise DataError(f"--models {models}: folder not found — pass the --output folder of `mrkd train`")
-    wanted = args.category or sorted(p.parent.name for p in models.glob("*/model.pt"))
-    if not wanted:
-        raise DataError(f"--models {models}: no <category>/model.pt found — run `mrkd train` first")
-    cats = _categories(ds, root, wanted)
-    out_dir = Path(args.output or models)
+    models = ArtifactStore(_store_root(args.models, "--models"))
+    newest: dict[str, Any] = {}
+    for m in find_models(models, args.dataset, run_id=args.run_id):  # newest first
+        newest.setdefault(m.category, m)
+    if not newest:
+        where = f"run {args.run_id!r} of " if args.run_id else ""
+        raise DataError(f"--models {models.uri()}: no complete {args.dataset!r} model in {where}this store "
+                        f"(runs/<run_id>/{args.dataset}/<category>/<config_hash>/model.pt) — run `mrkd train` "
+                        "first, or pass the --dataset it was trained as")
+    cats = _categories(ds, root, args.category or sorted(newest))
+    out = ArtifactStore(args.output) if args.output else models
+    evaluation_id = resolve_run_id(args.evaluation_id, "evaluate")
+    overrides = {k: getattr(args, k) for k in ("device", "num_workers", "flm_at_test", "eval_batch_size")
+                 if getattr(args, k, None) is not None}
     per_cat: dict[str, dict] = {}
     absent: dict[str, dict[str, str]] = {}
     for cat in cats:
-        model_path = models / cat / "model.pt"
-        if not model_path.is_file():
-            raise DataError(f"{model_path}: model not found — train category {cat!r} first")
-        model, cfg = load_model(str(model_path))
-        overrides = {k: getattr(args, k) for k in ("device", "num_workers", "flm_at_test", "eval_batch_size")
-                     if getattr(args, k, None) is not None}
+        stored = newest.get(cat)
+        if stored is None:
+            raise DataError(f"--models {models.uri()}: no trained model for {args.dataset}/{cat} — "
+                            f"train category {cat!r} first")
+        model, cfg = load_model(models, stored.model)
         cfg = cfg.replace(progress=False, **overrides)
         place_model(model, cfg, resolve_device(cfg.device))
         samples = ds.test_samples(str(root), cat)
+        started = utcnow()
         result = evaluate(model, cfg, samples)
-        metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in result.metrics.items()}
+        task = Task(args.dataset, cat, stored.manifest.get("variant", CLI_VARIANT), cfg, str(root))
+        training = models.read_json(f"{stored.run_dir}/train.json")
+        row = metrics_rows(task, evaluation_id, result, training, started, utcnow())[0]
+        metrics = {m: _json_safe(row[m]) for m in METRIC_COLUMNS}
         # null + a reason: absent (no pixel ground truth); null alone: undefined (e.g. one class only)
-        record = {"category": cat, "config_hash": cfg.config_hash(), "teacher_weights": cfg.teacher_weights,
-                  "n_test": len(samples), "n_test_anomalous": int(sum(s["label"] for s in result.scores)),
+        record = {**{k: _json_safe(v) for k, v in row.items()}, "model": models.uri(stored.model),
                   "eval_seconds": round(result.seconds, 3), "metrics": metrics,
                   "absent_metrics": result.absent, "config": cfg.to_dict()}
-        (out_dir / cat).mkdir(parents=True, exist_ok=True)
-        (out_dir / cat / "metrics.json").write_text(json.dumps(record, indent=2))
-        _write_csv(out_dir / cat / "scores.csv", result.scores)
+        d = evaluation_dir(task, evaluation_id)
+        out.write_json(f"{d}/metrics.json", record)
+        out.write_bytes(f"{d}/scores.csv", _csv_bytes(score_rows(task, evaluation_id, result)))
         per_cat[cat] = metrics
         if result.absent:
             absent[cat] = result.absent
             log.info("%s: %s absent (%s)", cat, ", ".join(result.absent), next(iter(result.absent.values())))
-        log.info("%s: %s", cat, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
+        log.info("%s: %s → %s", cat, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None),
+                 out.uri(d))
     keys = sorted({k for m in per_cat.values() for k in m})
     mean = {}
     for k in keys:
         vals = [m[k] for m in per_cat.values() if m.get(k) is not None]
-        mean[k] = float(np.mean(vals)) if vals else None
-    summary = {"categories": per_cat, "mean": mean, "absent_metrics": absent, "n_categories": len(per_cat),
+        mean[k] = float(sum(vals) / len(vals)) if vals else None
+    summary = {"evaluation_id": evaluation_id, "dataset": args.dataset, "data_root": str(root),
+               "categories": per_cat, "mean": mean, "absent_metrics": absent, "n_categories": len(per_cat),
                "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    _out(json.dumps({"metrics": str(out_dir / "metrics.json"), "mean": mean,
+    summary_path = f"{EVALUATIONS}/{evaluation_id}/metrics.json"
+    out.write_json(summary_path, summary)
+    _out(json.dumps({"metrics": out.uri(summary_path), "mean": mean,
                      **({"absent_metrics": absent} if absent else {})}, indent=2))
     return 0
 
@@ -294,23 +340,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one model per category of a dataset folder")
+    p = sub.add_parser("train", help="train, evaluate and store one model per category of a dataset folder",
+                       description="Train one model per category, evaluate it on the category's test split and "
+                                   "store it in the artifact store layout the flows use (docs/storage.md): "
+                                   "<output>/runs/<run_id>/<dataset>/<category>/<config_hash>/model.pt. "
+                                   "Prints where each model is. A category already trained with the same "
+                                   "config is not trained again (see --no-resume).")
     p.add_argument("data_root", help="dataset root (MVTec AD layout: <root>/<category>/train/good ...)")
-    p.add_argument("--output", "-o", required=True, help="folder or s3:// URI for <category>/model.pt and checkpoints")
+    p.add_argument("--output", "-o", help="artifact store (folder or s3:// URI) for models, checkpoints and "
+                                          "metrics (default: MRKD_STORE)")
     p.add_argument("--dataset", default="folder",
                    help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd, elpv, elpv_any_defect")
     p.add_argument("--category", "-c", action="append", help="category to train (repeatable; default: all)")
+    p.add_argument("--run-id", help="name of this training run (default train-<UTC yyyymmdd-HHMMSS>; "
+                                    "{date} {time} allowed)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from the newest valid checkpoint (default: on)")
+                   help="reuse a complete model of the same config, else continue from the newest valid "
+                        "checkpoint (default: on); --no-resume trains again from scratch")
+    p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate on the test split after training (default: on); --no-evaluate for a dataset "
+                        "without test images")
     add_config_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate trained models on the test split: metrics JSON + per-image scores")
+    p = sub.add_parser("evaluate", help="evaluate trained models on the test split: metrics JSON + per-image scores",
+                       description="Evaluate the newest model of each category found in the store of `mrkd "
+                                   "train` on a test split; writes <output>/evaluations/<evaluation_id>/ "
+                                   "(metrics.json per category and overall, scores.csv) and prints where.")
     p.add_argument("data_root")
-    p.add_argument("--models", "-m", required=True, help="the --output folder of `mrkd train`")
-    p.add_argument("--output", "-o", help="where to write metrics (default: the models folder)")
+    p.add_argument("--models", "-m", help="the artifact store `mrkd train` wrote to (default: MRKD_STORE)")
+    p.add_argument("--output", "-o", help="store to write the evaluation into (default: the models store)")
     p.add_argument("--dataset", default="folder")
     p.add_argument("--category", "-c", action="append")
+    p.add_argument("--run-id", help="evaluate the models of this training run (default: the newest per category)")
+    p.add_argument("--evaluation-id", help="name of this evaluation (default evaluate-<UTC yyyymmdd-HHMMSS>)")
     add_config_options(p, only=("device", "num_workers", "flm_at_test", "eval_batch_size"))
     p.set_defaults(func=cmd_evaluate)
 

@@ -29,6 +29,16 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# λ of Eq. 2 (Sec. 4.1): the probability that FLM masks a feature position.
+DEFAULT_FLM_RATIO = 0.2
+
+
+def check_flm_ratio(ratio: float) -> None:
+    """λ must lie in [0, 1): 1 would mask every position. Raises ConfigError naming the field."""
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"config field 'flm_ratio': λ={ratio} must lie in [0, 1) (1 would mask every position)")
+
+
 # Fields that do not change what is computed, only where/how fast; not part of the hash.
 RUNTIME_FIELDS = frozenset(
     {"device", "num_workers", "checkpoint_every", "progress", "eval_batch_size", "memory_format"}
@@ -68,7 +78,7 @@ class MRKDConfig:
 
     # --- FLM (Sec. 3.3): feature-level masking ---
     flm: bool = True
-    flm_ratio: float = 0.2  # λ in Eq. 2
+    flm_ratio: float = DEFAULT_FLM_RATIO  # λ in Eq. 2
     flm_at_test: bool = True  # Sec. 3.4: "also carry out masking at the feature level" at test
     flm_test_seed: int = 0  # seeds the test-time masks so scores are repeatable
 
@@ -222,8 +232,7 @@ def validate(cfg: MRKDConfig) -> None:
         fail("ilm_source", f"{cfg.ilm_source!r}; choose one of {', '.join(ILM_SOURCES)}")
     if cfg.ilm_blend not in ILM_BLENDS:
         fail("ilm_blend", f"{cfg.ilm_blend!r}; choose one of {', '.join(ILM_BLENDS)}")
-    if not 0.0 <= cfg.flm_ratio < 1.0:
-        fail("flm_ratio", f"λ={cfg.flm_ratio} must lie in [0, 1) (1 would mask every position)")
+    check_flm_ratio(cfg.flm_ratio)
     if not cfg.score_scales or any(s not in (1, 2, 3) for s in cfg.score_scales) or len(
         set(cfg.score_scales)
     ) != len(cfg.score_scales):

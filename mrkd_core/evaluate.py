@@ -36,6 +36,18 @@ def scales_key(scales: Sequence[int]) -> str:
 
 @dataclass
 class EvalResult:
+    """What :func:`evaluate` returns for one test split.
+
+    ``metrics``: the metrics of ``cfg.score_scales`` (``image_auroc``, ``pixel_auroc``,
+    ``au_pro``, ``au_pro_per_image``, ``f1_max_image``, ``f1_max_pixel``; each in [0, 1], NaN
+    when undefined). ``scores``: one ``{"path", "category", "defect_type", "label", "score"}``
+    per test image, in test order (``score`` = Eq. 6). ``metrics_by_scales``: metrics per
+    fusion key (``'1,2,3'``, ``'1,3'``...) when extra ``scale_sets`` were asked, else {}.
+    ``maps``/``masks``: N×S×S fused anomaly maps (float16) and ground truth (uint8), only
+    with ``keep_maps``. ``seconds``: wall time of the evaluation. ``absent``: metric → why it
+    was not computed (the pixel metrics of a test set without masks), {} otherwise.
+    """
+
     metrics: dict[str, float]
     scores: list[dict]
     metrics_by_scales: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -73,6 +85,7 @@ def infer(model: MRKD, images: torch.Tensor, cfg: MRKDConfig, generator: torch.G
 
 
 def test_generator(cfg: MRKDConfig, device: torch.device) -> torch.Generator:
+    """The generator of the test-time FLM masks on ``device``, seeded by ``cfg.flm_test_seed`` (repeatable scores)."""
     return torch.Generator(device=device).manual_seed(cfg.flm_test_seed)
 
 

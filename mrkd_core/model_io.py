@@ -26,6 +26,7 @@ MODEL_FORMAT = "mrkd-model/1"
 
 
 def model_bytes(model: MRKD, cfg: MRKDConfig, extra: dict | None = None) -> bytes:
+    """The model file's bytes: format, training revision, config JSON, the whole state dict, ``extra``."""
     state = {
         "format": MODEL_FORMAT,
         "training_revision": TRAINING_REVISION,
@@ -46,6 +47,10 @@ def save_model(model: MRKD, cfg: MRKDConfig, store: ArtifactStore, rel_path: str
 
 
 def load_model_bytes(data: bytes, source: str, device: str | torch.device = "cpu") -> tuple[MRKD, MRKDConfig]:
+    """(model in eval mode on ``device``, its config) from a model file's bytes; ``MRKDError`` naming ``source``.
+
+    State dicts in an earlier naming load too (``bottleneck.*`` → ``ocbe.*``, ``MRKD.load_state_dict``).
+    """
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our model file"

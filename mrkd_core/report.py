@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 #: (image uint8 H×W×3, ground-truth mask H×W or None without pixel ground truth,
 #: anomaly map H×W float) of one test image.
 MapTriple = tuple[np.ndarray, np.ndarray | None, np.ndarray]
-MapsProvider = Callable[[str], Sequence[MapTriple]]
+MapsProvider = Callable[[str, str], Sequence[MapTriple]]  # (dataset, category) → triples
 
 DPI = 90
 NORMAL_COLOUR = "tab:blue"  # Fig. 6: blue = normal, red = abnormal
@@ -384,7 +384,7 @@ def write_report(
     """Write every table, figure and the HTML page of ``run_id`` into ``reports/<run_id>/``.
 
     ``metrics_df`` may hold several runs (the tables keep the latest cell, see
-    :mod:`mrkd_core.tables`); ``scores_df`` feeds Fig. 6; ``maps_provider(category)``
+    :mod:`mrkd_core.tables`); ``scores_df`` feeds Fig. 6; ``maps_provider(dataset, category)``
     returns a few (image, mask, anomaly map) triples from the run's own ``maps.npz`` for
     Fig. 7 — without it that figure is skipped. Returns ``{"html": path, "tables": {key:
     [parquet, md]}, "figures": [paths], "paths": [every path written]}``, paths relative
@@ -427,7 +427,7 @@ def write_report(
     if maps_provider is not None:
         for dataset, category in main[["dataset", "category"]].drop_duplicates().itertuples(index=False):
             try:
-                triples = list(maps_provider(str(category)))[:max_maps_per_category]
+                triples = list(maps_provider(str(dataset), str(category)))[:max_maps_per_category]
             except Exception as exc:  # noqa: BLE001 - one category's missing maps must not sink the report
                 log.warning("Fig. 7: no maps for %s/%s (%s: %s); skipped", dataset, category, type(exc).__name__, exc)
                 continue

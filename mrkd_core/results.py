@@ -1,4 +1,9 @@
-"""Result tables (explicit pyarrow schemas) and run manifests.
+"""Result tables (explicit pyarrow schemas), the rows that fill them, and run manifests.
+
+The metrics and per-image score rows are built here, next to their schemas
+(``metrics_rows``, ``score_rows``), by every path that writes them: the engine's run
+directories and tables, and ``mrkd evaluate``'s JSON/CSV. ``read_metrics`` and
+``read_scores`` read the hive-partitioned copies back.
 
 A run directory's outputs become visible only when complete: ``manifest.json`` is
 written last and lists every object with its size and sha256. Readers ignore run
@@ -28,6 +33,9 @@ from mrkd_core.storage import ArtifactStore
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from mrkd_core.evaluate import EvalResult
+    from mrkd_core.specs import Task
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,64 @@ def cfg_columns(cfg: MRKDConfig) -> dict[str, Any]:
     """Every config field as a ``cfg_`` column; tuples as 'a,b' strings."""
     return {f"cfg_{k}": (",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v)
             for k, v in cfg.to_dict().items()}
+
+
+def metrics_rows(task: Task, run_id: str, ev: EvalResult, training: dict[str, Any], started_at: datetime,
+                 finished_at: datetime) -> list[dict[str, Any]]:
+    """``METRICS_SCHEMA`` rows of one evaluated task: one per fused scale set (Table 7), the config's first.
+
+    ``training`` is the training record (``n_train``, ``train_seconds``,
+    ``images_per_second``, ``device``; what the run directory's ``train.json`` holds; a
+    field it lacks is null). Metrics ``ev`` reports absent (pixel metrics of a test set
+    without masks) are stored null with the reason in ``pixel_metrics_absent``; other
+    metrics missing from ``ev`` are NaN.
+    """
+    import torch
+
+    import mrkd_core
+    from mrkd_core.evaluate import scales_key
+
+    cfg = task.config
+    common = {
+        "run_id": run_id, "spec": task.spec, "narrowed": task.narrowed, "dataset": task.dataset,
+        "category": task.category, "config_hash": cfg.config_hash(), "variant": task.variant, **cfg_columns(cfg),
+        "teacher_weights": cfg.teacher_weights, "n_train": _maybe(int, training.get("n_train")),
+        "n_test": len(ev.scores), "n_test_anomalous": int(sum(s["label"] for s in ev.scores)),
+        "train_seconds": _maybe(float, training.get("train_seconds")),
+        "images_per_second": _maybe(float, training.get("images_per_second")),
+        "device": _maybe(str, training.get("device")), "torch_version": torch.__version__,
+        "mrkd_version": mrkd_core.__version__,
+        "git_revision": git_revision(), "started_at": started_at, "finished_at": finished_at,
+    }
+    by_scales = ev.metrics_by_scales or {scales_key(cfg.score_scales): ev.metrics}
+    absent = {ABSENT_COLUMN: next(iter(ev.absent.values()), None)}  # to_table writes those metrics null
+    return [{**common, "score_scales": key, **absent, **{m: float(vals.get(m, math.nan)) for m in METRIC_COLUMNS}}
+            for key, vals in by_scales.items()]
+
+
+def _maybe(kind: type, value: Any) -> Any:
+    return None if value is None else kind(value)
+
+
+def score_rows(task: Task, run_id: str, ev: EvalResult) -> list[dict[str, Any]]:
+    """``SCORES_SCHEMA`` rows: one per test image, its image score (Eq. 6) of the config's fusion."""
+    config_hash = task.config.config_hash()
+    return [{"run_id": run_id, "dataset": task.dataset, "category": task.category, "config_hash": config_hash,
+             "variant": task.variant, "path": s["path"], "defect_type": s["defect_type"], "label": int(s["label"]),
+             "score": float(s["score"])} for s in ev.scores]
+
+
+def summary_rows(metrics: pd.DataFrame, run_id: str) -> list[dict[str, Any]]:
+    """JSON-safe summary of metrics rows (key columns + metrics, NaN → None) for logs and task records.
+
+    Not the source of truth: that is the Parquet written from :func:`metrics_rows`.
+    """
+    keep = ["dataset", "category", "variant", "config_hash", "score_scales", *METRIC_COLUMNS]
+    out = []
+    for r in metrics[keep].to_dict("records"):
+        r["run_id"] = run_id
+        out.append({k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()})
+    return out
 
 
 def git_revision() -> str:
@@ -204,6 +270,11 @@ def verify_manifest(store: ArtifactStore, run_dir: str, max_hash_bytes: int | No
 
 
 def is_complete(store: ArtifactStore, run_dir: str, max_hash_bytes: int | None = None) -> bool:
+    """Whether ``run_dir`` has a manifest and every object it lists is intact (``verify_manifest`` finds nothing).
+
+    ``max_hash_bytes`` as in :func:`verify_manifest`. Reads the manifest and the listed
+    objects; raises ``StorageError`` only when the store itself fails.
+    """
     return not verify_manifest(store, run_dir, max_hash_bytes)
 
 
@@ -268,3 +339,13 @@ def read_partitions(store: ArtifactStore, kind: str, schema: pa.Schema, run_id: 
         return pd.DataFrame({n: pd.Series(dtype="object") for n in schema.names})
     # reindex: partitions written before a column existed (e.g. pixel_metrics_absent) read as null
     return pd.concat(frames, ignore_index=True).reindex(columns=schema.names)
+
+
+def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
+    """All metrics rows (of one run, or all) from the partitioned tables; complete runs only."""
+    return read_partitions(store, "metrics", METRICS_SCHEMA, run_id)
+
+
+def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
+    """All per-image score rows (of one run, or all) from the partitioned tables; complete runs only."""
+    return read_partitions(store, "scores", SCORES_SCHEMA, run_id)

@@ -1,9 +1,15 @@
 """Experiment specs: which datasets, categories and configurations a benchmark trains.
 
-Specs are data (YAML under ``flows/specs/``, under version control). A spec expands
-into ``Task`` records, one per (dataset, category, variant); a task is what the flows
-fan out and what ``mrkd_core.runner.train_evaluate`` runs. Tasks travel between
-processes as JSON-safe dicts, never as tensors.
+Specs are data: YAML files found by name along a search path that the caller passes
+(``load_spec(name, search_path)``). The library has no folder of its own: the flows pass
+``MRKD_SPEC_PATH`` (read at the edge, :func:`parse_search_path`) followed by their own
+``flows/specs/``, so a team's specs shadow the shipped ones of the same name. A path
+(anything with a suffix or a ``/``) is read as it is.
+
+A spec expands into ``Task`` records, one per (dataset, category, variant); a task is
+what the flows fan out and what ``mrkd_core.engine.train_evaluate`` runs. Records
+serialise themselves (``to_dict``/``from_dict``) and travel between processes as
+JSON-safe dicts, never as tensors.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,7 @@ from mrkd_core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SPEC_DIR = Path(__file__).resolve().parent.parent / "flows" / "specs"
+ENV_SPEC_PATH = "MRKD_SPEC_PATH"  # read by the callers (the flows), never here: see parse_search_path
 _SPEC_KEYS = {"name", "description", "datasets", "base", "variants", "scale_sets"}
 _DATASET_KEYS = {"name", "root", "categories", "generate"}
 _GENERATE_KEYS = {"kind", "categories", "n_train", "n_test_good", "n_test_defect", "size", "seed"}
@@ -31,6 +38,14 @@ _GENERATE_KEYS = {"kind", "categories", "n_train", "n_test_good", "n_test_defect
 
 @dataclass(frozen=True)
 class DatasetEntry:
+    """One dataset of a spec: its registered name, an optional folder, categories, generation.
+
+    ``root``: the folder, absolute or relative to the data root (None: ``<data root>/<name>``,
+    ``generated-<name>`` for generated ones). ``categories``: None means every category
+    found. ``generate``: the parameters of ``make_synthetic_mvtec`` for a generated
+    dataset (sorted key/value pairs, hashable), None for a real one.
+    """
+
     name: str
     root: str | None = None
     categories: tuple[str, ...] | None = None  # None = all categories found
@@ -42,10 +57,31 @@ class DatasetEntry:
             return self.root if os.path.isabs(self.root) or "://" in self.root else os.path.join(data_root, self.root)
         return os.path.join(data_root, self.name if not self.generate else f"generated-{self.name}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: tuples become lists, ``generate`` a mapping."""
+        return {
+            "name": self.name, "root": self.root,
+            "categories": list(self.categories) if self.categories is not None else None,
+            "generate": {k: list(v) if isinstance(v, tuple) else v for k, v in self.generate}
+            if self.generate is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DatasetEntry":
+        """The inverse of :meth:`to_dict`."""
+        cats, gen = d.get("categories"), d.get("generate")
+        return cls(d["name"], d.get("root"), tuple(cats) if cats is not None else None,
+                   _freeze(gen) if gen is not None else None)
+
 
 @dataclass(frozen=True)
 class Task:
-    """One training + evaluation: the unit the flows fan out."""
+    """One training + evaluation: the unit the flows fan out and ``engine.train_evaluate`` runs.
+
+    ``data_root`` is the dataset's folder (already resolved, e.g. by ``DatasetEntry.root_path``);
+    ``spec`` and ``narrowed`` say where the task came from (tables and reports show them);
+    ``scale_sets`` lists extra fusions of scales to score (Table 7).
+    """
 
     dataset: str
     category: str
@@ -58,17 +94,24 @@ class Task:
 
     @property
     def key(self) -> str:
+        """``<dataset>/<category>/<config_hash>``: the one name of a task's work in the store.
+
+        The run directory (``runs/<run_id>/<key>``), the checkpoints (``checkpoints/<key>``)
+        and the claim (``claims/<key>.json``) are all derived from it (``mrkd_core.engine``).
+        """
         return f"{self.dataset}/{self.category}/{self.config.config_hash()}"
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe record; ``key`` is included for readers of the record and ignored by :meth:`from_dict`."""
         return {
             "dataset": self.dataset, "category": self.category, "variant": self.variant,
             "config": self.config.to_dict(), "data_root": self.data_root, "spec": self.spec,
-            "narrowed": self.narrowed, "scale_sets": [list(s) for s in self.scale_sets],
+            "narrowed": self.narrowed, "scale_sets": [list(s) for s in self.scale_sets], "key": self.key,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Task":
+        """The inverse of :meth:`to_dict` (the config is validated again)."""
         return cls(
             dataset=d["dataset"], category=d["category"], variant=d["variant"],
             config=MRKDConfig.from_dict(d["config"], source="task"), data_root=d["data_root"],
@@ -79,6 +122,12 @@ class Task:
 
 @dataclass(frozen=True)
 class ExperimentSpec:
+    """A parsed spec: datasets × variants (base config + each variant's overrides), plus narrowing.
+
+    Built by :func:`parse_spec` / :func:`load_spec`; :meth:`tasks` expands it, :meth:`narrow`
+    makes a quick version of it that reports call out.
+    """
+
     name: str
     datasets: tuple[DatasetEntry, ...]
     base: tuple[tuple[str, Any], ...] = ()
@@ -212,17 +261,38 @@ def parse_spec(data: Any, source: str) -> ExperimentSpec:
     return spec
 
 
-def available_specs() -> list[str]:
-    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
+def parse_search_path(value: str | None) -> list[Path]:
+    """The folders of an ``MRKD_SPEC_PATH`` value (``os.pathsep``-separated, empty entries skipped)."""
+    return [Path(p).expanduser() for p in (value or "").split(os.pathsep) if p.strip()]
 
 
-def load_spec(name_or_path: str) -> ExperimentSpec:
-    """A spec by name (``flows/specs/<name>.yaml``) or by path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = SPEC_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"experiment spec {name_or_path!r} not found; available: {', '.join(available_specs())}")
+def available_specs(search_path: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Names of the specs (``<name>.yaml``) in the folders of ``search_path``."""
+    return sorted({p.stem for d in search_path for p in Path(d).glob("*.yaml")})
+
+
+def find_spec(name: str, search_path: Sequence[str | os.PathLike[str]]) -> Path | None:
+    """``<dir>/<name>.yaml`` of the first folder of ``search_path`` that has it."""
+    for d in search_path:
+        path = Path(d) / f"{name}.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def load_spec(name_or_path: str, search_path: Sequence[str | os.PathLike[str]] = ()) -> ExperimentSpec:
+    """A spec by name (the first ``<dir>/<name>.yaml`` along ``search_path``) or by path.
+
+    A path is anything with a suffix or a path separator. An unknown name is a
+    ``ConfigError`` listing the folders searched and the specs found there.
+    """
+    path: Path | None = Path(name_or_path)
+    if not path.suffix and os.sep not in name_or_path and "/" not in name_or_path:
+        path = find_spec(name_or_path, search_path)
+    if path is None or not path.is_file():
+        where = ", ".join(str(d) for d in search_path) or "no folder (pass a YAML path, or set MRKD_SPEC_PATH)"
+        raise ConfigError(f"experiment spec {name_or_path!r} not found in {where}; "
+                          f"available: {', '.join(available_specs(search_path)) or 'none'}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -230,25 +300,33 @@ def load_spec(name_or_path: str) -> ExperimentSpec:
     return parse_spec(data, str(path))
 
 
-def prepare_data(spec: ExperimentSpec, data_root: str) -> list[str]:
-    """Generate the spec's synthetic datasets (idempotent); returns the roots it made."""
+def generate_dataset(entry: DatasetEntry, data_root: str) -> str | None:
+    """Generate ``entry``'s synthetic dataset into its folder unless it is there already.
+
+    Returns the folder when it was (re)generated, None when it was up to date or
+    ``entry`` is not a generated dataset. A marker holding the parameters makes a second
+    call a no-op; callers running in parallel serialise with a lock (``flows.download``).
+    """
     from mrkd_core.data.synthetic import make_synthetic_mvtec
 
-    made = []
-    for entry in spec.datasets:
-        if not entry.generate:
-            continue
-        params = dict(entry.generate)
-        params.pop("kind", None)
-        if "categories" in params:
-            params["categories"] = tuple(params["categories"])
-        root = Path(entry.root_path(data_root))
-        marker = root / ".mrkd_generated.json"
-        wanted = json.dumps(params, sort_keys=True, default=list)
-        if marker.is_file() and marker.read_text() == wanted:
-            continue
-        make_synthetic_mvtec(root, **params)
-        marker.write_text(wanted)
-        made.append(str(root))
-        log.info("generated dataset %s in %s", entry.name, root)
-    return made
+    if not entry.generate:
+        return None
+    params = dict(entry.generate)
+    params.pop("kind", None)
+    if "categories" in params:
+        params["categories"] = tuple(params["categories"])
+    root = Path(entry.root_path(data_root))
+    marker = root / ".mrkd_generated.json"
+    wanted = json.dumps(params, sort_keys=True, default=list)
+    if marker.is_file() and marker.read_text() == wanted:
+        return None
+    make_synthetic_mvtec(root, **params)
+    marker.write_text(wanted)
+    log.info("generated dataset %s in %s", entry.name, root)
+    return str(root)
+
+
+def prepare_data(spec: ExperimentSpec, data_root: str) -> list[str]:
+    """Generate the spec's synthetic datasets (idempotent); returns the roots it made."""
+    made = (generate_dataset(entry, data_root) for entry in spec.datasets)
+    return [root for root in made if root is not None]

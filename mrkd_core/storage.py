@@ -1,8 +1,11 @@
 """The artifact store: one small API over fsspec for every read and write of the project.
 
-A store has a root: a local folder (default ``./artifacts``) or ``s3://bucket/prefix``.
-S3 settings come from the standard AWS variables plus ``MRKD_S3_ENDPOINT_URL`` (so
-MinIO, Ceph and AWS all work); they are never logged or put into error messages.
+A store has a root, always passed explicitly: a local folder or ``s3://bucket/prefix``.
+The library never reads ``MRKD_STORE``: the edges do, once (the ``mrkd`` CLI for its
+``--output``/``--models`` defaults, ``flows.settings.open_store`` with the default
+``./artifacts``), and pass the root down. S3 settings come from the standard AWS
+variables plus ``MRKD_S3_ENDPOINT_URL`` (so MinIO, Ceph and AWS all work); they are
+never logged or put into error messages.
 
 Paths given to the store are relative to its root and use ``/``. Writes of whole
 objects are atomic: on a local folder via write-to-temp-then-rename, on S3 because a
@@ -30,8 +33,8 @@ from mrkd_core.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT = "./artifacts"
-ENV_ROOT = "MRKD_STORE"
+DEFAULT_ROOT = "./artifacts"  # the flows' default root (flows.settings.open_store)
+ENV_ROOT = "MRKD_STORE"  # read by the edges (CLI, flows.settings), never by the library
 ENV_ENDPOINT = "MRKD_S3_ENDPOINT_URL"
 ENV_S3_TIMEOUT = "MRKD_S3_TIMEOUT"
 
@@ -121,10 +124,18 @@ class ArtifactStore:
 
     >>> store = ArtifactStore("/tmp/x")  # or ArtifactStore("s3://bucket/prefix")
     >>> store.write_json("runs/r1/config.json", {"a": 1})
+
+    ``root`` is required: an empty or missing one is a ``StorageError`` naming the fix
+    (the environment is read by the callers, see the module docstring).
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, storage_options: dict | None = None):
-        root = str(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
+    def __init__(self, root: str | os.PathLike[str], storage_options: dict | None = None):
+        if root is None or not str(root).strip():
+            raise StorageError(
+                "artifact store: no root given — pass a folder or s3://bucket/prefix "
+                f"(the mrkd CLI: --output/--models, or {ENV_ROOT}; the flows read {ENV_ROOT}, default {DEFAULT_ROOT})"
+            )
+        root = str(root)
         protocol, rest = _split_protocol(root)
         if protocol == "file":
             rest = os.path.abspath(os.path.expanduser(rest))

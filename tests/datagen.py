@@ -241,15 +241,16 @@ def tree_files(src: str | Path, prefix: str = "") -> dict[str, bytes]:
 def train_smoke_key(base: str | Path, run_id: str = "r1"):
     """Generate the smoke data under ``base/data`` and train its obj_disc key at 32 px into ``base/store``.
 
-    Returns (store, task, result of ``runner.train_evaluate``): what runner and store
+    Returns (store, task, result of ``engine.train_evaluate``): what engine and store
     tests inspect, rewrite or damage.
     """
-    from mrkd_core.runner import train_evaluate
+    from mrkd_core.engine import train_evaluate
     from mrkd_core.specs import load_spec, prepare_data
     from mrkd_core.storage import ArtifactStore
 
     base = Path(base)
-    spec = load_spec("smoke").narrow(categories=["obj_disc"], image_size=32)
+    spec = load_spec("smoke", [Path(__file__).resolve().parents[1] / "flows" / "specs"]).narrow(
+        categories=["obj_disc"], image_size=32)
     prepare_data(spec, str(base / "data"))
     task = spec.tasks(str(base / "data"))[0]
     store = ArtifactStore(base / "store")

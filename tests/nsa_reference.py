@@ -5,8 +5,8 @@ Localization", ECCV 2022 (``patch_ex`` of hmsch/natural-synthetic-anomalies). Th
 calls it with ``same=True`` (patches cut from the image itself), ``mode='swap'`` (plain
 paste), ``resize=False`` and the gamma sampler (shape 2, scale 0.05, offset 0.03). Written
 here from the published description, one draw at a time, for clarity rather than speed:
-it is the yardstick that ``mrkd_core/synth/nsa.py`` (vectorised) is measured against
-(tests/core/test_synth.py, bench/bench_ilm_fidelity.py). Per patch:
+it is the yardstick that ``mrkd_core/ilm/nsa.py`` (vectorised) is measured against
+(tests/core/test_ilm.py, bench/bench_ilm_fidelity.py). Per patch:
 
 1. Half-widths per axis: ``int(clip((0.03 + Gamma(2, 0.05)) · n, round(lo · n), round(hi · n)))``.
 2. Source: a centre uniform in ``[round(lo · n), n − round(lo · n))`` per axis; the window
@@ -20,7 +20,7 @@ it is the yardstick that ``mrkd_core/synth/nsa.py`` (vectorised) is measured aga
 
 The first patch is always made, each further one with probability ½, and the source is
 always the original image, even after earlier patches. NSA's object mask uses a fixed 7 × 7
-median; this re-statement reuses ``mrkd_core.synth.nsa.object_mask`` (the same rule, with the
+median; this re-statement reuses ``mrkd_core.ilm.nsa.object_mask`` (the same rule, with the
 kernel scaled to the image size), so that only the placement is compared.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrkd_core.synth import ILMPreset, object_mask
+from mrkd_core.ilm import ILMPreset, object_mask
 
 TRIES = 200
 

@@ -24,6 +24,8 @@ def deconv2x2(cin: int, cout: int) -> nn.ConvTranspose2d:
 
 
 class BasicBlock(nn.Module):
+    """ResNet18's two 3×3 convolutions with a residual; ``reverse`` upsamples ×2 (2×2 deconv) where it would stride."""
+
     expansion = 1
 
     def __init__(self, cin: int, planes: int, stride: int = 1, shortcut: nn.Module | None = None,
@@ -43,6 +45,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """The ResNet50 / WRN50 block (1×1, 3×3, 1×1 convolutions, expansion 4); not OCBE (``model/ocbe.py``)."""
+
     expansion = 4
 
     def __init__(self, cin: int, planes: int, stride: int = 1, shortcut: nn.Module | None = None,

@@ -12,16 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mrkd_core.errors import ConfigError
+from mrkd_core.config import DEFAULT_FLM_RATIO, check_flm_ratio
 from mrkd_core.model.init import init_like_rd4ad
-
-DEFAULT_RATIO = 0.2  # λ of the paper (Sec. 4.1)
-
-
-def check_ratio(ratio: float) -> None:
-    """λ of Eq. 2 must lie in [0, 1): 1 would mask every position."""
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"config field 'flm_ratio': λ={ratio} must lie in [0, 1)")
 
 
 def flm_mask(shape: tuple[int, ...] | torch.Size, ratio: float, generator: torch.Generator | None,
@@ -34,7 +26,7 @@ def flm_mask(shape: tuple[int, ...] | torch.Size, ratio: float, generator: torch
     generator's own device (a CPU generator works for CUDA features and gives the same
     masks as on CPU); ``None`` uses the global RNG of ``device``.
     """
-    check_ratio(ratio)
+    check_flm_ratio(ratio)
     if len(shape) != 4:
         raise ValueError(f"flm_mask expects a B×C×H×W shape, got {tuple(shape)}")
     b, _, h, w = (int(s) for s in shape)
@@ -69,9 +61,9 @@ class GenerationModules(nn.ModuleList):
     ``mask=False`` gives the mask-free restoration (inference without FLM).
     """
 
-    def __init__(self, channels: tuple[int, ...], ratio: float = DEFAULT_RATIO):
+    def __init__(self, channels: tuple[int, ...], ratio: float = DEFAULT_FLM_RATIO):
         super().__init__(Generation(int(c)) for c in channels)
-        check_ratio(ratio)
+        check_flm_ratio(ratio)
         self.channels = tuple(int(c) for c in channels)
         self.ratio = float(ratio)
 

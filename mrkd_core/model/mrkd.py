@@ -1,4 +1,4 @@
-"""The MRKD network: teacher T, bottleneck B, student S and generation modules G.
+"""The MRKD network: teacher T, OCBE bottleneck B, student S and generation modules G.
 
 No training loop here (see ``mrkd_core/train.py``); this module only wires Eq. 1-3:
 f_T,n = T(x_n), f_B = B(T(x_a)), f_S = S(f_B), f_G = G(f_S ⊙ M).
@@ -11,37 +11,56 @@ from torch import Tensor, nn
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import ConfigError
-from mrkd_core.model.bottleneck import Bottleneck
 from mrkd_core.model.flm import GenerationModules
+from mrkd_core.model.ocbe import OCBE
 from mrkd_core.model.student import Student
 from mrkd_core.model.teacher import Teacher, build_teacher
 
+# State-dict prefixes of models and checkpoints written before a rename (old → new).
+# Loading maps them, so files written by earlier versions stay loadable.
+LEGACY_PREFIXES = {"bottleneck.": "ocbe."}  # OCBE was called Bottleneck (attribute .bottleneck)
+
+
+def _upgrade_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *_args) -> None:
+    """``load_state_dict`` pre-hook: rename the keys of ``LEGACY_PREFIXES`` in place."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        for old, new in LEGACY_PREFIXES.items():
+            if rest.startswith(old) and prefix + new + rest[len(old):] not in state_dict:
+                state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
+                break
+
 
 class MRKD(nn.Module):
-    """T, B, S and G (``generation`` is None when FLM is off, Table 5).
+    """T, B (``ocbe``), S and G (``generation`` is None when FLM is off, Table 5).
 
     ``flm_test_seed`` seeds the test-time masks when the caller passes no generator,
     so that scoring the same image twice gives the same anomaly map (the official code
-    draws them at random: its scores vary by ~0.4% between runs).
+    draws them at random: its scores vary by ~0.4% between runs). ``channels_last``
+    records the memory layout ``mrkd_core.device.place_model`` chose; it is not a
+    constructor argument because only placing the model decides it.
+
+    ``load_state_dict`` accepts state dicts in the naming of earlier versions
+    (``bottleneck.*`` for ``ocbe.*``, see ``LEGACY_PREFIXES``).
     """
 
-    def __init__(self, teacher: Teacher, bottleneck: Bottleneck, student: Student,
-                 generation: GenerationModules | None, *, flm_test_seed: int = 0,
-                 channels_last: bool = False):
+    def __init__(self, teacher: Teacher, ocbe: OCBE, student: Student,
+                 generation: GenerationModules | None, *, flm_test_seed: int = 0):
         super().__init__()
         if tuple(student.channels) != tuple(teacher.channels):
             raise ConfigError(f"student channels {student.channels} do not match the teacher's "
                               f"{teacher.channels}: build both from the same backbone")
         self.teacher = teacher
-        self.bottleneck = bottleneck
+        self.ocbe = ocbe
         self.student = student
         self.generation = generation
         self.flm_test_seed = int(flm_test_seed)
-        self.channels_last = bool(channels_last)
+        self.channels_last = False
+        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """θ_B, θ_S, θ_G of Algorithm 1 (θ_T stays frozen)."""
-        params = [*self.bottleneck.parameters(), *self.student.parameters()]
+        params = [*self.ocbe.parameters(), *self.student.parameters()]
         if self.generation is not None:
             params += list(self.generation.parameters())
         return params
@@ -52,46 +71,48 @@ class MRKD(nn.Module):
             raise ValueError(f"expected an image batch B×3×H×W, got shape {tuple(x.shape)}")
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _restore(self, f_input: list[Tensor], generator: torch.Generator | None, mask: bool) -> list[Tensor]:
-        """f_G^l = G(S(B(f)) ⊙ M^l) (Eq. 1-3); without FLM the student output itself."""
-        f_s = self.student(self.bottleneck(f_input))
+    @torch.no_grad()
+    def teacher_features(self, x: Tensor) -> list[Tensor]:
+        """f_T^1..3 = T(x) of Eq. 1 for a normalised image batch (no gradient: θ_T is frozen)."""
+        return self.teacher(self.prepare_input(x))
+
+    @torch.no_grad()
+    def teacher_pair(self, x_normal: Tensor, x_synth: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """(f_T,n, f_T,a): the teacher on x_n and x_a in one batched pass over [x_n; x_a].
+
+        The teacher is frozen and stays in eval mode, so the batched pass equals two
+        separate passes (the official code runs two) and launches half the kernels.
+        """
+        x_normal, x_synth = self.prepare_input(x_normal), self.prepare_input(x_synth)
+        if x_synth.shape[1:] != x_normal.shape[1:]:
+            raise ValueError(f"normal {tuple(x_normal.shape)} and synthetic {tuple(x_synth.shape)} "
+                             "batches must have the same image shape")
+        n = x_normal.shape[0]
+        both = self.teacher(torch.cat([x_normal, x_synth]))
+        return [f[:n] for f in both], [f[n:] for f in both]
+
+    def restore(self, f_teacher: list[Tensor], generator: torch.Generator | None = None,
+                mask: bool = True) -> list[Tensor]:
+        """f_G^l = G(S(B(f_T)) ⊙ M^l) (Eq. 1-3); without FLM the student output S(B(f_T)) itself.
+
+        ``mask=False`` restores without masking; ``generator`` draws the FLM masks (None:
+        the global RNG of the features' device).
+        """
+        f_s = self.student(self.ocbe(f_teacher))
         if self.generation is None:
             return f_s
         return self.generation(f_s, generator=generator, mask=mask)
 
     def forward_train(self, x_normal: Tensor, x_synth: Tensor,
-                      generator: torch.Generator | None = None, *,
-                      teacher_normal: list[Tensor] | None = None) -> tuple[list[Tensor], list[Tensor]]:
-        """(f_T,n^l, f_G^l) for the loss of Eq. 4.
+                      generator: torch.Generator | None = None) -> tuple[list[Tensor], list[Tensor]]:
+        """(f_T,n^l, f_G^l) for the loss of Eq. 4 from a clean and a synthetic batch.
 
-        The teacher runs once on [x_n; x_a] instead of twice (as the official code does):
-        it is frozen and in eval mode, so the batched pass equals two separate passes.
-        Without ILM the caller passes the same tensor object twice and the teacher runs
-        on it once. ``generator`` draws the FLM masks (None: the device's global RNG).
-        ``teacher_normal``: f_T,n of this batch computed beforehand (θ_T is frozen, so a
-        training image's features never change; ``mrkd_core.train`` caches them once per
-        run); the teacher then runs on x_a only, or not at all without ILM.
+        The teacher runs once on [x_n; x_a] (``teacher_pair``); ``generator`` draws the FLM
+        masks. The training loop itself takes f_T,n from its feature source (a per-run
+        cache or this teacher pass, ``mrkd_core.train``) and calls ``restore``.
         """
-        same = x_synth is x_normal
-        if teacher_normal is not None:
-            with torch.no_grad():
-                f_synth = list(teacher_normal) if same else self.teacher(self.prepare_input(x_synth))
-            return list(teacher_normal), self._restore(f_synth, generator, mask=True)
-        x_normal = self.prepare_input(x_normal)
-        with torch.no_grad():
-            if same:
-                f_normal = self.teacher(x_normal)
-                f_synth = f_normal
-            else:
-                x_synth = self.prepare_input(x_synth)
-                if x_synth.shape[1:] != x_normal.shape[1:]:
-                    raise ValueError(f"normal {tuple(x_normal.shape)} and synthetic {tuple(x_synth.shape)} "
-                                     "batches must have the same image shape")
-                n = x_normal.shape[0]
-                both = self.teacher(torch.cat([x_normal, x_synth]))
-                f_normal = [f[:n] for f in both]
-                f_synth = [f[n:] for f in both]
-        return f_normal, self._restore(f_synth, generator, mask=True)
+        f_normal, f_synth = self.teacher_pair(x_normal, x_synth)
+        return f_normal, self.restore(f_synth, generator, mask=True)
 
     def forward_test(self, x: Tensor, generator: torch.Generator | None = None,
                      flm: bool = True) -> tuple[list[Tensor], list[Tensor]]:
@@ -107,7 +128,7 @@ class MRKD(nn.Module):
         mask = flm and self.generation is not None and self.generation.ratio > 0
         if mask and generator is None:
             generator = torch.Generator(device=x.device).manual_seed(self.flm_test_seed)
-        return f_t, self._restore(f_t, generator, mask=mask)
+        return f_t, self.restore(f_t, generator, mask=mask)
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         return self.forward_test(x)
@@ -117,6 +138,6 @@ def build_mrkd(cfg: MRKDConfig) -> MRKD:
     """The network of ``cfg`` on the CPU in NCHW (``mrkd_core.device.place_model`` moves it and picks the layout)."""
     teacher = build_teacher(cfg.backbone, cfg.teacher_weights)
     generation = GenerationModules(teacher.channels, cfg.flm_ratio) if cfg.flm else None
-    model = MRKD(teacher, Bottleneck(cfg.backbone), Student(cfg.backbone), generation,
+    model = MRKD(teacher, OCBE(cfg.backbone), Student(cfg.backbone), generation,
                  flm_test_seed=cfg.flm_test_seed)
     return model

@@ -11,11 +11,13 @@ from mrkd_core.model.blocks import BasicBlock, Bottleneck
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """What MRKD needs of a backbone: block type, base width, the student's and OCBE's block counts, channels."""
+
     name: str
     block: type
     base_width: int
     decoder_layers: tuple[int, int, int]  # blocks of the student's stages (from deep to shallow)
-    bottleneck_blocks: int  # blocks of the OCBE residual stage
+    ocbe_blocks: int  # blocks of the OCBE residual stage
 
     @property
     def channels(self) -> tuple[int, int, int]:

@@ -33,8 +33,8 @@ def _gflops(fn: Callable[[], Any]) -> tuple[float, Any]:
 def model_summary(backbone: str, image_size: int = 256) -> dict[str, Any]:
     """Per-component parameter counts and forward GFLOPs for one image at ``image_size``.
 
-    Returns ``{"backbone", "image_size", "parameters": {teacher, bottleneck, student,
-    generation, total_trainable}, "forward_gflops_per_image": {teacher, bottleneck,
+    Returns ``{"backbone", "image_size", "parameters": {teacher, ocbe, student,
+    generation, total_trainable}, "forward_gflops_per_image": {teacher, ocbe,
     student, generation, student_and_generation, total}, "feature_shapes": {...}}``.
     Teacher weights are not needed (random init, never read).
     """
@@ -43,23 +43,23 @@ def model_summary(backbone: str, image_size: int = 256) -> dict[str, Any]:
         model = build_mrkd(cfg).eval()
         x = torch.empty(1, 3, image_size, image_size)
     g_teacher, f_t = _gflops(lambda: model.teacher(x))
-    g_bottleneck, f_b = _gflops(lambda: model.bottleneck(f_t))
+    g_ocbe, f_b = _gflops(lambda: model.ocbe(f_t))
     g_student, f_s = _gflops(lambda: model.student(f_b))
     g_generation, _ = _gflops(lambda: model.generation(f_s, mask=False))
     params = {
         "teacher": _count(model.teacher),
-        "bottleneck": _count(model.bottleneck),
+        "ocbe": _count(model.ocbe),
         "student": _count(model.student),
         "generation": _count(model.generation),
     }
     params["total_trainable"] = sum(p.numel() for p in model.trainable_parameters())
     gflops = {
         "teacher": g_teacher,
-        "bottleneck": g_bottleneck,
+        "ocbe": g_ocbe,
         "student": g_student,
         "generation": g_generation,
         "student_and_generation": g_student + g_generation,
-        "total": g_teacher + g_bottleneck + g_student + g_generation,
+        "total": g_teacher + g_ocbe + g_student + g_generation,
     }
     return {
         "backbone": backbone,
@@ -68,7 +68,7 @@ def model_summary(backbone: str, image_size: int = 256) -> dict[str, Any]:
         "forward_gflops_per_image": {k: round(v, 3) for k, v in gflops.items()},
         "feature_shapes": {
             "teacher": [list(f.shape[1:]) for f in f_t],
-            "bottleneck": list(f_b.shape[1:]),
+            "ocbe": list(f_b.shape[1:]),
             "student": [list(f.shape[1:]) for f in f_s],
         },
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,30 +25,61 @@ def data_root(tmp_path_factory):
 
 
 def test_train_evaluate_predict(data_root, tmp_path, capsys):
+    """The unified layout: `mrkd train` stores runs/<run_id>/<dataset>/<category>/<config_hash>/ (as the flows
+    do) and prints where each model is; `mrkd evaluate -m` finds them; `mrkd predict` takes the printed path."""
     models = tmp_path / "models"
-    assert main(["train", str(data_root), "-o", str(models), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["train", str(data_root), "-o", str(models), "--run-id", "first", *FAST]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["run_id"] == "first" and printed["store"] == str(models)
     for cat in ("tex_stripes", "obj_disc"):
-        assert (models / cat / "model.pt").is_file()
-        assert json.loads((models / cat / "config.json").read_text())["backbone"] == "resnet18"
-    assert main(["evaluate", str(data_root), "-m", str(models), "--num-workers", "0"]) == 0
-    summary = json.loads((models / "metrics.json").read_text())
+        info = printed["models"][cat]
+        model = Path(info["model"])
+        assert info["status"] == "trained" and model.is_file() and model.name == "model.pt"
+        assert model.parent.parent == models / "runs" / "first" / "folder" / cat
+        assert json.loads((model.parent / "config.json").read_text())["backbone"] == "resnet18"
+        assert 0.0 <= info["metrics"]["image_auroc"] <= 1.0  # `mrkd train` evaluates, like the flows
+    assert main(["evaluate", str(data_root), "-m", str(models), "--num-workers", "0", "--evaluation-id", "ev1"]) == 0
+    summary = json.loads((models / "evaluations" / "ev1" / "metrics.json").read_text())
     assert set(summary["categories"]) == {"tex_stripes", "obj_disc"}
     for m in summary["categories"].values():
         assert {"image_auroc", "pixel_auroc", "au_pro", "au_pro_per_image"} <= set(m)
         assert 0.0 <= m["image_auroc"] <= 1.0
-    per_cat = json.loads((models / "obj_disc" / "metrics.json").read_text())
+    (cat_dir,) = (models / "evaluations" / "ev1" / "folder" / "obj_disc").iterdir()
+    per_cat = json.loads((cat_dir / "metrics.json").read_text())
     assert per_cat["teacher_weights"] == "none" and per_cat["n_test"] == 4
-    assert (models / "obj_disc" / "scores.csv").read_text().startswith("path,category,defect_type,label,score")
+    assert per_cat["model"] == printed["models"]["obj_disc"]["model"]
+    assert (cat_dir / "scores.csv").read_text().startswith(
+        "run_id,dataset,category,config_hash,variant,path,defect_type,label,score")
 
     out = tmp_path / "pred"
     images = data_root / "obj_disc" / "test"
     capsys.readouterr()
-    assert main(["predict", str(models / "obj_disc" / "model.pt"), str(images), "-o", str(out), "--device", "cpu"]) == 0
+    model = printed["models"]["obj_disc"]["model"]
+    assert main(["predict", model, str(images), "-o", str(out), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
     pngs = sorted(out.glob("*_heatmap.png"))
     assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert (out / "scores.csv").is_file()
+
+    # The same config again: the complete model is reused, not retrained, and printed again.
+    assert main(["train", str(data_root), "-o", str(models), "-c", "obj_disc", "--run-id", "again", *FAST]) == 0
+    again = json.loads(capsys.readouterr().out)["models"]["obj_disc"]
+    assert again["status"] == "skipped" and again["model"] == printed["models"]["obj_disc"]["model"]
+
+
+def test_the_store_defaults_to_mrkd_store_and_is_required(data_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MRKD_STORE", raising=False)
+    assert main(["train", str(data_root), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--output" in err and "MRKD_STORE" in err
+    assert main(["evaluate", str(data_root)]) == 2
+    assert "--models" in capsys.readouterr().err
+    monkeypatch.setenv("MRKD_STORE", str(tmp_path / "store"))
+    assert main(["evaluate", str(data_root)]) == 2  # an empty store: nothing trained yet
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no complete 'folder' model" in err and str(tmp_path / "store") in err
 
 
 def test_model_summary_json(capsys):

@@ -22,10 +22,10 @@ from mrkd_core.data import get_dataset
 from mrkd_core.data.elpv import DEFECT_TYPES, ELPV_CATEGORIES, read_labels
 from mrkd_core.data.io import load_image
 from mrkd_core.data.validate import check_dataset
+from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import DataError
 from mrkd_core.metrics import PIXEL_METRICS
-from mrkd_core.results import ABSENT_COLUMN
-from mrkd_core.runner import read_metrics, train_evaluate
+from mrkd_core.results import ABSENT_COLUMN, read_metrics
 from mrkd_core.specs import parse_spec
 from mrkd_core.storage import ArtifactStore
 from tests import datagen
@@ -176,14 +176,15 @@ def test_cli_train_and_evaluate_as_the_user_types_it(fake_package, tmp_path):
     root, models = tmp_path / "elpv", tmp_path / "models"
     assert main(["train", str(root), "--dataset", "elpv", "-c", "mono", "-o", str(models), *FAST]) == 0
     assert main(["evaluate", str(root), "--dataset", "elpv", "-c", "mono", "-m", str(models),
-                 "--num-workers", "0"]) == 0
-    record = json.loads((models / "mono" / "metrics.json").read_text())
+                 "--num-workers", "0", "--evaluation-id", "ev"]) == 0
+    (cat_dir,) = (models / "evaluations" / "ev" / "elpv" / "mono").iterdir()
+    record = json.loads((cat_dir / "metrics.json").read_text())
     assert record["n_test"] == len(get_dataset("elpv").test_samples(root, "mono"))
     assert 0.0 <= record["metrics"]["image_auroc"] <= 1.0
     assert all(record["metrics"][m] is None and record["absent_metrics"][m] for m in PIXEL_METRICS)
 
 
-def test_spec_tasks_run_through_the_runner(fake_package, tmp_path):
+def test_spec_tasks_run_through_the_engine(fake_package, tmp_path):
     """What a spec under flows/specs/ with `- name: elpv` fans out (default root <data_root>/elpv)."""
     spec = parse_spec({"name": "elpv-smoke", "datasets": [{"name": "elpv"}],
                        "base": {"backbone": "resnet18", "teacher_weights": "none", "image_size": 32, "epochs": 1,

@@ -2,7 +2,7 @@
 
 A user's folder with only ``test/good`` and ``test/<defect>`` (no ``ground_truth/``) is a
 normal case: through ``mrkd data check``, ``mrkd train``/``evaluate`` (metrics JSON), the
-runner the flows fan out (Parquet: null + ``pixel_metrics_absent``) and the report (a dash
+engine the flows fan out (Parquet: null + ``pixel_metrics_absent``) and the report (a dash
 with a footnote). A defect image missing its mask where the others have one stays an error.
 """
 
@@ -23,8 +23,9 @@ from mrkd_core.errors import DataError
 from mrkd_core.evaluate import has_pixel_ground_truth
 from mrkd_core.metrics import NO_PIXEL_GROUND_TRUTH, PIXEL_METRICS, absent_metrics, compute_all
 from mrkd_core.report import write_report
-from mrkd_core.results import ABSENT_COLUMN
-from mrkd_core.runner import read_maps, read_metrics, read_scores, run_dir, train_evaluate
+from mrkd_core.engine import train_evaluate
+from mrkd_core.layout import read_maps, run_dir
+from mrkd_core.results import ABSENT_COLUMN, read_metrics, read_scores
 from mrkd_core.specs import parse_spec
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.tables import ABSENT_MARK
@@ -100,21 +101,23 @@ def test_metrics_without_masks_are_absent_not_undefined():
 def test_cli_metrics_json_reports_absent_with_the_reason(data_root, tmp_path, capsys):
     models = tmp_path / "models"
     assert main(["train", str(data_root), "-o", str(models), "-c", "obj_disc", *FAST]) == 0
-    assert main(["evaluate", str(data_root), "-m", str(models), "--num-workers", "0"]) == 0
+    assert main(["evaluate", str(data_root), "-m", str(models), "--num-workers", "0", "--evaluation-id", "ev"]) == 0
     printed = json.loads(capsys.readouterr().out.split("\n}\n", 1)[1])  # the second JSON: evaluate's
-    per_cat = json.loads((models / "obj_disc" / "metrics.json").read_text())
+    (cat_dir,) = (models / "evaluations" / "ev" / "folder" / "obj_disc").iterdir()
+    per_cat = json.loads((cat_dir / "metrics.json").read_text())
     assert 0.0 <= per_cat["metrics"]["image_auroc"] <= 1.0 and per_cat["metrics"]["f1_max_image"] > 0
     for m in PIXEL_METRICS:
         assert per_cat["metrics"][m] is None
         assert per_cat["absent_metrics"][m] == NO_PIXEL_GROUND_TRUTH
-    summary = json.loads((models / "metrics.json").read_text())
+    assert per_cat[ABSENT_COLUMN] == NO_PIXEL_GROUND_TRUTH
+    summary = json.loads((models / "evaluations" / "ev" / "metrics.json").read_text())
     assert summary["absent_metrics"] == {"obj_disc": per_cat["absent_metrics"]}
     assert summary["mean"]["pixel_auroc"] is None and summary["mean"]["image_auroc"] is not None
     assert printed["absent_metrics"] == summary["absent_metrics"]
 
 
-def test_runner_parquet_and_report_show_absent_metrics(data_root, tmp_path):
-    """What the flows run (runner.train_evaluate per task of a spec), then the report."""
+def test_engine_parquet_and_report_show_absent_metrics(data_root, tmp_path):
+    """What the flows run (engine.train_evaluate per task of a spec), then the report."""
     spec = parse_spec({
         "name": "image-labels", "datasets": [{"name": "folder", "root": str(data_root), "categories": ["obj_disc"]}],
         "base": {"backbone": "resnet18", "teacher_weights": "none", "image_size": 32, "epochs": 1,
@@ -148,7 +151,7 @@ def test_runner_parquet_and_report_show_absent_metrics(data_root, tmp_path):
                                                                       "f1_max_pixel": 0.5})
     both = pd.concat([read_metrics(store, "r1"), masked], ignore_index=True)
     out = write_report(store, "r1", both, read_scores(store, "r1"),
-                       maps_provider=lambda cat: read_maps(store, d) if cat == "obj_disc" else [])
+                       maps_provider=lambda dataset, cat: read_maps(store, d) if cat == "obj_disc" else [])
     md = store.read_bytes("reports/r1/measured.md").decode()
     row = next(line for line in md.splitlines() if "| obj_disc |" in line)
     assert row.count(f"| {ABSENT_MARK} ") == len(PIXEL_METRICS)

@@ -70,7 +70,7 @@ def _check(label: str, kind: str, std: float, p: torch.Tensor) -> None:
 def test_every_trainable_tensor_starts_as_documented(backbone):
     torch.manual_seed(0)
     model = build_mrkd(MRKDConfig(backbone=backbone, teacher_weights="none"))
-    parts = {"ocbe": model.bottleneck, "student": model.student, "generation": model.generation}
+    parts = {"ocbe": model.ocbe, "student": model.student, "generation": model.generation}
     checked = 0
     for part, root in parts.items():
         for mod_name, module in root.named_modules():

@@ -12,18 +12,20 @@ import pytest
 import torch
 
 from mrkd_core.config import MRKDConfig
+from mrkd_core.data.ilm_dataset import TrainItem
 from mrkd_core.device import place_model
 from mrkd_core.errors import ConfigError, WeightsError
 from mrkd_core.model import (
-    MRKD, Bottleneck, GenerationModules, build_mrkd, build_student, build_teacher, flm_mask, mrkd_loss,
+    MRKD, OCBE, GenerationModules, build_mrkd, build_student, build_teacher, flm_mask, mrkd_loss,
 )
 from mrkd_core.model.summary import model_summary
 from mrkd_core.model.teacher import imagenet_weights_path
+from mrkd_core.train import TeacherPass
 
 torch.set_num_threads(2)
 
 # The official code's live WRN50 layers (stack-notes); ours has no dead 1×1 conv/BN.
-WRN50_COUNTS = {"teacher": 24_862_528, "bottleneck": 58_885_120, "student": 24_917_504,
+WRN50_COUNTS = {"teacher": 24_862_528, "ocbe": 58_885_120, "student": 24_917_504,
                 "generation": 24_776_192}
 
 
@@ -62,7 +64,7 @@ def test_wrn50_parameter_counts(wrn50):
     assert sum(p.numel() for p in wrn50.trainable_parameters()) == 58_885_120 + 24_917_504 + 24_776_192
     # Only OCBE convs/BNs and the residual stage: no unused module is handed to Adam.
     assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.in_channels == 4096
-                   for m in wrn50.bottleneck.modules())
+                   for m in wrn50.ocbe.modules())
 
 
 @pytest.mark.parametrize("backbone,channels,emb", [
@@ -80,7 +82,7 @@ def test_shapes_for_all_backbones(backbone, channels, emb, request):
     def record(module, inputs, output) -> None:
         seen["f_b"] = output.shape
 
-    hook = model.bottleneck.register_forward_hook(record)
+    hook = model.ocbe.register_forward_hook(record)
     x = torch.randn(2, 3, 64, 64, device=device)
     with torch.no_grad():
         f_t, f_g = model.forward_train(x, x.flip(-1))
@@ -100,14 +102,14 @@ def test_resnet18_generation_uses_its_own_channels(r18):
     assert _count(r18.generation) == sum(2 * (9 * c * c + c) for c in (64, 128, 256))
 
 
-def test_bottleneck_and_student_standalone(r18):
+def test_ocbe_and_student_standalone(r18):
     with torch.device("meta"):
-        assert isinstance(Bottleneck("resnet50"), Bottleneck)
+        assert isinstance(OCBE("resnet50"), OCBE)
         assert build_student("resnet50").channels == (256, 512, 1024)
-    bottleneck, student = r18.bottleneck.eval(), r18.student.eval()
+    ocbe, student = r18.ocbe.eval(), r18.student.eval()
     feats = [torch.randn(1, c, 32 // s, 32 // s) for c, s in zip((64, 128, 256), (1, 2, 4))]
     with torch.no_grad():
-        f_b = bottleneck(feats)
+        f_b = ocbe(feats)
         assert f_b.shape == (1, 512, 4, 4)
         assert [tuple(f.shape) for f in student(f_b)] == [tuple(f.shape) for f in feats]
     # student upsamples with 2×2 stride-2 transposed convolutions in each stage's first block
@@ -115,9 +117,34 @@ def test_bottleneck_and_student_standalone(r18):
     assert ups and all(m.kernel_size == (2, 2) and m.stride == (2, 2) for m in ups)
 
 
-def test_bottleneck_and_student_start_from_rd4ad_initialisation(r18):
+def _old_naming(state: dict) -> dict:
+    """A state dict as versions before the OCBE rename wrote it (``bottleneck.*``)."""
+    return {("bottleneck." + k[len("ocbe."):] if k.startswith("ocbe.") else k): v for k, v in state.items()}
+
+
+def test_a_model_file_of_the_old_naming_still_loads():
+    """model.pt files written while OCBE was ``Bottleneck`` (attribute ``.bottleneck``) load unchanged."""
+    import io
+
+    from mrkd_core.model_io import MODEL_FORMAT, load_model_bytes
+
+    cfg = _cfg()
+    torch.manual_seed(4)
+    model = build_mrkd(cfg)
+    old = _old_naming(model.state_dict())
+    assert any(k.startswith("bottleneck.") for k in old) and not any(k.startswith("ocbe.") for k in old)
+    buf = io.BytesIO()
+    torch.save({"format": MODEL_FORMAT, "config": cfg.to_json(), "state_dict": old, "extra": {}}, buf)
+    loaded, _ = load_model_bytes(buf.getvalue(), "old model.pt")
+    want, got = model.state_dict(), loaded.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(RuntimeError, match="Missing key"):  # the mapping renames, it does not invent keys
+        build_mrkd(cfg).load_state_dict({k: v for k, v in old.items() if not k.startswith("bottleneck.")})
+
+
+def test_ocbe_and_student_start_from_rd4ad_initialisation(r18):
     # Kaiming-normal, fan_out, ReLU gain: std = sqrt(2 / (out_channels × k × k)); no optimiser step runs here.
-    w = r18.bottleneck.fuse2[0].weight  # 3×3, 128 → 256
+    w = r18.ocbe.fuse2[0].weight  # 3×3, 128 → 256
     assert w.std().item() == pytest.approx((2 / (256 * 9)) ** 0.5, rel=0.03)
     w = r18.student.stage1[1].conv2.weight  # 3×3, 64 → 64
     assert w.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)
@@ -131,7 +158,7 @@ def test_unknown_backbone_is_a_config_error():
 # ---------------------------------------------------------------- teacher
 def test_teacher_frozen_and_always_eval(wrn50, r18):
     wrn50.train()
-    assert not wrn50.teacher.training and wrn50.student.training and wrn50.bottleneck.training
+    assert not wrn50.teacher.training and wrn50.student.training and wrn50.ocbe.training
     assert all(not p.requires_grad for p in wrn50.teacher.parameters())
     wrn50.eval()
     r18.train()
@@ -151,7 +178,7 @@ def test_batched_teacher_equals_two_passes(r18):
     with torch.no_grad():
         f_n, f_g = r18.forward_train(x_n, x_a, generator=torch.Generator().manual_seed(5))
         ref_n, ref_a = r18.teacher(x_n), r18.teacher(x_a)
-        ref_g = r18.generation(r18.student(r18.bottleneck(ref_a)), generator=torch.Generator().manual_seed(5))
+        ref_g = r18.generation(r18.student(r18.ocbe(ref_a)), generator=torch.Generator().manual_seed(5))
     for a, b in zip(f_n, ref_n):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     for a, b in zip(f_g, ref_g):
@@ -159,15 +186,19 @@ def test_batched_teacher_equals_two_passes(r18):
 
 
 def test_without_ilm_the_teacher_runs_once_on_the_normal_batch(r18):
+    """The step's teacher pass without ILM (x_a = x_n) sees the clean batch once; with two
+    batches (``forward_train``) it runs one batched pass over both halves."""
     batches = []
     hook = r18.teacher.register_forward_hook(lambda m, i, o: batches.append(i[0].shape[0]))
     x = torch.randn(2, 3, 64, 64)
+    item = TrainItem(torch.arange(2), x, torch.empty(2, 0))
     with torch.no_grad():
-        f_n, f_g = r18.forward_train(x, x)
+        f_n, f_a = TeacherPass(ilm=False)(r18, item)
+        f_g = r18.restore(f_a)
         assert batches == [2]
         r18.forward_train(x, x.clone())
     hook.remove()
-    assert batches == [2, 4]  # a different tensor: one batched pass over both halves
+    assert batches == [2, 4]  # two batches: one batched pass over both halves
     assert [f.shape for f in f_n] == [f.shape for f in f_g]
 
 
@@ -213,7 +244,7 @@ def test_test_time_masks_are_repeatable_and_can_be_switched_off(r18):
         c = r18.forward_test(x, generator=torch.Generator().manual_seed(3))[1]
         d = r18.forward_test(x, generator=torch.Generator().manual_seed(3))[1]
         e = r18.forward_test(x, flm=False)[1]
-        ref = r18.generation(r18.student(r18.bottleneck(r18.teacher(x))), mask=False)
+        ref = r18.generation(r18.student(r18.ocbe(r18.teacher(x))), mask=False)
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     assert all(torch.equal(p, q) for p, q in zip(c, d))
     assert not torch.equal(a[0], c[0]) and not torch.equal(a[0], e[0])
@@ -224,14 +255,14 @@ def test_flm_off_restores_with_the_student_alone(r18):
     with torch.device("meta"):
         built = build_mrkd(_cfg(flm=False))
     assert built.generation is None
-    assert len(built.trainable_parameters()) == len(list(built.bottleneck.parameters())) + len(
+    assert len(built.trainable_parameters()) == len(list(built.ocbe.parameters())) + len(
         list(built.student.parameters()))
     model = copy.deepcopy(r18).eval()
     model.generation = None
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         f_t, f_s = model.forward_test(x)
-        ref = model.student(model.bottleneck(f_t))
+        ref = model.student(model.ocbe(f_t))
     assert all(torch.equal(p, q) for p, q in zip(f_s, ref))
 
 
@@ -318,11 +349,11 @@ def test_model_summary_counts_and_gflops_match_the_reference():
     assert {k: s["parameters"][k] for k in WRN50_COUNTS} == WRN50_COUNTS
     assert s["parameters"]["total_trainable"] == 58_885_120 + 24_917_504 + 24_776_192
     g = s["forward_gflops_per_image"]
-    # stack-notes, WRN50 at 256 px: teacher 24.0, bottleneck 14.6, student + generation 51.3, generation 29.0
-    for key, ref in [("teacher", 24.0), ("bottleneck", 14.6), ("student_and_generation", 51.3),
+    # stack-notes, WRN50 at 256 px: teacher 24.0, OCBE 14.6, student + generation 51.3, generation 29.0
+    for key, ref in [("teacher", 24.0), ("ocbe", 14.6), ("student_and_generation", 51.3),
                      ("generation", 29.0)]:
         assert g[key] == pytest.approx(ref, rel=0.02), key
-    assert g["total"] == pytest.approx(g["teacher"] + g["bottleneck"] + g["student_and_generation"], abs=0.01)
-    assert s["feature_shapes"]["bottleneck"] == [2048, 8, 8]
+    assert g["total"] == pytest.approx(g["teacher"] + g["ocbe"] + g["student_and_generation"], abs=0.01)
+    assert s["feature_shapes"]["ocbe"] == [2048, 8, 8]
     assert s["feature_shapes"]["student"] == s["feature_shapes"]["teacher"] == [[256, 64, 64], [512, 32, 32],
                                                                                 [1024, 16, 16]]

@@ -27,14 +27,8 @@ from mrkd_core.device import CPU_CHANNELS_LAST_MIN_SIZE, _glibc, place_model, us
 from mrkd_core.errors import ConfigError
 from mrkd_core.model import build_mrkd, mrkd_loss
 from mrkd_core.model_io import load_model_bytes, model_bytes
-from mrkd_core.train import (
-    ILMTrainDataset,
-    build_optimizer,
-    epoch_order,
-    make_loader,
-    teacher_feature_cache,
-    train,
-)
+from mrkd_core.data.ilm_dataset import ILMTrainDataset, epoch_order, make_loader
+from mrkd_core.train import build_optimizer, teacher_feature_cache, train
 
 TINY = dict(backbone="resnet18", teacher_weights="none", image_size=64, batch_size=4, num_workers=0,
             progress=False, device="cpu", memory_format="contiguous")
@@ -80,12 +74,11 @@ def test_teacher_cache_without_ilm_trains_like_a_teacher_pass_per_step(samples):
 @pytest.mark.parametrize("ilm", [True, False])
 def test_with_the_cache_the_loader_sends_indices_instead_of_clean_images(samples, ilm):
     cfg = MRKDConfig(ilm=ilm, **TINY)
-    full = ILMTrainDataset(samples, cfg, "tex_stripes")
-    lean = ILMTrainDataset(samples, cfg, "tex_stripes")
-    lean.with_normal = False
+    full = ILMTrainDataset.from_samples(samples, cfg, "tex_stripes")
+    lean = ILMTrainDataset.from_samples(samples, cfg, "tex_stripes", with_normal=False)
     for key in [(0, 3), (1, 3), (1, 5)]:
-        x_n, x_a = full[key]
-        index, x_a_lean = lean[key]
+        _, x_n, x_a = full[key]
+        index, _, x_a_lean = lean[key]
         assert index.dtype == torch.int64 and int(index) == key[1]
         if ilm:
             assert torch.equal(x_a_lean, x_a)  # the same ILM draw from (seed, epoch, index)
@@ -93,7 +86,7 @@ def test_with_the_cache_the_loader_sends_indices_instead_of_clean_images(samples
             assert x_a_lean.numel() == 0  # nothing of the image is needed
     loader = make_loader(lean, cfg.replace(batch_size=4), epoch=1)
     loader.sampler.set_epoch(1)
-    indices = torch.cat([first for first, _ in loader]).tolist()
+    indices = torch.cat([batch.index for batch in loader]).tolist()
     assert indices == epoch_order(len(lean), cfg.seed, 1)
 
 
@@ -101,15 +94,15 @@ def test_teacher_cache_holds_the_teacher_features_in_dataset_order(samples):
     cfg = MRKDConfig(**TINY)
     torch.manual_seed(0)
     model = place_model(build_mrkd(cfg), cfg, CPU).eval()
-    dataset = ILMTrainDataset(samples, cfg, "tex_stripes")
-    cache = teacher_feature_cache(model, dataset, cfg, CPU, limit=1 << 40)
+    dataset = ILMTrainDataset.from_samples(samples, cfg, "tex_stripes")
+    cache = teacher_feature_cache(model, dataset.images, cfg, CPU, limit=1 << 40)
     assert [c.shape[0] for c in cache] == [len(dataset)] * 3
     x = normalize(dataset.images[4], cfg.normalize_mean, cfg.normalize_std)[None]
     with torch.no_grad():
         ref = model.teacher(x)
     for c, r in zip(cache, ref):
         torch.testing.assert_close(c[4:5], r, rtol=1e-4, atol=1e-5)  # batch of 4 vs 1: rounding
-    assert teacher_feature_cache(model, dataset, cfg, CPU, limit=1000) is None  # too big: per-step pass
+    assert teacher_feature_cache(model, dataset.images, cfg, CPU, limit=1000) is None  # too big: per-step pass
 
 
 def test_persistent_workers_reproduce_the_main_process(samples):

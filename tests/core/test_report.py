@@ -52,7 +52,7 @@ def make_provider(categories=("bottle", "carpet"), n: int = 2, size: int = 32, f
     rng = np.random.default_rng(1)
     calls: list[str] = []
 
-    def provider(category: str):
+    def provider(dataset: str, category: str):
         calls.append(category)
         if category == fail_on:
             raise FileNotFoundError(f"maps.npz of {category}")
@@ -184,6 +184,25 @@ def test_failing_provider_skips_only_that_category(tmp_path, metrics):
     result = write_report(store, "r-fail", metrics, None, provider)
     heat = [p.rsplit("/", 1)[1] for p in result["figures"] if "heatmaps_" in p]
     assert heat == ["heatmaps_mvtec_bottle.png"]
+
+
+def test_heatmaps_are_keyed_by_dataset_and_category(tmp_path):
+    """Two datasets with a category of the same name get one figure each, from their own maps."""
+    store = ArtifactStore(tmp_path)
+    m = fake.make_metrics("r-two", categories=("bottle",))
+    m.loc[m["dataset"] == "btad", "category"] = m.loc[m["dataset"] == "btad", "category"].replace({"01": "bottle"})
+    asked: list[tuple[str, str]] = []
+
+    def provider(dataset: str, category: str):
+        asked.append((dataset, category))
+        amap = np.full((32, 32), 0.9 if dataset == "btad" else 0.1, dtype=np.float32)
+        amap[0, 0] = 0.0
+        return [(np.zeros((32, 32, 3), dtype=np.uint8), np.zeros((32, 32), dtype=np.uint8), amap)]
+
+    result = write_report(store, "r-two", m, None, provider)
+    assert {("mvtec", "bottle"), ("btad", "bottle")} <= set(asked)
+    heat = sorted(p.rsplit("/", 1)[1] for p in result["figures"] if "heatmaps_" in p)
+    assert "heatmaps_btad_bottle.png" in heat and "heatmaps_mvtec_bottle.png" in heat
 
 
 def test_format_cell_and_markdown_escaping():

@@ -13,10 +13,13 @@ from mrkd_core.data import get_dataset
 from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.errors import StorageError
 from mrkd_core.evaluate import evaluate
+from mrkd_core.model import build_mrkd
 from mrkd_core.model_io import load_model, save_model
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.revision import TRAINING_REVISION
-from mrkd_core.train import ILMTrainDataset, epoch_order, load_latest_checkpoint, train, write_checkpoint
+from mrkd_core.checkpoint import load_latest_checkpoint, write_checkpoint
+from mrkd_core.data.ilm_dataset import ILMTrainDataset, epoch_order
+from mrkd_core.train import TeacherPass, train
 
 TINY = dict(backbone="resnet18", teacher_weights="none", image_size=64, batch_size=4, num_workers=0,
             progress=False, device="cpu")
@@ -130,12 +133,12 @@ def test_epoch_order_is_a_pure_function():
 def test_ilm_fraction(samples, fraction):
     """α (Table 6) = the fraction of training images that get synthetic anomalies."""
     cfg = MRKDConfig(ilm_fraction=fraction, **TINY)
-    ds = ILMTrainDataset(samples[0] * 10, cfg, "tex_stripes")
+    ds = ILMTrainDataset.from_samples(samples[0] * 10, cfg, "tex_stripes")
     changed = 0
     for epoch in range(2):
         ds.set_epoch(epoch)
         for i in range(len(ds)):
-            normal, synth = ds[i]
+            _, normal, synth = ds[i]
             changed += int(not torch.equal(normal, synth))
     share = changed / (2 * len(ds))
     if fraction == 0.0:
@@ -147,9 +150,15 @@ def test_ilm_fraction(samples, fraction):
 
 
 def test_no_ilm_uses_the_clean_image(samples):
-    ds = ILMTrainDataset(samples[0], MRKDConfig(ilm=False, **TINY), "tex_stripes")
-    normal, synth = ds[0]
-    assert normal is synth
+    """Without ILM x_a is x_n: the dataset builds no second image, and the step's teacher
+    features of x_a are those of x_n (the same tensors)."""
+    cfg = MRKDConfig(ilm=False, **TINY)
+    ds = ILMTrainDataset.from_samples(samples[0], cfg, "tex_stripes")
+    _, normal, synth = ds[0]
+    assert normal.shape == (3, 64, 64) and synth.numel() == 0
+    model = build_mrkd(cfg)
+    f_normal, f_synth = TeacherPass(ilm=False)(model, ds[0]._replace(normal=normal[None]))
+    assert all(a is b for a, b in zip(f_normal, f_synth))
 
 
 def test_evaluate_is_repeatable_and_model_roundtrips(samples, tmp_path):

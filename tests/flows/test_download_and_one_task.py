@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from flows.download import dataset_records, ensure_dataset
+from flows.settings import spec_path
 from mrkd_core.specs import load_spec
 
 
@@ -16,7 +17,7 @@ def _marker_times(root):
 
 def test_ensure_dataset_generates_once_even_when_called_in_parallel(tmp_path):
     """Trainings that start together on one node all call it; one of them generates."""
-    (record,) = dataset_records(load_spec("smoke"), str(tmp_path))
+    (record,) = dataset_records(load_spec("smoke", spec_path()), str(tmp_path))
     threads = [threading.Thread(target=ensure_dataset, args=(record,)) for _ in range(3)]
     for t in threads:
         t.start()

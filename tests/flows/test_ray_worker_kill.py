@@ -1,7 +1,7 @@
 """A Ray worker SIGKILLed mid-training inside the benchmark flow: Ray re-runs the task, it resumes.
 
 ``tests/reliability/test_crash_resume.py`` kills a plain process running
-``runner.train_evaluate``. Here the same fault hits the real path: ``mrkd-benchmark`` on a
+``engine.train_evaluate``. Here the same fault hits the real path: ``mrkd-benchmark`` on a
 local Ray (127.0.0.1), one training as a Ray task. The worker's PID is the one its key
 claim records (``claims/<key>.json``: host, PID namespace, PID), so the test needs no hook
 in the product. Once the first epoch's checkpoint is stored, the test SIGKILLs that PID.
@@ -29,8 +29,9 @@ import torch
 import yaml
 
 from mrkd_core.claims import stale_seconds
+from mrkd_core.engine import train_evaluate
+from mrkd_core.layout import find_complete, run_dir
 from mrkd_core.results import verify_manifest
-from mrkd_core.runner import find_complete, key_path, run_dir, train_evaluate
 from mrkd_core.specs import load_spec
 from mrkd_core.storage import ArtifactStore
 from tests.reliability.relkit import Reference, assert_same_result
@@ -117,13 +118,13 @@ def test_ray_worker_killed_mid_epoch_is_retried_resumes_and_equals_an_uninterrup
 
     from flows.benchmark import benchmark
     from flows.ray_runner import RAY_MAX_RETRIES
-    from flows.settings import data_root
+    from flows.settings import data_root, spec_path
 
     assert RAY_MAX_RETRIES >= 1
     spec = _spec(tmp_path)
     store = ArtifactStore(local_store)
-    (task,) = load_spec(spec).tasks(data_root(store))
-    key = key_path(task)
+    (task,) = load_spec(spec, spec_path()).tasks(data_root(store))
+    key = task.key
     killer = WorkerKiller(local_store, key)
     killer.start()
     started = time.perf_counter()

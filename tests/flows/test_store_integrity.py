@@ -11,10 +11,12 @@ import os
 import pandas as pd
 import pytest
 
+from flows.settings import spec_path
 from mrkd_core.config import MRKDConfig
+from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError, StorageError
-from mrkd_core.results import verify_manifest, write_manifest
-from mrkd_core.runner import find_complete, key_path, read_metrics, read_scores, run_dir, train_evaluate
+from mrkd_core.layout import find_complete, run_dir
+from mrkd_core.results import read_metrics, read_scores, verify_manifest, write_manifest
 from mrkd_core.specs import load_spec
 from mrkd_core.storage import ArtifactStore, is_temp_name
 from tests.datagen import train_smoke_key
@@ -126,7 +128,7 @@ def test_complete_result_under_the_same_hash_with_another_config_is_refused(trai
 
 def test_force_retrains_from_scratch_and_a_retry_of_the_forced_run_skips(trained):
     store, task = trained
-    shared = f"checkpoints/{key_path(task)}"
+    shared = f"checkpoints/{task.key}"
     shared_before = {p: store.read_bytes(p) for p in store.list(shared) if p.endswith(".pt")}
     assert shared_before  # the first run left its checkpoint for later extension
 
@@ -160,11 +162,11 @@ def test_a_bad_spec_file_is_a_config_error_naming_the_file_and_key(tmp_path, tex
 
 
 def test_shipped_specs_are_sized_as_documented():
-    smoke = load_spec("smoke").configs()["mrkd"]
+    smoke = load_spec("smoke", spec_path()).configs()["mrkd"]
     assert (smoke.backbone, smoke.teacher_weights, smoke.image_size, smoke.batch_size) == ("resnet18", "none", 64, 4)
-    assert 1 <= smoke.epochs <= 2 and len(load_spec("smoke").datasets[0].categories) == 2
-    full = load_spec("mvtec-full")
+    assert 1 <= smoke.epochs <= 2 and len(load_spec("smoke", spec_path()).datasets[0].categories) == 2
+    full = load_spec("mvtec-full", spec_path())
     assert full.datasets[0].name == "mvtec" and full.datasets[0].categories is None
     assert full.configs()["mrkd"] == MRKDConfig()  # the paper's defaults, nothing overridden
-    demo = load_spec("demo")
+    demo = load_spec("demo", spec_path())
     assert all(c.teacher_weights == "none" for c in demo.configs().values())

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from mrkd_core.data.synthetic import make_synthetic_mvtec
-from mrkd_core.runner import run_dir, train_evaluate
+from mrkd_core.engine import train_evaluate
+from mrkd_core.layout import run_dir
 from mrkd_core.specs import Task
 from mrkd_core.storage import ArtifactStore
 from tests.reliability.relkit import CATEGORY, Reference, S3Env, S3Server, make_task

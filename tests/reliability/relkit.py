@@ -1,7 +1,7 @@
 """Helpers of the reliability tests (imported as ``tests.reliability.relkit``).
 
 Tiny tasks, byte-level snapshots of a store, exact comparison with a reference run,
-``runner.train_evaluate`` in a subprocess (``worker.py``) that a test can SIGKILL by PID,
+``engine.train_evaluate`` in a subprocess (``worker.py``) that a test can SIGKILL by PID,
 and a moto S3 server on 127.0.0.1 that a test can take down and bring back.
 """
 
@@ -121,7 +121,7 @@ def worker_env(**extra: str) -> dict[str, str]:
 
 def start_worker(task: Task, store_root: str, run_id: str, out: Path, force: bool = False,
                  **env: str) -> subprocess.Popen:
-    """``runner.train_evaluate`` in its own process (what a Ray worker runs); stderr goes to ``out.log``."""
+    """``engine.train_evaluate`` in its own process (what a Ray worker runs); stderr goes to ``out.log``."""
     log = open(out.with_suffix(".log"), "wb")
     try:
         return subprocess.Popen(worker_cmd(task, store_root, run_id, out, force), cwd=ROOT, env=worker_env(**env),

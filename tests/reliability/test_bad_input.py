@@ -1,14 +1,14 @@
 """Bad input: one clear line naming the file or field, exit code 2, and nothing stored is lost.
 
 Each case goes through a user-facing path — the ``mrkd`` CLI (``cli.main``) and/or
-``runner.train_evaluate`` (what the flows run) — against a store that already holds a
+``engine.train_evaluate`` (what the flows run) — against a store that already holds a
 finished run; the sha256 of every object of that run is compared before and after.
 
 The loaders' own checks are unit-tested in tests/core: test_data.py
 (``test_bad_image_files_give_one_clear_error``, ``test_decompression_bomb_guard_checks_header_before_decoding``,
 ``test_mask_of_other_size_names_both_sizes``, ``test_missing_mask_is_one_clear_error``,
 ``test_missing_or_empty_train_folder``), test_specs.py / test_config.py (bad specs and
-configs) and test_runner.py (``test_hash_collision_is_refused_and_nothing_overwritten``).
+configs) and test_engine.py (``test_hash_collision_is_refused_and_nothing_overwritten``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import pytest
 from PIL import Image
 
 from mrkd_core.cli import main
+from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError, DataError, MRKDError, StorageError
+from mrkd_core.layout import find_complete, run_dir
 from mrkd_core.results import write_manifest
-from mrkd_core.runner import find_complete, run_dir, train_evaluate
 from mrkd_core.specs import load_spec
 from tests.datagen import plant_text_as_image, plant_truncated, plant_wrong_size_mask, plant_zero_byte
 from tests.reliability.relkit import CATEGORY, make_task, snapshot, tree
@@ -49,7 +50,8 @@ def models(data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "models"
     assert main(["-q", "train", str(data_root), "-o", str(out), "-c", CATEGORY, *FAST]) == 0
     assert main(["-q", "evaluate", str(data_root), "-m", str(out), "--num-workers", "0"]) == 0
-    assert (out / CATEGORY / "model.pt").is_file() and (out / "metrics.json").is_file()
+    assert len(list(out.glob(f"runs/*/folder/{CATEGORY}/*/model.pt"))) == 1
+    assert len(list(out.glob("evaluations/*/metrics.json"))) == 1
     return out
 
 
@@ -113,8 +115,10 @@ def test_bad_file_through_the_cli_is_one_line_naming_it_and_loses_nothing(case, 
     bad = plant(cat, bomb_png)
     before = tree(models)
     if command == "train":
-        argv = ["train", str(root), "-o", str(models), "-c", CATEGORY, *FAST]
-    else:  # default output = the models folder, which already holds metrics of the clean data
+        # --no-resume: the same config is complete in `models`, and the data is not part of the key
+        # (yet): without it the complete model would be reused and the bad file never read.
+        argv = ["train", str(root), "-o", str(models), "-c", CATEGORY, "--no-resume", *FAST]
+    else:  # default output = the models store, which already holds an evaluation of the clean data
         workers = "2" if "worker" in case else "0"  # worker processes cost seconds to start and stop
         argv = ["evaluate", str(root), "-m", str(models), "--num-workers", workers]
     capsys.readouterr()
@@ -161,13 +165,18 @@ def test_bad_experiment_spec_file_names_file_and_key(tmp_path):
         assert "\n" not in msg and str(path) in msg and fragment in msg, msg
 
 
-def test_another_config_into_a_trained_output_is_refused_by_the_cli(data_root, models, capsys):
-    """Same output folder, different config: the stored checkpoints belong to another config."""
+def test_another_config_into_a_trained_output_trains_beside_it_and_loses_nothing(data_root, models, capsys):
+    """Same store, different config: in the unified layout (issue 17) every config has its own key, so the
+    CLI trains it beside the first one (as the flows do with a spec's variants) and changes nothing stored."""
     before = tree(models)
-    assert main(["train", str(data_root), "-o", str(models), "-c", CATEGORY, *FAST, "--flm-ratio", "0.4"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "belongs to config" in err and str(models) in err, err
-    assert tree(models) == before
+    capsys.readouterr()
+    assert main(["-q", "train", str(data_root), "-o", str(models), "-c", CATEGORY, *FAST, "--flm-ratio", "0.4"]) == 0
+    printed = json.loads(capsys.readouterr().out)["models"][CATEGORY]
+    after = tree(models)
+    assert {k: after.get(k) for k in before} == before  # nothing stored was changed or lost
+    assert printed["status"] == "trained" and Path(printed["model"]).is_file()
+    assert json.loads((Path(printed["model"]).parent / "config.json").read_text())["flm_ratio"] == 0.4
+    assert len(list(models.glob(f"runs/*/folder/{CATEGORY}/*/model.pt"))) == 2
 
 
 # --------------------------------------------------------------------------- the runner (what the flows run)
@@ -197,7 +206,7 @@ def test_config_hash_collision_is_refused_and_nothing_is_overwritten(data_root, 
     """A forged complete result: another config stored under this task's hash, with a valid manifest.
 
     The runner refuses to take it as this task's result and writes nothing (also in
-    tests/core/test_runner.py for the same run dir and tests/flows/test_store_integrity.py)."""
+    tests/core/test_engine.py for the same run dir and tests/flows/test_store_integrity.py)."""
     task = make_task(data_root, epochs=1, seed=11)
     d = run_dir(task, "forged")
     store = reference.store

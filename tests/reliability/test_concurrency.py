@@ -1,6 +1,6 @@
 """Two flows on the same spec at once: one key is trained once, and nothing clobbers anything.
 
-``runner.train_evaluate`` holds a claim per key (``mrkd_core.claims``) while it trains: a
+``engine.train_evaluate`` holds a claim per key (``mrkd_core.claims``) while it trains: a
 concurrent call for the same key — from another run or from the same run id — waits,
 then finds the key complete and skips it (copying the rows into its own run's tables).
 """
@@ -17,8 +17,8 @@ import pytest
 
 from mrkd_core.claims import KeyClaim
 from mrkd_core.errors import StorageError
-from mrkd_core.results import verify_manifest
-from mrkd_core.runner import find_complete, key_path, read_metrics, read_scores
+from mrkd_core.layout import find_complete
+from mrkd_core.results import read_metrics, read_scores, verify_manifest
 from mrkd_core.storage import ArtifactStore
 from tests.reliability.relkit import finish_worker, make_task, start_worker
 
@@ -48,7 +48,7 @@ def test_concurrent_calls_on_one_key_train_it_once_and_keep_every_run_intact(dat
         m = read_metrics(store, rid)
         assert len(m) == 1 and m.iloc[0]["image_auroc"] == trained["rows"][0]["image_auroc"]
         assert len(read_scores(store, rid)) == 4
-    assert not store.exists(f"claims/{key_path(task)}.json")
+    assert not store.exists(f"claims/{task.key}.json")
 
 
 # --------------------------------------------------------------------------- the claim itself

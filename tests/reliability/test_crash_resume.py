@@ -1,6 +1,6 @@
 """Crashes lose nothing: a training killed mid-epoch resumes; a corrupt checkpoint is skipped.
 
-The unit of work is ``runner.train_evaluate`` (what a Prefect task on a Ray worker runs).
+The unit of work is ``engine.train_evaluate`` (what a Prefect task on a Ray worker runs).
 Its checkpoints live under ``checkpoints/<dataset>/<category>/<hash>/`` with a sha256
 sidecar each; every random draw is a function of (seed, epoch, index), so a resumed run
 is bit-for-bit the uninterrupted one on CPU — the tests compare metrics, per-image
@@ -15,17 +15,18 @@ import signal
 
 import pytest
 
+from mrkd_core.checkpoint import load_latest_checkpoint
+from mrkd_core.engine import train_evaluate
+from mrkd_core.layout import find_complete, run_dir
 from mrkd_core.results import verify_manifest
-from mrkd_core.runner import find_complete, key_path, run_dir, train_evaluate
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.train import load_latest_checkpoint
 from tests.reliability.relkit import assert_same_result, finish_worker, kill, start_worker, wait_until
 
 
 def test_killed_training_is_retried_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(
         task3, reference, tmp_path):
     store_root = tmp_path / "store"
-    ckpt = store_root / "checkpoints" / key_path(task3)
+    ckpt = store_root / "checkpoints" / task3.key
     first = start_worker(task3, str(store_root), "crash", tmp_path / "first.json")
     try:
         wait_until(lambda: (ckpt / "epoch-0001.pt.sha256.json").exists(), 180, first, "the first checkpoint")
@@ -48,7 +49,7 @@ def test_killed_training_is_retried_resumes_from_its_checkpoint_and_equals_an_un
     assert f"resuming {task3.category} from epoch" in retry["log"]
     assert verify_manifest(store, d) == [] and find_complete(store, task3) == d
     assert_same_result(store, d, reference)
-    assert not store.exists(f"claims/{key_path(task3)}.json")  # released after the run
+    assert not store.exists(f"claims/{task3.key}.json")  # released after the run
 
 
 def _copy_checkpoints(src: ArtifactStore, dest: ArtifactStore, key_dir: str, to: str) -> None:
@@ -63,7 +64,7 @@ def test_corrupt_newest_checkpoint_is_detected_and_training_falls_back_end_to_en
     Without force the key's shared checkpoints are resumed; a forced run resumes only
     its own (``checkpoints/<key>/forced/<run_id>/``) — both paths check the sha256 sidecar.
     """
-    key_dir = f"checkpoints/{key_path(task3)}"
+    key_dir = f"checkpoints/{task3.key}"
     ckpt_dir = f"{key_dir}/forced/rerun" if force else key_dir
     store = ArtifactStore(tmp_path / "store")
     _copy_checkpoints(reference.store, store, key_dir, ckpt_dir)
@@ -86,7 +87,7 @@ def test_corrupt_newest_checkpoint_is_detected_and_training_falls_back_end_to_en
 def test_checkpoint_and_sidecar_from_different_writers_are_not_mixed(task3, reference, tmp_path, caplog):
     """Two writers of one key (which the claim prevents) could leave a checkpoint whose sidecar
     describes the other writer's bytes: the sha256 check refuses it and falls back."""
-    key_dir = f"checkpoints/{key_path(task3)}"
+    key_dir = f"checkpoints/{task3.key}"
     store = ArtifactStore(tmp_path / "store")
     _copy_checkpoints(reference.store, store, key_dir, key_dir)
     # a complete, loadable checkpoint — but not the bytes its sidecar was written for

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import StorageError
+from mrkd_core.layout import find_complete, read_maps, run_dir
 from mrkd_core.report import write_report
-from mrkd_core.results import verify_manifest
-from mrkd_core.runner import find_complete, key_path, read_maps, read_metrics, read_scores, run_dir, train_evaluate
+from mrkd_core.results import read_metrics, read_scores, verify_manifest
 from mrkd_core.storage import ArtifactStore
 from tests.reliability.relkit import ROOT, S3Env
 
@@ -115,7 +116,7 @@ def outage(s3: S3Env, data_root) -> Iterator[Outage]:
                     "problems": verify_manifest(store, d),
                     "complete": find_complete(store, task),
                     "objects": sorted(p.rsplit("/", 1)[-1] for p in store.list(d)),
-                    "checkpoint": store.exists(f"checkpoints/{key_path(task)}/epoch-0001.pt"),
+                    "checkpoint": store.exists(f"checkpoints/{task.key}/epoch-0001.pt"),
                     "metrics_rows": len(read_metrics(store, RUN)),
                 })
         out.result = train_evaluate(task, store, RUN)
@@ -152,7 +153,7 @@ def test_rerun_after_the_server_returns_completes_from_the_checkpoint(outage):
     assert r["resumed_from_epoch"] == 1  # the checkpoint written before the outage, not a retraining
     assert verify_manifest(outage.store, d) == [] and find_complete(outage.store, outage.task) == d
     assert len(read_metrics(outage.store, RUN)) == 1
-    assert not outage.store.exists(f"claims/{key_path(outage.task)}.json")
+    assert not outage.store.exists(f"claims/{outage.task.key}.json")
     # the failed attempts' claims were taken over at once, not waited out
     assert any("left by an earlier attempt in this process" in line for line in outage.log)
 

@@ -23,7 +23,7 @@ from mrkd_core.cli import main
 from mrkd_core.errors import MRKDError, WeightsError
 from mrkd_core.model_io import load_model
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.train import load_latest_checkpoint
+from mrkd_core.checkpoint import load_latest_checkpoint
 from tests.reliability.relkit import ROOT, make_task
 
 SOURCE_DIRS = ("mrkd_core", "flows", "deployments", "infra")
@@ -101,7 +101,7 @@ def test_malicious_checkpoint_with_a_matching_sidecar_is_refused_and_skipped(dat
 # --------------------------------------------------------------------------- static checks of the source
 def _python_files() -> list[Path]:
     files = [p for d in SOURCE_DIRS for p in sorted((ROOT / d).rglob("*.py"))]
-    assert any(p.parts[-2:] == ("mrkd_core", "runner.py") for p in files)
+    assert any(p.parts[-2:] == ("mrkd_core", "engine.py") for p in files)
     return files
 
 

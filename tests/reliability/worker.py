@@ -1,4 +1,4 @@
-"""``runner.train_evaluate`` in a process of its own: the unit a Ray worker runs.
+"""``engine.train_evaluate`` in a process of its own: the unit a Ray worker runs.
 
 The crash tests SIGKILL it by PID and run it again as the retry; the concurrency tests
 start two at once. Logs go to stderr at INFO; the result dict is written to OUT as JSON.
@@ -30,7 +30,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)  # the same as the reference run: bit-equal results on CPU
-    from mrkd_core.runner import train_evaluate
+    from mrkd_core.engine import train_evaluate
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
 

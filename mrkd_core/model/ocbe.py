@@ -1,4 +1,4 @@
-"""The bottleneck B of Eq. 1: RD4AD's one-class embedding (OCBE), as the official code runs it.
+"""OCBE, the bottleneck B of Eq. 1: RD4AD's one-class bottleneck embedding, as the official code runs it.
 
 Multi-scale fusion: f_T^1 goes through two stride-2 3×3 conv + BN + ReLU steps and
 f_T^2 through one, so both reach f_T^3's resolution; the three are concatenated and
@@ -22,8 +22,14 @@ def _down(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(conv3x3(cin, cout, 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class Bottleneck(nn.Module):
-    """B(f_T,a^1..3) → f_B (Eq. 1); channels derived from the backbone."""
+class OCBE(nn.Module):
+    """B(f_T,a^1..3) → f_B (Eq. 1); channels derived from the backbone.
+
+    Called ``OCBE`` as in RD4AD and anomalib; the ResNet block of the same name in the
+    torchvision sense is ``mrkd_core.model.blocks.Bottleneck``. Input: the teacher's three
+    feature maps (B×C1×H/4×W/4, B×C2×H/8×W/8, B×C3×H/16×W/16); output f_B of shape
+    B×``out_channels``×H/32×W/32 (e.g. 2048×8×8 for WRN50 at 256 px).
+    """
 
     def __init__(self, backbone: str):
         super().__init__()
@@ -31,7 +37,7 @@ class Bottleneck(nn.Module):
         c1, c2, c3 = spec.channels
         self.fuse1 = nn.Sequential(_down(c1, c2), _down(c2, c3))  # f_T^1: 1/4 → 1/16 of the image
         self.fuse2 = _down(c2, c3)  # f_T^2: 1/8 → 1/16
-        self.stage = make_stage(spec.block, 3 * c3, 512, spec.bottleneck_blocks, stride=2,
+        self.stage = make_stage(spec.block, 3 * c3, 512, spec.ocbe_blocks, stride=2,
                                 base_width=spec.base_width, reverse=False)
         self.in_channels = spec.channels
         self.out_channels = spec.embedding_channels

@@ -10,7 +10,7 @@ for which the MRKD code uses fixed 1 % patches. Where a value is ours and not NS
 docs/ilm.md says so and why.
 
 A preset is a frozen value: the training dataset reads one per category and passes it
-to every :func:`mrkd_core.synth.nsa.synthesize` call.
+to every :func:`mrkd_core.ilm.nsa.synthesize` call.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Throughput of ILM synthesis (mrkd_core.synth) in one process, one thread of OpenCV.
+"""Throughput of ILM synthesis (mrkd_core.ilm) in one process, one thread of OpenCV.
 
-    .venv/bin/python bench/bench_synth.py [--n 200] [--sizes 128 256]
+    .venv/bin/python bench/bench_ilm.py [--n 200] [--sizes 128 256]
 
 Prints images/s and ms/image for ``swap`` and ``poisson`` on two kinds of image:
 a texture (carpet preset: patches anywhere) and an object (a grey disc on white with
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrkd_core.synth import ILMPreset, get_preset, synthesize  # noqa: E402
+from mrkd_core.ilm import ILMPreset, get_preset, synthesize  # noqa: E402
 
 
 def texture_image(size: int, seed: int) -> np.ndarray:

@@ -13,7 +13,8 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import StorageError
 from mrkd_core.model import build_mrkd, mrkd_loss
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.train import CheckpointWriter, build_optimizer, load_latest_checkpoint, save_checkpoint
+from mrkd_core.checkpoint import CheckpointWriter, load_latest_checkpoint, save_checkpoint
+from mrkd_core.train import build_optimizer
 
 CFG = MRKDConfig(backbone="resnet18", teacher_weights="none", image_size=32, batch_size=2, num_workers=0,
                  progress=False, device="cpu")
@@ -99,7 +100,7 @@ def test_a_failed_background_write_is_raised_by_the_next_save_or_wait(tmp_path, 
     with pytest.raises(StorageError, match="epoch-0003.pt"):
         writer.wait()
     writer.save(model, opt, CFG, 4, [0.5, 0.4, 0.3, 0.2])
-    with caplog.at_level(logging.ERROR, logger="mrkd_core.train"):
+    with caplog.at_level(logging.ERROR, logger="mrkd_core.checkpoint"):
         writer.close()  # in a finally block: reported, not raised over the exception in flight
     assert "epoch-0004.pt" in caplog.text and "disk full" in caplog.text
 
@@ -114,3 +115,22 @@ def test_training_fails_when_its_checkpoints_cannot_be_stored(tmp_path):
     samples = get_dataset("folder").train_samples(str(tmp_path / "data"), "tex_stripes")
     with pytest.raises(StorageError, match="disk full"):
         train(CFG.replace(epochs=2), samples, "tex_stripes", checkpoints=_FailingStore(str(tmp_path / "ck")))
+
+
+def test_a_checkpoint_of_the_old_naming_still_resumes(tmp_path):
+    """Checkpoints written while OCBE was ``Bottleneck`` (keys ``bottleneck.*``) resume with every weight."""
+    from mrkd_core.checkpoint import checkpoint_state, resume_training, write_checkpoint
+
+    model, opt = _trained_one_step()
+    state = checkpoint_state(model, opt, CFG, 1, [0.5])
+    state["model"] = {("bottleneck." + k[len("ocbe."):] if k.startswith("ocbe.") else k): v
+                      for k, v in state["model"].items()}
+    assert any(k.startswith("bottleneck.") for k in state["model"])
+    store = ArtifactStore(str(tmp_path / "ck"))
+    write_checkpoint(store, state)
+    torch.manual_seed(1)
+    fresh = build_mrkd(CFG)
+    fresh_opt = build_optimizer(fresh, CFG)
+    assert resume_training(store, CFG, fresh, fresh_opt) == (1, [0.5])
+    want, got = model.state_dict(), fresh.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want if not k.startswith("teacher."))

@@ -1,4 +1,4 @@
-"""ILM synthesis (mrkd_core/synth): NSA-style patches, presets, α, blends, edge cases.
+"""ILM synthesis (mrkd_core/ilm): NSA-style patches, presets, α, blends, edge cases.
 
 Images are tiny (64-128 px) and built here: a smooth random texture (so Poisson blending
 has gradients to work with) and a grey disc on a white background (a known object).
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mrkd_core.errors import ConfigError
-from mrkd_core.synth import (
+from mrkd_core.ilm import (
     DEFAULT_PRESET,
     MVTEC_CATEGORIES,
     PRESETS,
@@ -174,7 +174,7 @@ def test_nsa_object_rule():
 
 def test_all_background_gives_up_quietly(caplog):
     blank = np.full((128, 96, 3), 255, np.uint8)
-    with caplog.at_level(logging.DEBUG, logger="mrkd_core.synth"):
+    with caplog.at_level(logging.DEBUG, logger="mrkd_core.ilm"):
         t0 = time.perf_counter()
         out, mask = synthesize(blank, None, ON_WHITE, np.random.default_rng(0), "poisson")
         elapsed = time.perf_counter() - t0
@@ -233,7 +233,7 @@ def test_poisson_falls_back_to_swap_for_tiny_patches(caplog):
     tiny = get_preset("toothbrush")  # fixed 1 % half-widths: 2x2 px patches at 64 px
     tiny = dataclasses.replace(tiny, background=None)
     img = smooth_texture(64, 64, seed=1)
-    with caplog.at_level(logging.DEBUG, logger="mrkd_core.synth"):
+    with caplog.at_level(logging.DEBUG, logger="mrkd_core.ilm"):
         pois = synthesize(img, None, tiny, np.random.default_rng(3), "poisson")
     swap = synthesize(img, None, tiny, np.random.default_rng(3), "swap")
     assert pois[1].any()

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from mrkd_core.errors import ConfigError
-from mrkd_core.synth.presets import ILMPreset
+from mrkd_core.ilm.presets import ILMPreset
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def synthesize(
         image: x_n, uint8 H×W×3 (any size, square or not).
         source: None to cut patches from ``image`` itself (official code), or another
             training image of the same size (paper's text).
-        preset: the category's settings (:func:`mrkd_core.synth.get_preset`).
+        preset: the category's settings (:func:`mrkd_core.ilm.get_preset`).
         rng: the only source of randomness.
         blend: ``"swap"`` (plain paste, official code) or ``"poisson"`` (seamless clone).
 

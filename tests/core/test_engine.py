@@ -1,4 +1,4 @@
-"""The runner: stored outputs, manifests, skipping complete work, hash collisions."""
+"""The engine: stored outputs, manifests, skipping complete work, hash collisions."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ import json
 import pandas as pd
 import pytest
 
+from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import StorageError
-from mrkd_core.results import METRICS_SCHEMA, verify_manifest
+from mrkd_core.layout import find_complete, read_maps, run_dir
+from mrkd_core.results import METRICS_SCHEMA, read_metrics, read_scores, verify_manifest
 from mrkd_core.revision import TRAINING_REVISION
-from mrkd_core.runner import find_complete, read_maps, read_metrics, read_scores, run_dir, train_evaluate
 from mrkd_core.storage import ArtifactStore
 from tests.datagen import train_smoke_key
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    return train_smoke_key(tmp_path_factory.mktemp("runner"))
+    return train_smoke_key(tmp_path_factory.mktemp("engine"))
 
 
 def test_outputs_and_manifest(setup):
@@ -107,3 +108,43 @@ def test_tables_read_with_pandas_and_duckdb(setup):
         f"select count(*) from read_parquet('{store.uri('tables/metrics')}/*/*/*.parquet', hive_partitioning=true)"
     ).fetchall()[0][0]
     assert n == len(df)
+
+
+def test_without_a_test_split_a_model_is_stored_unevaluated_then_evaluated_when_asked(tmp_path):
+    """`mrkd train --no-evaluate`: a folder of good parts only. The stored run satisfies later calls that do
+    not evaluate; an evaluating call (the flows, plain `mrkd train`) resumes from the key's checkpoints
+    (no epoch retrained) and evaluates into its own run."""
+    import shutil
+
+    from mrkd_core.config import MRKDConfig
+    from mrkd_core.data.synthetic import make_synthetic_mvtec
+    from mrkd_core.errors import DataError
+    from mrkd_core.layout import find_models
+    from mrkd_core.specs import Task
+
+    make_synthetic_mvtec(tmp_path / "full", categories=("obj_disc",), n_train=4, n_test_good=2, n_test_defect=2,
+                         size=32, seed=1)
+    shutil.copytree(tmp_path / "full" / "obj_disc" / "train", tmp_path / "data" / "obj_disc" / "train")
+    cfg = MRKDConfig(backbone="resnet18", teacher_weights="none", image_size=32, epochs=1, batch_size=4,
+                     num_workers=0, progress=False, device="cpu")
+    task = Task("folder", "obj_disc", "mrkd", cfg, str(tmp_path / "data"))
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(DataError, match="test folder not found"):
+        train_evaluate(task, store, "r0")
+    assert not store.exists("runs") and not store.exists("checkpoints")  # failed before training: nothing stored
+
+    progress = []
+    first = train_evaluate(task, store, "r1", evaluate=False, on_epoch=progress.append)
+    assert first["status"] == "trained" and not first["evaluated"] and first["rows"] == []
+    assert [(p.epoch, p.epochs) for p in progress] == [(1, 1)]
+    assert set(store.read_json(f"{first['run_dir']}/manifest.json")["files"]) == {"model.pt", "config.json",
+                                                                                  "train.json"}
+    assert train_evaluate(task, store, "r2", evaluate=False)["status"] == "skipped"
+    assert find_complete(store, task) is None  # not a result for callers that need metrics
+
+    for part in ("test", "ground_truth"):
+        shutil.copytree(tmp_path / "full" / "obj_disc" / part, tmp_path / "data" / "obj_disc" / part)
+    again = train_evaluate(task, store, "r3")
+    assert again["status"] == "trained" and again["evaluated"] and again["resumed_from_epoch"] == 1
+    assert again["rows"] and 0.0 <= again["rows"][0]["image_auroc"] <= 1.0
+    assert [m.run_id for m in find_models(store, "folder", "obj_disc")] == ["r3"]  # newest of the key

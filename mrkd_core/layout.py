@@ -1,0 +1,203 @@
+"""The store layout: where a task's files live, which run directory is complete, how runs are named.
+
+Every path of the engine, the CLI and the flows is derived here from ``Task.key`` =
+``<dataset>/<category>/<config_hash>`` and a run id (docs/storage.md)::
+
+    runs/<run_id>/<key>/          config.json model.pt metrics.parquet scores.parquet maps.npz
+                                  train.json manifest.json (written last)
+    checkpoints/<key>/            epoch-NNNN.pt (+ .sha256.json), shared by the key's runs
+    checkpoints/<key>/forced/<run_id>/   a forced run's own checkpoints (removed when done)
+    claims/<key>.json             while a process trains the key (mrkd_core.claims)
+    evaluations/<run_id>/<key>/   metrics.json scores.csv of ``mrkd evaluate``
+    tables/{metrics,scores}/dataset=<d>/run_id=<r>/<table_name>   (mrkd_core.results)
+
+A run directory is *complete* when its manifest lists intact objects and was written by
+this training revision; complete ones are what reruns skip to and what ``mrkd evaluate``
+loads models from. Nothing here trains or imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from mrkd_core.errors import ConfigError, StorageError
+from mrkd_core.results import MANIFEST, is_complete
+from mrkd_core.revision import TRAINING_REVISION, stored_revision
+from mrkd_core.specs import Task
+from mrkd_core.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+RUNS = "runs"
+EVALUATIONS = "evaluations"
+# The skip rule checks objects above this size by size only (see results.verify_manifest):
+# metrics, scores, maps and configs are hashed; a WRN50 model.pt (~0.5 GB) is not downloaded.
+SKIP_CHECK_HASH_BYTES = 64 * 1024 * 1024
+
+# A run id is a path component and a hive partition value (``run_id=<id>``): no '/', '='.
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def resolve_run_id(run_id: str | None, prefix: str, when: datetime | None = None) -> str:
+    """``<prefix>-<UTC yyyymmdd-HHMMSS>`` by default; ``{date}``, ``{time}``, ``{spec}`` are filled in.
+
+    ``prefix`` is the spec's name for the flows (``{spec}``), the command for the CLI
+    (``train``, ``evaluate``). Placeholders let a deployment keep a static parameter
+    (``nightly-{date}``) while each scheduled run gets its own id; ``when`` is the run's
+    scheduled time so that a late or retried nightly keeps the date it was scheduled for.
+    Raises ``ConfigError`` for an unknown placeholder or an id that is not a safe name.
+    """
+    when = (when or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    if not run_id:
+        run_id = "{spec}-{date}-{time}"
+    try:
+        resolved = run_id.format(spec=prefix, date=when.strftime("%Y%m%d"), time=when.strftime("%H%M%S"))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"run id {run_id!r}: unknown placeholder ({exc}); use {{date}}, {{time}}, {{spec}}") from None
+    if not _RUN_ID.match(resolved):
+        raise ConfigError(f"run id {resolved!r} must match {_RUN_ID.pattern} (it names a folder and a partition)")
+    return resolved
+
+
+def run_dir(task: Task, run_id: str) -> str:
+    """``runs/<run_id>/<key>``: where run ``run_id`` stores the result of ``task``."""
+    return f"{RUNS}/{run_id}/{task.key}"
+
+
+def evaluation_dir(task: Task, run_id: str) -> str:
+    """``evaluations/<run_id>/<key>``: where ``mrkd evaluate`` run ``run_id`` writes the evaluation of ``task``."""
+    return f"{EVALUATIONS}/{run_id}/{task.key}"
+
+
+def checkpoint_dir(task: Task, run_id: str, force: bool = False) -> str:
+    """``checkpoints/<key>``, shared by every run of the key; a forced run's own ``…/forced/<run_id>``."""
+    return f"checkpoints/{task.key}" + (f"/forced/{run_id}" if force else "")
+
+
+def table_name(task: Task) -> str:
+    """``<category>-<variant>-<config_hash>.parquet``: the task's file in a ``tables/`` partition."""
+    return f"{task.category}-{task.variant}-{task.config.config_hash()}.parquet"
+
+
+def complete_manifest(store: ArtifactStore, directory: str) -> dict | None:
+    """The manifest of a complete, intact run directory (objects above 64 MiB checked by size), else None."""
+    if not store.exists(f"{directory}/{MANIFEST}") or not is_complete(store, directory, SKIP_CHECK_HASH_BYTES):
+        return None
+    return store.read_json(f"{directory}/{MANIFEST}")
+
+
+def is_current(store: ArtifactStore, directory: str, manifest: dict) -> bool:
+    """Whether this training revision wrote the run directory; older ones are kept as history, never reused."""
+    revision = stored_revision(manifest)
+    if revision != TRAINING_REVISION:
+        log.info("not reusing %s: trained by training revision %d, this code is revision %d",
+                 store.uri(directory), revision, TRAINING_REVISION)
+        return False
+    return True
+
+
+def is_evaluated(manifest: dict) -> bool:
+    """Whether a run directory's manifest lists metrics (``mrkd train --no-evaluate`` stores none)."""
+    return "metrics.parquet" in manifest.get("files", {})
+
+
+def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None, evaluated: bool = True) -> str | None:
+    """The run directory of a complete result for this key (newest run first), or None.
+
+    ``run_id`` limits the search to that run (what a forced task accepts); ``evaluated``
+    asks for a result with metrics (what every caller but ``mrkd train --no-evaluate``
+    needs). A complete directory whose ``config.json`` is another config under the same
+    hash raises a ``StorageError`` rather than being reused as this task's result.
+    """
+    runs = [f"{RUNS}/{run_id}"] if run_id is not None else sorted(store.list(RUNS), reverse=True)
+    for run in runs:
+        d = f"{run}/{task.key}"
+        manifest = complete_manifest(store, d)
+        if manifest is None:
+            continue
+        check_no_collision(store, task, d)
+        if not is_current(store, d, manifest):
+            continue
+        if evaluated and not is_evaluated(manifest):
+            continue
+        return d
+    return None
+
+
+def check_no_collision(store: ArtifactStore, task: Task, directory: str) -> None:
+    """Same hash, different config → refuse, and touch nothing that is stored."""
+    rel = f"{directory}/config.json"
+    if not store.exists(rel):
+        return
+    stored = store.read_json(rel)
+    stored_h = {k: v for k, v in stored.items() if k in task.config.hashed_dict()}
+    if stored_h != task.config.hashed_dict():
+        raise StorageError(
+            f"config hash collision at {store.uri(rel)}: a different config is stored under hash "
+            f"{task.config.config_hash()}; nothing was overwritten — move that folder away"
+        )
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A complete run directory with a ``model.pt``, as ``find_models`` lists them.
+
+    ``run_dir`` is relative to the store; ``manifest`` is its parsed manifest (``key``,
+    ``run_id``, ``variant``, ``written_at``, ``files``, ...).
+    """
+
+    dataset: str
+    category: str
+    config_hash: str
+    run_id: str
+    run_dir: str
+    manifest: dict
+
+    @property
+    def model(self) -> str:
+        """``<run_dir>/model.pt`` (relative to the store)."""
+        return f"{self.run_dir}/model.pt"
+
+
+def find_models(store: ArtifactStore, dataset: str, category: str | None = None,
+                run_id: str | None = None) -> list[StoredModel]:
+    """Complete models of ``dataset`` in the store (optionally one category or one run), newest first.
+
+    Newest by the manifest's ``written_at``. Each (category, config) appears once, from
+    its newest run. A run directory that is incomplete, damaged or of another training
+    revision is left out (see ``find_complete``).
+    """
+    runs = [f"{RUNS}/{run_id}"] if run_id is not None else store.list(RUNS)
+    found: dict[tuple[str, str], StoredModel] = {}
+    for run in runs:
+        cats = [f"{run}/{dataset}/{category}"] if category else store.list(f"{run}/{dataset}")
+        for cat_dir in cats:
+            for d in store.list(cat_dir):
+                manifest = complete_manifest(store, d)
+                if manifest is None or not is_current(store, d, manifest) or "model.pt" not in manifest["files"]:
+                    continue
+                _, rid, _, cat, config_hash = d.split("/")
+                m = StoredModel(dataset, cat, config_hash, rid, d, manifest)
+                seen = found.get((cat, config_hash))
+                if seen is None or m.manifest.get("written_at", "") > seen.manifest.get("written_at", ""):
+                    found[(cat, config_hash)] = m
+    return sorted(found.values(), key=lambda m: m.manifest.get("written_at", ""), reverse=True)
+
+
+def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """(image, mask, map) triples kept for the report (Fig. 7); mask None without pixel ground truth.
+
+    FileNotFoundError without ``maps.npz``. Files written before ``has_masks`` existed had masks.
+    """
+    with np.load(io.BytesIO(store.read_bytes(f"{run_directory}/maps.npz"))) as z:
+        if z["images"].ndim != 4:
+            return []
+        has_masks = bool(z["has_masks"]) if "has_masks" in z.files else True
+        return [(z["images"][i], z["masks"][i] if has_masks else None, z["maps"][i])
+                for i in range(z["images"].shape[0])]
