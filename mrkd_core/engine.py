@@ -177,6 +177,9 @@ def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.Dat
     for kind, df, schema in (("metrics", metrics, METRICS_SCHEMA), ("scores", scores, SCORES_SCHEMA)):
         df = df.copy()
         df["run_id"] = run_id
+        for name in schema.names:  # a column added since a reused run was written is null there
+            if name not in df.columns:
+                df[name] = None
         table_rows = df[list(schema.names)].to_dict("records")
         store.write_bytes(partition_path(kind, task.dataset, run_id, table_name(task)),
                           partition_bytes(table_rows, schema, source_run_dir))
@@ -194,6 +197,7 @@ def _maps_npz(ev: EvalResult, image_size: int) -> bytes:
     np.savez_compressed(
         buf,
         images=images,
+        has_masks=np.array(not ev.absent),  # False: the masks are zeros standing in for no ground truth
         masks=ev.masks[order] if order else np.zeros((0,)),
         maps=ev.maps[order].astype(np.float32) if order else np.zeros((0,)),
         paths=np.array([ev.scores[i]["path"] for i in order]),

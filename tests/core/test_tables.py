@@ -46,6 +46,7 @@ def metrics_row(cfg: MRKDConfig, *, run_id: str, dataset: str, category: str, va
         "started_at": finished_at - timedelta(hours=1), "finished_at": finished_at,
     }
     row.update({m: float(values[m]) for m in METRICS})
+    row["pixel_metrics_absent"] = None  # every metric computed (a dataset with pixel masks)
     return row
 
 
