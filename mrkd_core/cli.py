@@ -106,7 +106,7 @@ def _dataset(name: str):
 
 
 def _categories(ds, root: Path, wanted: Sequence[str] | None) -> list[str]:
-    if not root.is_dir():
+    if not root.is_dir() and not ds.root_is_workspace:  # ELPV's root only receives its split files
         raise DataError(f"data root {root} does not exist — pass the folder that holds the category folders")
     available = ds.categories(str(root))
     if not wanted:
@@ -230,6 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("device", "num_workers", "flm_at_test", "eval_batch_size")
                  if getattr(args, k, None) is not None}
     per_cat: dict[str, dict] = {}
+    absent: dict[str, dict[str, str]] = {}
     for cat in cats:
         stored = newest.get(cat)
         if stored is None:
@@ -248,12 +249,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           fingerprint_samples(samples, root).digest)
         row = metrics_rows(task, evaluation_id, result, training, started, utcnow(), lineage)[0]
         metrics = {m: _json_safe(row[m]) for m in METRIC_COLUMNS}
+        # null + a reason: absent (no pixel ground truth); null alone: undefined (e.g. one class only)
         record = {**{k: _json_safe(v) for k, v in row.items()}, "model": models.uri(stored.model),
-                  "eval_seconds": round(result.seconds, 3), "metrics": metrics, "config": cfg.to_dict()}
+                  "eval_seconds": round(result.seconds, 3), "metrics": metrics,
+                  "absent_metrics": result.absent, "config": cfg.to_dict()}
         d = evaluation_dir(task, evaluation_id)
         out.write_json(f"{d}/metrics.json", record)
         out.write_bytes(f"{d}/scores.csv", _csv_bytes(score_rows(task, evaluation_id, result)))
         per_cat[cat] = metrics
+        if result.absent:
+            absent[cat] = result.absent
+            log.info("%s: %s absent (%s)", cat, ", ".join(result.absent), next(iter(result.absent.values())))
         log.info("%s: %s → %s", cat, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None),
                  out.uri(d))
     keys = sorted({k for m in per_cat.values() for k in m})
@@ -262,11 +268,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         vals = [m[k] for m in per_cat.values() if m.get(k) is not None]
         mean[k] = float(sum(vals) / len(vals)) if vals else None
     summary = {"evaluation_id": evaluation_id, "dataset": args.dataset, "data_root": str(root),
-               "categories": per_cat, "mean": mean, "n_categories": len(per_cat),
+               "categories": per_cat, "mean": mean, "absent_metrics": absent, "n_categories": len(per_cat),
                "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     summary_path = f"{EVALUATIONS}/{evaluation_id}/metrics.json"
     out.write_json(summary_path, summary)
-    _out(json.dumps({"metrics": out.uri(summary_path), "mean": mean}, indent=2))
+    _out(json.dumps({"metrics": out.uri(summary_path), "mean": mean,
+                     **({"absent_metrics": absent} if absent else {})}, indent=2))
     return 0
 
 
@@ -309,12 +316,14 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from mrkd_core.data.validate import check_dataset, format_problems
+    from mrkd_core.data.validate import check_dataset, describe_dataset, format_problems
 
     root = Path(args.root)
-    if not root.is_dir():
+    if not root.is_dir() and not _dataset(args.dataset).root_is_workspace:
         raise DataError(f"{root}: folder not found — pass the dataset root")
     problems = check_dataset(args.dataset, str(root), categories=args.category or None)
+    for line in describe_dataset(args.dataset, str(root), categories=args.category or None):
+        _out(line)
     if problems:
         _out(format_problems(problems))
         return 1
@@ -348,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root", help="dataset root (MVTec AD layout: <root>/<category>/train/good ...)")
     p.add_argument("--output", "-o", help="artifact store (folder or s3:// URI) for models, checkpoints and "
                                           "metrics (default: MRKD_STORE)")
-    p.add_argument("--dataset", default="folder", help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd")
+    p.add_argument("--dataset", default="folder",
+                   help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd, elpv, elpv_any_defect")
     p.add_argument("--category", "-c", action="append", help="category to train (repeatable; default: all)")
     p.add_argument("--run-id", help="name of this training run (default train-<UTC yyyymmdd-HHMMSS>; "
                                     "{date} {time} allowed)")

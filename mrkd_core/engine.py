@@ -209,6 +209,9 @@ def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.Dat
     for table, df in ((METRICS_TABLE, metrics), (SCORES_TABLE, scores)):
         df = df.copy()
         df["run_id"] = run_id
+        for name in table.schema.names:  # a column added since a reused run was written is null there
+            if name not in df.columns:
+                df[name] = None
         table.write(store, df[list(table.schema.names)].to_dict("records"), table_name(task), source_run_dir)
 
 
@@ -224,6 +227,7 @@ def _maps_npz(ev: EvalResult, image_size: int) -> bytes:
     np.savez_compressed(
         buf,
         images=images,
+        has_masks=np.array(not ev.absent),  # False: the masks are zeros standing in for no ground truth
         masks=ev.masks[order] if order else np.zeros((0,)),
         maps=ev.maps[order].astype(np.float32) if order else np.zeros((0,)),
         paths=np.array([ev.scores[i]["path"] for i in order]),

@@ -219,9 +219,14 @@ def find_models(store: ArtifactStore, dataset: str, category: str | None = None,
     return sorted(found.values(), key=lambda m: m.manifest.get("written_at", ""), reverse=True)
 
 
-def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(image, mask, map) triples kept for the report (Fig. 7); FileNotFoundError without ``maps.npz``."""
+def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """(image, mask, map) triples kept for the report (Fig. 7); mask None without pixel ground truth.
+
+    FileNotFoundError without ``maps.npz``. Files written before ``has_masks`` existed had masks.
+    """
     with np.load(io.BytesIO(store.read_bytes(f"{run_directory}/maps.npz"))) as z:
         if z["images"].ndim != 4:
             return []
-        return [(z["images"][i], z["masks"][i], z["maps"][i]) for i in range(z["images"].shape[0])]
+        has_masks = bool(z["has_masks"]) if "has_masks" in z.files else True
+        return [(z["images"][i], z["masks"][i] if has_masks else None, z["maps"][i])
+                for i in range(z["images"].shape[0])]

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import StorageError
+from mrkd_core.metrics import PIXEL_METRICS
 from mrkd_core.storage import ArtifactStore
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "au_pro", "au_pro_per_image", "f1_max_image", "f1_max_pixel")
+ABSENT_COLUMN = "pixel_metrics_absent"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mrkd-manifest/1"
 
@@ -73,6 +75,9 @@ METRICS_SCHEMA = pa.schema(
         *_cfg_fields(),
         pa.field("teacher_weights", pa.string()),
         *[pa.field(m, pa.float64()) for m in METRIC_COLUMNS],
+        # null: every metric computed (NaN = undefined); else why the pixel metrics are
+        # absent (null) — an image-labelled test set (ELPV, a folder without ground_truth/).
+        pa.field(ABSENT_COLUMN, pa.string()),
         pa.field("n_train", pa.int64()),
         pa.field("n_test", pa.int64()),
         pa.field("n_test_anomalous", pa.int64()),
@@ -120,7 +125,8 @@ def metrics_rows(task: Task, run_id: str, ev: EvalResult, training: dict[str, An
     ``images_per_second``, ``device``; what the run directory's ``train.json`` holds; a
     field it lacks is null). ``lineage``: what the model was trained and evaluated on
     (``mrkd_core.lineage``; its fingerprints and training revision become columns).
-    Metrics missing from ``ev`` (e.g. pixel metrics without masks) are NaN.
+    Metrics ``ev`` reports absent (pixel metrics of a test set without masks) are stored
+    null with the reason in ``pixel_metrics_absent``; other metrics missing from ``ev`` are NaN.
     """
     import torch
 
@@ -141,7 +147,8 @@ def metrics_rows(task: Task, run_id: str, ev: EvalResult, training: dict[str, An
         "test_fingerprint": None, **lineage.record(),  # (record() names the test data when it is known)
     }
     by_scales = ev.metrics_by_scales or {scales_key(cfg.score_scales): ev.metrics}
-    return [{**common, "score_scales": key, **{m: float(vals.get(m, math.nan)) for m in METRIC_COLUMNS}}
+    absent = {ABSENT_COLUMN: next(iter(ev.absent.values()), None)}  # to_table writes those metrics null
+    return [{**common, "score_scales": key, **absent, **{m: float(vals.get(m, math.nan)) for m in METRIC_COLUMNS}}
             for key, vals in by_scales.items()]
 
 
@@ -184,12 +191,29 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _stored_values(row: dict, schema: pa.Schema) -> dict:
+    """One row as stored: null strings stay null, and absent metrics are null, not NaN.
+
+    pandas reads a null string back as NaN, so rows copied from a stored table (a skipped
+    task's) need the first rule. The second keeps "not computed" (null, with the reason in
+    ``pixel_metrics_absent``) apart from "undefined" (NaN, e.g. a test set of one class).
+    """
+    out = {n: row.get(n) for n in schema.names}
+    for f in schema:
+        value = out[f.name]
+        if pa.types.is_string(f.type) and isinstance(value, float) and math.isnan(value):
+            out[f.name] = None
+    if isinstance(out.get(ABSENT_COLUMN), str):
+        out.update({m: None for m in PIXEL_METRICS})
+    return out
+
+
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows → a table with exactly ``schema``'s columns; a missing column is a bug, so it raises."""
     missing = [n for n in schema.names if rows and n not in rows[0]]
     if missing:
         raise ValueError(f"result rows lack columns {missing}")
-    return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
+    return pa.Table.from_pylist([_stored_values(r, schema) for r in rows], schema=schema)
 
 
 def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:

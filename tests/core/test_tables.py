@@ -47,6 +47,7 @@ def metrics_row(cfg: MRKDConfig, *, run_id: str, dataset: str, category: str, va
         "train_fingerprint": "a" * 64, "test_fingerprint": "b" * 64, "training_revision": 2,
     }
     row.update({m: float(values[m]) for m in METRICS})
+    row["pixel_metrics_absent"] = None  # every metric computed (a dataset with pixel masks)
     return row
 
 

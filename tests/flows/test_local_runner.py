@@ -72,6 +72,7 @@ def test_gpu_request_rules(monkeypatch):
     monkeypatch.delenv("MRKD_NUM_GPUS", raising=False)
     assert requested_gpus(None, "ray-head:6379") == 1.0  # a cluster: one GPU per training
     assert requested_gpus(None, None) is None  # local: decided by the GPUs the local Ray finds
+    assert requested_gpus(None, "127.0.0.1:6379") is None  # the local head: the same rule
     assert requested_gpus(0.5, "ray-head:6379") == 0.5  # fractional: two trainings per GPU
     monkeypatch.setenv("MRKD_NUM_GPUS", "0.25")
     assert requested_gpus(None, "ray-head:6379") == 0.25
@@ -105,11 +106,11 @@ def test_failed_training_is_retried_and_a_lost_one_does_not_sink_the_report(pref
     real = fte.train_evaluate
     calls: dict[str, int] = {}
 
-    def flaky(task, store, run_id, force=False):
+    def flaky(task, store, run_id, force=False, on_epoch=None):
         calls[task.category] = calls.get(task.category, 0) + 1
         if task.category == "tex_stripes" or calls[task.category] == 1:
             raise RuntimeError(f"simulated failure {calls[task.category]} of {task.category}")
-        return real(task, store, run_id, force)
+        return real(task, store, run_id, force, on_epoch=on_epoch)
 
     monkeypatch.setattr(fte, "train_evaluate", flaky)
     monkeypatch.setattr(fb, "train_one", train_one.with_options(retry_delay_seconds=0))
