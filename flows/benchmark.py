@@ -3,12 +3,15 @@
 ::
 
     benchmark(spec)
+      ├─ (runner)             resolved once: Ray of this run, local Ray head, cluster, or local;
+      │                       the Ray dashboard's URL is the flow run's first log lines
       ├─ prepare-dataset      per dataset of the spec, in the driver (download / generate, idempotent)
       ├─ plan                 spec.tasks(data_root) → one Task per (dataset, category, variant)
       ├─ find-complete        keys with a valid manifest in any run are not trained again (unless force)
-      ├─ record-complete      per complete key, in the driver: engine.train_evaluate → "skipped"
-      ├─ mrkd-train-all       subflow on Ray (or a thread): train-evaluate per pending key,
-      │                       num_gpus=1 each on a cluster, results are small records
+      ├─ record-complete      per complete key, in the driver: engine.train_evaluate copies the
+      │                       stored rows into this run; state "Skipped"
+      ├─ mrkd-train-all       subflow on the runner: train-evaluate per pending key (num_gpus=1 each
+      │                       on a cluster); ends Failed, naming the first error, if any training failed
       └─ tables               results.read_metrics/read_scores(run_id) → report.write_report
 
 Keys that are already complete never reach Ray, so a rerun of a finished spec starts no
@@ -34,23 +37,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.states import Failed, State
 
 import flows  # noqa: F401 - offline-safe environment defaults
 from flows.download import dataset_records, prepare_dataset
-from flows.ray_runner import (
-    RUNNERS,
-    check_runner,
-    local_gpu_request,
-    make_task_runner,
-    remote_request,
-    requested_gpus,
-    resolve_address,
-    warn_if_no_gpu,
-    worker_env,
-)
+from flows.ray_runner import RUNNERS, Runner, check_runner
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id, spec_path
-from flows.train_evaluate import train_one
+from flows.train_evaluate import record_complete, train_one
 from mrkd_core.errors import MRKDError
 from mrkd_core.layout import find_complete, read_maps
 from mrkd_core.report import MapTriple, write_report
@@ -118,40 +113,44 @@ def maps_provider(store: ArtifactStore, results: list[dict[str, Any]]) -> Callab
 
 
 # --------------------------------------------------------------------------- fan-out subflow
+def _failure(exc: BaseException) -> str:
+    """``Type: first line`` of a training's error (Ray adds its traceback below the first line)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _outcome(task: dict[str, Any], future: PrefectFuture, logger: logging.LoggerAdapter) -> dict[str, Any]:
+    """The record of one submitted training: its summary, or a failure record with its own error."""
+    try:
+        return future.result()  # the task's own exception when it failed, a Ray error when it never ran
+    except Exception as exc:  # noqa: BLE001 - one training's failure must not hide the others'
+        key = task["key"]
+        error = _failure(exc)
+        logger.error("training %s failed: %s", key, error)
+        return {"key": key, "status": "failed", "dataset": task["dataset"], "category": task["category"],
+                "variant": task["variant"], "run_dir": None, "error": error}
+
+
+def first_failure(results: list[dict[str, Any]]) -> str | None:
+    failed = [r for r in results if r["status"] == "failed"]
+    if not failed:
+        return None
+    return f"{len(failed)} of {len(results)} trainings failed; first: {failed[0]['key']}: {failed[0]['error']}"
+
+
 @flow(name="mrkd-train-all")
 def train_all(tasks: list[dict[str, Any]], datasets: dict[str, dict[str, Any]], run_id: str, force: bool,
-              runner: str, address: str | None, num_gpus: float | None, store_root: str,
-              data_root: str) -> list[dict[str, Any]]:
-    """One ``train-evaluate`` per task on this subflow's task runner; failed ones come back as errors.
-
-    The workers' environment (credentials included) is built here from the driver's
-    environment, never passed as a parameter: parameters are stored and shown by Prefect.
-    """
+              runner: Runner) -> list[dict[str, Any]] | State:
+    """One ``train-evaluate`` per task on ``runner``; ends Failed (with every record) if any failed."""
     logger = get_run_logger()
-    env = worker_env(store_root, data_root, _prefect_api_url()) if runner == "ray" else {}
-    if runner == "ray":
-        gpus = num_gpus if num_gpus is not None else local_gpu_request()
-        if address:
-            warn_if_no_gpu(gpus)
-    else:
-        gpus = 0.0
-    with remote_request(runner, gpus, env) as options:
+    with runner.submitting() as options:
         reuse = "" if "max_calls" not in options else (
             ", one Ray worker process per training" if options["max_calls"] == 1 else ", Ray workers reused")
-        logger.info("%d training(s) on runner=%s, %s GPU(s) each%s", len(tasks), runner, gpus, reuse)
+        logger.info("%d training(s) on %s, %s GPU(s) each%s", len(tasks), runner.kind, options["num_gpus"], reuse)
         futures = [train_one.submit(t, run_id, force, datasets[t["dataset"]]) for t in tasks]
-    results = []
-    for t, future in zip(tasks, futures):
-        future.wait()
-        state = future.state
-        if state.is_completed():
-            results.append(future.result())
-        else:
-            key = t["key"]
-            logger.error("training %s ended %s: %s", key, state.name, state.message)
-            results.append({"key": key, "status": "failed", "dataset": t["dataset"], "category": t["category"],
-                            "variant": t["variant"], "run_dir": None, "error": state.message})
-    return results
+    results = [_outcome(t, f, logger) for t, f in zip(tasks, futures)]
+    failure = first_failure(results)
+    return Failed(message=failure, data=results) if failure else results
 
 
 # --------------------------------------------------------------------------- the flow
@@ -198,16 +197,21 @@ def benchmark(
     ``spec`` is a name found along ``MRKD_SPEC_PATH`` then ``flows/specs/``, or a YAML path;
     ``categories``/``epochs``/``image_size`` narrow it (the report says so). ``run_id`` defaults to
     ``<spec>-<UTC yyyymmdd-HHMMSS>`` and may use ``{date}``/``{time}``/``{spec}``.
-    ``runner='ray'`` fans out on Ray (``ray_address``/``RAY_ADDRESS`` = a cluster, else a
-    local Ray); ``runner='local'`` trains one task after another without Ray.
-    ``num_gpus`` per training defaults to ``MRKD_NUM_GPUS``, else 1 on a cluster.
+    ``runner='ray'`` fans out on Ray (``ray_address``/``RAY_ADDRESS``: the local head or a
+    cluster, else a Ray of this run); ``runner='local'`` trains one task after another
+    without Ray. ``num_gpus`` per training defaults to ``MRKD_NUM_GPUS``, else 1 on a cluster.
+    Fails with :class:`BenchmarkFailed` (first failure's type and text) when any training
+    failed, after writing the report of the others.
     """
     logger = get_run_logger()
-    check_runner(runner)
-    loaded = load_spec(spec, spec_path()).narrow(categories=categories, epochs=epochs, image_size=image_size)
-    rid = resolve_run_id(run_id, loaded.name, _scheduled_time())
+    check_runner(runner)  # before anything is touched
     store = open_store()
     root = default_data_root(store)
+    fan_out = Runner.resolve(runner, ray_address, num_gpus, store.root, root, _prefect_api_url())
+    logger.info("Ray dashboard: %s", fan_out.dashboard_hint())
+    logger.info("%s", fan_out.describe())
+    loaded = load_spec(spec, spec_path()).narrow(categories=categories, epochs=epochs, image_size=image_size)
+    rid = resolve_run_id(run_id, loaded.name, _scheduled_time())
     logger.info("run %s: spec %s%s → %s", rid, loaded.name, " (narrowed)" if loaded.narrowed else "", store.uri())
 
     records = dataset_records(loaded, root)
@@ -218,24 +222,27 @@ def benchmark(
     by_name = {r["name"]: r for r in records}
 
     results: list[dict[str, Any]] = []
-    complete = [t for t, d in zip(tasks, done) if d]
     pending = [t for t, d in zip(tasks, done) if not d]
-    for t in complete:  # cheap: the engine finds the manifest and copies the rows into this run's tables
-        results.append(train_one(t, rid, force, None))
+    for t in (t for t, d in zip(tasks, done) if d):  # in the driver: copies the stored rows into this run
+        results.append(record_complete(t, rid, force, return_state=True).result())
     if pending:
-        address = resolve_address(ray_address) if runner == "ray" else None
-        gpus = requested_gpus(num_gpus, address) if runner == "ray" else 0.0
-        task_runner = make_task_runner(runner, address)
-        results += train_all.with_options(task_runner=task_runner)(
-            pending, by_name, rid, force, runner, address, gpus, store.root, root)
+        state = train_all.with_options(task_runner=fan_out.task_runner())(
+            pending, by_name, rid, force, fan_out, return_state=True)
+        trained = state.result(raise_on_failure=False)
+        if isinstance(trained, BaseException):  # the subflow itself crashed: no record per training
+            error = _failure(trained)
+            trained = [{"key": t["key"], "status": "failed", "dataset": t["dataset"],
+                        "category": t["category"], "variant": t["variant"], "run_dir": None, "error": error}
+                       for t in pending]
+        results += trained
 
     ok = [r for r in results if r["status"] != "failed"]
     report = tables(rid, ok) if ok else None
     counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "skipped", "failed")}
     logger.info("run %s: %s; report %s", rid, counts, report)
-    failed = [r["key"] for r in results if r["status"] == "failed"]
-    if failed:
-        raise BenchmarkFailed(f"{len(failed)} of {len(results)} trainings failed: {failed}; report of the rest: {report}")
+    failure = first_failure(results)
+    if failure:
+        raise BenchmarkFailed(f"{failure}; report of the rest: {report}")
     return {"run_id": rid, "spec": loaded.name, "store": store.uri(), "report": report, "counts": counts,
             "tasks": results}
 
@@ -269,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MRKDError as exc:
         sys.stderr.write(f"mrkd-benchmark: error: {exc}\n")
         return 2
+    except BenchmarkFailed as exc:  # the flow run's log has each training's error; one line here
+        sys.stderr.write(f"mrkd-benchmark: failed: {exc}\n")
+        return 1
     log.info("%s in %.1f s: %s", out["run_id"], time.perf_counter() - started, out["counts"])
     print(f"report: {out['report']}")
     return 0

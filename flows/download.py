@@ -55,8 +55,9 @@ def ensure_dataset(record: dict[str, Any]) -> str:
     if getattr(dataset, "download_info", None) is not None:
         # A no-op (marker check) when the dataset is already extracted there.
         dataset.download(root, None, progress=False)
-    elif not os.path.isdir(root):
+    elif not os.path.isdir(root) and not dataset.root_is_workspace:
         # 'folder' datasets are the user's own images: nothing to fetch, so say where they are expected.
+        # (ELPV's images come with its pip package; its root only receives the split, made on first use.)
         log.warning("dataset %s: %s does not exist and has no download; put the images there", record["name"], root)
     return root
 

@@ -109,7 +109,7 @@ def _dataset(name: str):
 
 
 def _categories(ds, root: Path, wanted: Sequence[str] | None) -> list[str]:
-    if not root.is_dir():
+    if not root.is_dir() and not ds.root_is_workspace:  # ELPV's root only receives its split files
         raise DataError(f"data root {root} does not exist — pass the folder that holds the category folders")
     available = ds.categories(str(root))
     if not wanted:
@@ -185,7 +185,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     for cat in cats:
         task = Task(args.dataset, cat, CLI_VARIANT, cfg, str(root))
         log.info("training %s (config %s) → %s", cat, cfg.config_hash(), store.uri(run_dir(task, run_id)))
-        result = train_evaluate(task, store, run_id, force=not args.resume, evaluate=args.evaluate)
+        # Refuse, rather than discard, checkpoints of the key trained on other images: the
+        # user may have pointed at the wrong folder (mrkd_core.lineage; --no-resume replaces them).
+        result = train_evaluate(task, store, run_id, force=not args.resume, evaluate=args.evaluate,
+                                on_other_data="refuse")
         done = result["run_dir"]
         info = store.read_json(f"{done}/train.json")
         main = result["rows"][0] if result["rows"] else {}  # the config's own fusion comes first
@@ -204,11 +207,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the newest stored model of each category on a test split; JSON + CSV under ``evaluations/``."""
+    from mrkd_core.data.fingerprint import fingerprint_samples
     from mrkd_core.device import place_model, resolve_device
     from mrkd_core.evaluate import evaluate
     from mrkd_core.inference.calibration import verdict_columns
     from mrkd_core.layout import EVALUATIONS, evaluation_dir, find_models, resolve_run_id
+    from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage
     from mrkd_core.model_io import load_model_file
+    from mrkd_core.revision import EVALUATION_REVISION
     from mrkd_core.results import METRIC_COLUMNS, metrics_rows, score_rows, utcnow
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
@@ -230,6 +236,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("device", "num_workers", "flm_at_test", "eval_batch_size")
                  if getattr(args, k, None) is not None}
     per_cat: dict[str, dict] = {}
+    absent: dict[str, dict[str, str]] = {}
     for cat in cats:
         stored = newest.get(cat)
         if stored is None:
@@ -244,11 +251,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(model, cfg, samples)
         task = Task(args.dataset, cat, stored.manifest.get("variant", CLI_VARIANT), cfg, str(root))
         training = models.read_json(f"{stored.run_dir}/train.json")
-        row = metrics_rows(task, evaluation_id, result, training, started, utcnow())[0]
+        # What the model was trained on (its manifest; None for a model of before fingerprints),
+        # this test split, and the code that scored it.
+        lineage = Lineage(cfg.config_hash(), stored.manifest.get(TRAIN_FINGERPRINT),
+                          fingerprint_samples(samples, root).digest, evaluation_revision=EVALUATION_REVISION)
+        row = metrics_rows(task, evaluation_id, result, training, started, utcnow(), lineage)[0]
         metrics = {m: _json_safe(row[m]) for m in METRIC_COLUMNS}
+        # null + a reason: absent (no pixel ground truth); null alone: undefined (e.g. one class only)
         record = {**{k: _json_safe(v) for k, v in row.items()}, "model": models.uri(stored.model),
-                  "eval_seconds": round(result.seconds, 3), "metrics": metrics, "config": cfg.to_dict(),
-                  "calibration": loaded.calibration}
+                  "eval_seconds": round(result.seconds, 3), "metrics": metrics,
+                  "absent_metrics": result.absent, "config": cfg.to_dict(), "calibration": loaded.calibration}
         if loaded.calibration is None:
             log.warning("%s has no calibration: scores.csv has no verdicts — run `mrkd calibrate %s %s`",
                         models.uri(stored.model), models.uri(stored.model), root)
@@ -257,6 +269,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         verdicts = verdict_columns(loaded.calibration, [s["score"] for s in result.scores])
         out.write_bytes(f"{d}/scores.csv", _csv_bytes(score_rows(task, evaluation_id, result, verdicts)))
         per_cat[cat] = metrics
+        if result.absent:
+            absent[cat] = result.absent
+            log.info("%s: %s absent (%s)", cat, ", ".join(result.absent), next(iter(result.absent.values())))
         log.info("%s: %s → %s", cat, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None),
                  out.uri(d))
     keys = sorted({k for m in per_cat.values() for k in m})
@@ -265,11 +280,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         vals = [m[k] for m in per_cat.values() if m.get(k) is not None]
         mean[k] = float(sum(vals) / len(vals)) if vals else None
     summary = {"evaluation_id": evaluation_id, "dataset": args.dataset, "data_root": str(root),
-               "categories": per_cat, "mean": mean, "n_categories": len(per_cat),
+               "categories": per_cat, "mean": mean, "absent_metrics": absent, "n_categories": len(per_cat),
                "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     summary_path = f"{EVALUATIONS}/{evaluation_id}/metrics.json"
     out.write_json(summary_path, summary)
-    _out(json.dumps({"metrics": out.uri(summary_path), "mean": mean}, indent=2))
+    _out(json.dumps({"metrics": out.uri(summary_path), "mean": mean,
+                     **({"absent_metrics": absent} if absent else {})}, indent=2))
     return 0
 
 
@@ -285,12 +301,14 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from mrkd_core.data.validate import check_dataset, format_problems
+    from mrkd_core.data.validate import check_dataset, describe_dataset, format_problems
 
     root = Path(args.root)
-    if not root.is_dir():
+    if not root.is_dir() and not _dataset(args.dataset).root_is_workspace:
         raise DataError(f"{root}: folder not found — pass the dataset root")
     problems = check_dataset(args.dataset, str(root), categories=args.category or None)
+    for line in describe_dataset(args.dataset, str(root), categories=args.category or None):
+        _out(line)
     if problems:
         _out(format_problems(problems))
         return 1
@@ -322,17 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "store it in the artifact store layout the flows use (docs/storage.md): "
                                    "<output>/runs/<run_id>/<dataset>/<category>/<config_hash>/model.pt. "
                                    "Prints where each model is. A category already trained with the same "
-                                   "config is not trained again (see --no-resume).")
+                                   "config and images is not trained again (see --no-resume).")
     p.add_argument("data_root", help="dataset root (MVTec AD layout: <root>/<category>/train/good ...)")
     p.add_argument("--output", "-o", help="artifact store (folder or s3:// URI) for models, checkpoints and "
                                           "metrics (default: MRKD_STORE)")
-    p.add_argument("--dataset", default="folder", help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd")
+    p.add_argument("--dataset", default="folder",
+                   help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd, elpv, elpv_any_defect")
     p.add_argument("--category", "-c", action="append", help="category to train (repeatable; default: all)")
     p.add_argument("--run-id", help="name of this training run (default train-<UTC yyyymmdd-HHMMSS>; "
                                     "{date} {time} allowed)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse a complete model of the same config, else continue from the newest valid "
-                        "checkpoint (default: on); --no-resume trains again from scratch")
+                   help="reuse a complete model of the same config and images, else continue from the newest "
+                        "valid checkpoint of the same config and training images (default: on); --no-resume "
+                        "trains again from scratch and replaces the checkpoints")
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate on the test split after training (default: on); --no-evaluate for a dataset "
                         "without test images")

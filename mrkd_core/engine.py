@@ -12,13 +12,27 @@ directory holds a valid manifest (in any run) is complete: calling again skips i
 unless forced. Checkpoints live under the key, not the run, so a task that died, or a
 later run of the same key, resumes where training stopped.
 
+A complete result is reused only if it was computed from the same inputs
+(:mod:`mrkd_core.lineage`): the same config, training data (fingerprint of the images
+trained on, after the ``validation_fraction`` hold-out), test data (fingerprint), training
+revision and evaluation revision (``layout.task_inputs``). Otherwise the key is
+trained again, and the old run directory stays as history. The key's checkpoints are
+keyed the same way: ones trained on other data are discarded (``on_other_data=
+"restart"``, the flows: the data changed, retrain) or refused with one line naming
+``--no-resume`` (``"refuse"``, ``mrkd train``: the user may have pointed at the wrong
+folder, and the checkpoints are still good for their own data).
+
 ``force`` means "train this key again, from scratch, in this run" (e.g. the nightly
 retraining that catches regressions in the code, or ``mrkd train --no-resume``):
-complete results of *other* runs and the key's shared checkpoints are ignored. Its
-checkpoints go to a folder of its own (``checkpoints/<key>/forced/<run_id>/``), so a
-forced task that dies still resumes on retry, and are deleted once the run directory is
-complete. A complete result of the *same* run still counts, so retrying a forced flow
-run does not redo finished keys.
+complete results of *other* runs and the key's shared checkpoints are ignored. A forced
+flow task's checkpoints go to a folder of its own (``checkpoints/<key>/forced/<run_id>/``),
+so a forced task that dies still resumes on retry, and are deleted once the run
+directory is complete; the key's shared checkpoints are left for later extension.
+``mrkd train --no-resume`` (force with ``on_other_data="refuse"``) is the way out of the
+refusal above, so it replaces the key's shared checkpoints instead: it trains from
+scratch into them (discarded once the training images have decoded), and a later
+``mrkd train`` resumes this training, not the refused one. A complete result of the
+*same* run still counts, so retrying a forced flow run does not redo finished keys.
 
 ``evaluate=False`` (``mrkd train --no-evaluate``: a dataset without a test split) stores
 the model and its training record only; such a run directory satisfies later calls that
@@ -43,27 +57,33 @@ import numpy as np
 import pandas as pd
 
 from mrkd_core.claims import KeyClaim
-from mrkd_core.data import get_dataset
+from mrkd_core.data import Sample
 from mrkd_core.evaluate import EvalResult, evaluate
 from mrkd_core.inference.calibration import calibrate_after_training, verdict_columns
-from mrkd_core.layout import check_no_collision, checkpoint_dir, find_complete, is_evaluated, run_dir, table_name
+from mrkd_core.layout import (
+    check_no_collision,
+    checkpoint_dir,
+    find_complete,
+    is_evaluated,
+    run_dir,
+    table_name,
+    task_inputs,
+)
+from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage
 from mrkd_core.model_io import save_model
+from mrkd_core.partitioned import METRICS_TABLE, SCORES_TABLE, check_run_id, conform
 from mrkd_core.results import (
     MANIFEST,
     METRICS_SCHEMA,
     SCORES_SCHEMA,
     metrics_rows,
     parquet_bytes,
-    partition_bytes,
-    partition_path,
     read_parquet_bytes,
     score_rows,
     summary_rows,
     utcnow,
-    with_columns,
     write_manifest,
 )
-from mrkd_core.revision import EVALUATION_REVISION, TRAINING_REVISION
 from mrkd_core.specs import Task
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.train import EpochProgress, train
@@ -77,34 +97,45 @@ MAPS_PER_CATEGORY = 6  # test images whose maps are kept for the report's Fig. 7
 
 # --------------------------------------------------------------------------- the one path
 def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = False, *, evaluate: bool = True,
-                   on_epoch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
-    """Train, evaluate and store one task; skip it when its key is already complete.
+                   on_epoch: Callable[[EpochProgress], None] | None = None,
+                   on_other_data: str = "restart") -> dict[str, Any]:
+    """Train, evaluate and store one task; skip it when its key is already complete for the same inputs.
 
     Returns a JSON-safe record: ``{"key", "status": "trained"|"skipped", "run_dir",
     "rows": [summary rows per fused scale set], "evaluated": bool}`` plus
     ``"resumed_from_epoch"`` when it trained. ``on_epoch`` is passed to :func:`train`
-    (progress reports). While it trains, the task holds the key's claim
-    (``mrkd_core.claims``): a concurrent call for the same key waits, then skips the key
-    its holder completed. Raises ``DataError`` for bad input, ``StorageError`` for a
-    config-hash collision or a lost claim; nothing stored before is changed either way.
+    (progress reports). ``on_other_data``: ``"restart"`` or ``"refuse"`` for checkpoints
+    of the key trained on other data (module docstring). While it trains, the task holds
+    the key's claim (``mrkd_core.claims``): a concurrent call for the same key waits,
+    then skips the key its holder completed. Raises ``ConfigError`` for a run id that
+    cannot name a folder, ``DataError`` for bad input, ``StorageError`` for a config-hash
+    collision, a lost claim or a refused checkpoint; nothing stored before is changed
+    either way.
     """
+    check_run_id(run_id)
+    lineage, train_samples, test_samples = task_inputs(task, evaluate)
     forced_run = run_id if force else None
-    done = find_complete(store, task, forced_run, evaluated=evaluate)
+    done = find_complete(store, task, forced_run, evaluated=evaluate, lineage=lineage)
     if done is not None:
         return _skip(task, store, run_id, done)
     with KeyClaim(store, task.key, run_id) as claim:
-        done = find_complete(store, task, forced_run, evaluated=evaluate)  # the holder we waited for finished it
+        # The holder we waited for may have finished it.
+        done = find_complete(store, task, forced_run, evaluated=evaluate, lineage=lineage)
         if done is not None:
             return _skip(task, store, run_id, done)
-        return _train_and_store(task, store, run_id, force, evaluate, claim, on_epoch)
+        return _train_and_store(task, store, run_id, force, evaluate, claim, on_epoch, on_other_data,
+                                lineage, train_samples, test_samples)
 
 
 def _skip(task: Task, store: ArtifactStore, run_id: str, done: str) -> dict[str, Any]:
     manifest = store.read_json(f"{done}/{MANIFEST}")
     rows: list[dict] = []
     if is_evaluated(manifest):
-        metrics = read_parquet_bytes(store.read_bytes(f"{done}/metrics.parquet")).to_pandas()
-        scores = read_parquet_bytes(store.read_bytes(f"{done}/scores.parquet")).to_pandas()
+        # Conformed: a run directory of an older version lacks the columns added since (null).
+        metrics = conform(read_parquet_bytes(store.read_bytes(f"{done}/metrics.parquet")), METRICS_SCHEMA,
+                          store.uri(done)).to_pandas()
+        scores = conform(read_parquet_bytes(store.read_bytes(f"{done}/scores.parquet")), SCORES_SCHEMA,
+                         store.uri(done)).to_pandas()
         metrics["spec"] = task.spec or metrics["spec"]
         _write_tables(store, task, run_id, metrics, scores, done)
         rows = summary_rows(metrics, run_id)
@@ -113,18 +144,20 @@ def _skip(task: Task, store: ArtifactStore, run_id: str, done: str) -> dict[str,
 
 
 def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool, evaluate_test: bool,
-                     claim: KeyClaim, on_epoch: Callable[[EpochProgress], None] | None) -> dict[str, Any]:
+                     claim: KeyClaim, on_epoch: Callable[[EpochProgress], None] | None, on_other_data: str,
+                     lineage: Lineage, train_samples: list[Sample], test_samples: list[Sample]) -> dict[str, Any]:
+    # The test split was listed (and fingerprinted) before training by task_inputs, so
+    # that a bad test split fails in seconds, not after it.
     cfg = task.config
     directory = run_dir(task, run_id)
     check_no_collision(store, task, directory)
-    ds = get_dataset(task.dataset)
-    train_samples = ds.train_samples(task.data_root, task.category)
-    # Listed before training, so that a bad test split fails in seconds, not after it.
-    test_samples = ds.test_samples(task.data_root, task.category) if evaluate_test else []
     started = utcnow()
-    ckpt_dir = checkpoint_dir(task, run_id, force)
-    result = train(cfg, train_samples, task.category, checkpoints=store.sub(ckpt_dir), resume=True,
-                   on_epoch=on_epoch)
+    # `mrkd train --no-resume` replaces the key's own checkpoints; a forced flow task uses its own folder.
+    replace_checkpoints = force and on_other_data == "refuse"
+    ckpt_dir = checkpoint_dir(task, run_id, force and not replace_checkpoints)
+    result = train(cfg, train_samples, task.category, checkpoints=store.sub(ckpt_dir),
+                   resume=not replace_checkpoints, on_epoch=on_epoch,
+                   train_fingerprint=lineage.train_fingerprint, on_other_data=on_other_data)
     ev = (evaluate(result.model, cfg, test_samples, keep_maps=True, scale_sets=list(task.scale_sets) or None)
           if evaluate_test else None)
     # Policy auto (docs/inference.md): the false-alarm rate on held-out train/good when
@@ -142,7 +175,7 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     rows: list[dict] = []
     scores: list[dict] = []
     if ev is not None:
-        rows = metrics_rows(task, run_id, ev, training, started, finished)
+        rows = metrics_rows(task, run_id, ev, training, started, finished, lineage)
         scores = score_rows(task, run_id, ev, verdict_columns(cal_dict, [s["score"] for s in ev.scores]))
         files = {"metrics.parquet": parquet_bytes(rows, METRICS_SCHEMA),
                  "scores.parquet": parquet_bytes(scores, SCORES_SCHEMA),
@@ -154,21 +187,21 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     store.write_json(f"{directory}/config.json", cfg.to_dict())
     save_model(result.model, cfg, store, f"{directory}/model.pt",
                extra={"dataset": task.dataset, "category": task.category, "run_id": run_id,
-                      "data_root": task.data_root}, calibration=cal_dict)
+                      "data_root": task.data_root, TRAIN_FINGERPRINT: lineage.train_fingerprint},
+               calibration=cal_dict)
     for name, data in files.items():
         store.write_bytes(f"{directory}/{name}", data)
     store.write_json(f"{directory}/train.json", {
         **training, "epoch_losses": result.epoch_losses, "log": result.log,
         "resumed_from_epoch": result.resumed_from_epoch, "eval_seconds": ev.seconds if ev is not None else None,
-        "host": platform.node(), "data_root": task.data_root,
+        "host": platform.node(), "data_root": task.data_root, TRAIN_FINGERPRINT: lineage.train_fingerprint,
     })
     claim.check()
     write_manifest(store, directory, ["model.pt", *files, "config.json", "train.json"],
-                   extra={"key": task.key, "run_id": run_id, "variant": task.variant,
-                          "training_revision": TRAINING_REVISION, "evaluation_revision": EVALUATION_REVISION})
+                   extra={"key": task.key, "run_id": run_id, "variant": task.variant, **lineage.record()})
     if ev is not None:
         _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(scores), directory)
-    if force:
+    if force and not replace_checkpoints:
         # Only a crash of this run needed them; the run directory now holds model.pt.
         store.remove(ckpt_dir, recursive=True)
     if ev is not None:
@@ -184,12 +217,13 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
 def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.DataFrame, scores: pd.DataFrame,
                   source_run_dir: str) -> None:
     """The hive-partitioned copies that pandas/pyarrow/DuckDB read across runs in one call."""
-    for kind, df, schema in (("metrics", metrics, METRICS_SCHEMA), ("scores", scores, SCORES_SCHEMA)):
+    for table, df in ((METRICS_TABLE, metrics), (SCORES_TABLE, scores)):
         df = df.copy()
         df["run_id"] = run_id
-        table_rows = with_columns(df, schema).to_dict("records")  # rows of older runs lack newer columns
-        store.write_bytes(partition_path(kind, task.dataset, run_id, table_name(task)),
-                          partition_bytes(table_rows, schema, source_run_dir))
+        for name in table.schema.names:  # a column added since a reused run was written is null there
+            if name not in df.columns:
+                df[name] = None
+        table.write(store, df[list(table.schema.names)].to_dict("records"), table_name(task), source_run_dir)
 
 
 # --------------------------------------------------------------------------- maps (Fig. 7)
@@ -204,6 +238,7 @@ def _maps_npz(ev: EvalResult, image_size: int) -> bytes:
     np.savez_compressed(
         buf,
         images=images,
+        has_masks=np.array(not ev.absent),  # False: the masks are zeros standing in for no ground truth
         masks=ev.masks[order] if order else np.zeros((0,)),
         maps=ev.maps[order].astype(np.float32) if order else np.zeros((0,)),
         paths=np.array([ev.scores[i]["path"] for i in order]),

@@ -25,7 +25,7 @@ from mrkd_core.data.base import Sample
 from mrkd_core.data.torch_datasets import TestDataset
 from mrkd_core.device import autocast_context
 from mrkd_core.errors import DataError, unwrap_worker_errors
-from mrkd_core.metrics import compute_all
+from mrkd_core.metrics import absent_metrics, compute_all
 from mrkd_core.model import MRKD
 from mrkd_core.score import fuse_maps, image_score, per_scale_maps
 
@@ -46,16 +46,36 @@ class EvalResult:
     when undefined). ``scores``: one ``{"path", "category", "defect_type", "label", "score"}``
     per test image, in test order (``score`` = Eq. 6). ``metrics_by_scales``: metrics per
     fusion key (``'1,2,3'``, ``'1,3'``...) when extra ``scale_sets`` were asked, else {}.
-    ``maps``/``masks``: N×S×S fused anomaly maps (float32) and ground truth (uint8), only
-    with ``keep_maps``. ``seconds``: wall time of the evaluation.
+    ``maps``/``masks``: N×S×S fused anomaly maps (float32: calibration reuses them) and
+    ground truth (uint8; all zeros without pixel ground truth), only with ``keep_maps``.
+    ``seconds``: wall time of the evaluation. ``absent``: metric → why it was not
+    computed (the pixel metrics of a test set without masks), {} otherwise.
     """
 
     metrics: dict[str, float]
     scores: list[dict]
     metrics_by_scales: dict[str, dict[str, float]] = field(default_factory=dict)
     maps: np.ndarray | None = None  # N×H×W float32 fused maps (cfg.score_scales)
-    masks: np.ndarray | None = None  # N×H×W uint8 ground truth
+    masks: np.ndarray | None = None  # N×H×W uint8 ground truth (all zeros without pixel ground truth)
     seconds: float = 0.0
+    # metric → why it was not computed (the pixel metrics of an image-labelled test set);
+    # those metrics are NaN in ``metrics`` and are reported as absent, not as undefined.
+    absent: dict[str, str] = field(default_factory=dict)
+
+
+def has_pixel_ground_truth(samples: Sequence[Sample]) -> bool:
+    """True when every defective sample has a mask, False when none has (image labels only).
+
+    A mix is a DataError naming the first defective image without a mask: in a dataset
+    that has masks, a missing one is an error, never a reason to drop the pixel metrics.
+    """
+    defective = [s for s in samples if s.label == 1]
+    with_mask = [s for s in defective if s.mask_path is not None]
+    if with_mask and len(with_mask) < len(defective):
+        lacking = next(s for s in defective if s.mask_path is None)
+        raise DataError(f"{lacking.path}: defective test image without a mask while {len(with_mask)} of "
+                        f"{len(defective)} have one — add its mask (run `mrkd data check` to list every problem)")
+    return bool(with_mask) or not defective
 
 
 @torch.no_grad()
@@ -82,6 +102,7 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
     """
     if not samples:
         raise DataError("the test split is empty — add images to test/good and test/<defect> folders")
+    pixel_ground_truth = has_pixel_ground_truth(samples)
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     model.eval()
@@ -116,7 +137,8 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
     for key, chunks in fused.items():
         maps = np.concatenate(chunks)
         img_scores = maps.reshape(maps.shape[0], -1).max(axis=1)
-        by_scales[key] = compute_all(img_scores, labels, maps, all_masks) if metrics else {}
+        by_scales[key] = (compute_all(img_scores, labels, maps, all_masks if pixel_ground_truth else None)
+                          if metrics else {})
         if key == main_key:
             main_maps = maps
     return EvalResult(
@@ -126,4 +148,5 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
         maps=main_maps if keep_maps else None,
         masks=all_masks if keep_maps else None,
         seconds=time.perf_counter() - t0,
+        absent=absent_metrics(pixel_ground_truth),
     )

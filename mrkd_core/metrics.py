@@ -19,7 +19,10 @@ MVTec category is scored in well under a second. All accumulation is in float64
 
 Undefined metrics (one class only, no defect region, no normal pixel...) are returned
 as NaN with a :class:`MetricWarning` saying why; malformed input raises ``ValueError``
-naming the argument.
+naming the argument. A test set without pixel ground truth (ELPV, a folder without
+``ground_truth/``) is not an undefined case but an absent one: ``compute_all`` with
+``masks=None`` computes the image metrics only, and :func:`absent_metrics` names the
+pixel metrics with the reason, for the results to report them as absent.
 """
 
 from __future__ import annotations
@@ -36,8 +39,12 @@ from scipy import ndimage
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "IMAGE_METRICS",
     "METRIC_NAMES",
     "MetricWarning",
+    "NO_PIXEL_GROUND_TRUTH",
+    "PIXEL_METRICS",
+    "absent_metrics",
     "au_pro",
     "au_pro_per_image",
     "compute_all",
@@ -48,6 +55,10 @@ __all__ = [
 ]
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "au_pro", "au_pro_per_image", "f1_max_image", "f1_max_pixel")
+IMAGE_METRICS = ("image_auroc", "f1_max_image")
+#: The metrics that need a defect mask per defective image.
+PIXEL_METRICS = ("pixel_auroc", "au_pro", "au_pro_per_image", "f1_max_pixel")
+NO_PIXEL_GROUND_TRUTH = "no pixel ground truth: the defective test images have image labels only, no masks"
 
 # 8-connected regions inside each image and none across images: labelling the (N, H, W)
 # stack with this structure equals labelling every mask alone with a 3x3 of ones, as the
@@ -436,23 +447,30 @@ def f1_max_threshold(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[floa
     return _f1_max_at(split)
 
 
+def absent_metrics(has_pixel_ground_truth: bool) -> dict[str, str]:
+    """Metric → why it is absent: the pixel metrics when there are no masks, else nothing."""
+    return {} if has_pixel_ground_truth else {name: NO_PIXEL_GROUND_TRUTH for name in PIXEL_METRICS}
+
+
 def compute_all(
     scores: npt.ArrayLike,
     labels: npt.ArrayLike,
     maps: npt.ArrayLike,
-    masks: npt.ArrayLike,
+    masks: npt.ArrayLike | None,
     fpr_limit: float = 0.3,
 ) -> dict[str, float]:
     """All metrics of one evaluation, keyed as in the ``metrics`` table (``METRIC_NAMES``).
 
     Validates once and sorts the pixel scores once for all pixel metrics. ``scores`` and
     ``labels`` are per image, ``maps`` and ``masks`` (N, H, W) with the same N.
+    ``masks=None``: the test set has no pixel ground truth; the pixel metrics
+    (``PIXEL_METRICS``) are NaN without a warning, absent rather than undefined (see
+    :func:`absent_metrics`).
     """
     limit = _check_fpr_limit(fpr_limit)
     s = _as_scores(scores, "scores")
     y = _as_binary(labels, "labels", s.shape, "scores")
     m = _as_maps(maps)
-    gt = _as_binary(masks, "masks", m.shape, "maps")
     if m.shape[0] != s.shape[0]:
         raise ValueError(f"maps holds {m.shape[0]} images but scores holds {s.shape[0]}; they must match")
 
@@ -461,6 +479,9 @@ def compute_all(
         "image_auroc": _auroc_or_nan(image, "image_auroc", "image"),
         "f1_max_image": _f1_or_nan(image, "f1_max_image", "image"),
     }
+    if masks is None:
+        return {name: result.get(name, math.nan) for name in METRIC_NAMES}
+    gt = _as_binary(masks, "masks", m.shape, "maps")
     pixels = _split(m, gt)
     result["pixel_auroc"] = _auroc_or_nan(pixels, "pixel_auroc", "pixel")
     result["f1_max_pixel"] = _f1_or_nan(pixels, "f1_max_pixel", "pixel")

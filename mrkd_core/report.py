@@ -34,12 +34,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.tables import MVTEC_CATEGORIES, build_all, build_table, main_setting_rows
+from mrkd_core.tables import ABSENT_MARK, MVTEC_CATEGORIES, build_all, build_table, main_setting_rows
 
 log = logging.getLogger(__name__)
 
-#: (image uint8 H×W×3, ground-truth mask H×W, anomaly map H×W float) of one test image.
-MapTriple = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: (image uint8 H×W×3, ground-truth mask H×W or None without pixel ground truth,
+#: anomaly map H×W float) of one test image.
+MapTriple = tuple[np.ndarray, np.ndarray | None, np.ndarray]
 MapsProvider = Callable[[str, str], Sequence[MapTriple]]  # (dataset, category) → triples
 
 DPI = 90
@@ -68,6 +69,16 @@ def format_cell(value: Any, column: str) -> str:
     return str(value)
 
 
+def _absent_cells(df: pd.DataFrame) -> set[tuple[int, str]]:
+    """(row position, column) of metrics that were not computed (``attrs['absent_cells']``)."""
+    return {(int(r), str(c)) for r, c in df.attrs.get("absent_cells") or []}
+
+
+def _cell(value: Any, column: str, row: int, absent: set[tuple[int, str]]) -> str:
+    """A cell's text: the dash of an absent metric (its reason is in the notes), else the value."""
+    return ABSENT_MARK if (row, column) in absent else format_cell(value, column)
+
+
 def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
@@ -81,10 +92,11 @@ def table_to_markdown(df: pd.DataFrame) -> str:
     title = df.attrs.get("title", "")
     lines = [f"## {title}", ""] if title else []
     cols = list(df.columns)
+    absent = _absent_cells(df)
     lines.append("| " + " | ".join(esc(str(c)) for c in cols) + " |")
     lines.append("|" + "|".join("---:" if _is_numeric(df[c]) else ":---" for c in cols) + "|")
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(esc(format_cell(v, c)) for v, c in zip(row, cols)) + " |")
+    for i, row in enumerate(df.itertuples(index=False)):
+        lines.append("| " + " | ".join(esc(_cell(v, c, i, absent)) for v, c in zip(row, cols)) + " |")
     notes = df.attrs.get("notes") or []
     if notes:
         lines += ["", *[f"- {esc(n)}" for n in notes]]
@@ -100,12 +112,13 @@ def table_to_html(df: pd.DataFrame) -> str:
         kind = _column_kind(str(c))
         out.append(f'<th class="{kind}">{html.escape(str(c))}</th>')
     out.append("</tr></thead><tbody>")
-    for row in df.itertuples(index=False):
+    absent = _absent_cells(df)
+    for i, row in enumerate(df.itertuples(index=False)):
         out.append("<tr>")
         for v, c in zip(row, df.columns):
             cls = _column_kind(str(c))
             num = " num" if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else ""
-            out.append(f'<td class="{cls}{num}">{html.escape(format_cell(v, str(c)))}</td>')
+            out.append(f'<td class="{cls}{num}">{html.escape(_cell(v, str(c), i, absent))}</td>')
         out.append("</tr>")
     out.append("</tbody></table></div>")
     notes = df.attrs.get("notes") or []
@@ -258,13 +271,17 @@ def heatmap_figure(category: str, triples: Sequence[MapTriple]) -> bytes:
         img = _rgb(image)
         h, w = img.shape[:2]
         extent = (0, w, h, 0)
-        m = np.asarray(mask).astype(bool)
+        m = None if mask is None else np.asarray(mask).astype(bool)
         amap = (maps[i] - lo) / (hi - lo) if hi > lo else np.zeros_like(maps[i])
         panels = [("Input", None), ("GT mask", m), ("MRKD heatmap", amap)]
         for j, (name, overlay) in enumerate(panels):
             ax = fig.add_subplot(n, 3, i * 3 + j + 1)
             ax.imshow(img, extent=extent)
-            if name == "GT mask":
+            if name == "GT mask" and overlay is None:
+                # an image-labelled dataset: say so rather than draw an empty mask
+                ax.text(0.5, 0.5, "no pixel mask\n(image labels only)", transform=ax.transAxes, ha="center",
+                        va="center", fontsize=8, color="white", bbox={"facecolor": "black", "alpha": 0.6})
+            elif name == "GT mask":
                 red = np.zeros((*overlay.shape, 4))
                 red[..., 0] = 1.0
                 red[..., 3] = overlay * 0.5

@@ -28,17 +28,20 @@ import pyarrow.parquet as pq
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import StorageError
+from mrkd_core.metrics import PIXEL_METRICS
 from mrkd_core.storage import ArtifactStore
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from mrkd_core.evaluate import EvalResult
+    from mrkd_core.lineage import Lineage
     from mrkd_core.specs import Task
 
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "au_pro", "au_pro_per_image", "f1_max_image", "f1_max_pixel")
+ABSENT_COLUMN = "pixel_metrics_absent"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mrkd-manifest/1"
 
@@ -72,6 +75,9 @@ METRICS_SCHEMA = pa.schema(
         *_cfg_fields(),
         pa.field("teacher_weights", pa.string()),
         *[pa.field(m, pa.float64()) for m in METRIC_COLUMNS],
+        # null: every metric computed (NaN = undefined); else why the pixel metrics are
+        # absent (null) — an image-labelled test set (ELPV, a folder without ground_truth/).
+        pa.field(ABSENT_COLUMN, pa.string()),
         pa.field("n_train", pa.int64()),
         pa.field("n_test", pa.int64()),
         pa.field("n_test_anomalous", pa.int64()),
@@ -83,6 +89,10 @@ METRICS_SCHEMA = pa.schema(
         pa.field("git_revision", pa.string()),
         pa.field("started_at", _TS),
         pa.field("finished_at", _TS),
+        # What the row was computed from (mrkd_core.lineage); null in rows written before them.
+        pa.field("train_fingerprint", pa.string()),
+        pa.field("test_fingerprint", pa.string()),
+        pa.field("training_revision", pa.int64()),
     ]
 )
 
@@ -112,13 +122,15 @@ def cfg_columns(cfg: MRKDConfig) -> dict[str, Any]:
 
 
 def metrics_rows(task: Task, run_id: str, ev: EvalResult, training: dict[str, Any], started_at: datetime,
-                 finished_at: datetime) -> list[dict[str, Any]]:
+                 finished_at: datetime, lineage: Lineage) -> list[dict[str, Any]]:
     """``METRICS_SCHEMA`` rows of one evaluated task: one per fused scale set (Table 7), the config's first.
 
     ``training`` is the training record (``n_train``, ``train_seconds``,
     ``images_per_second``, ``device``; what the run directory's ``train.json`` holds; a
-    field it lacks is null). Metrics missing from ``ev`` (e.g. pixel metrics without
-    masks) are NaN.
+    field it lacks is null). ``lineage``: what the model was trained and evaluated on
+    (``mrkd_core.lineage``; its fingerprints and training revision become columns).
+    Metrics ``ev`` reports absent (pixel metrics of a test set without masks) are stored
+    null with the reason in ``pixel_metrics_absent``; other metrics missing from ``ev`` are NaN.
     """
     import torch
 
@@ -136,9 +148,11 @@ def metrics_rows(task: Task, run_id: str, ev: EvalResult, training: dict[str, An
         "device": _maybe(str, training.get("device")), "torch_version": torch.__version__,
         "mrkd_version": mrkd_core.__version__,
         "git_revision": git_revision(), "started_at": started_at, "finished_at": finished_at,
+        "test_fingerprint": None, **lineage.record(),  # (record() names the test data when it is known)
     }
     by_scales = ev.metrics_by_scales or {scales_key(cfg.score_scales): ev.metrics}
-    return [{**common, "score_scales": key, **{m: float(vals.get(m, math.nan)) for m in METRIC_COLUMNS}}
+    absent = {ABSENT_COLUMN: next(iter(ev.absent.values()), None)}  # to_table writes those metrics null
+    return [{**common, "score_scales": key, **absent, **{m: float(vals.get(m, math.nan)) for m in METRIC_COLUMNS}}
             for key, vals in by_scales.items()]
 
 
@@ -187,12 +201,29 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _stored_values(row: dict, schema: pa.Schema) -> dict:
+    """One row as stored: null strings stay null, and absent metrics are null, not NaN.
+
+    pandas reads a null string back as NaN, so rows copied from a stored table (a skipped
+    task's) need the first rule. The second keeps "not computed" (null, with the reason in
+    ``pixel_metrics_absent``) apart from "undefined" (NaN, e.g. a test set of one class).
+    """
+    out = {n: row.get(n) for n in schema.names}
+    for f in schema:
+        value = out[f.name]
+        if pa.types.is_string(f.type) and isinstance(value, float) and math.isnan(value):
+            out[f.name] = None
+    if isinstance(out.get(ABSENT_COLUMN), str):
+        out.update({m: None for m in PIXEL_METRICS})
+    return out
+
+
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows → a table with exactly ``schema``'s columns; a missing column is a bug, so it raises."""
     missing = [n for n in schema.names if rows and n not in rows[0]]
     if missing:
         raise ValueError(f"result rows lack columns {missing}")
-    return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
+    return pa.Table.from_pylist([_stored_values(r, schema) for r in rows], schema=schema)
 
 
 def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
@@ -284,84 +315,21 @@ def is_complete(store: ArtifactStore, run_dir: str, max_hash_bytes: int | None =
     return not verify_manifest(store, run_dir, max_hash_bytes)
 
 
-# --------------------------------------------------------------------------- partitioned tables
-# Which run directory a partition file was copied from (a skipped task's rows come from an
-# earlier run): stored in the Parquet footer, so the schema stays exactly METRICS_SCHEMA.
-SOURCE_KEY = b"mrkd.run_dir"
-PARTITION_COLUMNS = ("dataset", "run_id")  # carried by the hive path, not the files
-
-
-def partition_path(kind: str, dataset: str, run_id: str, name: str) -> str:
-    """``tables/<kind>/dataset=<d>/run_id=<r>/<name>``: one read of ``tables/<kind>`` gets every run."""
-    return f"tables/{kind}/dataset={dataset}/run_id={run_id}/{name}"
-
-
-def partition_bytes(rows: list[dict], schema: pa.Schema, source_run_dir: str) -> bytes:
-    """Parquet of ``rows`` without the partition columns, tagged with the run dir they came from.
-
-    pyarrow refuses a column that is both in the file and in the hive path, so the
-    partition columns live only in the path.
-    """
-    table = to_table(rows, schema).drop_columns(list(PARTITION_COLUMNS))
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source_run_dir.encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
-def read_partitions(store: ArtifactStore, kind: str, schema: pa.Schema, run_id: str | None = None) -> pd.DataFrame:
-    """Every row of ``tables/<kind>`` (one run or all) whose source run has its manifest.
-
-    A partition file whose run directory lost its manifest (deleted, or being rewritten
-    by a forced rerun) is left out: readers see complete runs only.
-    """
-    import pandas as pd
-
-    frames = []
-    manifest_seen: dict[str, bool] = {}
-    for dataset_dir in store.list(f"tables/{kind}"):
-        dataset = dataset_dir.rsplit("dataset=", 1)[-1]
-        for run_path in store.list(dataset_dir):
-            rid = run_path.rsplit("run_id=", 1)[-1]
-            if run_id is not None and rid != run_id:
-                continue
-            for f in store.list(run_path):
-                if not f.endswith(".parquet"):
-                    continue
-                table = read_parquet_bytes(store.read_bytes(f))
-                source = (table.schema.metadata or {}).get(SOURCE_KEY)
-                if source is not None:
-                    src = source.decode()
-                    if src not in manifest_seen:
-                        manifest_seen[src] = store.exists(f"{src}/{MANIFEST}")
-                    if not manifest_seen[src]:
-                        log.warning("%s: its run %s has no manifest; ignored", store.uri(f), store.uri(src))
-                        continue
-                df = table.to_pandas()
-                df.insert(0, "run_id", rid)
-                df.insert(1, "dataset", dataset)
-                frames.append(df)
-    if not frames:
-        return pd.DataFrame({n: pd.Series(dtype="object") for n in schema.names})
-    # Files written before a column was added lack it: null there (older rows stay readable).
-    return pd.concat(frames, ignore_index=True).reindex(columns=schema.names)
-
-
-def with_columns(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
-    """``df`` with exactly ``schema``'s columns; columns added to the schema after ``df``'s
-    rows were stored are null (e.g. rows re-read from an older run's Parquet)."""
-    df = df.copy()
-    for name in schema.names:
-        if name not in df.columns:
-            df[name] = None
-    return df[list(schema.names)]
-
-
+# --------------------------------------------------------------------------- reading the tables back
+# The hive-partitioned copies are written and read by mrkd_core.partitioned (which imports
+# this module for the schemas, hence the imports inside the functions).
 def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
-    """All metrics rows (of one run, or all) from the partitioned tables; complete runs only."""
-    return read_partitions(store, "metrics", METRICS_SCHEMA, run_id)
+    """All metrics rows (of one run, or all) from the partitioned tables; complete runs only.
+
+    Files written by older versions are conformed to ``METRICS_SCHEMA`` (null in the columns added since).
+    """
+    from mrkd_core.partitioned import METRICS_TABLE
+
+    return METRICS_TABLE.read(store, run_id=run_id)
 
 
 def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
     """All per-image score rows (of one run, or all) from the partitioned tables; complete runs only."""
-    return read_partitions(store, "scores", SCORES_SCHEMA, run_id)
+    from mrkd_core.partitioned import SCORES_TABLE
+
+    return SCORES_TABLE.read(store, run_id=run_id)

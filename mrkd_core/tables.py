@@ -39,7 +39,9 @@ import numpy as np
 import pandas as pd
 
 from mrkd_core.config import BACKBONES, RUNTIME_FIELDS, MRKDConfig, paper_defaults
+from mrkd_core.metrics import PIXEL_METRICS
 from mrkd_core.published import PUBLISHED_VERSION, load_published, to_percent
+from mrkd_core.results import ABSENT_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "image_auroc", "pixel_auroc", "au_pro", "au_pro_per_image", "f1_max_image", "f1_max_pixel",
 )
 #: Columns a metrics DataFrame needs for the tables (the full schema has more).
+#: How a table cell of an absent metric is shown (an empty cell is an undefined one).
+ABSENT_MARK = "—"
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "run_id", "dataset", "category", "variant", "score_scales", "narrowed", "finished_at",
     "cfg_backbone", "cfg_ilm", "cfg_ilm_fraction", "cfg_flm", "cfg_flm_ratio",
@@ -489,6 +493,7 @@ class _Built:
     rows: pd.DataFrame
     n_multi: int
     axis: tuple[str, ...]
+    absent_cells: tuple[tuple[int, str], ...] = ()  # (row position, column): shown as ABSENT_MARK
 
 
 def _mvtec(df: pd.DataFrame) -> pd.DataFrame:
@@ -628,8 +633,31 @@ def _measured(df: pd.DataFrame, published: pd.DataFrame) -> _Built:
         if m in rows.columns:
             t[f"{m} measured"] = measured_percent(rows[m].astype(float))
     t = t.sort_values(["dataset", "category", "variant", "scales"], kind="mergesort")
+    cells, absent_notes = _absent_cells(rows.loc[t.index], t)
     return _Built(t, "Measured results: every dataset, category and variant of the run (%)",
-                  ["No published numbers here: the paper's comparisons are Tables 1-8."], rows, n_multi, ())
+                  ["No published numbers here: the paper's comparisons are Tables 1-8.", *absent_notes],
+                  rows, n_multi, (), cells)
+
+
+def _absent_cells(rows: pd.DataFrame, table: pd.DataFrame) -> tuple[tuple[tuple[int, str], ...], list[str]]:
+    """Cells of metrics that were not computed (no pixel ground truth), and one footnote per reason.
+
+    ``rows`` are the metrics rows in the table's row order. An empty cell stays what it
+    was: an undefined value (NaN); an absent one is shown as ABSENT_MARK with the reason.
+    """
+    if ABSENT_COLUMN not in rows.columns:
+        return (), []
+    cells: list[tuple[int, str]] = []
+    where: dict[str, list[str]] = {}
+    for pos, (reason, dataset, category) in enumerate(zip(rows[ABSENT_COLUMN], rows["dataset"], rows["category"])):
+        if reason is None or (isinstance(reason, float) and math.isnan(reason)) or not str(reason):
+            continue
+        cells += [(pos, f"{m} measured") for m in PIXEL_METRICS if f"{m} measured" in table.columns]
+        names = where.setdefault(str(reason), [])
+        if f"{dataset}/{category}" not in names:
+            names.append(f"{dataset}/{category}")
+    notes = [f"{ABSENT_MARK} = not computed, {reason} ({', '.join(names)})." for reason, names in where.items()]
+    return tuple(cells), notes
 
 
 _BUILDERS: dict[str, Callable[[pd.DataFrame, pd.DataFrame], _Built]] = {
@@ -685,6 +713,7 @@ def build_table(
         "narrowed": prov.narrowed,
         "not_paper_setting": prov.not_paper_setting,
         "n_measured_rows": int(len(built.rows)),
+        "absent_cells": [[row, col] for row, col in built.absent_cells],
     }
     log.debug("built %s: %d rows, %d measured metrics rows", key, len(t), len(built.rows))
     return t

@@ -7,6 +7,8 @@ dozen pixels; masks are one filled rectangle (value 255) so tests know their are
     make_mvtec(root)   MVTec AD layout, one grayscale category (grid)
     make_btad(root)    BTAD: 01 = .bmp images/.png masks, 02 = .png/.png, 03 = .bmp/.bmp
     make_mtd(root)     MTD: variable-size grey .jpg with same-stem .png masks
+    make_elpv(root)    ELPV: labels.csv exactly as the elpv-dataset package writes it + grey PNG cells
+    make_elpv_package  the same inside a stand-in ``elpv_dataset`` package (for sys.path)
     plant_*            zero-byte, text-named-.png, truncated PNG, wrong-size mask ...
     make_tar/make_zip  archives (optionally hostile) for download tests
     train_smoke_key    one trained key (smoke spec, obj_disc, 32 px) in a local store
@@ -24,6 +26,9 @@ import numpy as np
 from PIL import Image
 
 MVTEC_DEFECTS = ("crack", "scratch")
+# `mrkd train` options for a model trained in seconds (ResNet18, random teacher, 32 px, 1 epoch).
+FAST_CLI = ("--backbone", "resnet18", "--teacher-weights", "none", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu")
 MTD_DEFECT_FOLDERS = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
 
 
@@ -111,6 +116,47 @@ def make_mtd(root: str | Path, n_free: int = 10, n_per_defect: int = 2) -> Path:
             else:
                 write_mask(root / folder / "Imgs" / f"{stem}.png", w, h)
     return root
+
+
+# The defect probabilities as the package's labels.csv spells them (repr of thirds).
+ELPV_PROBABILITIES = ("0.0", "0.3333333333333333", "0.6666666666666666", "1.0")
+# (type, thirds) → number of cells: every level of both types, a few of each.
+ELPV_COUNTS = {("mono", 0): 10, ("mono", 1): 2, ("mono", 2): 1, ("mono", 3): 4,
+               ("poly", 0): 6, ("poly", 1): 1, ("poly", 2): 2, ("poly", 3): 3}
+
+
+def make_elpv(data: str | Path, counts: Mapping[tuple[str, int], int] = ELPV_COUNTS, size: int = 32) -> Path:
+    """ELPV's data folder: ``labels.csv`` (no header; path, probability, type, whitespace-separated,
+    padded like the real file) and ``images/cellNNNN.png`` (8-bit grey), cells of all kinds interleaved.
+
+    Returns ``data``. No ELPV image is used: the cells are generated noise with a bright
+    blob on the "defective" ones.
+    """
+    data = Path(data)
+    keys = [key for key, n in counts.items() for _ in range(n)]
+    # shuffled (seeded): the real list is not sorted by type or label
+    order = [keys[i] for i in np.random.default_rng(0).permutation(len(keys))]
+    lines = []
+    for i, (kind, thirds) in enumerate(order, start=1):
+        name = f"images/cell{i:04d}.png"
+        rng = np.random.default_rng(i)
+        cell = rng.integers(90, 150, (size, size), dtype=np.uint8)
+        if thirds:
+            cell[size // 4: size // 2, size // 4: size // 2] = 60 * thirds
+        (data / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(cell, mode="L").save(data / name)
+        lines.append(f"{name}  {ELPV_PROBABILITIES[thirds]:<20}{kind}")
+    (data / "labels.csv").write_text("\n".join(lines) + "\n")
+    return data
+
+
+def make_elpv_package(site: str | Path, **kwargs) -> Path:
+    """A stand-in ``elpv_dataset`` package under ``site`` (prepend ``site`` to sys.path to use it)."""
+    pkg = Path(site) / "elpv_dataset"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    make_elpv(pkg / "data", **kwargs)
+    return Path(site)
 
 
 # --------------------------------------------------------------------------- bad files
@@ -209,3 +255,35 @@ def train_smoke_key(base: str | Path, run_id: str = "r1"):
     task = spec.tasks(str(base / "data"))[0]
     store = ArtifactStore(base / "store")
     return store, task, train_evaluate(task, store, run_id)
+
+
+# --------------------------------------------------------------------------- result tables
+def table_row(schema, **values):
+    """A row with every column of a pyarrow ``schema``: a plausible value per type, ``values`` on top."""
+    import pyarrow as pa
+
+    from mrkd_core.results import utcnow
+
+    def default(t):
+        if pa.types.is_boolean(t):
+            return False
+        if pa.types.is_integer(t):
+            return 1
+        if pa.types.is_floating(t):
+            return 0.5
+        if pa.types.is_timestamp(t):
+            return utcnow()
+        return "x"
+
+    row = {f.name: default(f.type) for f in schema}
+    row.update(values)
+    return row
+
+
+def write_table_rows(store, table, dataset: str, run_id: str, name: str = "cat-mrkd-0123456789abcdef.parquet",
+                     n: int = 1, **values) -> str:
+    """``n`` rows of ``table`` (a ``PartitionedTable``) in one partition, from a run dir that has a manifest."""
+    source = f"runs/{run_id}/{dataset}/cat/0123456789abcdef"
+    store.write_json(f"{source}/manifest.json", {"format": "mrkd-manifest/1"})
+    rows = [table_row(table.schema, dataset=dataset, run_id=run_id, **values) for _ in range(n)]
+    return table.write(store, rows, name, source)

@@ -63,6 +63,25 @@ class Problem:
         return f"{self.path}: {self.message} — expected {self.expected}"
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """What a category's defective test images are labelled with (``mrkd data check`` says it).
+
+    ``pixel_masks`` False is an image-labelled dataset (ELPV, or a folder without
+    ``ground_truth/``): a normal case, evaluated with the image metrics only; the pixel
+    metrics are reported as absent. ``detail`` says where the labels come from.
+    """
+
+    pixel_masks: bool
+    detail: str
+
+    def describe(self) -> str:
+        if self.pixel_masks:
+            return f"pixel masks ({self.detail}): every metric is computed"
+        return (f"image labels only ({self.detail}): image AU-ROC and F1-max are computed; pixel AU-ROC, "
+                "AU-PRO, AU-PRO per image and F1-max (pixel) are reported as absent")
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
@@ -81,6 +100,39 @@ def list_images(folder: Path) -> list[Path]:
     except OSError as exc:
         raise DataError(f"{folder}: cannot list folder ({exc.strerror}) — check its permissions") from None
     return [p for p in entries if p.is_file() and is_image_file(p)]
+
+
+def name_key(name: str) -> str:
+    """A file name with its extension in lower case: how every loader matches names.
+
+    ``001.BMP`` and ``001.bmp`` are one image, and ``001_mask.PNG`` is the mask rule's
+    ``001_mask.png``, on every filesystem (image discovery already ignores the case of
+    extensions; a name match that did not would call the same file both missing and orphan).
+    Stems stay case-sensitive, as the files are on Linux.
+    """
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}.{ext.lower()}" if dot and stem else name
+
+
+def file_index(folder: Path) -> dict[str, Path]:
+    """Files directly in ``folder`` keyed by :func:`name_key` (empty if the folder is absent).
+
+    Built once per folder so that matching N images to their masks lists it once. Two
+    files whose names differ only in the case of the extension: the one spelt like the
+    key (lower-case extension) wins, and validation reports the other as a file that
+    belongs to nothing.
+    """
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    index: dict[str, Path] = {}
+    for p in entries:
+        if p.is_file() and not is_hidden(p):
+            key = name_key(p.name)
+            if key == p.name or key not in index:
+                index[key] = p
+    return index
 
 
 def list_dirs(folder: Path) -> list[Path]:
@@ -110,6 +162,9 @@ class DatasetSpec(ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # True when ``root`` is only where the dataset writes its own files (its split): the
+    # images live elsewhere (an installed package), and the folder is created on first use.
+    root_is_workspace: ClassVar[bool] = False
 
     @abstractmethod
     def categories(self, root: str | os.PathLike[str]) -> list[str]:
@@ -126,6 +181,10 @@ class DatasetSpec(ABC):
     @abstractmethod
     def check(self, root: str | os.PathLike[str], categories: list[str] | None = None) -> list[Problem]:
         """Every problem of the folder at once (used by ``validate.check_dataset``)."""
+
+    def ground_truth(self, root: str | os.PathLike[str], category: str) -> GroundTruth:
+        """Pixel masks or image labels only, for ``category`` (datasets with masks keep this)."""
+        return GroundTruth(True, "a mask for every defective test image")
 
     def __repr__(self) -> str:
         return f"<dataset {self.name!r}>"

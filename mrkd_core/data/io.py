@@ -5,6 +5,14 @@ it to 256×256 with LANCZOS; masks are resized with NEAREST and binarised. We do
 same so scores are comparable, and turn every way a file can be bad (empty, truncated,
 not an image, absurdly large) into one ``DataError`` line that names the file and says
 what to do, instead of a PIL traceback deep inside a DataLoader worker.
+
+What a picture decodes to depends on the picture, never on how it was saved (docs/
+datasets.md, "Decoding"): the same picture as 8-bit PNG, 16-bit PNG or TIFF, palette PNG,
+BMP or a JPEG with an EXIF orientation gives the same pixels, up to the format's own
+rounding. 16-bit samples are scaled by the container's range (v · 255 / 65535), never
+by the image's own maximum; the EXIF orientation is applied; palettes are expanded.
+MVTec AD, BTAD and MTD are 8-bit without orientation tags, where this is exactly the
+official code's ``convert('RGB')``.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mrkd_core.errors import DataError
 
@@ -40,10 +48,12 @@ def _cannot_read(path: str, why: str) -> DataError:
 
 
 def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open and fully decode ``path``; any failure is a DataError naming the file.
+    """Open and fully decode ``path``, upright; any failure is a DataError naming the file.
 
     Decoding here (``load()``) rather than lazily means a truncated file fails now, with
-    its name, and not later in a resize or tensor conversion.
+    its name, and not later in a resize or tensor conversion. An EXIF orientation (phone
+    and camera JPEGs) is applied, so the image, its size and its mask's expected size are
+    those of the picture as every viewer shows it.
     """
     p = os.fspath(path)
     try:
@@ -74,6 +84,8 @@ def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
         )
     try:
         img.load()
+        # In place: no copy when there is nothing to rotate (the usual case).
+        ImageOps.exif_transpose(img, in_place=True)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         img.close()
         raise _cannot_read(p, _one_line(exc)) from None
@@ -86,22 +98,44 @@ def image_size(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
         return img.size
 
 
-def _to_rgb_or_l(img: Image.Image) -> Image.Image:
-    """Reduce any PIL mode to L (grey) or RGB without changing what the official code sees.
+# Full scale of the integer sample types PIL opens: 16-bit grey is "I;16" (and its byte
+# orders); "I" (32-bit) is what older Pillow versions made of 16-bit PNGs, so it is read
+# as a 16-bit container too. "F" (float TIFF) is taken as [0, 1], the float convention.
+_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 
-    16-bit grey (mode I/I;16) is scaled to 8 bits instead of clipped, which is what
-    ``convert('L')`` would do.
+
+def _to_rgb_or_l(img: Image.Image) -> Image.Image:
+    """Reduce any PIL mode to L (grey) or RGB: 8-bit samples, by the format's range only.
+
+    High-bit-depth samples are scaled by their type's full range (16-bit: v · 255 / 65535,
+    rounded), so a picture saved with 16 bits decodes like its 8-bit save, whatever its
+    content (scaling by the image's own maximum would make a dark 16-bit image brighter
+    than the same image in 8 bits). Palettes are expanded, alpha is dropped.
     """
     if img.mode in ("L", "RGB"):
         return img
-    if img.mode.startswith("I") or img.mode == "F":
-        arr = np.asarray(img).astype(np.float64)
-        if arr.max(initial=0) > 255:
-            arr = arr / 257.0
+    scale = _FULL_SCALE.get(img.mode)
+    if scale is not None:
+        arr = np.asarray(img).astype(np.float64) * (255.0 / scale)
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("1", "LA"):
+    if img.mode in ("1", "LA", "La"):
         return img.convert("L")
     return img.convert("RGB")
+
+
+def _mask_values(img: Image.Image) -> np.ndarray:
+    """H×W bool: a mask pixel is a defect when any of its colour samples is non-zero.
+
+    Decided on the raw samples, so a mask saved as 8- or 16-bit grey (values 0/1, 0/255
+    or 0/65535), 1-bit, palette or RGB(A) binarises alike; alpha is ignored.
+    """
+    if img.mode not in ("1", "L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX") and img.mode not in _FULL_SCALE:
+        img = img.convert("RGB")  # palette, CMYK, YCbCr ...: their colours
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        return arr > 0
+    colour = 1 if img.mode in ("LA", "La") else 3  # the last sample of LA / RGBA is alpha
+    return (arr[..., :colour] > 0).any(axis=2)
 
 
 def _image_array(raw: Image.Image, size: int | None) -> np.ndarray:
@@ -144,8 +178,7 @@ def load_mask(path: str | os.PathLike[str], size: int | None,
                 f"{p}: mask is {raw.size[0]}×{raw.size[1]} but its image{of} is {image_size[0]}×{image_size[1]} "
                 "— the mask must have the image's size; fix or regenerate the mask"
             )
-        img = raw if raw.mode in ("L", "1") else _to_rgb_or_l(raw).convert("L")
-        binary = (np.asarray(img) > 0).astype(np.uint8)
+        binary = _mask_values(raw).astype(np.uint8)
     if size is not None:
         binary = np.array(
             Image.fromarray(binary, mode="L").resize((int(size), int(size)), Image.Resampling.NEAREST),

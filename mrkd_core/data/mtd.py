@@ -15,32 +15,32 @@ all runs of a benchmark see the same split. Delete the file to draw a new one.
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
 import os
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
-
-import numpy as np
 
 from mrkd_core.data.base import (
     SPLIT_FILE,
     DatasetSpec,
     Problem,
     Sample,
+    file_index,
     is_hidden,
     list_dirs,
+    name_key,
     require_root,
 )
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
 from mrkd_core.data.registry import register
+from mrkd_core.data.split import DEFAULT_SPLIT_SEED, TRAIN_FRACTION, HoldoutSplit, SplitFile, draw_split, split_problems
+from mrkd_core.data.split import load_or_create_split as _load_split
 from mrkd_core.data.validate import check_image, check_mask
 from mrkd_core.errors import DataError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["MTD", "MTDSplit", "MTD_CATEGORY", "MTD_CLASSES", "draw_split", "load_or_create_split"]
 
 MTD_CATEGORY = "mtd"
 MTD_FREE = "MT_Free"
@@ -53,8 +53,7 @@ MTD_CLASSES: dict[str, str] = {
     "MT_Fray": "fray",
     "MT_Uneven": "uneven",
 }
-TRAIN_FRACTION = 0.8  # DifferNet: 761 of the 952 defect-free images (floor of 80 %)
-DEFAULT_SPLIT_SEED = 0
+# DifferNet: 761 of the 952 defect-free images (floor of TRAIN_FRACTION = 80 %), seed 0.
 SPLIT_FORMAT = "mrkd-mtd-split/1"
 _IMAGE_EXT = ".jpg"
 _MASK_EXT = ".png"
@@ -70,14 +69,8 @@ MTD_DOWNLOAD = DownloadInfo(
 )
 
 
-@dataclass(frozen=True)
-class MTDSplit:
-    """The persisted train/test division of MT_Free (paths relative to the root, '/'-separated)."""
-
-    seed: int
-    train_fraction: float
-    train: tuple[str, ...]
-    test_good: tuple[str, ...]
+# The persisted train/test division of MT_Free (kept under its old name for callers).
+MTDSplit = HoldoutSplit
 
 
 def _images(folder: Path) -> list[Path]:
@@ -87,45 +80,19 @@ def _images(folder: Path) -> list[Path]:
                    and not is_hidden(p)), key=lambda p: p.name)
 
 
+def _mask_of(image: Path, index: dict[str, Path]) -> Path | None:
+    """The same-stem .png mask of ``image`` as it is on disk (extension in any case)."""
+    return index.get(name_key(image.stem + _MASK_EXT))
+
+
 def _free_images(root: Path) -> list[str]:
     return [f"{MTD_FREE}/Imgs/{p.name}" for p in _images(root / MTD_FREE / "Imgs")]
 
 
-def draw_split(free: list[str], seed: int, train_fraction: float = TRAIN_FRACTION) -> MTDSplit:
-    """Seeded 80/20 division of the defect-free images (pure function of names and seed)."""
-    names = sorted(free)
-    n_train = int(len(names) * train_fraction)
-    order = np.random.default_rng(seed).permutation(len(names))
-    train = sorted(names[i] for i in order[:n_train])
-    test = sorted(names[i] for i in order[n_train:])
-    return MTDSplit(seed, train_fraction, tuple(train), tuple(test))
-
-
-def _read_split(path: Path) -> MTDSplit:
-    try:
-        data = json.loads(path.read_text())
-        if data.get("format") != SPLIT_FORMAT:
-            raise ValueError(f"format {data.get('format')!r}, expected {SPLIT_FORMAT!r}")
-        return MTDSplit(int(data["seed"]), float(data["train_fraction"]),
-                        tuple(str(x) for x in data["train"]), tuple(str(x) for x in data["test_good"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: unreadable split file ({exc}) — delete it to draw the split again") from None
-
-
-def _write_split(path: Path, split: MTDSplit) -> None:
-    record = {
-        "format": SPLIT_FORMAT,
-        "rule": "DifferNet/MRKD: floor(80%) of MT_Free train (seeded permutation); "
-                "the rest of MT_Free and every defective image test",
-        "seed": split.seed,
-        "train_fraction": split.train_fraction,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "train": list(split.train),
-        "test_good": list(split.test_good),
-    }
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)  # parallel workers write identical content; the last rename wins
+def _split_file(root: Path) -> SplitFile:
+    return SplitFile(root / SPLIT_FILE, root, SPLIT_FORMAT,
+                     "DifferNet/MRKD: floor(80%) of MT_Free train (seeded permutation); "
+                     "the rest of MT_Free and every defective image test")
 
 
 def load_or_create_split(root: str | os.PathLike[str], seed: int = DEFAULT_SPLIT_SEED,
@@ -136,38 +103,11 @@ def load_or_create_split(root: str | os.PathLike[str], seed: int = DEFAULT_SPLIT
     exist are a DataError; defect-free images added since are left out (logged).
     """
     path = require_root(root)
-    split_file = path / SPLIT_FILE
     free = _free_images(path)
-    if split_file.is_file():
-        split = _read_split(split_file)
-        if split.seed != seed or split.train_fraction != train_fraction:
-            log.warning("%s: using the stored split (seed %d, fraction %.2f), not seed %d / fraction %.2f — "
-                        "delete the file to draw a new split", split_file, split.seed, split.train_fraction,
-                        seed, train_fraction)
-        on_disk = set(free)
-        missing = [p for p in (*split.train, *split.test_good) if p not in on_disk]
-        if missing:
-            raise DataError(
-                f"{path / missing[0]}: listed in {split_file} but not found ({len(missing)} file(s) missing) — "
-                "restore the files, or delete the split file to draw a new split"
-            )
-        extra = on_disk - set(split.train) - set(split.test_good)
-        if extra:
-            log.warning("%s: %d defect-free image(s) are not in the stored split and are ignored (e.g. %s)",
-                        split_file, len(extra), sorted(extra)[0])
-        return split
-    if not free:
+    if not free and not (path / SPLIT_FILE).is_file():
         raise DataError(f"{path / MTD_FREE / 'Imgs'}: no defect-free .jpg images — expected the MTD layout "
                         "MT_Free/Imgs/*.jpg (see docs/datasets.md)")
-    split = draw_split(free, seed, train_fraction)
-    try:
-        _write_split(split_file, split)
-        log.info("%s: wrote the MTD split (%d train / %d test defect-free, seed %d)",
-                 split_file, len(split.train), len(split.test_good), seed)
-    except OSError as exc:
-        # Read-only data: the split is a pure function of names and seed, so it is still reproducible.
-        log.warning("%s: cannot write the split (%s); using it unsaved", split_file, exc.strerror)
-    return split
+    return _load_split(_split_file(path), free, seed, train_fraction, what="MTD split")
 
 
 @register("mtd")
@@ -208,10 +148,12 @@ class MTD(DownloadableMixin, DatasetSpec):
         for folder, defect in MTD_CLASSES.items():
             if folder == MTD_FREE:
                 continue
+            index = file_index(path / folder / "Imgs")
             for image in _images(path / folder / "Imgs"):
-                mask = image.with_suffix(_MASK_EXT)
-                if not mask.is_file():
-                    raise DataError(f"{image}: ground-truth mask missing — expected {mask}; add it or remove the image")
+                mask = _mask_of(image, index)
+                if mask is None:
+                    raise DataError(f"{image}: ground-truth mask missing — expected {image.with_suffix(_MASK_EXT)}; "
+                                    "add it or remove the image")
                 samples.append(Sample(str(image), str(mask), 1, defect, MTD_CATEGORY))
         return samples
 
@@ -261,26 +203,17 @@ class MTD(DownloadableMixin, DatasetSpec):
                 continue
             what = "mask without a .jpg image" if suffix == _MASK_EXT else "not an MTD image or mask"
             problems.append(Problem(str(entry), "unexpected", what, f"<name>.jpg images with same-stem .png masks in {imgs}"))
+        index = file_index(imgs)
         for image in images.values():
             size = check_image(image, problems)
-            mask = image.with_suffix(_MASK_EXT)
-            if not mask.is_file():
+            mask = _mask_of(image, index)
+            if mask is None:
                 if defective:
-                    problems.append(Problem(str(image), "missing_mask", "defective image has no ground-truth mask", str(mask)))
+                    problems.append(Problem(str(image), "missing_mask", "defective image has no ground-truth mask",
+                                            str(image.with_suffix(_MASK_EXT))))
                 continue
             check_mask(mask, image, size, problems)
         return len(images)
 
     def _check_split(self, path: Path) -> list[Problem]:
-        split_file = path / SPLIT_FILE
-        if not split_file.is_file():
-            return []
-        try:
-            split = _read_split(split_file)
-        except DataError as exc:
-            return [Problem(str(split_file), "split_mismatch", str(exc).split(": ", 1)[-1].split(" — ")[0],
-                            "a split file written by mrkd, or none (it is drawn again)")]
-        on_disk = set(_free_images(path))
-        return [Problem(str(path / rel), "split_mismatch", f"listed in {SPLIT_FILE} but not found",
-                        f"the file, or delete {split_file} to draw a new split")
-                for rel in (*split.train, *split.test_good) if rel not in on_disk]
+        return split_problems(_split_file(path), _free_images(path))

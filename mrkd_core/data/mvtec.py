@@ -23,12 +23,15 @@ from mrkd_core.data.base import (
     IMAGE_EXTENSIONS,
     SPLIT_FILE,
     DatasetSpec,
+    GroundTruth,
     Problem,
     Sample,
+    file_index,
     is_hidden,
     is_image_file,
     list_dirs,
     list_images,
+    name_key,
     require_root,
 )
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
@@ -71,6 +74,10 @@ class MVTecLayout(DatasetSpec):
     known_categories: ClassVar[tuple[str, ...] | None] = None
     # Mask file names tried in order, relative to ground_truth/<defect>/.
     mask_names: ClassVar[tuple[str, ...]] = ("{stem}_mask.png",)
+    # True: a category without ground_truth/ is image-labelled (a user's folder with only
+    # test/good and test/<defect>), evaluated with the image metrics. False (MVTec AD,
+    # BTAD): every defective image needs its mask, a missing ground_truth/ is a broken copy.
+    masks_optional: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ discovery
     def categories(self, root: str | os.PathLike[str]) -> list[str]:
@@ -98,13 +105,31 @@ class MVTecLayout(DatasetSpec):
             )
         return cat_dir
 
+    def has_masks(self, cat_dir: Path) -> bool:
+        """Are the defective test images of this category labelled with pixel masks?"""
+        return not self.masks_optional or (cat_dir / "ground_truth").is_dir()
+
+    def ground_truth(self, root: str | os.PathLike[str], category: str) -> GroundTruth:
+        if self.has_masks(Path(root) / category):
+            return GroundTruth(True, f"ground_truth/<defect>/{self.mask_names[0].format(stem='<id>')}")
+        return GroundTruth(False, "no ground_truth/ folder")
+
     def mask_candidates(self, cat_dir: Path, defect: str, image: Path) -> list[Path]:
         return [cat_dir / "ground_truth" / defect / name.format(stem=image.stem) for name in self.mask_names]
 
-    def find_mask(self, cat_dir: Path, defect: str, image: Path) -> Path | None:
-        for candidate in self.mask_candidates(cat_dir, defect, image):
-            if candidate.is_file():
-                return candidate
+    def find_mask(self, cat_dir: Path, defect: str, image: Path,
+                  index: dict[str, Path] | None = None) -> Path | None:
+        """The mask file of ``image`` as it is on disk; extensions match in any case (``.PNG``).
+
+        ``index``: ``file_index`` of ``ground_truth/<defect>``, to list the folder once per
+        defect rather than once per image.
+        """
+        if index is None:
+            index = file_index(cat_dir / "ground_truth" / defect)
+        for name in self.mask_names:
+            found = index.get(name_key(name.format(stem=image.stem)))
+            if found is not None:
+                return found
         return None
 
     # ------------------------------------------------------------------ splits
@@ -133,13 +158,15 @@ class MVTecLayout(DatasetSpec):
         if not test_dir.is_dir():
             raise DataError(f"{test_dir}: test folder not found — expected test/{self.good_dir} and test/<defect> folders")
         samples: list[Sample] = []
+        masks = self.has_masks(cat_dir)
         for sub in self._test_dirs(cat_dir):
             defect = sub.name
+            index = file_index(cat_dir / "ground_truth" / defect)
             for image in list_images(sub):
-                if defect == self.good_dir:
-                    samples.append(Sample(str(image), None, 0, defect, category))
+                if defect == self.good_dir or not masks:
+                    samples.append(Sample(str(image), None, int(defect != self.good_dir), defect, category))
                     continue
-                mask = self.find_mask(cat_dir, defect, image)
+                mask = self.find_mask(cat_dir, defect, image, index)
                 if mask is None:
                     expected = self.mask_candidates(cat_dir, defect, image)[0]
                     raise DataError(
@@ -220,14 +247,16 @@ class MVTecLayout(DatasetSpec):
                 if entry.is_file() and not is_hidden(entry):
                     problems.append(Problem(str(entry), "unexpected", "file directly in test/",
                                             f"images inside test/{self.good_dir} or test/<defect>"))
+        masks = self.has_masks(cat_dir)
         for sub in test_dirs:
             defect = sub.name
+            index = file_index(cat_dir / "ground_truth" / defect)
             for image in self._images_in(sub, problems):
                 n_test += 1
                 size = check_image(image, problems)
-                if defect == self.good_dir:
+                if defect == self.good_dir or not masks:
                     continue
-                mask = self.find_mask(cat_dir, defect, image)
+                mask = self.find_mask(cat_dir, defect, image, index)
                 if mask is None:
                     expected = self.mask_candidates(cat_dir, defect, image)[0]
                     problems.append(Problem(str(image), "missing_mask", "defective test image has no ground-truth mask",

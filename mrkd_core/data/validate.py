@@ -22,7 +22,8 @@ from mrkd_core.errors import DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Problem", "PROBLEM_KINDS", "check_dataset", "format_problems", "check_image", "check_mask"]
+__all__ = ["Problem", "PROBLEM_KINDS", "check_dataset", "describe_dataset", "format_problems", "check_image",
+           "check_mask"]
 
 # Stable codes of Problem.kind, with what each means.
 PROBLEM_KINDS: dict[str, str] = {
@@ -36,7 +37,8 @@ PROBLEM_KINDS: dict[str, str] = {
     "missing_mask": "a defective test image without its ground-truth mask",
     "mask_size": "a mask whose size differs from its image",
     "unexpected": "a file or folder that does not belong to the layout",
-    "split_mismatch": "a stored split (MTD) lists a file that is not there",
+    "split_mismatch": "a stored split (MTD, ELPV) lists a file that is not there",
+    "missing_file": "a file the dataset's own label list (ELPV labels.csv) names is not there",
 }
 
 
@@ -79,12 +81,31 @@ def check_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[
     """
     spec = get_dataset(name)
     path = Path(root).expanduser()
-    if not path.is_dir():
+    if not path.is_dir() and not spec.root_is_workspace:
         return [Problem(str(path), "missing_root", "dataset folder not found",
                         "the folder that holds the category folders")]
     problems = spec.check(path, list(categories) if categories else None)
     log.info("checked %s dataset at %s: %d problem(s)", name, path, len(problems))
     return problems
+
+
+def describe_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[str] | None = None) -> list[str]:
+    """What kind of dataset ``root`` holds, one line per category: pixel masks or image labels only.
+
+    ``mrkd data check`` prints these before the problems, so a folder without
+    ``ground_truth/`` reads as what it is (an image-labelled dataset, evaluated with the
+    image metrics) and not as a folder with every mask missing.
+    """
+    spec = get_dataset(name)
+    path = Path(root).expanduser()
+    try:
+        available = spec.categories(path)
+    except DataError:
+        return []  # the problems say why (e.g. no such folder)
+    cats = [c for c in categories if c in available] if categories else available
+    lines = [f"{path}: {name} dataset, {len(cats)} categor{'y' if len(cats) == 1 else 'ies'}"]
+    lines += [f"  {c}: {spec.ground_truth(path, c).describe()}" for c in cats]
+    return lines
 
 
 def format_problems(problems: Sequence[Problem]) -> str:

@@ -87,20 +87,24 @@ def object_mask(image: np.ndarray, preset: ILMPreset) -> np.ndarray | None:
     return votes > (k * k) // 2
 
 
-def _window_sums(integral: np.ndarray, ys: np.ndarray, xs: np.ndarray, ph: int, pw: int) -> np.ndarray:
-    """Object pixels in the ph × pw windows with top-left corners (ys, xs), all at once."""
-    return integral[ys + ph, xs + pw] - integral[ys, xs + pw] - integral[ys + ph, xs] + integral[ys, xs]
+def _window_sums(integral: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """Object pixels in the windows [y0, y1) × [x0, x1), all at once (corners as arrays or ints)."""
+    return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
 
 
 # --------------------------------------------------------------------------- placement
-def _half_width(rng: np.random.Generator, n: int, bounds: tuple[float, float], preset: ILMPreset) -> int:
-    """NSA's sampler: (offset + Gamma(shape, scale)) × side, clipped to the category's bounds.
+def _half_width(rng: np.random.Generator, n: int, bounds: tuple[float, float], preset: ILMPreset) -> tuple[int, int]:
+    """(lower bound, half-width) along an axis of length n, in pixels.
 
-    Capped at (n − 1) // 2 so that the patch is smaller than the image and can be shifted.
+    NSA's sampler: (offset + Gamma(shape, scale)) × side, clipped to the category's bounds
+    (rounded to pixels, as NSA does). Both are capped at (n − 3) // 2, the largest half-width
+    NSA's destination rule can place (only bounds near the allowed 0.5 reach it; NSA itself
+    would raise there).
     """
+    cap = max((n - 3) // 2, 1)
     lo, hi = (int(np.round(b * n)) for b in bounds)
     width = int(np.clip((preset.gamma_offset + rng.gamma(preset.gamma_shape, preset.gamma_scale)) * n, lo, hi))
-    return min(max(width, 1), (n - 1) // 2)
+    return min(lo, cap), min(max(width, 1), cap)
 
 
 def _place(
@@ -121,29 +125,39 @@ def _place(
     """
     height, width = shape
     (bh, bw) = preset.width_bounds_pct
-    hh, hw = _half_width(rng, height, bh, preset), _half_width(rng, width, bw, preset)
-    if hh < 1 or hw < 1:
+    lo_h, hh = _half_width(rng, height, bh, preset)
+    lo_w, hw = _half_width(rng, width, bw, preset)
+    if lo_h >= height - lo_h or lo_w >= width - lo_w:
         return None
-    ph, pw = 2 * hh, 2 * hw
     n = preset.max_tries
 
-    ys = rng.integers(0, height - ph + 1, size=n)
-    xs = rng.integers(0, width - pw + 1, size=n)
+    # NSA: the source window's centre is uniform in [lo, side − lo) and the window, centre ±
+    # half-width, is clipped to the image, so windows near the border come out smaller.
+    cys = rng.integers(lo_h, height - lo_h, size=n)
+    cxs = rng.integers(lo_w, width - lo_w, size=n)
+    y0s, y1s = np.maximum(cys - hh, 0), np.minimum(cys + hh, height)
+    x0s, x1s = np.maximum(cxs - hw, 0), np.minimum(cxs + hw, width)
     if src_int is not None:
-        counts = _window_sums(src_int, ys, xs, ph, pw)
-        ok = np.flatnonzero((counts > 0) & (counts >= preset.min_object_pct * ph * pw))
+        counts = _window_sums(src_int, y0s, x0s, y1s, x1s)
+        areas = (y1s - y0s) * (x1s - x0s)
+        ok = np.flatnonzero((counts > 0) & (counts >= preset.min_object_pct * areas))
         if ok.size == 0:
-            log.debug("ILM %s: no source patch %dx%d with >= %.0f%% object in %d tries",
-                      preset.name, ph, pw, 100 * preset.min_object_pct, n)
+            log.debug("ILM %s: no source patch of half-size %dx%d with >= %.0f%% object in %d tries",
+                      preset.name, hh, hw, 100 * preset.min_object_pct, n)
             return None
         first = int(ok[0])
     else:
         first = 0
-    sy, sx = int(ys[first]), int(xs[first])
+    sy, sx = int(y0s[first]), int(x0s[first])
+    ph, pw = int(y1s[first]) - sy, int(x1s[first]) - sx
 
     if preset.shift:
-        dys = rng.integers(0, height - ph + 1, size=n)
-        dxs = rng.integers(0, width - pw + 1, size=n)
+        # NSA: the patch's centre is uniform in [h // 2 + 1, side − h // 2 − 1), the patch at centre − h // 2.
+        if ph // 2 + 1 >= height - ph // 2 - 1 or pw // 2 + 1 >= width - pw // 2 - 1:
+            log.debug("ILM %s: no shifted position for a %dx%d patch", preset.name, ph, pw)
+            return None
+        dys = rng.integers(ph // 2 + 1, height - ph // 2 - 1, size=n) - ph // 2
+        dxs = rng.integers(pw // 2 + 1, width - pw // 2 - 1, size=n) - pw // 2
         valid = (dys != sy) | (dxs != sx) if same else np.ones(n, dtype=bool)  # a zero shift is a no-op
     else:
         dys, dxs, valid = np.array([sy]), np.array([sx]), np.ones(1, dtype=bool)
@@ -159,7 +173,7 @@ def _place(
     need = max(1.0, preset.min_overlap_pct * float(np.count_nonzero(src_patch_obj)))
     # The destination window's object count bounds the overlap from above: a cheap filter
     # before the exact overlap, which is computed only for the survivors, in draw order.
-    valid &= _window_sums(dst_int, dys, dxs, ph, pw) >= need
+    valid &= _window_sums(dst_int, dys, dxs, dys + ph, dxs + pw) >= need
     for j in np.flatnonzero(valid):
         dy, dx = int(dys[j]), int(dxs[j])
         if np.count_nonzero(src_patch_obj & dst_obj[dy : dy + ph, dx : dx + pw]) >= need:

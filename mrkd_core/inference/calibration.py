@@ -4,7 +4,9 @@ A ``Calibration`` is stored inside the model file (``model_io``) with how it was
 obtained, so that a model file alone gives verdicts and masks at the line. Two policies:
 
 - ``f1``: the F1-optimal image threshold (anomalib's adaptive threshold) on labelled
-  images (good and defective), and the F1-optimal pixel threshold on their masks;
+  images (good and defective), and the F1-optimal pixel threshold on their masks (an
+  image-labelled dataset has none: its pixel threshold comes from the false-alarm rate
+  on the good images' pixels);
 - ``false_alarm_rate``: thresholds that give at most the target rate of false alarms
   on defect-free images the model did not train on (``false_alarm_threshold``), for
   images and for pixels. The engineer's usual case: no defect images yet.
@@ -161,8 +163,11 @@ class CalibrationData:
     scores: np.ndarray  # N
     labels: np.ndarray  # N, 0/1
     maps: np.ndarray  # N×S×S
-    masks: np.ndarray  # N×S×S uint8 (zeros for good images)
+    masks: np.ndarray  # N×S×S uint8 (zeros for good images, and for all without pixel ground truth)
     paths: list[str] = field(default_factory=list)
+    # False: the defective images are labelled per image only (ELPV, a folder without
+    # ground_truth/); their all-zero masks say nothing about their pixels.
+    pixel_ground_truth: bool = True
 
 
 def folder_samples(folder: str | Path, category: str = "") -> list[Sample]:
@@ -220,8 +225,9 @@ def calibrate(data: CalibrationData, policy: str, cset: CalibrationSet,
     """Thresholds and normalisation from the model's scores and maps on ``cset``.
 
     ``policy`` is ``f1`` or ``false_alarm_rate`` (``calibration_set`` resolves ``auto``).
-    The pixel threshold follows the policy; under ``f1`` without any defect pixel in
-    the masks it falls back to the false-alarm rate on the good images' pixels (noted).
+    The pixel threshold follows the policy; under ``f1`` without pixel ground truth (an
+    image-labelled dataset) or without any defect pixel in the masks it falls back to
+    the false-alarm rate on the good images' pixels (noted).
     """
     if policy not in ("f1", "false_alarm_rate"):
         raise ConfigError(f"calibration policy {policy!r}: choose f1 or false_alarm_rate")
@@ -240,15 +246,19 @@ def calibrate(data: CalibrationData, policy: str, cset: CalibrationSet,
     target = None
     if policy == "f1":
         image_threshold, image_f1 = f1_threshold(data.scores, data.labels)
-        if data.masks.any():
+        if data.pixel_ground_truth and data.masks.any():
             pixel_policy = "f1"
             pixel_threshold, pixel_f1 = f1_threshold(data.maps, data.masks)
         else:
+            # Without masks a defective image's pixels are unlabelled (most of them are
+            # good): only the good images' pixels can place the pixel threshold.
             pixel_policy = "false_alarm_rate"
             target = false_alarm_rate
             pixel_threshold = false_alarm_threshold(good_pixels, false_alarm_rate)
-            notes.append("no defect pixel in the masks: pixel threshold from the false-alarm rate "
-                         f"{false_alarm_rate:g} on the good images' pixels")
+            why = ("no pixel ground truth (image labels only)" if not data.pixel_ground_truth
+                   else "no defect pixel in the masks")
+            notes.append(f"{why}: pixel threshold from the false-alarm rate {false_alarm_rate:g} on the good "
+                         "images' pixels")
     else:
         target = false_alarm_rate
         pixel_policy = "false_alarm_rate"
@@ -303,6 +313,7 @@ def from_evaluation(result: EvalResult, labels: Sequence[int] | None = None) -> 
         maps=np.asarray(result.maps, dtype=np.float32)[keep],
         masks=np.asarray(result.masks)[keep],
         paths=[s["path"] for s, k in zip(result.scores, keep) if k],
+        pixel_ground_truth=not result.absent,
     )
 
 

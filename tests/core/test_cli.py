@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from mrkd_core.cli import main
+from mrkd_core.data import get_dataset
+from mrkd_core.data.fingerprint import fingerprint_samples
 from mrkd_core.data.synthetic import make_synthetic_mvtec
+from tests.datagen import write_image
 
 FAST = ["--backbone", "resnet18", "--teacher-weights", "none", "--image-size", "64", "--epochs", "1",
         "--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu"]
@@ -38,6 +43,10 @@ def test_train_evaluate_predict(data_root, tmp_path, capsys):
         assert info["status"] == "trained" and model.is_file() and model.name == "model.pt"
         assert model.parent.parent == models / "runs" / "first" / "folder" / cat
         assert json.loads((model.parent / "config.json").read_text())["backbone"] == "resnet18"
+        # What it was trained on: the same fingerprint the engine keys its results with.
+        samples = get_dataset("folder").train_samples(str(data_root), cat)
+        assert json.loads((model.parent / "train.json").read_text())["train_fingerprint"] == \
+            fingerprint_samples(samples, data_root).digest
         assert 0.0 <= info["metrics"]["image_auroc"] <= 1.0  # `mrkd train` evaluates, like the flows
     assert main(["evaluate", str(data_root), "-m", str(models), "--num-workers", "0", "--evaluation-id", "ev1"]) == 0
     summary = json.loads((models / "evaluations" / "ev1" / "metrics.json").read_text())
@@ -85,6 +94,42 @@ def test_the_store_defaults_to_mrkd_store_and_is_required(data_root, tmp_path, m
     assert main(["evaluate", str(data_root)]) == 2  # an empty store: nothing trained yet
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no complete 'folder' model" in err and str(tmp_path / "store") in err
+
+
+def test_train_refuses_a_checkpoint_of_other_images_and_no_resume_replaces_it(data_root, tmp_path, capsys):
+    import torch
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    out = tmp_path / "models"
+    args = ["train", str(data), "-o", str(out), "-c", "obj_disc", *FAST]
+    assert main([*args, "--run-id", "r1"]) == 0
+    (key_checkpoints,) = (out / "checkpoints" / "folder" / "obj_disc").iterdir()  # checkpoints/<key>
+    checkpoint = key_checkpoints / "epoch-0001.pt"
+    image = sorted((data / "obj_disc" / "train" / "good").iterdir())[1]
+    write_image(image, 64, 64, seed=77)  # one training image changed
+    capsys.readouterr()
+    assert main([*args, "--run-id", "r2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trained on other data" in err and "--no-resume" in err
+    assert checkpoint.is_file()  # nothing stored was lost
+    good = image.read_bytes()
+    image.write_bytes(b"")  # a bad image fails before --no-resume replaces anything
+    assert main([*args, "--no-resume", "--run-id", "r2"]) == 2 and "the file is empty" in capsys.readouterr().err
+    assert checkpoint.is_file()
+    image.write_bytes(good)
+
+    assert main([*args, "--no-resume", "--run-id", "r2"]) == 0
+    done = Path(json.loads(capsys.readouterr().out)["models"]["obj_disc"]["run_dir"])
+    state = torch.load(io.BytesIO(checkpoint.read_bytes()), weights_only=True)
+    info = json.loads((done / "train.json").read_text())
+    assert state["train_fingerprint"] == info["train_fingerprint"] and info["resumed_from_epoch"] == 0
+    assert main([*args, "--run-id", "r3"]) == 0  # the same images again: r2's model is reused
+    assert json.loads(capsys.readouterr().out)["models"]["obj_disc"]["status"] == "skipped"
+    (done / "manifest.json").unlink()  # without it, the replaced checkpoint resumes (nothing left to train)
+    assert main([*args, "--run-id", "r4"]) == 0
+    assert json.loads((out / "runs" / "r4" / "folder" / "obj_disc" / done.name / "train.json").read_text())[
+        "resumed_from_epoch"] == 1
 
 
 def test_model_summary_json(capsys):

@@ -373,3 +373,48 @@ def test_check_mtd_problems(mtd):
         ("unexpected", str(mtd / "MT_Other")),
         ("unexpected", str(mtd / split["train"][0][:-4]) + ".png"),  # its mask is now an orphan
     }
+
+
+# --------------------------------------------------------------------------- file names
+def _upper_ext(path):
+    """Rename ``path`` to the same name with its extension in upper case."""
+    return path.rename(path.with_name(path.stem + path.suffix.upper()))
+
+
+def test_mvtec_and_folder_match_masks_whatever_the_case_of_extensions(mvtec):
+    """The issue's example: test/dent/001.BMP with ground_truth/dent/001_mask.PNG is one pair."""
+    cat = mvtec / "bottle"
+    image = datagen.write_image(cat / "test" / "dent" / "001.BMP", 40, 32)
+    mask = datagen.write_mask(cat / "ground_truth" / "dent" / "001_mask.PNG", 40, 32)
+    upper_img = _upper_ext(cat / "test" / "crack" / "000.png")
+    upper_mask = _upper_ext(cat / "ground_truth" / "crack" / "001_mask.png")
+    for name in ("mvtec", "folder"):
+        assert check_dataset(name, mvtec, categories=["bottle"]) == [], name
+        by_path = {s.path: s.mask_path for s in get_dataset(name).test_samples(mvtec, "bottle")}
+        assert by_path[str(image)] == str(mask)
+        assert by_path[str(upper_img)] == str(cat / "ground_truth" / "crack" / "000_mask.png")
+        assert by_path[str(cat / "test" / "crack" / "001.png")] == str(upper_mask)
+
+
+def test_btad_and_mtd_match_masks_whatever_the_case_of_extensions(btad, mtd):
+    _upper_ext(btad / "03" / "test" / "ko" / "0000.bmp")
+    _upper_ext(btad / "03" / "ground_truth" / "ko" / "0001.bmp")
+    _upper_ext(btad / "01" / "ground_truth" / "ko" / "0000.png")
+    assert check_dataset("btad", btad) == []
+    ko = [s for p in ("01", "03") for s in get_dataset("btad").test_samples(btad, p) if s.label == 1]
+    assert len(ko) == 4 and all(s.mask_path and os.path.isfile(s.mask_path) for s in ko)
+
+    crack = sorted((mtd / "MT_Crack" / "Imgs").glob("*.jpg"))
+    _upper_ext(crack[0].with_suffix(".png"))
+    _upper_ext(crack[1])
+    assert check_dataset("mtd", mtd) == []
+    masks = {s.path: s.mask_path for s in get_dataset("mtd").test_samples(mtd, "mtd") if s.defect_type == "crack"}
+    assert masks == {str(crack[0]): str(crack[0].with_suffix(".PNG")),
+                     str(crack[1].with_suffix(".JPG")): str(crack[1].with_suffix(".png"))}
+
+
+def test_a_mask_in_two_cases_is_used_once_and_the_other_reported(mvtec):
+    cat = mvtec / "bottle"
+    twin = datagen.write_mask(cat / "ground_truth" / "crack" / "000_mask.PNG", 40, 32)
+    problems = check_dataset("folder", mvtec, categories=["bottle"])
+    assert [(p.kind, p.path) for p in problems] == [("unexpected", str(twin))]

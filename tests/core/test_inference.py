@@ -137,6 +137,22 @@ def test_the_network_sees_what_the_dataset_loaders_feed_it(tmp_path):
         original, net = read_image(path, 64)
         assert original.shape == (h, w, 3)
         np.testing.assert_array_equal(net, load_image(path, 64))
+    # The loaders' decoding rules (mrkd_core.data.io): EXIF orientation applied, 16-bit TIFF
+    # scaled by its container's range, palettes expanded; the input's size is the upright one.
+    pixels = np.random.default_rng(1).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 70×40, shown rotated 90° clockwise: 40×70
+    Image.fromarray(pixels).save(rotated, exif=exif, quality=95)
+    tiff = tmp_path / "deep.tif"
+    Image.fromarray(np.random.default_rng(2).integers(0, 65535, (40, 70), dtype=np.uint16)).save(tiff)
+    palette = tmp_path / "palette.png"
+    Image.fromarray(pixels).convert("P").save(palette)
+    for path, (w, h) in ((rotated, (40, 70)), (tiff, (70, 40)), (palette, (70, 40))):
+        original, net = read_image(path, 64)
+        assert original.shape == (h, w, 3)
+        np.testing.assert_array_equal(original, load_image(path, None))
+        np.testing.assert_array_equal(net, load_image(path, 64))
 
 
 def test_calibration_on_the_test_split_says_so(model_files):
