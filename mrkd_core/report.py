@@ -199,6 +199,38 @@ def select_scores(scores_df: pd.DataFrame | None, metrics_df: pd.DataFrame | Non
     return pd.concat(chosen, ignore_index=True)
 
 
+def thresholds_on_test_split(scores_df: pd.DataFrame | None) -> list[str]:
+    """``dataset/category (variants)`` whose verdicts come from thresholds chosen on their test split.
+
+    Read from the scores table's ``on_evaluation_images`` (the calibration's own record,
+    ``mrkd_core.inference.calibration``): the flows calibrate on the test split when no
+    train/good images were held out. Rows without the column or with null there (no
+    calibration, or stored before it existed) name nothing.
+    """
+    if scores_df is None or scores_df.empty or "on_evaluation_images" not in scores_df.columns:
+        return []
+    flagged = scores_df[[v is True or v is np.True_ for v in scores_df["on_evaluation_images"]]]
+    if flagged.empty:
+        return []
+    variants: dict[str, set[str]] = {}
+    for ds, cat, var in zip(flagged["dataset"].astype(str), flagged["category"].astype(str),
+                            flagged["variant"].astype(str) if "variant" in flagged else [""] * len(flagged)):
+        variants.setdefault(f"{ds}/{cat}", set()).add(var)
+    return [f"{key} ({', '.join(sorted(v for v in vs if v))})" if any(vs) else key
+            for key, vs in sorted(variants.items())]
+
+
+def threshold_note(scores_df: pd.DataFrame | None) -> str | None:
+    """The report's line when a threshold was chosen on the images it is then evaluated on; else None."""
+    where = thresholds_on_test_split(scores_df)
+    if not where:
+        return None
+    return (f"Verdicts of {', '.join(where)} (scores table: verdict, normalized_score, threshold): the image "
+            "threshold was chosen on the test split these metrics are measured on (calibration "
+            "on_evaluation_images), so the verdicts are no unbiased test of it. Hold out defect-free training "
+            "images (validation_fraction) to choose thresholds elsewhere.")
+
+
 def _category_order(dataset: str, categories: Sequence[str]) -> list[str]:
     cats = list(dict.fromkeys(categories))
     if dataset == "mvtec":
@@ -334,7 +366,7 @@ figcaption{font-size:.85rem;color:#444}
 
 
 def _html_page(run_id: str, tables: dict[str, pd.DataFrame], figures: list[tuple[str, str, bytes]],
-               generated: str) -> str:
+               generated: str, threshold_line: str | None = None) -> str:
     narrowed = sorted({r for t in tables.values() if t.attrs.get("narrowed") for r in t.attrs.get("runs", [])})
     off = sorted({r for t in tables.values() if t.attrs.get("not_paper_setting") for r in t.attrs.get("runs", [])})
     runs = sorted({r for t in tables.values() for r in t.attrs.get("runs", [])})
@@ -354,6 +386,9 @@ def _html_page(run_id: str, tables: dict[str, pd.DataFrame], figures: list[tuple
     if off:
         parts.append(f'<div class="banner"><strong>Not the paper\'s setting</strong> ({html.escape(", ".join(off))}): '
                      "see each table's notes (e.g. teacher_weights=none).</div>")
+    if threshold_line:
+        parts.append(f'<div class="banner"><strong>Thresholds chosen on the test split.</strong> '
+                     f"{html.escape(threshold_line)}</div>")
     parts.append("<nav><ul>" + "".join(
         f'<li><a href="#{html.escape(k)}">{html.escape(t.attrs.get("title", k))}</a></li>' for k, t in tables.items()
     ) + ('<li><a href="#figures">Figures</a></li>' if figures else "") + "</ul></nav>")
@@ -386,7 +421,9 @@ def write_report(
     ``metrics_df`` may hold several runs (the tables keep the latest cell, see
     :mod:`mrkd_core.tables`); ``scores_df`` feeds Fig. 6; ``maps_provider(dataset, category)``
     returns a few (image, mask, anomaly map) triples from the run's own ``maps.npz`` for
-    Fig. 7 — without it that figure is skipped. Returns ``{"html": path, "tables": {key:
+    Fig. 7 — without it that figure is skipped. When ``scores_df`` says a model's image
+    threshold was chosen on its test split (``on_evaluation_images``), the measured
+    table's notes and the HTML page say so (:func:`threshold_note`). Returns ``{"html": path, "tables": {key:
     [parquet, md]}, "figures": [paths], "paths": [every path written]}``, paths relative
     to the store root.
     """
@@ -400,6 +437,11 @@ def write_report(
         return path
 
     tables = {"measured": build_table("measured", metrics_df, published_df), **build_all(metrics_df, published_df)}
+    # Thresholds never come from the images they are then evaluated on without the report saying so.
+    threshold_line = threshold_note(scores_df)
+    if threshold_line:
+        measured = tables["measured"]
+        measured.attrs["notes"] = [*(measured.attrs.get("notes") or []), threshold_line]
     table_paths: dict[str, list[str]] = {}
     for key, t in tables.items():
         buf = io.BytesIO()
@@ -444,12 +486,13 @@ def write_report(
         add_figure("fig11_lambda.png", "Fig. 11 style: measured metrics against the FLM masking ratio λ.", png)
 
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    html_path = put("report.html", _html_page(run_id, tables, figures, generated).encode("utf-8"))
+    html_path = put("report.html", _html_page(run_id, tables, figures, generated, threshold_line).encode("utf-8"))
     log.info("report of %s: %d tables, %d figures in %s", run_id, len(tables), len(figures), store.uri(base))
     return {"html": html_path, "tables": table_paths, "figures": figure_paths, "paths": written}
 
 
 __all__ = [
     "format_cell", "heatmap_figure", "lambda_figure", "score_distribution_figure",
-    "select_scores", "table_to_html", "table_to_markdown", "write_report",
+    "select_scores", "table_to_html", "table_to_markdown", "threshold_note", "thresholds_on_test_split",
+    "write_report",
 ]

@@ -96,6 +96,9 @@ METRICS_SCHEMA = pa.schema(
     ]
 )
 
+# The score columns that come from the model's calibration (null where it has none).
+VERDICT_COLUMNS = ("normalized_score", "verdict", "threshold", "on_evaluation_images")
+
 SCORES_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string()),
@@ -111,6 +114,10 @@ SCORES_SCHEMA = pa.schema(
         # and in rows stored before these columns existed.
         pa.field("normalized_score", pa.float64()),
         pa.field("verdict", pa.string()),
+        pa.field("threshold", pa.float64()),  # the image threshold, on the raw score
+        # True: the threshold was chosen on this test split (the calibration's
+        # on_evaluation_images), so the verdicts are no unbiased test of it; the report says so.
+        pa.field("on_evaluation_images", pa.bool_()),
     ]
 )
 
@@ -164,11 +171,12 @@ def score_rows(task: Task, run_id: str, ev: EvalResult,
                verdicts: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """``SCORES_SCHEMA`` rows: one per test image, its image score (Eq. 6) of the config's fusion.
 
-    ``verdicts``: ``{"normalized_score", "verdict"}`` per image from the model's calibration
-    (``mrkd_core.inference.calibration.verdict_columns``); None leaves them null.
+    ``verdicts``: ``{"normalized_score", "verdict", "threshold", "on_evaluation_images"}`` per
+    image from the model's calibration (``mrkd_core.inference.calibration.verdict_columns``);
+    None leaves them null.
     """
     config_hash = task.config.config_hash()
-    verdicts = verdicts or [{"normalized_score": None, "verdict": None}] * len(ev.scores)
+    verdicts = verdicts or [dict.fromkeys(VERDICT_COLUMNS)] * len(ev.scores)
     return [{"run_id": run_id, "dataset": task.dataset, "category": task.category, "config_hash": config_hash,
              "variant": task.variant, "path": s["path"], "defect_type": s["defect_type"], "label": int(s["label"]),
              "score": float(s["score"]), **v} for s, v in zip(ev.scores, verdicts)]

@@ -48,6 +48,7 @@ from mrkd_core.inference.thresholds import (
     rate_above,
 )
 from mrkd_core.model import MRKD
+from mrkd_core.results import VERDICT_COLUMNS
 from mrkd_core.revision import EVALUATION_REVISION
 
 log = logging.getLogger(__name__)
@@ -354,12 +355,15 @@ def calibrate_after_training(model: MRKD, cfg: MRKDConfig, train_samples: Sequen
 
 
 def verdict_columns(calibration: dict[str, Any] | None, scores: Sequence[float]) -> list[dict[str, Any]]:
-    """``{"normalized_score", "verdict"}`` per raw score; None values without calibration.
+    """``results.VERDICT_COLUMNS`` per raw score: ``normalized_score``, ``verdict``, the image
+    ``threshold`` and whether it was chosen on the evaluation images (``on_evaluation_images``);
+    None values without calibration.
 
     For result tables (``mrkd evaluate``'s scores.csv, the flows' ``scores`` table).
     """
     if calibration is None:
-        return [{"normalized_score": None, "verdict": None} for _ in scores]
+        return [dict.fromkeys(VERDICT_COLUMNS) for _ in scores]
     cal = Calibration.from_dict(calibration)
-    return [{"normalized_score": float(cal.normalize_score(float(s))), "verdict": cal.verdict(float(s))}
+    return [{"normalized_score": float(cal.normalize_score(float(s))), "verdict": cal.verdict(float(s)),
+             "threshold": cal.image_threshold, "on_evaluation_images": cal.on_evaluation_images}
             for s in scores]

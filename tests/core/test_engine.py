@@ -141,6 +141,19 @@ def test_the_stored_model_is_calibrated_and_the_scores_carry_verdicts(setup):
     s = read_scores(store, "r1")
     assert set(s["verdict"]) <= {"good", "defective"} and s["normalized_score"].between(0, 1).all()
     assert ((s["score"] > cal["image_threshold"]) == (s["verdict"] == "defective")).all()
+    assert (s["threshold"] == cal["image_threshold"]).all() and s["on_evaluation_images"].eq(True).all()
+
+
+def test_the_report_says_when_thresholds_were_chosen_on_the_test_split(setup):
+    """What the flows' report task does (read the run's tables, write the report): the
+    engine calibrated on the test split (no held-out images), and the report says so."""
+    from mrkd_core.report import write_report
+
+    store, task, _ = setup
+    write_report(store, "r1", read_metrics(store, "r1"), read_scores(store, "r1"))
+    md = store.read_bytes("reports/r1/measured.md").decode()
+    assert f"- Verdicts of {task.dataset}/{task.category} ({task.variant}) " in md
+    assert "chosen on the test split these metrics are measured on" in md
 
 
 def test_scores_rows_stored_before_the_verdict_columns_stay_readable(setup, tmp_path):
@@ -318,3 +331,8 @@ def test_the_training_fingerprint_covers_the_images_trained_on_after_the_hold_ou
     assert _checkpoint(store, held_task)["train_fingerprint"] == lineage.train_fingerprint
     assert read_metrics(store, "r-held").iloc[0]["train_fingerprint"] == lineage.train_fingerprint
     assert train_evaluate(held_task, store, "r-again")["status"] == "skipped"
+    # thresholds from held-out images: the scores say so, and the report has nothing to flag
+    assert not read_scores(store, "r-held")["on_evaluation_images"].eq(True).any()
+    from mrkd_core.report import threshold_note
+
+    assert threshold_note(read_scores(store, "r-held")) is None
