@@ -80,11 +80,13 @@ class Prediction:
 class Predictor:
     """Scores images with one model file (``model.pt`` or ``.onnx``) and its calibration.
 
-    Every forward pass holds exactly ``batch_size`` images (a short last batch is padded
-    with blank images): the convolution libraries round differently for different batch
-    sizes (relative 1e-6), so a fixed batch size makes an image's outputs bitwise the
-    same whatever the other files of the call. Different ``batch_size`` values agree to
-    float32 rounding.
+    Forward passes hold up to ``batch_size`` images (the last one the rest): an image
+    costs one image, whatever the batch size. Its outputs depend on the image and the
+    model only (the test-time masks are per-model constants, ``MRKD.test_masks``); the
+    number of images in a pass changes them by float32 rounding at most (PyTorch's CPU
+    convolutions round a pass of one small image differently from a pass of several:
+    relative ≤ 5e-7 on maps below 256 px, bitwise the same at 256 px here;
+    docs/inference.md).
     """
 
     def __init__(self, backend: Backend, batch_size: int = 8):
@@ -151,9 +153,7 @@ class Predictor:
     def _run(self, items: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> Iterator[Prediction]:
         if not items:
             return
-        batch = np.zeros((self.batch_size, 3, self.image_size, self.image_size), dtype=np.float32)
-        for i, (_, _, net) in enumerate(items):
-            batch[i] = normalize(net, self._mean, self._std).numpy()
+        batch = np.stack([normalize(net, self._mean, self._std).numpy() for _, _, net in items])
         maps, scores = self.backend.run(batch)
         cal = self.calibration
         for (path, original, _), amap, score in zip(items, maps, scores):

@@ -7,6 +7,7 @@ inference path, not about how well the model detects.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from mrkd_core.evaluate import evaluate
 from mrkd_core.inference import Calibration, Predictor, calibrate_model, predict_images
 from mrkd_core.inference.calibration import CalibrationData, CalibrationSet, calibrate
 from mrkd_core.inference.images import read_image
+from mrkd_core.inference.overlays import overlay
 from mrkd_core.inference.thresholds import (
     expected_false_alarm_rate,
     f1_threshold,
@@ -168,19 +170,54 @@ def _outputs(report):
 
 
 def test_an_image_gives_the_same_outputs_whatever_the_other_files(model_files, test_samples, tmp_path):
+    """Alone, among 7 others, in another order, at batch sizes 1/3/16: the same score and map up
+    to float32 rounding (relative 1e-6: no padding, and the CPU convolutions round a pass of one
+    small image differently from a pass of several), bitwise for passes of the same size in any order.
+    An overlay or mask pixel can differ only where that rounding crosses a colour step or the
+    pixel threshold (the colour scale itself is fixed at calibration)."""
     paths = [s.path for s in test_samples]
     x = paths[5]
     alone = _outputs(predict_images(model_files[1], [x], tmp_path / "alone", device="cpu"))
     crowd = _outputs(predict_images(model_files[1], paths[:7], tmp_path / "crowd", device="cpu"))
+    shuffled = _outputs(predict_images(model_files[1], paths[:7][::-1], tmp_path / "shuffled", device="cpu"))
     backwards = _outputs(predict_images(model_files[1], paths[::-1], tmp_path / "back", device="cpu"))
-    assert alone[x] == crowd[x] == backwards[x]  # score, overlay and mask bytes
+    assert alone == _outputs(predict_images(model_files[1], [x], tmp_path / "again", device="cpu"))
+    assert crowd == shuffled  # score, overlay and mask bytes: the same passes' sizes, another order
     for p in paths:
-        assert crowd.get(p, backwards[p]) == backwards[p]
+        assert crowd.get(p, backwards[p])[0] == pytest.approx(backwards[p][0], rel=1e-6, abs=0)
+    assert alone[x][0] == pytest.approx(crowd[x][0], rel=1e-6, abs=0)
+
+    predictor = Predictor.load(model_files[1], device="cpu")
+    cal = predictor.calibration
+    (one,) = predictor.predict([x])
+    among = {p.path: p for p in predictor.predict(paths[:7])}[x]
+    scale = float(np.abs(among.anomaly_map).max())
+    np.testing.assert_allclose(one.anomaly_map, among.anomaly_map, rtol=0, atol=1e-6 * scale)
+    flipped = one.mask != among.mask
+    assert np.all(np.abs(among.anomaly_map[flipped] - cal.pixel_threshold) <= 1e-6 * scale)
+    a, b = (overlay(p.image, cal.normalize_map(p.anomaly_map)).astype(int) for p in (one, among))
+    moved = np.any(a != b, axis=2)
+    assert moved.mean() <= 0.01 and np.abs(a - b).max() <= 4  # at most one step of the colour scale
+    written = np.asarray(Image.open(tmp_path / "alone" / f"{Path(x).stem}_overlay.png"))
+    np.testing.assert_array_equal(a, written)
     # other batch sizes: float32 rounding apart
     for b in (1, 3, 16):
         report = predict_images(model_files[1], paths, tmp_path / f"b{b}", device="cpu", batch_size=b)
         np.testing.assert_allclose([p.score for p in report.predictions], [backwards[p][0] for p in paths],
                                    rtol=1e-6, atol=0)
+
+
+def test_one_image_costs_one_image_whatever_the_batch_size(model_files, test_samples):
+    """No padding: a forward pass holds the images there are, up to batch_size."""
+    paths = [s.path for s in test_samples]
+    predictor = Predictor.load(model_files[1], device="cpu", batch_size=3)
+    seen: list[int] = []
+    run = predictor.backend.run
+    predictor.backend.run = lambda batch: (seen.append(len(batch)), run(batch))[1]
+    list(predictor.predict(paths[:1]))
+    list(predictor.predict(paths[:7]))
+    predictor.predict_array(np.zeros((40, 50, 3), dtype=np.uint8))
+    assert seen == [1, 3, 3, 1, 1]
 
 
 def test_predict_and_evaluate_give_the_same_scores_and_maps(model_files, test_samples):
