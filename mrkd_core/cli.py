@@ -168,6 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train, evaluate and store one model per category: ``engine.train_evaluate``, as the flows run it."""
     from mrkd_core.engine import train_evaluate
     from mrkd_core.layout import resolve_run_id, run_dir
+    from mrkd_core.registry import RegistryOptions
     from mrkd_core.results import METRIC_COLUMNS
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
@@ -178,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cats = _categories(ds, root, args.category)
     store = ArtifactStore(_store_root(args.output, "--output"))
     run_id = resolve_run_id(args.run_id, "train")
+    register = RegistryOptions(args.register) if args.register else None
     models: dict[str, dict] = {}
     for cat in cats:
         task = Task(args.dataset, cat, CLI_VARIANT, cfg, str(root))
@@ -185,7 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Refuse, rather than discard, checkpoints of the key trained on other images: the
         # user may have pointed at the wrong folder (mrkd_core.lineage; --no-resume replaces them).
         result = train_evaluate(task, store, run_id, force=not args.resume, evaluate=args.evaluate,
-                                on_other_data="refuse")
+                                on_other_data="refuse", register=register)
         done = result["run_dir"]
         info = store.read_json(f"{done}/train.json")
         main = result["rows"][0] if result["rows"] else {}  # the config's own fusion comes first
@@ -195,6 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "train_seconds": round(float(info.get("train_seconds") or 0.0), 2),
             "metrics": {m: main.get(m) for m in METRIC_COLUMNS} if main else None,
         }
+        if result.get("registry"):
+            models[cat]["registry"] = result["registry"]
         log.info("%s: %s model %s (score images with: mrkd predict %s IMAGES)", cat, result["status"],
                  models[cat]["model"], models[cat]["model"])
     _out(json.dumps({"run_id": run_id, "store": store.uri(), "models": models}, indent=2))
@@ -294,9 +298,11 @@ def _collect_images(items: Sequence[str]) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from mrkd_core.predict import predict_images
+    from mrkd_core.registry.reference import resolve_model_location
 
     images = _collect_images(args.images)
-    rows = predict_images(args.model, images, Path(args.output), device=args.device, batch_size=args.batch_size)
+    model = resolve_model_location(args.model)  # <store>/models/<name>/<dataset>/<category>@champion → model.pt
+    rows = predict_images(model, images, Path(args.output), device=args.device, batch_size=args.batch_size)
     _write_csv(Path(args.output) / "scores.csv", rows)
     width = max(len(str(r["path"])) for r in rows)
     for r in rows:
@@ -341,7 +347,20 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def add_models_group(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``mrkd models`` group; each verb is added to it by its own registration function.
+
+    ``mrkd_core.registry.commands.add_registry_commands`` adds ``list``, ``promote`` and
+    ``rollback``; other verbs on model files (``info``) are added to the same group object.
+    """
+    models = sub.add_parser("models", help="registered models (versions, champion) and model files",
+                            description="Registered models in an artifact store and the model files they point at.")
+    return models.add_subparsers(dest="models_command", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from mrkd_core.registry.commands import add_registry_commands
+
     parser = argparse.ArgumentParser(prog="mrkd", description="Masked Reverse Knowledge Distillation (MRKD) anomaly detection")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -369,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate on the test split after training (default: on); --no-evaluate for a dataset "
                         "without test images")
+    p.add_argument("--register", metavar="NAME",
+                   help="register each category's model as a version of the registered model NAME and promote "
+                        "it to champion when it is not worse than the champion (docs/storage.md)")
     add_config_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -387,12 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="score new images with a trained model; writes heatmap overlays")
-    p.add_argument("model", help="model.pt written by `mrkd train` (path or URI)")
+    p.add_argument("model", help="model.pt written by `mrkd train` (path or URI), or a registered model: "
+                                 "<store>/models/<name>/<dataset>/<category>@champion (or @latest, @<version>)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--output", "-o", default="mrkd-predictions", help="folder for scores.csv and heatmaps")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_predict)
+
+    add_registry_commands(add_models_group(sub), _store_root)  # mrkd models list|promote|rollback
 
     p = sub.add_parser("model-summary", help="parameter counts and forward GFLOPs per component, as JSON")
     p.add_argument("--backbone", default="wide_resnet50_2")
