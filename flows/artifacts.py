@@ -58,12 +58,12 @@ def regressed(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def regression_text(results: Sequence[dict[str, Any]]) -> str:
-    """``2 categories regressed: folder/obj_disc (mvtec-full-mrkd v2 kept, champion v1): pixel_auroc …; …``."""
+    """``2 categories regressed: folder/obj_disc (mvtec-full-mrkd): v2 worse than champion v1: pixel_auroc …; …``."""
     found = regressed(results)
     if not found:
         return ""
-    items = [f"{r['dataset']}/{r['category']} ({r['registry']['model_name']} v{r['registry']['version']} kept, "
-             f"champion v{r['registry']['champion']}): {r['registry']['regression']}" for r in found]
+    items = [f"{r['dataset']}/{r['category']} ({r['registry']['model_name']}): {r['registry']['regression']}"
+             for r in found]
     noun = "category" if len(found) == 1 else "categories"
     return f"{len(found)} {noun} regressed: " + "; ".join(items)
 

@@ -168,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train, evaluate and store one model per category: ``engine.train_evaluate``, as the flows run it."""
     from mrkd_core.engine import train_evaluate
     from mrkd_core.layout import resolve_run_id, run_dir
-    from mrkd_core.registry import RegistryOptions
+    from mrkd_core.registry.tracking import RegistryOptions
     from mrkd_core.results import METRIC_COLUMNS
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore

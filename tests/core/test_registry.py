@@ -313,3 +313,30 @@ def test_models_list_promote_and_rollback_commands(tmp_path, capsys):
     assert "name the version to promote" in capsys.readouterr().err
     assert main(["models", "list", "--store", str(tmp_path / "empty")]) == 0
     assert "no registered models" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- through the engine and the CLI
+def test_mrkd_train_registers_and_predict_resolves_the_champion(tmp_path, capsys):
+    from mrkd_core.data.synthetic import make_synthetic_mvtec
+    from tests.datagen import FAST_CLI
+
+    root = make_synthetic_mvtec(tmp_path / "data", ["obj_disc"], n_train=4, n_test_good=2, n_test_defect=2, size=32)
+    store = tmp_path / "store"
+    train = ["train", str(root), "-o", str(store), "-c", "obj_disc", "--register", "line-4", *FAST_CLI]
+    assert main([*train, "--run-id", "r1"]) == 0
+    first = json.loads(capsys.readouterr().out)["models"]["obj_disc"]
+    assert first["registry"]["decision"] == "first" and first["registry"]["version"] == 1
+    assert main([*train, "--run-id", "r2"]) == 0  # same inputs: reused, not a new version
+    again = json.loads(capsys.readouterr().out)["models"]["obj_disc"]
+    assert again["status"] == "skipped" and again["registry"]["decision"] == "unchanged"
+    history = read_history(ArtifactStore(store))
+    assert list(history["run_id"]) == ["r1", "r2"] and list(history["version"]) == [1, 1]
+
+    images = str(root / "obj_disc" / "test")
+    ref = f"{store}/models/line-4/folder/obj_disc@champion"
+    assert main(["predict", ref, images, "-o", str(tmp_path / "by-ref"), "--batch-size", "1"]) == 0
+    by_ref = capsys.readouterr().out
+    assert main(["predict", first["model"], images, "-o", str(tmp_path / "by-ref"), "--batch-size", "1"]) == 0
+    assert capsys.readouterr().out == by_ref  # the same model, the same scores
+    assert main(["predict", f"{store}/models/line-4/folder/obj_disc@2", images]) == 2
+    assert "no version '2'" in capsys.readouterr().err
