@@ -15,7 +15,7 @@
       ├─ tables               results.read_metrics/read_scores(run_id) + registry history → report.write_report
       └─ (artifacts)          summary table, report link; a regressions warning when a category regressed
 
-The model loop (``register``, on by default): every evaluated result, trained or reused, is
+The model loop (``register_models``, on by default): every evaluated result, trained or reused, is
 tracked in the model registry as ``model_name`` (default ``<spec>-<variant>``): a new
 version is promoted to champion only when it is not worse than the champion on the same
 test data beyond ``tolerance`` (percentage points per metric; default image and pixel
@@ -30,7 +30,7 @@ CLI (what ``make demo`` runs)::
 
     python -m flows.benchmark --spec smoke [--store URI] [--runner ray|local] [--ray-address ADDR]
         [--categories a b] [--epochs N] [--image-size N] [--force] [--run-id ID] [--num-gpus G]
-        [--no-register] [--model-name NAME] [--fail-on-regression]
+        [--no-register-models] [--model-name NAME] [--fail-on-regression]
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def benchmark(
     runner: str = "ray",
     ray_address: str | None = None,
     num_gpus: float | None = None,
-    register: bool = True,
+    register_models: bool = True,
     model_name: str = "{spec}-{variant}",
     tolerance: dict[str, float] | None = None,
     fail_on_regression: bool = False,
@@ -233,7 +233,7 @@ def benchmark(
     without Ray. ``num_gpus`` per training defaults to ``MRKD_NUM_GPUS``, else 1 on a cluster.
     Without ``force`` a key is trained only when its inputs changed (config, training or
     test data, training revision); ``force`` trains every key again.
-    ``register`` tracks every evaluated result in the model registry as ``model_name``
+    ``register_models`` tracks every evaluated result in the model registry as ``model_name``
     (``{spec}``, ``{variant}`` filled in) and promotes a new version when it is not worse
     than the champion on the same test data beyond ``tolerance`` (percentage points per
     metric, default ``{"image_auroc": 0.5, "pixel_auroc": 0.5}``). A category that
@@ -244,7 +244,7 @@ def benchmark(
     """
     logger = get_run_logger()
     check_runner(runner)  # before anything is touched
-    registry = RegistryOptions.from_parameters(model_name, tolerance) if register else None
+    registry = RegistryOptions.from_parameters(model_name, tolerance) if register_models else None
     store = open_store()
     root = default_data_root(store)
     fan_out = Runner.resolve(runner, ray_address, num_gpus, store.root, root, _prefect_api_url())
@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, help="narrow the spec to this image size")
     parser.add_argument("--force", action="store_true", help="train again even where a complete result exists")
     parser.add_argument("--run-id", help="default <spec>-<UTC yyyymmdd-HHMMSS>; {date} {time} {spec} allowed")
-    parser.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--register-models", action=argparse.BooleanOptionalAction, default=True,
                         help="track results in the model registry and promote versions (default: on)")
     parser.add_argument("--model-name", default="{spec}-{variant}",
                         help="registered model name; {spec} and {variant} are filled in (default: %(default)s)")
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_spec(args.spec, spec_path()).narrow(args.categories, args.epochs, args.image_size)
         out = benchmark(spec=args.spec, run_id=args.run_id, categories=args.categories, epochs=args.epochs,
                         image_size=args.image_size, force=args.force, runner=args.runner,
-                        ray_address=args.ray_address, num_gpus=args.num_gpus, register=args.register,
+                        ray_address=args.ray_address, num_gpus=args.num_gpus, register_models=args.register_models,
                         model_name=args.model_name, fail_on_regression=args.fail_on_regression)
     except MRKDError as exc:
         sys.stderr.write(f"mrkd-benchmark: error: {exc}\n")

@@ -126,4 +126,7 @@ def serve() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Importing Prefect gave the root logger its handler at WARNING, so basicConfig did nothing:
+    # without this, the "serving …" line (what to type next) never reached the user.
+    log.setLevel(logging.INFO)
     serve()

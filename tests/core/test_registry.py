@@ -340,3 +340,27 @@ def test_mrkd_train_registers_and_predict_resolves_the_champion(tmp_path, capsys
     assert capsys.readouterr().out == by_ref  # the same model, the same scores
     assert main(["predict", f"{store}/models/line-4/folder/obj_disc@2", images]) == 2
     assert "no version '2'" in capsys.readouterr().err
+
+
+def test_changed_test_data_trains_nothing_and_compares_on_the_new_data(tmp_path):
+    """Only the test split changed: the key resumes at its last epoch (no training), its
+    weights are evaluated on the new split, and the champion is re-evaluated on it too."""
+    import dataclasses
+    from pathlib import Path
+
+    from mrkd_core.data import get_dataset
+    from mrkd_core.engine import train_evaluate
+    from tests.datagen import train_smoke_key
+
+    store, task, first = train_smoke_key(tmp_path)
+    assert "registry" not in first  # the engine tracks only when asked
+    first = train_evaluate(task, store, "r1", register=OPTIONS)  # registers the complete result
+    assert (first["status"], first["registry"]["decision"]) == ("skipped", "first")
+    Path(get_dataset(task.dataset).test_samples(task.data_root, task.category)[0].path).unlink()
+    again = train_evaluate(dataclasses.replace(task), store, "r2", register=OPTIONS)
+    assert again["status"] == "trained" and again["resumed_from_epoch"] == task.config.epochs  # 0 epochs trained
+    out = again["registry"]
+    assert (out["version"], out["decision"], out["champion_reevaluated"]) == (2, "promoted", True)
+    row = read_promotions(store).iloc[-1]
+    for m in ("image_auroc", "pixel_auroc"):  # the same weights on the same new test data
+        assert row[f"champion_{m}"] == pytest.approx(row[f"candidate_{m}"], abs=1e-12)

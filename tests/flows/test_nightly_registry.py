@@ -75,10 +75,12 @@ def nights(prefect_api, prefect_home, moto_s3, ray_head, tmp_path_factory):
     proc = subprocess.Popen([str(BIN / "python"), "-m", "flows.nightly"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
+        started = time.monotonic()
+        deadline = started + 300  # imports and deployment registration: 20-180 s on a loaded 2-core VM
         while "serving mrkd-benchmark/" not in log_path.read_text(errors="replace"):
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")
             time.sleep(1)
+        print(f"serve ready in {time.monotonic() - started:.1f} s")
         yield {"env": env, "specs": specs, "data": data / "nightly-images", "log": log_path}
     finally:
         stop_process(proc)
@@ -156,7 +158,7 @@ def test_nightly_keeps_the_champion_against_a_worse_model_and_promotes_a_better_
     artifacts = flow_run_artifacts(second.id)
     assert {"summary-mvtec-full", "report-mvtec-full", "regressions-mvtec-full"} <= set(artifacts), artifacts
     assert "tex_stripes" in artifacts["regressions-mvtec-full"].data
-    assert artifacts["report-mvtec-full"].data.endswith("reports/nightly-20261102/report.html")
+    assert f"({STORE}/reports/nightly-20261102/report.html)" in artifacts["report-mvtec-full"].data
     summary = json.loads(artifacts["summary-mvtec-full"].data)
     assert ("tex_stripes", "kept", 2) in {(r["category"], r["decision"], r["version"]) for r in summary}
     html = store.read_bytes("reports/nightly-20261102/report.html").decode()
