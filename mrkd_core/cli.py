@@ -179,6 +179,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cats = _categories(ds, root, args.category)
     store = ArtifactStore(_store_root(args.output, "--output"))
     run_id = resolve_run_id(args.run_id, "train")
+    if args.register and not args.evaluate:
+        raise ConfigError("--register compares each new version with the champion on its test metrics; "
+                          "drop --no-evaluate (or --register)")
     register = RegistryOptions(args.register) if args.register else None
     models: dict[str, dict] = {}
     for cat in cats:

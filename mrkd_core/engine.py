@@ -38,6 +38,11 @@ the model and its training record only; such a run directory satisfies later cal
 do not evaluate either, and is trained on (0 epochs, from the checkpoints) and evaluated
 by a call that does.
 
+With ``register`` (the flows' model loop, ``mrkd train --register``), every evaluated result,
+trained here or reused, is then tracked in the model registry (``mrkd_core.registry``): a
+version of the registered model, its promotion decision against the champion, and this
+run's ``history`` row; a trained result is registered while the key's claim is still held.
+
 Written here (the layout of ``mrkd_core.layout``, docs/storage.md): ``checkpoints/<key>/``,
 ``claims/<key>.json`` while training, ``runs/<run_id>/<key>/`` (``config.json model.pt
 metrics.parquet scores.parquet maps.npz train.json`` and ``manifest.json`` last) and the

@@ -323,6 +323,8 @@ def test_mrkd_train_registers_and_predict_resolves_the_champion(tmp_path, capsys
     root = make_synthetic_mvtec(tmp_path / "data", ["obj_disc"], n_train=4, n_test_good=2, n_test_defect=2, size=32)
     store = tmp_path / "store"
     train = ["train", str(root), "-o", str(store), "-c", "obj_disc", "--register", "line-4", *FAST_CLI]
+    assert main([*train, "--no-evaluate"]) == 2  # a version is promoted on its metrics
+    assert "drop --no-evaluate" in capsys.readouterr().err
     assert main([*train, "--run-id", "r1"]) == 0
     first = json.loads(capsys.readouterr().out)["models"]["obj_disc"]
     assert first["registry"]["decision"] == "first" and first["registry"]["version"] == 1
