@@ -12,7 +12,15 @@
       │                       stored rows into this run; state "Skipped"
       ├─ mrkd-train-all       subflow on the runner: train-evaluate per pending key (num_gpus=1 each
       │                       on a cluster); ends Failed, naming the first error, if any training failed
-      └─ tables               results.read_metrics/read_scores(run_id) → report.write_report
+      ├─ tables               results.read_metrics/read_scores(run_id) + registry history → report.write_report
+      └─ (artifacts)          summary table, report link; a regressions warning when a category regressed
+
+The model loop (``register_models``, on by default): every evaluated result, trained or reused, is
+tracked in the model registry as ``model_name`` (default ``<spec>-<variant>``): a new
+version is promoted to champion only when it is not worse than the champion on the same
+test data beyond ``tolerance`` (percentage points per metric; default image and pixel
+AU-ROC, 0.5). A category that regresses is named in the flow's final state message and in
+the ``regressions-<spec>`` artifact; the run ends Completed (``fail_on_regression``: Failed).
 
 Keys that are already complete never reach Ray, so a rerun of a finished spec starts no
 Ray at all and takes seconds. Store and data root come from the environment (see
@@ -22,6 +30,7 @@ CLI (what ``make demo`` runs)::
 
     python -m flows.benchmark --spec smoke [--store URI] [--runner ray|local] [--ray-address ADDR]
         [--categories a b] [--epochs N] [--image-size N] [--force] [--run-id ID] [--num-gpus G]
+        [--no-register-models] [--model-name NAME] [--fail-on-regression]
 """
 
 from __future__ import annotations
@@ -38,9 +47,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
-from prefect.states import Failed, State
+from prefect.states import Completed, Failed, State
 
 import flows  # noqa: F401 - offline-safe environment defaults
+from flows.artifacts import publish, regression_text
 from flows.download import dataset_records, prepare_dataset
 from flows.ray_runner import RUNNERS, Runner, check_runner
 from flows.settings import data_root as default_data_root
@@ -48,6 +58,8 @@ from flows.settings import open_store, resolve_run_id, spec_path
 from flows.train_evaluate import record_complete, train_one
 from mrkd_core.errors import MRKDError
 from mrkd_core.layout import find_complete, read_maps
+from mrkd_core.registry.tables import read_history
+from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.report import MapTriple, write_report
 from mrkd_core.results import read_metrics, read_scores
 from mrkd_core.specs import ExperimentSpec, Task, load_spec
@@ -62,11 +74,21 @@ class BenchmarkFailed(RuntimeError):
     """Some trainings failed after their retries; the report covers the others."""
 
 
+class RegressionDetected(RuntimeError):
+    """A category regressed and the run was asked to fail for it (``fail_on_regression``)."""
+
+
 # --------------------------------------------------------------------------- tasks (driver)
 @task(name="plan", cache_policy=NO_CACHE, persist_result=False)
-def plan(spec: ExperimentSpec, data_root: str) -> list[dict[str, Any]]:
-    """The spec's tasks as JSON-safe records (what travels to Ray and to the Prefect API)."""
-    tasks = [t.to_dict() for t in spec.tasks(data_root)]
+def plan(spec: ExperimentSpec, data_root: str, registry: RegistryOptions | None = None) -> list[dict[str, Any]]:
+    """The spec's tasks as JSON-safe records (what travels to Ray and to the Prefect API).
+
+    With ``registry`` every task's registered model name is checked here, before anything trains.
+    """
+    planned = spec.tasks(data_root)
+    for t in planned if registry is not None else ():
+        registry.name_for(t)  # ConfigError naming the template
+    tasks = [t.to_dict() for t in planned]
     keys = [t["key"] for t in tasks]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
@@ -88,11 +110,16 @@ def find_done(tasks: list[dict[str, Any]], forced_run_id: str | None = None) -> 
 
 @task(name="tables", cache_policy=NO_CACHE, persist_result=False)
 def tables(run_id: str, results: list[dict[str, Any]]) -> str:
-    """Report of the run from the partitioned tables; Fig. 7 maps from each category's run dir."""
+    """Report of the run from the partitioned tables; Fig. 7 maps from each category's run dir.
+
+    The history section (each category's metric per night, regressions flagged) reads the
+    registry's ``history`` table when the run tracked its results.
+    """
     store = open_store()
     metrics = read_metrics(store, run_id)
     scores = read_scores(store, run_id)
-    report = write_report(store, run_id, metrics, scores, maps_provider(store, results))
+    history = read_history(store) if any(r.get("registry") for r in results) else None
+    report = write_report(store, run_id, metrics, scores, maps_provider(store, results), history_df=history)
     return store.uri(report["html"])
 
 
@@ -140,14 +167,14 @@ def first_failure(results: list[dict[str, Any]]) -> str | None:
 
 @flow(name="mrkd-train-all")
 def train_all(tasks: list[dict[str, Any]], datasets: dict[str, dict[str, Any]], run_id: str, force: bool,
-              runner: Runner) -> list[dict[str, Any]] | State:
+              runner: Runner, registry: dict[str, Any] | None = None) -> list[dict[str, Any]] | State:
     """One ``train-evaluate`` per task on ``runner``; ends Failed (with every record) if any failed."""
     logger = get_run_logger()
     with runner.submitting() as options:
         reuse = "" if "max_calls" not in options else (
             ", one Ray worker process per training" if options["max_calls"] == 1 else ", Ray workers reused")
         logger.info("%d training(s) on %s, %s GPU(s) each%s", len(tasks), runner.kind, options["num_gpus"], reuse)
-        futures = [train_one.submit(t, run_id, force, datasets[t["dataset"]]) for t in tasks]
+        futures = [train_one.submit(t, run_id, force, datasets[t["dataset"]], registry) for t in tasks]
     results = [_outcome(t, f, logger) for t, f in zip(tasks, futures)]
     failure = first_failure(results)
     return Failed(message=failure, data=results) if failure else results
@@ -191,7 +218,11 @@ def benchmark(
     runner: str = "ray",
     ray_address: str | None = None,
     num_gpus: float | None = None,
-) -> dict[str, Any]:
+    register_models: bool = True,
+    model_name: str = "{spec}-{variant}",
+    tolerance: dict[str, float] | None = None,
+    fail_on_regression: bool = False,
+) -> dict[str, Any] | State:
     """Train and evaluate every (dataset, category, variant) of ``spec`` and write the report.
 
     ``spec`` is a name found along ``MRKD_SPEC_PATH`` then ``flows/specs/``, or a YAML path;
@@ -200,11 +231,20 @@ def benchmark(
     ``runner='ray'`` fans out on Ray (``ray_address``/``RAY_ADDRESS``: the local head or a
     cluster, else a Ray of this run); ``runner='local'`` trains one task after another
     without Ray. ``num_gpus`` per training defaults to ``MRKD_NUM_GPUS``, else 1 on a cluster.
-    Fails with :class:`BenchmarkFailed` (first failure's type and text) when any training
-    failed, after writing the report of the others.
+    Without ``force`` a key is trained only when its inputs changed (config, training or
+    test data, training revision); ``force`` trains every key again.
+    ``register_models`` tracks every evaluated result in the model registry as ``model_name``
+    (``{spec}``, ``{variant}`` filled in) and promotes a new version when it is not worse
+    than the champion on the same test data beyond ``tolerance`` (percentage points per
+    metric, default ``{"image_auroc": 0.5, "pixel_auroc": 0.5}``). A category that
+    regressed is named in the final state's message and in the ``regressions-<spec>``
+    artifact; the run then ends Completed, or Failed with :class:`RegressionDetected` when
+    ``fail_on_regression``. Fails with :class:`BenchmarkFailed` (first failure's type and
+    text) when any training failed, after writing the report of the others.
     """
     logger = get_run_logger()
     check_runner(runner)  # before anything is touched
+    registry = RegistryOptions.from_parameters(model_name, tolerance) if register_models else None
     store = open_store()
     root = default_data_root(store)
     fan_out = Runner.resolve(runner, ray_address, num_gpus, store.root, root, _prefect_api_url())
@@ -217,17 +257,18 @@ def benchmark(
     records = dataset_records(loaded, root)
     for record in records:
         prepare_dataset(record)
-    tasks = plan(loaded, root)
+    tasks = plan(loaded, root, registry)
+    registry_record = registry.to_dict() if registry is not None else None
     done = find_done(tasks, rid if force else None)
     by_name = {r["name"]: r for r in records}
 
     results: list[dict[str, Any]] = []
     pending = [t for t, d in zip(tasks, done) if not d]
     for t in (t for t, d in zip(tasks, done) if d):  # in the driver: copies the stored rows into this run
-        results.append(record_complete(t, rid, force, return_state=True).result())
+        results.append(record_complete(t, rid, force, registry_record, return_state=True).result())
     if pending:
         state = train_all.with_options(task_runner=fan_out.task_runner())(
-            pending, by_name, rid, force, fan_out, return_state=True)
+            pending, by_name, rid, force, fan_out, registry_record, return_state=True)
         trained = state.result(raise_on_failure=False)
         if isinstance(trained, BaseException):  # the subflow itself crashed: no record per training
             error = _failure(trained)
@@ -240,11 +281,20 @@ def benchmark(
     report = tables(rid, ok) if ok else None
     counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "skipped", "failed")}
     logger.info("run %s: %s; report %s", rid, counts, report)
+    publish(rid, loaded.name, results, report)
     failure = first_failure(results)
+    regression = regression_text(results)
     if failure:
-        raise BenchmarkFailed(f"{failure}; report of the rest: {report}")
-    return {"run_id": rid, "spec": loaded.name, "store": store.uri(), "report": report, "counts": counts,
-            "tasks": results}
+        raise BenchmarkFailed(f"{failure}; {regression + '; ' if regression else ''}report of the rest: {report}")
+    out = {"run_id": rid, "spec": loaded.name, "store": store.uri(), "report": report, "counts": counts,
+           "tasks": results, "regressions": regression or None}
+    if regression:
+        message = f"run {rid}: {regression}; report {report}"
+        logger.warning("%s", message)
+        if fail_on_regression:
+            raise RegressionDetected(message)
+        return Completed(message=message, data=out)  # the state users' automations see, with its artifact
+    return out
 
 
 # --------------------------------------------------------------------------- CLI
@@ -262,6 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, help="narrow the spec to this image size")
     parser.add_argument("--force", action="store_true", help="train again even where a complete result exists")
     parser.add_argument("--run-id", help="default <spec>-<UTC yyyymmdd-HHMMSS>; {date} {time} {spec} allowed")
+    parser.add_argument("--register-models", action=argparse.BooleanOptionalAction, default=True,
+                        help="track results in the model registry and promote versions (default: on)")
+    parser.add_argument("--model-name", default="{spec}-{variant}",
+                        help="registered model name; {spec} and {variant} are filled in (default: %(default)s)")
+    parser.add_argument("--fail-on-regression", action="store_true",
+                        help="end Failed (exit 1) when a category regressed; default: Completed with a warning")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.store:
@@ -272,14 +328,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_spec(args.spec, spec_path()).narrow(args.categories, args.epochs, args.image_size)
         out = benchmark(spec=args.spec, run_id=args.run_id, categories=args.categories, epochs=args.epochs,
                         image_size=args.image_size, force=args.force, runner=args.runner,
-                        ray_address=args.ray_address, num_gpus=args.num_gpus)
+                        ray_address=args.ray_address, num_gpus=args.num_gpus, register_models=args.register_models,
+                        model_name=args.model_name, fail_on_regression=args.fail_on_regression)
     except MRKDError as exc:
         sys.stderr.write(f"mrkd-benchmark: error: {exc}\n")
         return 2
-    except BenchmarkFailed as exc:  # the flow run's log has each training's error; one line here
+    except (BenchmarkFailed, RegressionDetected) as exc:  # the flow run's log has the details; one line here
         sys.stderr.write(f"mrkd-benchmark: failed: {exc}\n")
         return 1
     log.info("%s in %.1f s: %s", out["run_id"], time.perf_counter() - started, out["counts"])
+    if out.get("regressions"):
+        sys.stderr.write(f"mrkd-benchmark: warning: {out['regressions']}\n")
     print(f"report: {out['report']}")
     return 0
 

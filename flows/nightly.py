@@ -8,8 +8,12 @@ entries: ``nightly`` and ``on-demand``), so the two routes cannot drift apart.
 The nightly run id is ``nightly-{date}``: :func:`flows.settings.resolve_run_id` fills in
 the UTC date of the run's *scheduled* time, so each night gets its own report folder
 (``reports/nightly-20261129/``) and a late or retried run keeps its night. The nightly
-retrains (``force``): each night is a fresh model on the current data; a retry of the same
-night still skips the keys that night already finished. A nightly that overruns is never
+retrains what changed (``force: false``): a key whose config, training or test data or
+training revision changed since its last complete result; an unchanged night trains
+nothing. Every result is tracked in the model registry (``mvtec-full-mrkd``), a new version
+promoted only when it is not worse than the champion, and a regressed category named in
+the run's state message and its ``regressions-<spec>`` artifact (the run ends Completed;
+``fail_on_regression: true`` makes it Failed). A nightly that overruns is never
 overlapped: concurrency limit 1, a new run is cancelled (``CANCEL_NEW``).
 
 On one machine without work pools, serve both deployments from this checkout::
@@ -122,4 +126,7 @@ def serve() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Importing Prefect gave the root logger its handler at WARNING, so basicConfig did nothing:
+    # without this, the "serving …" line (what to type next) never reached the user.
+    log.setLevel(logging.INFO)
     serve()

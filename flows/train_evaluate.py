@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -44,12 +43,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 import flows  # noqa: F401 - offline-safe environment defaults
+from flows.artifacts import artifact_key
 from flows.download import dataset_records, ensure_dataset
 from flows.ray_runner import assigned_gpu, node_info
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id, spec_path
 from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError, DataError, DeviceError, WeightsError
+from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.specs import Task, load_spec
 from mrkd_core.train import EpochProgress
 
@@ -87,8 +88,7 @@ def retry_unless_bad_input(_task: Any, _task_run: Any, state: State) -> bool:
 
 def progress_key(task: dict[str, Any]) -> str:
     """The progress artifact's key: lowercase letters, digits and dashes (Prefect's rule)."""
-    raw = f"progress-{task['dataset']}-{task['category']}-{task['variant']}".lower()
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw)).strip("-")
+    return artifact_key("progress", task["dataset"], task["category"], task["variant"])
 
 
 class _LibraryEpochLine(logging.Filter):
@@ -159,14 +159,20 @@ def _summary(task: dict[str, Any], result: dict[str, Any], started: float, where
         "key": result["key"], "status": result["status"], "run_dir": result["run_dir"],
         "dataset": task["dataset"], "category": task["category"], "variant": task["variant"],
         "rows": result.get("rows", []), "resumed_from_epoch": result.get("resumed_from_epoch"),
+        "registry": result.get("registry"),
         "started": started, "finished": finished, "seconds": round(finished - started, 3), **where,
     }
 
 
 def _train_evaluate(task: dict[str, Any], run_id: str, force: bool,
-                    on_epoch: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
-    """:func:`mrkd_core.engine.train_evaluate` of a task record: where a record becomes a ``Task`` again."""
-    return train_evaluate(Task.from_dict(task), open_store(), run_id, force, on_epoch=on_epoch)
+                    on_epoch: Callable[[EpochProgress], None] | None = None,
+                    registry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`mrkd_core.engine.train_evaluate` of a task record: where a record becomes a ``Task`` again.
+
+    ``registry``: ``RegistryOptions.to_dict()`` when the run registers its results (the model loop).
+    """
+    register = RegistryOptions.from_dict(registry) if registry is not None else None
+    return train_evaluate(Task.from_dict(task), open_store(), run_id, force, on_epoch=on_epoch, register=register)
 
 
 @task(
@@ -181,7 +187,7 @@ def _train_evaluate(task: dict[str, Any], run_id: str, force: bool,
     persist_result=False,
 )
 def train_one(task: dict[str, Any], run_id: str, force: bool = False,
-              dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+              dataset: dict[str, Any] | None = None, registry: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train + evaluate one task (or skip it when complete); returns a small summary record."""
     started = time.time()
     where = node_info()
@@ -189,17 +195,18 @@ def train_one(task: dict[str, Any], run_id: str, force: bool = False,
         ensure_dataset(dataset)
     # Ray's GPU for this task, freed for the next task of a reused worker
     with TrainingProgress(task) as progress, assigned_gpu():
-        result = _train_evaluate(task, run_id, force, on_epoch=progress)
+        result = _train_evaluate(task, run_id, force, on_epoch=progress, registry=registry)
     summary = _summary(task, result, started, where)
     get_run_logger().info("%s %s in %.1f s", summary["status"], summary["key"], summary["seconds"])
     return summary
 
 
 @task(name="record-complete", task_run_name=_skip_run_name, cache_policy=NO_CACHE, persist_result=False)
-def record_complete(task: dict[str, Any], run_id: str, force: bool = False) -> State:
+def record_complete(task: dict[str, Any], run_id: str, force: bool = False,
+                    registry: dict[str, Any] | None = None) -> State:
     """A key that is complete already: its stored rows join this run's tables; state *Skipped*."""
     started = time.time()
-    result = _train_evaluate(task, run_id, force)
+    result = _train_evaluate(task, run_id, force, registry=registry)
     summary = _summary(task, result, started, node_info())
     if result["status"] == "skipped":
         return Completed(name="Skipped", message=f"complete in {result['run_dir']}: not trained again",

@@ -171,6 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train, evaluate, calibrate and store one model per category: ``engine.train_evaluate``, as the flows run it."""
     from mrkd_core.engine import train_evaluate
     from mrkd_core.layout import resolve_run_id, run_dir
+    from mrkd_core.registry.tracking import RegistryOptions
     from mrkd_core.results import METRIC_COLUMNS
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
@@ -181,6 +182,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cats = _categories(ds, root, args.category)
     store = ArtifactStore(_store_root(args.output, "--output"))
     run_id = resolve_run_id(args.run_id, "train")
+    if args.register and not args.evaluate:
+        raise ConfigError("--register compares each new version with the champion on its test metrics; "
+                          "drop --no-evaluate (or --register)")
+    register = RegistryOptions(args.register) if args.register else None
     models: dict[str, dict] = {}
     for cat in cats:
         task = Task(args.dataset, cat, CLI_VARIANT, cfg, str(root))
@@ -188,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Refuse, rather than discard, checkpoints of the key trained on other images: the
         # user may have pointed at the wrong folder (mrkd_core.lineage; --no-resume replaces them).
         result = train_evaluate(task, store, run_id, force=not args.resume, evaluate=args.evaluate,
-                                on_other_data="refuse")
+                                on_other_data="refuse", register=register)
         done = result["run_dir"]
         info = store.read_json(f"{done}/train.json")
         main = result["rows"][0] if result["rows"] else {}  # the config's own fusion comes first
@@ -199,6 +204,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "metrics": {m: main.get(m) for m in METRIC_COLUMNS} if main else None,
             "calibration": result.get("calibration"),
         }
+        if result.get("registry"):
+            models[cat]["registry"] = result["registry"]
         log.info("%s: %s model %s (score images with: mrkd predict %s IMAGES)", cat, result["status"],
                  models[cat]["model"], models[cat]["model"])
     _out(json.dumps({"run_id": run_id, "store": store.uri(), "models": models}, indent=2))
@@ -326,8 +333,20 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def add_models_group(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``mrkd models`` group; each verb is added to it by its own registration function.
+
+    ``mrkd_core.registry.commands.add_registry_commands`` adds ``list``, ``promote`` and
+    ``rollback``; other verbs on model files (``info``) are added to the same group object.
+    """
+    models = sub.add_parser("models", help="registered models (versions, champion) and model files",
+                            description="Registered models in an artifact store and the model files they point at.")
+    return models.add_subparsers(dest="models_command", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mrkd_core.inference.commands import add_commands as add_inference_commands
+    from mrkd_core.registry.commands import add_registry_commands
 
     parser = argparse.ArgumentParser(prog="mrkd", description="Masked Reverse Knowledge Distillation (MRKD) anomaly detection")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -356,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate on the test split after training (default: on); --no-evaluate for a dataset "
                         "without test images")
+    p.add_argument("--register", metavar="NAME",
+                   help="register each category's model as a version of the registered model NAME and promote "
+                        "it to champion when it is not worse than the champion (docs/storage.md)")
     add_config_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -373,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, only=("device", "num_workers", "flm_at_test", "eval_batch_size"))
     p.set_defaults(func=cmd_evaluate)
 
-    add_inference_commands(sub, add_config_options)  # predict, calibrate, export, models info
+    models = add_models_group(sub)
+    add_inference_commands(sub, add_config_options, models)  # predict, calibrate, export, models info
+    add_registry_commands(models, _store_root)  # mrkd models list|promote|rollback
 
     p = sub.add_parser("model-summary", help="parameter counts and forward GFLOPs per component, as JSON")
     p.add_argument("--backbone", default="wide_resnet50_2")

@@ -39,6 +39,11 @@ the model and its training record only; such a run directory satisfies later cal
 do not evaluate either, and is trained on (0 epochs, from the checkpoints) and evaluated
 by a call that does.
 
+With ``register`` (the flows' model loop, ``mrkd train --register``), every evaluated result,
+trained here or reused, is then tracked in the model registry (``mrkd_core.registry``): a
+version of the registered model, its promotion decision against the champion, and this
+run's ``history`` row; a trained result is registered while the key's claim is still held.
+
 Written here (the layout of ``mrkd_core.layout``, docs/storage.md): ``checkpoints/<key>/``,
 ``claims/<key>.json`` while training, ``runs/<run_id>/<key>/`` (``config.json model.pt
 metrics.parquet scores.parquet maps.npz train.json`` and ``manifest.json`` last) and the
@@ -72,6 +77,7 @@ from mrkd_core.layout import (
 from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage
 from mrkd_core.model_io import save_model
 from mrkd_core.partitioned import METRICS_TABLE, SCORES_TABLE, check_run_id, conform
+from mrkd_core.registry.tracking import RegistryOptions, track
 from mrkd_core.results import (
     MANIFEST,
     METRICS_SCHEMA,
@@ -98,7 +104,7 @@ MAPS_PER_CATEGORY = 6  # test images whose maps are kept for the report's Fig. 7
 # --------------------------------------------------------------------------- the one path
 def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = False, *, evaluate: bool = True,
                    on_epoch: Callable[[EpochProgress], None] | None = None,
-                   on_other_data: str = "restart") -> dict[str, Any]:
+                   on_other_data: str = "restart", register: RegistryOptions | None = None) -> dict[str, Any]:
     """Train, evaluate and store one task; skip it when its key is already complete for the same inputs.
 
     Returns a JSON-safe record: ``{"key", "status": "trained"|"skipped", "run_dir",
@@ -107,7 +113,10 @@ def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = 
     (progress reports). ``on_other_data``: ``"restart"`` or ``"refuse"`` for checkpoints
     of the key trained on other data (module docstring). While it trains, the task holds
     the key's claim (``mrkd_core.claims``): a concurrent call for the same key waits,
-    then skips the key its holder completed. Raises ``ConfigError`` for a run id that
+    then skips the key its holder completed. With ``register`` the evaluated result,
+    trained or reused, is tracked in the model registry (``mrkd_core.registry.tracking.
+    track``: a version, the promotion decision, the run's history row), reported under
+    ``"registry"``. Raises ``ConfigError`` for a run id that
     cannot name a folder, ``DataError`` for bad input, ``StorageError`` for a config-hash
     collision, a lost claim or a refused checkpoint; nothing stored before is changed
     either way.
@@ -117,19 +126,21 @@ def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = 
     forced_run = run_id if force else None
     done = find_complete(store, task, forced_run, evaluated=evaluate, lineage=lineage)
     if done is not None:
-        return _skip(task, store, run_id, done)
+        return _skip(task, store, run_id, done, register, lineage, test_samples)
     with KeyClaim(store, task.key, run_id) as claim:
         # The holder we waited for may have finished it.
         done = find_complete(store, task, forced_run, evaluated=evaluate, lineage=lineage)
         if done is not None:
-            return _skip(task, store, run_id, done)
+            return _skip(task, store, run_id, done, register, lineage, test_samples)
         return _train_and_store(task, store, run_id, force, evaluate, claim, on_epoch, on_other_data,
-                                lineage, train_samples, test_samples)
+                                lineage, train_samples, test_samples, register)
 
 
-def _skip(task: Task, store: ArtifactStore, run_id: str, done: str) -> dict[str, Any]:
+def _skip(task: Task, store: ArtifactStore, run_id: str, done: str, register: RegistryOptions | None,
+          lineage: Lineage, test_samples: list[Sample]) -> dict[str, Any]:
     manifest = store.read_json(f"{done}/{MANIFEST}")
     rows: list[dict] = []
+    tracked = None
     if is_evaluated(manifest):
         # Conformed: a run directory of an older version lacks the columns added since (null).
         metrics = conform(read_parquet_bytes(store.read_bytes(f"{done}/metrics.parquet")), METRICS_SCHEMA,
@@ -139,13 +150,18 @@ def _skip(task: Task, store: ArtifactStore, run_id: str, done: str) -> dict[str,
         metrics["spec"] = task.spec or metrics["spec"]
         _write_tables(store, task, run_id, metrics, scores, done)
         rows = summary_rows(metrics, run_id)
+        if register is not None:
+            tracked = track(store, task, run_id, done, metrics.iloc[0].to_dict(), lineage, test_samples, register,
+                            "skipped")
     log.info("skip %s: complete in %s", task.key, store.uri(done))
-    return {"key": task.key, "status": "skipped", "run_dir": done, "rows": rows, "evaluated": is_evaluated(manifest)}
+    return {"key": task.key, "status": "skipped", "run_dir": done, "rows": rows, "evaluated": is_evaluated(manifest),
+            **({"registry": tracked} if tracked else {})}
 
 
 def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool, evaluate_test: bool,
                      claim: KeyClaim, on_epoch: Callable[[EpochProgress], None] | None, on_other_data: str,
-                     lineage: Lineage, train_samples: list[Sample], test_samples: list[Sample]) -> dict[str, Any]:
+                     lineage: Lineage, train_samples: list[Sample], test_samples: list[Sample],
+                     register: RegistryOptions | None = None) -> dict[str, Any]:
     # The test split was listed (and fingerprinted) before training by task_inputs, so
     # that a bad test split fails in seconds, not after it.
     cfg = task.config
@@ -199,8 +215,11 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     claim.check()
     write_manifest(store, directory, ["model.pt", *files, "config.json", "train.json"],
                    extra={"key": task.key, "run_id": run_id, "variant": task.variant, **lineage.record()})
+    tracked = None
     if ev is not None:
         _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(scores), directory)
+        if register is not None:  # still under the key's claim: a concurrent trainer of it waits, then skips
+            tracked = track(store, task, run_id, directory, rows[0], lineage, test_samples, register, "trained")
     if force and not replace_checkpoints:
         # Only a crash of this run needed them; the run directory now holds model.pt.
         store.remove(ckpt_dir, recursive=True)
@@ -211,7 +230,8 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     return {"key": task.key, "status": "trained", "run_dir": directory,
             "rows": summary_rows(pd.DataFrame(rows), run_id) if rows else [], "evaluated": ev is not None,
             "resumed_from_epoch": result.resumed_from_epoch,
-            "calibration": calibration.summary() if calibration is not None else None}
+            "calibration": calibration.summary() if calibration is not None else None,
+            **({"registry": tracked} if tracked else {})}
 
 
 def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.DataFrame, scores: pd.DataFrame,

@@ -356,6 +356,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#222;max-width:1400px}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
 .banner{padding:.6rem 1rem;margin:.5rem 0;border-radius:4px;background:#fff3cd;border:1px solid #e0b000}
+.banner.regressed{background:#f8d7da;border-color:#c0392b}
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.8rem}
 th,td{border:1px solid #ccc;padding:.2rem .4rem;white-space:nowrap}td.num{text-align:right}
 th.measured,td.measured{background:#e8f4ea}th.paper,td.paper{background:#eef0fb}
@@ -366,7 +367,7 @@ figcaption{font-size:.85rem;color:#444}
 
 
 def _html_page(run_id: str, tables: dict[str, pd.DataFrame], figures: list[tuple[str, str, bytes]],
-               generated: str, threshold_line: str | None = None) -> str:
+               generated: str, threshold_line: str | None = None, regressions: Sequence[str] = ()) -> str:
     narrowed = sorted({r for t in tables.values() if t.attrs.get("narrowed") for r in t.attrs.get("runs", [])})
     off = sorted({r for t in tables.values() if t.attrs.get("not_paper_setting") for r in t.attrs.get("runs", [])})
     runs = sorted({r for t in tables.values() for r in t.attrs.get("runs", [])})
@@ -379,6 +380,11 @@ def _html_page(run_id: str, tables: dict[str, pd.DataFrame], figures: list[tuple
         "measured here, blue columns are the paper's MRKD, grey columns are other methods' "
         "published numbers as printed in the MRKD paper.</p>",
     ]
+    if regressions:
+        parts.append('<div class="banner regressed"><strong>Regressed</strong> (worse than the model in use beyond '
+                     'the tolerance; the champion stays): <ul>' + "".join(f"<li>{html.escape(r)}</li>"
+                                                                         for r in regressions)
+                     + '</ul> See <a href="#history">the history</a>.</div>')
     if narrowed:
         parts.append(f'<div class="banner"><strong>Narrowed run</strong> ({html.escape(", ".join(narrowed))}): '
                      "fewer categories, epochs or a smaller image size than the paper — the measured "
@@ -415,6 +421,7 @@ def write_report(
     *,
     published_df: pd.DataFrame | None = None,
     max_maps_per_category: int = 3,
+    history_df: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Write every table, figure and the HTML page of ``run_id`` into ``reports/<run_id>/``.
 
@@ -423,9 +430,11 @@ def write_report(
     returns a few (image, mask, anomaly map) triples from the run's own ``maps.npz`` for
     Fig. 7 — without it that figure is skipped. When ``scores_df`` says a model's image
     threshold was chosen on its test split (``on_evaluation_images``), the measured
-    table's notes and the HTML page say so (:func:`threshold_note`). Returns ``{"html": path, "tables": {key:
+    table's notes and the HTML page say so (:func:`threshold_note`). ``history_df`` (the
+    registry's ``history`` table) adds the history section of the models this run tracked,
+    regressions flagged (:mod:`mrkd_core.history_report`). Returns ``{"html": path, "tables": {key:
     [parquet, md]}, "figures": [paths], "paths": [every path written]}``, paths relative
-    to the store root.
+    to the store root, and ``"regressions"``: one line per category that regressed in this run.
     """
     base = f"reports/{run_id.strip('/')}"
     written: list[str] = []
@@ -442,6 +451,14 @@ def write_report(
     if threshold_line:
         measured = tables["measured"]
         measured.attrs["notes"] = [*(measured.attrs.get("notes") or []), threshold_line]
+    history_figures: list[tuple[str, str, bytes]] = []
+    regressions: list[str] = []
+    if history_df is not None:
+        from mrkd_core.history_report import HISTORY_KEY, history_section
+
+        history, history_figures, regressions = history_section(history_df, run_id)
+        if history is not None:
+            tables[HISTORY_KEY] = history
     table_paths: dict[str, list[str]] = {}
     for key, t in tables.items():
         buf = io.BytesIO()
@@ -484,11 +501,15 @@ def write_report(
     png = lambda_figure(tables["fig_11"])
     if png is not None:
         add_figure("fig11_lambda.png", "Fig. 11 style: measured metrics against the FLM masking ratio λ.", png)
+    for name, caption, png in history_figures:
+        add_figure(name, caption, png)
 
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    html_path = put("report.html", _html_page(run_id, tables, figures, generated, threshold_line).encode("utf-8"))
+    html_path = put("report.html", _html_page(run_id, tables, figures, generated, threshold_line,
+                                              regressions).encode("utf-8"))
     log.info("report of %s: %d tables, %d figures in %s", run_id, len(tables), len(figures), store.uri(base))
-    return {"html": html_path, "tables": table_paths, "figures": figure_paths, "paths": written}
+    return {"html": html_path, "tables": table_paths, "figures": figure_paths, "paths": written,
+            "regressions": regressions}
 
 
 __all__ = [

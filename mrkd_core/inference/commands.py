@@ -26,6 +26,18 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
+def model_location(model: str) -> str:
+    """What a command was given as MODEL → the file to open.
+
+    A registered model (``<store>/models/<name>/<dataset>/<category>@champion``, ``@latest``
+    or ``@<N>``: ``mrkd_core.registry.reference``) becomes its version's ``model.pt`` URI;
+    a path, URI or ``.onnx`` is returned as it is.
+    """
+    from mrkd_core.registry.reference import resolve_model_location
+
+    return resolve_model_location(model)
+
+
 def collect_images(items: Sequence[str]) -> list[Path]:
     """Image files named or found (recursively, sorted) in the folders named."""
     paths: list[Path] = []
@@ -49,7 +61,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise MRKDError(f"--batch-size {args.batch_size}: must be at least 1")
     images = collect_images(args.images)
-    report = predict_images(args.model, images, Path(args.output), device=args.device, batch_size=args.batch_size,
+    report = predict_images(model_location(args.model), images, Path(args.output), device=args.device,
+                            batch_size=args.batch_size,
                             skip_unreadable=args.skip_unreadable, engine=args.engine)
     width = max(len(p.path) for p in report.predictions)
     for p in report.predictions:
@@ -104,11 +117,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from mrkd_core.inference.calibration import calibrate_model
     from mrkd_core.model_io import load_model_file, write_calibration
 
-    if is_onnx(args.model):
-        raise MRKDError(f"{args.model}: calibrate the model.pt, then export it again (an export is read-only)")
+    model = model_location(args.model)
+    if is_onnx(model):
+        raise MRKDError(f"{model}: calibrate the model.pt, then export it again (an export is read-only)")
     if args.data_root is None and args.good_dir is None:
         raise MRKDError("pass DATA_ROOT (the dataset the model was trained on) or --good-dir FOLDER")
-    record = load_model_file(args.model)
+    record = load_model_file(model)
     overrides = {k: getattr(args, k) for k in ("device", "num_workers", "eval_batch_size")
                  if getattr(args, k, None) is not None}
     cfg = record.config.replace(progress=False, **overrides)
@@ -116,7 +130,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     train, test, category = _calibration_data(args, record.extra, cfg)
     cal = calibrate_model(record.model, cfg, policy=args.policy, false_alarm_rate=args.false_alarm_rate,
                           train_samples=train, test_samples=test, good_folder=args.good_dir, category=category)
-    uri = write_calibration(args.model, cal.to_dict())
+    uri = write_calibration(model, cal.to_dict())
     summary = {k: v for k, v in cal.to_dict().items() if k != "images"}
     _out(json.dumps({"model": uri, "calibration": summary}, indent=2))
     return 0
@@ -159,9 +173,10 @@ def model_info(location: str) -> dict:
 
 
 def cmd_models_info(args: argparse.Namespace) -> int:
-    info = model_info(args.model)
+    model = model_location(args.model)
+    info = model_info(model)
     if info["calibration"] is None:
-        log.warning("%s has no calibration — run `mrkd calibrate %s DATA_ROOT`", args.model, args.model)
+        log.warning("%s has no calibration — run `mrkd calibrate %s DATA_ROOT`", model, model)
     elif not args.images:
         info["calibration"] = {**info["calibration"], "images": f"{len(info['calibration']['images'])} images "
                                                                 "(--images lists them)"}
@@ -177,10 +192,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".onnx":
         raise MRKDError(f"-o {out}: name the file *.onnx")
-    record = load_model_file(args.model, device="cpu")
+    model = model_location(args.model)
+    record = load_model_file(model, device="cpu")
     if record.calibration is None:
         log.warning("%s has no calibration: the export will give scores only — run `mrkd calibrate` first",
-                    args.model)
+                    model)
     path = export_onnx(record, out)
     _out(json.dumps({"onnx": str(path), "bytes": path.stat().st_size, "calibrated": record.calibration is not None},
                     indent=2))
@@ -188,15 +204,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parsers
-def add_commands(sub: argparse._SubParsersAction, add_config_options) -> None:
-    """Register predict, calibrate, export and the ``models`` group on ``mrkd``'s subparsers."""
+def add_commands(sub: argparse._SubParsersAction, add_config_options,
+                 models: argparse._SubParsersAction) -> None:
+    """Register predict, calibrate and export on ``mrkd``'s subparsers, ``info`` on its ``models`` group.
+
+    ``models`` is the group ``mrkd_core.cli.add_models_group`` made (the registry adds its verbs there too).
+    """
     from mrkd_core.inference.backends import ENGINES
     from mrkd_core.inference.calibration import DEFAULT_FALSE_ALARM_RATE, POLICIES
     from mrkd_core.inference.export import EXPORT_FORMATS
 
     p = sub.add_parser("predict", help="score new images: verdict, defect mask and overlay per image, "
                                        "predictions.csv/.parquet")
-    p.add_argument("model", help="model.pt written by `mrkd train` (path or URI), or an .onnx from `mrkd export`")
+    p.add_argument("model", help="model.pt written by `mrkd train` (path or URI), an .onnx from `mrkd export`, or a registered "
+                                 "model: <store>/models/<name>/<dataset>/<category>@champion (or @latest, @<N>)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--output", "-o", default="mrkd-predictions",
                    help="folder for predictions.csv, predictions.parquet, <stem>_mask.png and <stem>_overlay.png")
@@ -210,7 +231,8 @@ def add_commands(sub: argparse._SubParsersAction, add_config_options) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("calibrate", help="choose image and pixel thresholds and store them in the model file")
-    p.add_argument("model", help="model.pt written by `mrkd train` (rewritten with the calibration)")
+    p.add_argument("model", help="model.pt written by `mrkd train` (rewritten with the calibration),"
+                                 " or a registered model (<store>/models/<name>/<dataset>/<category>@champion)")
     p.add_argument("data_root", nargs="?",
                    help="dataset root the model was trained on (or its category folder)")
     p.add_argument("--dataset", help="dataset kind (default: the one the model was trained on, else folder)")
@@ -227,14 +249,12 @@ def add_commands(sub: argparse._SubParsersAction, add_config_options) -> None:
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="export a model to ONNX (map and score, calibration in the metadata)")
-    p.add_argument("model", help="model.pt written by `mrkd train`")
+    p.add_argument("model", help="model.pt written by `mrkd train`, or a registered model (<store>/models/<name>/<dataset>/<category>@champion)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
     p.add_argument("--output", "-o", required=True, help="FILE.onnx")
     p.set_defaults(func=cmd_export)
 
-    models = sub.add_parser("models", help="model files: inspect them").add_subparsers(dest="models_command",
-                                                                                       required=True)
     p = models.add_parser("info", help="config, calibration and thresholds of a model.pt or .onnx, as JSON")
-    p.add_argument("model")
+    p.add_argument("model", help="model.pt, .onnx, or a registered model (<store>/models/<name>/<dataset>/<category>@champion)")
     p.add_argument("--images", action="store_true", help="list the calibration images")
     p.set_defaults(func=cmd_models_info)

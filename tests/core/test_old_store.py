@@ -18,6 +18,8 @@ import pytest
 from mrkd_core.engine import train_evaluate
 from mrkd_core.layout import read_maps
 from mrkd_core.partitioned import METRICS_TABLE, SCORES_TABLE
+from mrkd_core.registry.tables import read_history, read_promotions
+from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.report import write_report
 from mrkd_core.results import read_metrics, read_scores
 from mrkd_core.specs import load_spec, prepare_data
@@ -90,11 +92,13 @@ def test_old_store_is_extended_by_a_new_run(old_store, tmp_path):
     spec = load_spec("smoke", SPECS).narrow(categories=["obj_disc"], image_size=32)
     prepare_data(spec, str(tmp_path / "data"))
     (task,) = spec.tasks(str(tmp_path / "data"))
-    result = train_evaluate(task, old_store, "0003")
+    assert read_history(old_store).empty and read_promotions(old_store).empty  # no registry before
+    result = train_evaluate(task, old_store, "0003", register=RegistryOptions())  # the flows' default
     assert result["status"] == "trained"  # the old result is not complete (no model.pt) and has no fingerprints
+    assert (result["registry"]["model"], result["registry"]["decision"]) == ("smoke-mrkd/folder/obj_disc", "first")
     _check_reads(old_store, old_rows=4, new_runs={"0003"})
     both = read_metrics(old_store)
     assert len(both) == 5 and both.set_index("run_id").loc["0003", "category"] == "obj_disc"
     report = write_report(old_store, "0003", read_metrics(old_store, "0003"), read_scores(old_store, "0003"),
-                          _maps(old_store, "0003"))
-    assert old_store.exists(report["html"])
+                          _maps(old_store, "0003"), history_df=read_history(old_store))
+    assert old_store.exists(report["html"]) and any("history_" in f for f in report["figures"])

@@ -22,6 +22,7 @@ from mrkd_core.partitioned import (
     encode_value,
     safe_file_name,
 )
+from mrkd_core.registry.tables import HISTORY_TABLE, PROMOTIONS_TABLE
 from mrkd_core.storage import ArtifactStore
 from tests import readers
 from tests.datagen import write_table_rows
@@ -31,7 +32,7 @@ NUMERIC = {"dataset": ["123"], "run_id": ["0001", "0002", "20261130"]}
 MIXED = {"dataset": ["folder", "my data", "ünï"],
          "run_id": ["2026-11-30", "nuit du 30 nov", "essai-été", "x=1", "100%", "12.50", "1e3", "true", "null",
                     "+1", "日本語", "a,b;c", "it's"]}
-TABLES = [METRICS_TABLE, SCORES_TABLE]
+TABLES = [METRICS_TABLE, SCORES_TABLE, PROMOTIONS_TABLE, HISTORY_TABLE]  # every partitioned table of the store
 
 
 def _fill(store: ArtifactStore, values: dict[str, list[str]]) -> set[tuple[str, str]]:

@@ -19,7 +19,6 @@ import re
 import subprocess
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -28,12 +27,11 @@ import pytest
 
 from flows import nightly
 from tests.flows.netwatch import ListenerWatch
+from tests.flows.prefect_client import api, deployment, prefect_cli, run_deployment, runs_of
 from tests.flows.servers import BIN, ROOT, S3_KEYS, clean_env, make_bucket, stop_process
 
 pytestmark = pytest.mark.slow
 
-CLI_TIMEOUT = 180
-RUN_TIMEOUT = 300
 BUCKET = "mrkd-deployed"
 SMOKE_CATEGORIES = {"tex_stripes", "obj_disc"}
 
@@ -83,76 +81,21 @@ def test_nightly_run_id_is_the_scheduled_date():
 
 # --------------------------------------------------------------------------- helpers
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=CLI_TIMEOUT)
-    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-    return proc
+    return prefect_cli(args, env)
 
 
 def _run(env: dict[str, str], *params: str):
     """``prefect deployment run 'mrkd-benchmark/on-demand' --param ...`` to its final state."""
-    args = ["deployment", "run", f"{nightly.FLOW_NAME}/on-demand"]
-    for p in params:
-        args += ["--param", p]
-    proc = _cli(args, env)
-    match = re.search(r"UUID:\s*([0-9a-f-]{36})", proc.stdout)
-    assert match, proc.stdout
-    return asyncio.run(_wait_final(match.group(1), RUN_TIMEOUT))
-
-
-async def _wait_final(flow_run_id: str, timeout: float):
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    async with get_client() as client:
-        while True:
-            run = await client.read_flow_run(uuid.UUID(flow_run_id))
-            if (run.state is not None and run.state.is_final()) or time.monotonic() > deadline:
-                return run
-            await asyncio.sleep(1.0)
-
-
-async def _api(fn):
-    from prefect.client.orchestration import get_client
-
-    async with get_client() as client:
-        return await fn(client)
+    return run_deployment(env, f"{nightly.FLOW_NAME}/on-demand", *params)
 
 
 def _deployment(name: str):
-    return asyncio.run(_api(lambda c: c.read_deployment_by_name(f"{nightly.FLOW_NAME}/{name}")))
-
-
-async def _runs_of(client, parent_id):
-    """Task runs of a flow run and of its subflows, with their logs and artifacts."""
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterTaskRunId,
-        FlowRunFilter,
-        FlowRunFilterId,
-        FlowRunFilterParentFlowRunId,
-        LogFilter,
-        LogFilterFlowRunId,
-        LogFilterTaskRunId,
-    )
-
-    subflows = await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
-    ids = [parent_id, *[f.id for f in subflows]]
-    task_runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
-    out = {}
-    for tr in task_runs:
-        logs = await client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[tr.id])))
-        arts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[tr.id])))
-        out[tr.name] = (tr, [log.message for log in logs], arts)
-    flow_logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[parent_id])))
-    return out, subflows, [log.message for log in flow_logs]
+    return deployment(nightly.FLOW_NAME, name)
 
 
 def _progress_checks(run, epochs: int) -> tuple[dict, list[str]]:
     """Each training's task run: one log line per epoch, and a progress artifact at 100 %."""
-    runs, _, flow_logs = asyncio.run(_api(lambda c: _runs_of(c, run.id)))
+    runs, _, flow_logs = asyncio.run(api(lambda c: runs_of(c, run.id)))
     trainings = {n: v for n, v in runs.items() if n.startswith("train-")}
     assert {n.split("-")[2] for n in trainings} == SMOKE_CATEGORIES, sorted(runs)
     for name, (tr, logs, arts) in trainings.items():
@@ -298,7 +241,7 @@ def test_a_broken_training_image_fails_the_run_with_the_data_errors_text(served,
     message = run.state.message
     assert "BenchmarkFailed: 1 of 2 trainings failed" in message, message
     assert "DataError" in message and str(broken) in message and "cannot read image" in message, message
-    runs, subflows, _ = asyncio.run(_api(lambda c: _runs_of(c, run.id)))
+    runs, subflows, _ = asyncio.run(api(lambda c: runs_of(c, run.id)))
     (train_all,) = subflows
     assert train_all.state.is_failed() and "DataError" in train_all.state.message, train_all.state
     failed = runs["train-folder-obj_disc-mrkd"][0].state

@@ -15,6 +15,7 @@ import pytest
 import s3fs
 
 from mrkd_core.partitioned import METRICS_TABLE, SCORES_TABLE
+from mrkd_core.registry.tables import HISTORY_TABLE, PROMOTIONS_TABLE
 from mrkd_core.storage import ArtifactStore
 from tests import readers
 from tests.datagen import write_table_rows
@@ -44,7 +45,7 @@ def _clients(endpoint: str):
     return opts, arrow_fs, fsspec_fs
 
 
-@pytest.mark.parametrize("table", [METRICS_TABLE, SCORES_TABLE], ids=lambda t: t.name)
+@pytest.mark.parametrize("table", [METRICS_TABLE, SCORES_TABLE, PROMOTIONS_TABLE, HISTORY_TABLE], ids=lambda t: t.name)
 def test_partition_values_round_trip_on_s3(s3_store, table):
     store, bucket, endpoint = s3_store
     for i, run_id in enumerate(RUN_IDS):
