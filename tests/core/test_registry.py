@@ -227,7 +227,9 @@ def test_the_champion_is_re_evaluated_on_changed_test_data_once(tmp_path, real_m
     row = read_promotions(store).iloc[-1]
     assert row["champion_reevaluated"] and row["test_fingerprint"] == "NEW"
     assert row["champion_image_auroc"] == cached["metrics"]["image_auroc"]  # not the recorded 0.7
-    assert out["decision"] == ("kept" if cached["metrics"]["image_auroc"] > 0.005 else "promoted")
+    # The candidate scored 0 on both compared metrics: kept unless the champion is as bad on both.
+    worse = any((cached["metrics"][m] or 0.0) > 0.005 for m in ("image_auroc", "pixel_auroc"))
+    assert out["decision"] == ("kept" if worse else "promoted")
 
     def no_evaluation(*args, **kwargs):
         raise AssertionError("the stored re-evaluation should have been used")
