@@ -42,6 +42,11 @@ FIELD_HELP = {
     "ilm_fraction": "α: fraction of training images given synthetic anomalies (Table 6)",
     "ilm_source": "same (official code) or other (paper text): where ILM patches come from",
     "ilm_blend": "swap (official code) or poisson (paper text): how ILM patches are pasted",
+    "ilm_preset": "where and how large ILM patches are: default (MVTec categories: NSA's preset; others: the "
+                  "measured default), auto (estimated from the training images), texture, an MVTec category, "
+                  "or 'half_size=0.03:0.15,patches=2[,background=200,threshold=60]' (docs/ilm.md)",
+    "train_subsample": "train on at most N training images, a seeded choice (0 = all; docs/datasets.md)",
+    "test_subsample": "test on at most N test images, seeded, every defect type kept (0 = all)",
     "flm": "feature-level masking (Sec. 3.3)",
     "flm_ratio": "λ: probability that a feature position is masked (Eq. 2), in [0, 1)",
     "flm_at_test": "mask features at test time too, as Sec. 3.4 prescribes (seeded)",
@@ -200,6 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the newest stored model of each category on a test split; JSON + CSV under ``evaluations/``."""
+    from mrkd_core.data.subsample import subsample_test
     from mrkd_core.device import place_model, resolve_device
     from mrkd_core.evaluate import evaluate
     from mrkd_core.layout import EVALUATIONS, evaluation_dir, find_models, resolve_run_id
@@ -234,7 +240,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model, cfg = load_model(models, stored.model)
         cfg = cfg.replace(progress=False, **overrides)
         place_model(model, cfg, resolve_device(cfg.device))
-        samples = ds.test_samples(str(root), cat)
+        samples = subsample_test(ds.test_samples(str(root), cat), cfg.test_subsample)  # the model's own test subset
         started = utcnow()
         result = evaluate(model, cfg, samples)
         task = Task(args.dataset, cat, stored.manifest.get("variant", CLI_VARIANT), cfg, str(root))

@@ -44,6 +44,7 @@ import pandas as pd
 
 from mrkd_core.claims import KeyClaim
 from mrkd_core.data import get_dataset
+from mrkd_core.data.subsample import subsample_test, subsample_train
 from mrkd_core.evaluate import EvalResult, evaluate
 from mrkd_core.layout import check_no_collision, checkpoint_dir, find_complete, is_evaluated, run_dir, table_name
 from mrkd_core.model_io import save_model
@@ -116,9 +117,10 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     directory = run_dir(task, run_id)
     check_no_collision(store, task, directory)
     ds = get_dataset(task.dataset)
-    train_samples = ds.train_samples(task.data_root, task.category)
+    train_samples = subsample_train(ds.train_samples(task.data_root, task.category), cfg.train_subsample)
     # Listed before training, so that a bad test split fails in seconds, not after it.
-    test_samples = ds.test_samples(task.data_root, task.category) if evaluate_test else []
+    test_samples = (subsample_test(ds.test_samples(task.data_root, task.category), cfg.test_subsample)
+                    if evaluate_test else [])
     started = utcnow()
     ckpt_dir = checkpoint_dir(task, run_id, force)
     result = train(cfg, train_samples, task.category, checkpoints=store.sub(ckpt_dir), resume=True,

@@ -23,7 +23,8 @@ DATASETS: dict[str, DatasetSpec] = {}
 
 # Modules of this package that hold no dataset (never imported by discover()).
 _INFRASTRUCTURE = frozenset(
-    {"base", "registry", "io", "download", "validate", "synthetic", "torch_datasets", "ilm_dataset", "split"}
+    {"base", "registry", "io", "download", "validate", "synthetic", "torch_datasets", "ilm_dataset", "split",
+     "subsample"}
 )
 _discovered = False
 
