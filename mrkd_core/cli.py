@@ -219,9 +219,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     models = ArtifactStore(_store_root(args.models, "--models"))
     newest: dict[str, Any] = {}
     for m in find_models(models, args.dataset, run_id=args.run_id):  # newest first
-        newest.setdefault(m.category, m)
+        if args.config_hash is None or m.config_hash == args.config_hash:
+            newest.setdefault(m.category, m)
     if not newest:
-        where = f"run {args.run_id!r} of " if args.run_id else ""
+        where = (f"run {args.run_id!r} of " if args.run_id else "") + (
+            f"config {args.config_hash} in " if args.config_hash else "")
         raise DataError(f"--models {models.uri()}: no complete {args.dataset!r} model in {where}this store "
                         f"(runs/<run_id>/{args.dataset}/<category>/<config_hash>/model.pt) — run `mrkd train` "
                         "first, or pass the --dataset it was trained as")
@@ -379,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="folder")
     p.add_argument("--category", "-c", action="append")
     p.add_argument("--run-id", help="evaluate the models of this training run (default: the newest per category)")
+    p.add_argument("--config-hash", help="evaluate the model of this config (the <config_hash> folder of its run "
+                                         "directory; default: the newest model per category, whatever its config)")
     p.add_argument("--evaluation-id", help="name of this evaluation (default evaluate-<UTC yyyymmdd-HHMMSS>)")
     add_config_options(p, only=("device", "num_workers", "flm_at_test", "eval_batch_size"))
     p.set_defaults(func=cmd_evaluate)
