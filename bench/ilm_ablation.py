@@ -28,7 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mrkd_core.cli import main as mrkd  # noqa: E402
 from mrkd_core.config import MRKDConfig  # noqa: E402
+from mrkd_core.data import get_dataset  # noqa: E402
+from mrkd_core.data.ilm_dataset import decode_train_images  # noqa: E402
 from mrkd_core.evaluate import scales_key  # noqa: E402
+from mrkd_core.ilm import describe_preset  # noqa: E402
+from mrkd_core.ilm.auto import estimate_background, estimate_preset  # noqa: E402
 from mrkd_core.layout import EVALUATIONS, RUNS  # noqa: E402
 from mrkd_core.results import read_metrics  # noqa: E402
 from mrkd_core.storage import ArtifactStore  # noqa: E402
@@ -136,7 +140,8 @@ def table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(":---" if df[c].dtype == object else "---:" for c in cols) + "|"]
+    lines = ["| " + " | ".join(cols) + " |",
+             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else ":---" for c in cols) + "|"]
     for row in df.itertuples(index=False):
         cells = []
         for c, v in zip(cols, row):
@@ -146,6 +151,20 @@ def markdown(df: pd.DataFrame) -> str:
                 cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def auto_estimates(store: ArtifactStore, metrics: pd.DataFrame) -> pd.DataFrame:
+    """What ``ilm_preset: auto`` resolves to per category, on the training images at the run's size."""
+    rows = []
+    for (dataset, category), g in metrics.groupby(["dataset", "category"]):
+        first = g.iloc[0]
+        data_root = store.read_json(f"{_run_dir(store, dataset, category, first['config_hash'])}/train.json")["data_root"]
+        size = int(first["cfg_image_size"])
+        images = decode_train_images(get_dataset(dataset).train_samples(data_root, category), size, category)
+        est = estimate_background(images)
+        rows.append({"category": category, "border spread": est.spread, "object share": est.object_share,
+                     "auto": describe_preset(estimate_preset(images))})
+    return pd.DataFrame(rows)
 
 
 def main(argv=None) -> int:
@@ -168,6 +187,10 @@ def main(argv=None) -> int:
         print(f"### {title}, mean over seeds\n")
         print(markdown(table(df, metric)))
         print()
+    print("### What auto resolves to (training images at the run's size)\n")
+    metrics = pd.concat([read_metrics(store, r) for r in runs], ignore_index=True)
+    print(markdown(auto_estimates(store, metrics)))
+    print()
     secs = df.dropna(subset=["train_seconds"]).groupby("model")["train_seconds"].median()
     print("median training time per model (s): " + ", ".join(f"{m} {secs[m]:.0f}" for m in MODEL_ORDER if m in secs))
     return 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -192,15 +192,13 @@ PRESET_AUTO = "auto"
 #: user's folder): chosen by the measurement in docs/ilm.md ("Choosing the default").
 UNKNOWN_CATEGORY_PRESET = PRESET_TEXTURE
 
-# Explicit parameters, in their canonical order: name → (ILMPreset field, what it is).
-_PARAMETERS: dict[str, tuple[str, str]] = {
-    "half_height": ("width_bounds_pct", "patch half-height bounds LO:HI (or one value), fractions of the image height"),
-    "half_width": ("width_bounds_pct", "patch half-width bounds LO:HI (or one value), fractions of the image width"),
-    "patches": ("num_patches", "the most patches per image (the first always, each further one with p = 1/2)"),
-    "background": ("background", "grey level 0-255 of a plain background (patches then stay on the object)"),
-    "threshold": ("background_threshold", "grey levels a pixel must differ from the background to be object"),
-    "min_object": ("min_object_pct", "least object share of a source patch, 0-1"),
-    "min_overlap": ("min_overlap_pct", "least share of the patch's object pixels landing on object, 0-1"),
+# Explicit parameters in their canonical order → the ILMPreset field each sets (docs/ilm.md:
+# half-sizes LO:HI as fractions of the side, patch count, background grey level and
+# threshold, least object share of a patch and of its landing place).
+_PARAMETERS: dict[str, str] = {
+    "half_height": "width_bounds_pct", "half_width": "width_bounds_pct", "patches": "num_patches",
+    "background": "background", "threshold": "background_threshold", "min_object": "min_object_pct",
+    "min_overlap": "min_overlap_pct",
 }
 # Accepted on input, never written: sets half_height and half_width together.
 _SHORTHAND = "half_size"
@@ -310,10 +308,9 @@ def _from_parameters(params: Mapping[str, Any], name: str) -> ILMPreset:
             min_object_pct=params.get("min_object", 0.0), min_overlap_pct=params.get("min_overlap", 0.0),
         )  # fmt: skip
     except ConfigError as exc:  # ILMPreset names its own field; say which parameter that is
-        field_names = {f: k for k, (f, _) in _PARAMETERS.items()}
         msg = str(exc)
-        for f, k in field_names.items():
-            msg = msg.replace(f"field '{f}'", f"parameter '{k}'")
+        for key, field_name in _PARAMETERS.items():
+            msg = msg.replace(f"field '{field_name}'", f"parameter '{key}'")
         raise _bad(msg) from None
 
 
@@ -345,25 +342,13 @@ def canonical_preset(value: str | Mapping[str, Any]) -> str:
     return text
 
 
-def preset_from_value(value: str, name: str | None = None) -> ILMPreset:
-    """The preset of a canonical value that needs no images (``texture``, an MVTec name, parameters)."""
-    value = canonical_preset(value)
-    if value == PRESET_TEXTURE:
-        return TEXTURE_PRESET
-    if value in PRESETS:
-        return PRESETS[value]
-    if value in (PRESET_DEFAULT, PRESET_AUTO):
-        raise ConfigError(f"ILM preset {value!r} depends on the category and its images: use resolve_preset")
-    return _from_parameters(_parameters(value), name or value)
-
-
-def resolve_preset(value: str, category: str, images: Sequence[np.ndarray] | Callable[[], Sequence[np.ndarray]] | None = None) -> ILMPreset:
+def resolve_preset(value: str, category: str, images: Sequence[np.ndarray] | None = None) -> ILMPreset:
     """The preset a run with ``ilm_preset=value`` uses for ``category``.
 
     ``default``: the category's published preset (MVTec AD names), else what
-    ``UNKNOWN_CATEGORY_PRESET`` says. ``auto`` estimates one from ``images`` (the decoded
-    uint8 H×W×3 training images, or a callable returning them; :func:`mrkd_core.ilm.auto.estimate_preset`).
-    Raises ``ConfigError`` for a bad value, or for ``auto`` without images.
+    ``UNKNOWN_CATEGORY_PRESET`` says. ``auto`` estimates one from ``images``, the decoded
+    uint8 H×W×3 training images (:func:`mrkd_core.ilm.auto.estimate_preset`). Raises
+    ``ConfigError`` for a bad value, or for ``auto`` without images.
     """
     value = canonical_preset(value)
     if value == PRESET_DEFAULT:
@@ -374,15 +359,18 @@ def resolve_preset(value: str, category: str, images: Sequence[np.ndarray] | Cal
                  category, UNKNOWN_CATEGORY_PRESET)
         value = UNKNOWN_CATEGORY_PRESET
     if value == PRESET_AUTO:
-        from mrkd_core.ilm.auto import estimate_preset
+        from mrkd_core.ilm.auto import estimate_preset  # auto → nsa → this module: imported on use
 
-        found = images() if callable(images) else images
-        if not found:
+        if not images:
             raise ConfigError(f"ilm_preset 'auto' for category {category!r}: needs the training images")
-        preset = estimate_preset(found)
+        preset = estimate_preset(images)
         log.info("ILM preset for %s: auto → %s", category, describe_preset(preset))
         return preset
-    return preset_from_value(value)
+    if value == PRESET_TEXTURE:
+        return TEXTURE_PRESET
+    if value in PRESETS:
+        return PRESETS[value]
+    return _from_parameters(_parameters(value), value)
 
 
 def describe_preset(preset: ILMPreset) -> str:

@@ -221,7 +221,6 @@ def test_the_real_installed_package():
 def test_the_demo_spec_on_elpv_lookalikes(tmp_path, monkeypatch):
     """`make demo`'s ELPV part (flows/specs/demo.yaml, narrowed to 1 epoch at 32 px): subsampled as the spec
     declares, keyed apart from the whole data, and reported with the subsample named and real-cell heatmaps."""
-    from flows.settings import spec_path
     from mrkd_core.layout import read_maps
     from mrkd_core.report import write_report
     from mrkd_core.results import read_scores
@@ -233,7 +232,7 @@ def test_the_demo_spec_on_elpv_lookalikes(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     try:
-        spec = load_spec("demo", spec_path()).narrow(epochs=1, image_size=32)
+        spec = load_spec("demo", [Path(__file__).resolve().parents[2] / "flows" / "specs"]).narrow(epochs=1, image_size=32)
         tasks = [t for t in spec.tasks(str(tmp_path / "data")) if t.dataset == "elpv"]
         assert [(t.category, t.variant) for t in tasks] == [("mono", "mrkd"), ("mono", "baseline")]
         assert all((t.config.train_subsample, t.config.test_subsample) == (96, 100) for t in tasks)
