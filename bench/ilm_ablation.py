@@ -18,6 +18,8 @@ The trainings come from the product: the specs ``ilm-ablation-textures`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import sys
 from pathlib import Path
@@ -67,7 +69,9 @@ def evaluate_flm_off(store: ArtifactStore, metrics: pd.DataFrame) -> None:
                 "--config-hash", row.config_hash, "--no-flm-at-test", "--num-workers", "0", "--eval-batch-size", "16",
                 "--evaluation-id", flm_off_id(row.run_id)]
         log.info("test-time FLM off: %s/%s %s", row.category, row.variant, row.config_hash)
-        if mrkd(argv) != 0:
+        with contextlib.redirect_stdout(io.StringIO()):  # the command prints its summary JSON
+            code = mrkd(argv)
+        if code != 0:
             raise SystemExit(f"mrkd {' '.join(argv)} failed")
 
 
@@ -138,6 +142,40 @@ def table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return wide.sort_values(["_o", "preset", "test FLM"]).drop(columns="_o")
 
 
+# (what, rows A, rows B): the mean of A − B over the (category, seed) pairs both have.
+COMPARISONS = [
+    ("MRKD − RD4AD", ("MRKD", "texture (NSA)", "on"), ("RD4AD", "—", "—")),
+    ("FLM only − RD4AD", ("FLM only", "—", "on"), ("RD4AD", "—", "—")),
+    ("ILM only − RD4AD", ("ILM only", "texture (NSA)", "—"), ("RD4AD", "—", "—")),
+    ("MRKD − FLM only", ("MRKD", "texture (NSA)", "on"), ("FLM only", "—", "on")),
+    ("MRKD: small − texture preset", ("MRKD", PRESET_LABEL[SMALL], "on"), ("MRKD", "texture (NSA)", "on")),
+    ("MRKD: auto − texture preset", ("MRKD", "auto", "on"), ("MRKD", "texture (NSA)", "on")),
+    ("ILM only: small − texture preset", ("ILM only", PRESET_LABEL[SMALL], "—"), ("ILM only", "texture (NSA)", "—")),
+    ("ILM only: auto − texture preset", ("ILM only", "auto", "—"), ("ILM only", "texture (NSA)", "—")),
+    ("MRKD: test-time FLM off − on", ("MRKD", "texture (NSA)", "off"), ("MRKD", "texture (NSA)", "on")),
+    ("FLM only: test-time FLM off − on", ("FLM only", "—", "off"), ("FLM only", "—", "on")),
+]
+
+
+def paired(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Paired differences (points of %) per comparison: mean, standard deviation and count of the pairs,
+    separately for textures and objects."""
+    key = ["model", "preset", "test FLM"]
+    rows = []
+    for what, a, b in COMPARISONS:
+        out = {"comparison": what}
+        for group, is_texture in (("textures", True), ("objects", False)):
+            sub = df[df["category"].str.startswith("tex_") == is_texture]
+            va = sub[(sub[key] == pd.Series(a, index=key)).all(axis=1)].set_index(["category", "seed"])[metric]
+            vb = sub[(sub[key] == pd.Series(b, index=key)).all(axis=1)].set_index(["category", "seed"])[metric]
+            d = 100 * (va - vb).dropna()
+            out[f"{group}: mean"] = d.mean() if len(d) else float("nan")
+            out[f"{group}: sd"] = d.std() if len(d) > 1 else float("nan")
+            out[f"{group}: pairs"] = float(len(d))
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
 def markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |",
@@ -146,7 +184,8 @@ def markdown(df: pd.DataFrame) -> str:
         cells = []
         for c, v in zip(cols, row):
             if isinstance(v, float):
-                cells.append("" if v != v else (f"{v:.0f}" if c == "seeds" else f"{v:.1f}"))
+                cells.append("" if v != v else (f"{v:.0f}" if c == "seeds" or c.endswith("pairs") else
+                                                f"{v:+.1f}" if c.endswith("mean") else f"{v:.1f}"))
             else:
                 cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
@@ -187,6 +226,9 @@ def main(argv=None) -> int:
         print(f"### {title}, mean over seeds\n")
         print(markdown(table(df, metric)))
         print()
+    print("### Paired differences of image AU-ROC (points; same category and seed)\n")
+    print(markdown(paired(df, "image_auroc")))
+    print()
     print("### What auto resolves to (training images at the run's size)\n")
     metrics = pd.concat([read_metrics(store, r) for r in runs], ignore_index=True)
     print(markdown(auto_estimates(store, metrics)))
