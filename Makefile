@@ -12,12 +12,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	# torch first, from the pinned wheels on this machine's disk (CUDA build, runs on CPU too)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	# elpv: the ELPV dataset, so that its tests read the real package (an optional extra for library users)
-	$(PY) -m pip install --quiet -e '.[dev,elpv]'
+	# elpv: the ELPV dataset, so that its tests read the real package; onnx, openvino: the export
+	# engines, so that their parity tests run (all optional extras for library users)
+	$(PY) -m pip install --quiet -e '.[dev,elpv,onnx,openvino]'
 	touch $(STAMP)
 
+# Each training's epochs (loss, images/s, ETA) scroll by in the console; the last line is the report.
+# ARGS narrows or redirects it, e.g. make demo ARGS="--categories obj_disc --epochs 2 --store /tmp/demo"
 demo: $(STAMP)
-	$(PY) -m flows.benchmark --spec demo
+	$(PY) -m flows.benchmark --spec demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -7,7 +7,7 @@ temporary server, a local Ray on 127.0.0.1):
 
 1. the imports a flow run pays (torch, Prefect, Ray, the project);
 2. an empty flow: Prefect's temporary server start and a first flow run;
-3. Ray alone, as the flow starts it (``flows.ray_runner.make_task_runner``): ``ray.init``,
+3. Ray alone, as the flow starts it (``flows.ray_runner.Runner.task_runner``): ``ray.init``,
    a first round trip to a fresh worker process, the import of the training code there;
 4. ``mrkd-benchmark`` with ``force`` on ``--spec`` with its variants doubled by an RD4AD
    baseline (so there are several tasks) and Ray limited to ``--slots`` concurrent
@@ -56,10 +56,13 @@ def ray_startup() -> dict[str, float]:
     """ray.init as the flow does it, a first no-op task, then a task importing the training code."""
     import ray
 
-    from flows.ray_runner import make_task_runner, worker_env
+    from flows.local_ray import ensure_token, loopback_only
+    from flows.ray_runner import Runner, worker_env
 
-    runner = make_task_runner("ray", None)
-    _, init_s = timed(ray.init, address="local", **runner.init_kwargs)
+    runner = Runner.resolve("ray", None, None).task_runner()
+    ensure_token()
+    with loopback_only():
+        _, init_s = timed(ray.init, address="local", **runner.init_kwargs)
     try:
         env = {"env_vars": worker_env(os.environ["MRKD_STORE"], os.environ["MRKD_STORE"] + "/data", None)}
 
@@ -110,13 +113,10 @@ MODES = {  # name: (GPUs per training, MRKD_RAY_REUSE_GPU_WORKERS, what it stand
 }
 
 
-def with_declared_gpus(make_runner, slots: int, gpus: int):
-    """``make_task_runner`` whose local Ray has ``slots`` CPUs and declares ``gpus`` GPUs."""
-    def make(runner: str, address: str | None):
-        task_runner = make_runner(runner, address, num_cpus=slots)
-        if gpus:
-            task_runner.init_kwargs["num_gpus"] = gpus
-        return task_runner
+def with_declared_gpus(task_runner, slots: int, gpus: int):
+    """``Runner.task_runner`` whose Ray of the run has ``slots`` CPUs and declares ``gpus`` GPUs."""
+    def make(self, num_cpus=None, num_gpus=None):
+        return task_runner(self, num_cpus=slots, num_gpus=gpus or None)
     return make
 
 
@@ -137,18 +137,19 @@ def flow_tasks(store, result: dict) -> list[dict]:
 def run_mode(mode: str, spec: str, slots: int, store) -> dict:
     """One forced flow run in ``mode``; per-task overhead from its records."""
     import flows.benchmark
-    from flows.ray_runner import ENV_REUSE_GPU_WORKERS, make_task_runner
+    from flows.ray_runner import ENV_REUSE_GPU_WORKERS, Runner
 
     gpus, reuse, _ = MODES[mode]
     saved = os.environ.get(ENV_REUSE_GPU_WORKERS)
     if reuse is not None:
         os.environ[ENV_REUSE_GPU_WORKERS] = reuse
-    flows.benchmark.make_task_runner = with_declared_gpus(make_task_runner, slots, int(gpus > 0))
+    task_runner = Runner.task_runner
+    Runner.task_runner = with_declared_gpus(task_runner, slots, int(gpus > 0))
     try:
         result, flow_s = timed(flows.benchmark.benchmark, spec=spec, run_id=f"bench-{mode}", force=True,
                                num_gpus=gpus)
     finally:
-        flows.benchmark.make_task_runner = make_task_runner
+        Runner.task_runner = task_runner
         if saved is None:
             os.environ.pop(ENV_REUSE_GPU_WORKERS, None)
         else:

@@ -73,7 +73,7 @@ from bench.bench_ilm import texture_image  # noqa: E402 - a smooth colour textur
 from mrkd_core.config import MRKDConfig  # noqa: E402
 from mrkd_core.data.torch_datasets import normalize  # noqa: E402
 from mrkd_core.device import cpu_heap_reuse, place_model, use_channels_last  # noqa: E402
-from mrkd_core.evaluate import infer, test_generator  # noqa: E402
+from mrkd_core.evaluate import infer  # noqa: E402
 from mrkd_core.model import build_mrkd, mrkd_loss  # noqa: E402
 from mrkd_core.score import fuse_maps, image_score  # noqa: E402
 from mrkd_core.ilm import get_preset, ilm_pair, synthesize  # noqa: E402
@@ -361,13 +361,13 @@ def bench_inference(key: str, device: torch.device, n: int) -> list[dict]:
     torch.manual_seed(cfg.seed)
     base = build_mrkd(cfg).eval()
     x = make_batch(cfg, 1)[1].to(device)
-    gen = test_generator(cfg, device)
+    gen = torch.Generator(device=device).manual_seed(cfg.flm_test_seed)  # the official path's random masks
     ours = place_model(copy.deepcopy(base), cfg, device).eval()
     other = set_layout(copy.deepcopy(base).to(device), not ours.channels_last).eval()
     official = copy.deepcopy(base).to(device).eval()
 
     def ours_fn(model):
-        return lambda: image_score(fuse_maps(infer(model, x, cfg, gen), cfg.score_scales, cfg.gaussian_sigma)).item()
+        return lambda: image_score(fuse_maps(infer(model, x, cfg), cfg.score_scales, cfg.gaussian_sigma)).item()
 
     fns = {"straightforward": lambda: official_inference(official, x, cfg, gen), "ours": ours_fn(ours),
            "ours-layout": ours_fn(other)}

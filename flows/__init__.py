@@ -1,28 +1,42 @@
 """Prefect 3 flows that orchestrate :mod:`mrkd_core` (which knows nothing of Prefect or Ray).
 
 - ``flows.download``        datasets into the data root, once (idempotent)
-- ``flows.train_evaluate``  the per-task Prefect task, and a flow for one category
+- ``flows.train_evaluate``  the per-task Prefect tasks (train, record a complete key), progress
 - ``flows.benchmark``       ``mrkd-benchmark``: spec → data → fan-out (Ray) → tables/report
-- ``flows.nightly``         the deployments' names, schedule and parameters; ``serve`` for one machine
-- ``flows.ray_runner``      task runners, GPU requests and the environment Ray workers get
+- ``flows.nightly``         ``serve`` of the deployments that ``deployments/prefect.yaml`` declares
+- ``flows.ray_runner``      the :class:`~flows.ray_runner.Runner` of a flow run: task runner, GPU
+                            requests, the environment Ray workers get
+- ``flows.ray_task_runner`` prefect-ray's task runner as the fan-out uses it
+- ``flows.local_ray``       Ray on one machine: loopback only, one token per machine
+- ``flows.ray_head``        the long-lived local Ray head (``python -m flows.ray_head start``)
 - ``flows.settings``        store / data root / run id resolution shared by the flows
 
-Importing the package sets offline-safe defaults for local runs. ``setdefault`` keeps
-whatever an operator set explicitly (e.g. ``RAY_AUTH_MODE=token`` on a cluster):
+Deployments load the flow by module path (``flows.benchmark.benchmark``), never by file
+path: a file loaded by path becomes a top-level module (``benchmark``) that Ray workers
+cannot import, and every training then fails to unpickle.
 
-- ``RAY_AUTH_MODE=disabled``: a local ``ray.init()`` otherwise switches token auth on and
-  writes ``~/.ray/auth_token``, after which other local Ray heads answer 401.
-- ``PREFECT_LOGGING_EXTRA_LOGGERS=mrkd_core``: library log lines reach the flow run's log.
+Importing the package sets defaults for local runs. ``setdefault`` keeps whatever an
+operator set explicitly:
+
+- ``RAY_AUTH_MODE=token``: every Ray this package starts or joins asks for the machine's
+  token (``flows.local_ray``); Ray would otherwise leave its ports open to anyone.
+- ``PREFECT_LOGGING_EXTRA_LOGGERS=mrkd_core``: the library's log lines (each epoch's loss,
+  images/s and ETA; done, skip, report) reach the task run's log in the Prefect API, from
+  Ray workers too; and the ``mrkd_core`` logger is set to ``MRKD_LOG_LEVEL`` (INFO), since
+  Prefect leaves extra loggers at the root's WARNING, which dropped every one of them.
 - ``RAY_USAGE_STATS_ENABLED=0`` and ``PREFECT_SERVER_ANALYTICS_ENABLED=false``: machines
   without internet would otherwise wait on telemetry endpoints.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
+ENV_LOG_LEVEL = "MRKD_LOG_LEVEL"
+
 _LOCAL_DEFAULTS = {
-    "RAY_AUTH_MODE": "disabled",
+    "RAY_AUTH_MODE": "token",
     "RAY_USAGE_STATS_ENABLED": "0",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # The library's own log lines (epochs, losses, skips) appear in the Prefect UI too.
@@ -33,3 +47,7 @@ _LOCAL_DEFAULTS = {
 
 for _name, _value in _LOCAL_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
+
+_library = logging.getLogger("mrkd_core")
+if _library.level == logging.NOTSET:
+    _library.setLevel(os.environ.get(ENV_LOG_LEVEL, "INFO").upper())

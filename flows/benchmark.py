@@ -3,13 +3,24 @@
 ::
 
     benchmark(spec)
+      ├─ (runner)             resolved once: Ray of this run, local Ray head, cluster, or local;
+      │                       the Ray dashboard's URL is the flow run's first log lines
       ├─ prepare-dataset      per dataset of the spec, in the driver (download / generate, idempotent)
       ├─ plan                 spec.tasks(data_root) → one Task per (dataset, category, variant)
       ├─ find-complete        keys with a valid manifest in any run are not trained again (unless force)
-      ├─ record-complete      per complete key, in the driver: engine.train_evaluate → "skipped"
-      ├─ mrkd-train-all       subflow on Ray (or a thread): train-evaluate per pending key,
-      │                       num_gpus=1 each on a cluster, results are small records
-      └─ tables               results.read_metrics/read_scores(run_id) → report.write_report
+      ├─ record-complete      per complete key, in the driver: engine.train_evaluate copies the
+      │                       stored rows into this run; state "Skipped"
+      ├─ mrkd-train-all       subflow on the runner: train-evaluate per pending key (num_gpus=1 each
+      │                       on a cluster); ends Failed, naming the first error, if any training failed
+      ├─ tables               results.read_metrics/read_scores(run_id) + registry history → report.write_report
+      └─ (artifacts)          summary table, report link; a regressions warning when a category regressed
+
+The model loop (``register_models``, on by default): every evaluated result, trained or reused, is
+tracked in the model registry as ``model_name`` (default ``<spec>-<variant>``): a new
+version is promoted to champion only when it is not worse than the champion on the same
+test data beyond ``tolerance`` (percentage points per metric; default image and pixel
+AU-ROC, 0.5). A category that regresses is named in the flow's final state message and in
+the ``regressions-<spec>`` artifact; the run ends Completed (``fail_on_regression``: Failed).
 
 Keys that are already complete never reach Ray, so a rerun of a finished spec starts no
 Ray at all and takes seconds. Store and data root come from the environment (see
@@ -19,6 +30,7 @@ CLI (what ``make demo`` runs)::
 
     python -m flows.benchmark --spec smoke [--store URI] [--runner ray|local] [--ray-address ADDR]
         [--categories a b] [--epochs N] [--image-size N] [--force] [--run-id ID] [--num-gpus G]
+        [--no-register-models] [--model-name NAME] [--fail-on-regression]
 """
 
 from __future__ import annotations
@@ -34,25 +46,20 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.states import Completed, Failed, State
 
 import flows  # noqa: F401 - offline-safe environment defaults
+from flows.artifacts import publish, regression_text
 from flows.download import dataset_records, prepare_dataset
-from flows.ray_runner import (
-    RUNNERS,
-    check_runner,
-    local_gpu_request,
-    make_task_runner,
-    remote_request,
-    requested_gpus,
-    resolve_address,
-    warn_if_no_gpu,
-    worker_env,
-)
+from flows.ray_runner import RUNNERS, Runner, check_runner
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id, spec_path
-from flows.train_evaluate import train_one
+from flows.train_evaluate import record_complete, train_one
 from mrkd_core.errors import MRKDError
 from mrkd_core.layout import find_complete, read_maps
+from mrkd_core.registry.tables import read_history
+from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.report import MapTriple, write_report
 from mrkd_core.results import read_metrics, read_scores
 from mrkd_core.specs import ExperimentSpec, Task, load_spec
@@ -67,11 +74,21 @@ class BenchmarkFailed(RuntimeError):
     """Some trainings failed after their retries; the report covers the others."""
 
 
+class RegressionDetected(RuntimeError):
+    """A category regressed and the run was asked to fail for it (``fail_on_regression``)."""
+
+
 # --------------------------------------------------------------------------- tasks (driver)
 @task(name="plan", cache_policy=NO_CACHE, persist_result=False)
-def plan(spec: ExperimentSpec, data_root: str) -> list[dict[str, Any]]:
-    """The spec's tasks as JSON-safe records (what travels to Ray and to the Prefect API)."""
-    tasks = [t.to_dict() for t in spec.tasks(data_root)]
+def plan(spec: ExperimentSpec, data_root: str, registry: RegistryOptions | None = None) -> list[dict[str, Any]]:
+    """The spec's tasks as JSON-safe records (what travels to Ray and to the Prefect API).
+
+    With ``registry`` every task's registered model name is checked here, before anything trains.
+    """
+    planned = spec.tasks(data_root)
+    for t in planned if registry is not None else ():
+        registry.name_for(t)  # ConfigError naming the template
+    tasks = [t.to_dict() for t in planned]
     keys = [t["key"] for t in tasks]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
@@ -93,11 +110,16 @@ def find_done(tasks: list[dict[str, Any]], forced_run_id: str | None = None) -> 
 
 @task(name="tables", cache_policy=NO_CACHE, persist_result=False)
 def tables(run_id: str, results: list[dict[str, Any]]) -> str:
-    """Report of the run from the partitioned tables; Fig. 7 maps from each category's run dir."""
+    """Report of the run from the partitioned tables; Fig. 7 maps from each category's run dir.
+
+    The history section (each category's metric per night, regressions flagged) reads the
+    registry's ``history`` table when the run tracked its results.
+    """
     store = open_store()
     metrics = read_metrics(store, run_id)
     scores = read_scores(store, run_id)
-    report = write_report(store, run_id, metrics, scores, maps_provider(store, results))
+    history = read_history(store) if any(r.get("registry") for r in results) else None
+    report = write_report(store, run_id, metrics, scores, maps_provider(store, results), history_df=history)
     return store.uri(report["html"])
 
 
@@ -118,40 +140,44 @@ def maps_provider(store: ArtifactStore, results: list[dict[str, Any]]) -> Callab
 
 
 # --------------------------------------------------------------------------- fan-out subflow
+def _failure(exc: BaseException) -> str:
+    """``Type: first line`` of a training's error (Ray adds its traceback below the first line)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _outcome(task: dict[str, Any], future: PrefectFuture, logger: logging.LoggerAdapter) -> dict[str, Any]:
+    """The record of one submitted training: its summary, or a failure record with its own error."""
+    try:
+        return future.result()  # the task's own exception when it failed, a Ray error when it never ran
+    except Exception as exc:  # noqa: BLE001 - one training's failure must not hide the others'
+        key = task["key"]
+        error = _failure(exc)
+        logger.error("training %s failed: %s", key, error)
+        return {"key": key, "status": "failed", "dataset": task["dataset"], "category": task["category"],
+                "variant": task["variant"], "run_dir": None, "error": error}
+
+
+def first_failure(results: list[dict[str, Any]]) -> str | None:
+    failed = [r for r in results if r["status"] == "failed"]
+    if not failed:
+        return None
+    return f"{len(failed)} of {len(results)} trainings failed; first: {failed[0]['key']}: {failed[0]['error']}"
+
+
 @flow(name="mrkd-train-all")
 def train_all(tasks: list[dict[str, Any]], datasets: dict[str, dict[str, Any]], run_id: str, force: bool,
-              runner: str, address: str | None, num_gpus: float | None, store_root: str,
-              data_root: str) -> list[dict[str, Any]]:
-    """One ``train-evaluate`` per task on this subflow's task runner; failed ones come back as errors.
-
-    The workers' environment (credentials included) is built here from the driver's
-    environment, never passed as a parameter: parameters are stored and shown by Prefect.
-    """
+              runner: Runner, registry: dict[str, Any] | None = None) -> list[dict[str, Any]] | State:
+    """One ``train-evaluate`` per task on ``runner``; ends Failed (with every record) if any failed."""
     logger = get_run_logger()
-    env = worker_env(store_root, data_root, _prefect_api_url()) if runner == "ray" else {}
-    if runner == "ray":
-        gpus = num_gpus if num_gpus is not None else local_gpu_request()
-        if address:
-            warn_if_no_gpu(gpus)
-    else:
-        gpus = 0.0
-    with remote_request(runner, gpus, env) as options:
+    with runner.submitting() as options:
         reuse = "" if "max_calls" not in options else (
             ", one Ray worker process per training" if options["max_calls"] == 1 else ", Ray workers reused")
-        logger.info("%d training(s) on runner=%s, %s GPU(s) each%s", len(tasks), runner, gpus, reuse)
-        futures = [train_one.submit(t, run_id, force, datasets[t["dataset"]]) for t in tasks]
-    results = []
-    for t, future in zip(tasks, futures):
-        future.wait()
-        state = future.state
-        if state.is_completed():
-            results.append(future.result())
-        else:
-            key = t["key"]
-            logger.error("training %s ended %s: %s", key, state.name, state.message)
-            results.append({"key": key, "status": "failed", "dataset": t["dataset"], "category": t["category"],
-                            "variant": t["variant"], "run_dir": None, "error": state.message})
-    return results
+        logger.info("%d training(s) on %s, %s GPU(s) each%s", len(tasks), runner.kind, options["num_gpus"], reuse)
+        futures = [train_one.submit(t, run_id, force, datasets[t["dataset"]], registry) for t in tasks]
+    results = [_outcome(t, f, logger) for t, f in zip(tasks, futures)]
+    failure = first_failure(results)
+    return Failed(message=failure, data=results) if failure else results
 
 
 # --------------------------------------------------------------------------- the flow
@@ -192,52 +218,83 @@ def benchmark(
     runner: str = "ray",
     ray_address: str | None = None,
     num_gpus: float | None = None,
-) -> dict[str, Any]:
+    register_models: bool = True,
+    model_name: str = "{spec}-{variant}",
+    tolerance: dict[str, float] | None = None,
+    fail_on_regression: bool = False,
+) -> dict[str, Any] | State:
     """Train and evaluate every (dataset, category, variant) of ``spec`` and write the report.
 
     ``spec`` is a name found along ``MRKD_SPEC_PATH`` then ``flows/specs/``, or a YAML path;
     ``categories``/``epochs``/``image_size`` narrow it (the report says so). ``run_id`` defaults to
     ``<spec>-<UTC yyyymmdd-HHMMSS>`` and may use ``{date}``/``{time}``/``{spec}``.
-    ``runner='ray'`` fans out on Ray (``ray_address``/``RAY_ADDRESS`` = a cluster, else a
-    local Ray); ``runner='local'`` trains one task after another without Ray.
-    ``num_gpus`` per training defaults to ``MRKD_NUM_GPUS``, else 1 on a cluster.
+    ``runner='ray'`` fans out on Ray (``ray_address``/``RAY_ADDRESS``: the local head or a
+    cluster, else a Ray of this run); ``runner='local'`` trains one task after another
+    without Ray. ``num_gpus`` per training defaults to ``MRKD_NUM_GPUS``, else 1 on a cluster.
+    Without ``force`` a key is trained only when its inputs changed (config, training or
+    test data, training revision); ``force`` trains every key again.
+    ``register_models`` tracks every evaluated result in the model registry as ``model_name``
+    (``{spec}``, ``{variant}`` filled in) and promotes a new version when it is not worse
+    than the champion on the same test data beyond ``tolerance`` (percentage points per
+    metric, default ``{"image_auroc": 0.5, "pixel_auroc": 0.5}``). A category that
+    regressed is named in the final state's message and in the ``regressions-<spec>``
+    artifact; the run then ends Completed, or Failed with :class:`RegressionDetected` when
+    ``fail_on_regression``. Fails with :class:`BenchmarkFailed` (first failure's type and
+    text) when any training failed, after writing the report of the others.
     """
     logger = get_run_logger()
-    check_runner(runner)
-    loaded = load_spec(spec, spec_path()).narrow(categories=categories, epochs=epochs, image_size=image_size)
-    rid = resolve_run_id(run_id, loaded.name, _scheduled_time())
+    check_runner(runner)  # before anything is touched
+    registry = RegistryOptions.from_parameters(model_name, tolerance) if register_models else None
     store = open_store()
     root = default_data_root(store)
+    fan_out = Runner.resolve(runner, ray_address, num_gpus, store.root, root, _prefect_api_url())
+    logger.info("Ray dashboard: %s", fan_out.dashboard_hint())
+    logger.info("%s", fan_out.describe())
+    loaded = load_spec(spec, spec_path()).narrow(categories=categories, epochs=epochs, image_size=image_size)
+    rid = resolve_run_id(run_id, loaded.name, _scheduled_time())
     logger.info("run %s: spec %s%s → %s", rid, loaded.name, " (narrowed)" if loaded.narrowed else "", store.uri())
 
     records = dataset_records(loaded, root)
     for record in records:
         prepare_dataset(record)
-    tasks = plan(loaded, root)
+    tasks = plan(loaded, root, registry)
+    registry_record = registry.to_dict() if registry is not None else None
     done = find_done(tasks, rid if force else None)
     by_name = {r["name"]: r for r in records}
 
     results: list[dict[str, Any]] = []
-    complete = [t for t, d in zip(tasks, done) if d]
     pending = [t for t, d in zip(tasks, done) if not d]
-    for t in complete:  # cheap: the engine finds the manifest and copies the rows into this run's tables
-        results.append(train_one(t, rid, force, None))
+    for t in (t for t, d in zip(tasks, done) if d):  # in the driver: copies the stored rows into this run
+        results.append(record_complete(t, rid, force, registry_record, return_state=True).result())
     if pending:
-        address = resolve_address(ray_address) if runner == "ray" else None
-        gpus = requested_gpus(num_gpus, address) if runner == "ray" else 0.0
-        task_runner = make_task_runner(runner, address)
-        results += train_all.with_options(task_runner=task_runner)(
-            pending, by_name, rid, force, runner, address, gpus, store.root, root)
+        state = train_all.with_options(task_runner=fan_out.task_runner())(
+            pending, by_name, rid, force, fan_out, registry_record, return_state=True)
+        trained = state.result(raise_on_failure=False)
+        if isinstance(trained, BaseException):  # the subflow itself crashed: no record per training
+            error = _failure(trained)
+            trained = [{"key": t["key"], "status": "failed", "dataset": t["dataset"],
+                        "category": t["category"], "variant": t["variant"], "run_dir": None, "error": error}
+                       for t in pending]
+        results += trained
 
     ok = [r for r in results if r["status"] != "failed"]
     report = tables(rid, ok) if ok else None
     counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "skipped", "failed")}
     logger.info("run %s: %s; report %s", rid, counts, report)
-    failed = [r["key"] for r in results if r["status"] == "failed"]
-    if failed:
-        raise BenchmarkFailed(f"{len(failed)} of {len(results)} trainings failed: {failed}; report of the rest: {report}")
-    return {"run_id": rid, "spec": loaded.name, "store": store.uri(), "report": report, "counts": counts,
-            "tasks": results}
+    publish(rid, loaded.name, results, report)
+    failure = first_failure(results)
+    regression = regression_text(results)
+    if failure:
+        raise BenchmarkFailed(f"{failure}; {regression + '; ' if regression else ''}report of the rest: {report}")
+    out = {"run_id": rid, "spec": loaded.name, "store": store.uri(), "report": report, "counts": counts,
+           "tasks": results, "regressions": regression or None}
+    if regression:
+        message = f"run {rid}: {regression}; report {report}"
+        logger.warning("%s", message)
+        if fail_on_regression:
+            raise RegressionDetected(message)
+        return Completed(message=message, data=out)  # the state users' automations see, with its artifact
+    return out
 
 
 # --------------------------------------------------------------------------- CLI
@@ -255,6 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, help="narrow the spec to this image size")
     parser.add_argument("--force", action="store_true", help="train again even where a complete result exists")
     parser.add_argument("--run-id", help="default <spec>-<UTC yyyymmdd-HHMMSS>; {date} {time} {spec} allowed")
+    parser.add_argument("--register-models", action=argparse.BooleanOptionalAction, default=True,
+                        help="track results in the model registry and promote versions (default: on)")
+    parser.add_argument("--model-name", default="{spec}-{variant}",
+                        help="registered model name; {spec} and {variant} are filled in (default: %(default)s)")
+    parser.add_argument("--fail-on-regression", action="store_true",
+                        help="end Failed (exit 1) when a category regressed; default: Completed with a warning")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.store:
@@ -265,11 +328,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_spec(args.spec, spec_path()).narrow(args.categories, args.epochs, args.image_size)
         out = benchmark(spec=args.spec, run_id=args.run_id, categories=args.categories, epochs=args.epochs,
                         image_size=args.image_size, force=args.force, runner=args.runner,
-                        ray_address=args.ray_address, num_gpus=args.num_gpus)
+                        ray_address=args.ray_address, num_gpus=args.num_gpus, register_models=args.register_models,
+                        model_name=args.model_name, fail_on_regression=args.fail_on_regression)
     except MRKDError as exc:
         sys.stderr.write(f"mrkd-benchmark: error: {exc}\n")
         return 2
+    except (BenchmarkFailed, RegressionDetected) as exc:  # the flow run's log has the details; one line here
+        sys.stderr.write(f"mrkd-benchmark: failed: {exc}\n")
+        return 1
     log.info("%s in %.1f s: %s", out["run_id"], time.perf_counter() - started, out["counts"])
+    if out.get("regressions"):
+        sys.stderr.write(f"mrkd-benchmark: warning: {out['regressions']}\n")
     print(f"report: {out['report']}")
     return 0
 

@@ -1,12 +1,23 @@
-"""Task runners for the fan-out, the GPU request of each training, and what Ray workers see.
+"""Where a flow run's trainings execute: the runner, resolved once into a :class:`Runner`.
 
-Two runners:
+``runner`` (a flow parameter) and ``ray_address``/``RAY_ADDRESS`` are resolved once, at
+the start of the flow run, into a :class:`Runner` that knows its task runner, the Ray
+remote options of a training (GPUs, retries, worker reuse) and the environment the Ray
+workers get; the fan-out subflow is a loop of submits inside :meth:`Runner.submitting`,
+the way prefect-ray's ``remote_options`` is meant to be used.
 
-- ``ray`` (default): prefect-ray's ``RayTaskRunner``. With an address (``ray_address`` or
-  ``RAY_ADDRESS``) it joins that cluster and every training asks for ``num_gpus`` (1 unless
-  ``MRKD_NUM_GPUS`` or the parameter says otherwise; fractions share a GPU). Without one
-  it starts a local Ray with its dashboard on http://127.0.0.1:8265 and asks for a GPU
-  only if this machine has one.
+Three places a training can run:
+
+- ``ray`` with no address: a Ray of this flow run, started by the fan-out on this machine
+  and stopped with it: loopback only, token authentication, dashboard on
+  http://127.0.0.1:8265 (another free port, logged, when 8265 is taken), every core.
+  A GPU per training only if this machine has one.
+- ``ray`` with a loopback address (``127.0.0.1:6379``): the long-lived local head of
+  ``python -m flows.ray_head start``, same rules, its dashboard outlives the run.
+- ``ray`` with another address (``auto``, ``ray://head:10001``, ``10.0.0.5:6379``): a cluster;
+  every training asks for ``num_gpus`` (1 unless ``MRKD_NUM_GPUS`` or the parameter says
+  otherwise; fractions share a GPU), since its autoscaler adds GPU nodes only for tasks
+  that ask for them.
 - ``local``: Prefect's ``ThreadPoolTaskRunner`` with one worker: no Ray at all, trainings
   run one after another in the flow's process.
 
@@ -26,6 +37,8 @@ the driver's, so everything a training needs to find its data and store travels 
 ``runtime_env={"env_vars": ...}`` (:func:`worker_env`). It is set per task through
 ``remote_options`` rather than only in ``ray.init``: when Ray is already initialised in
 the process (a notebook, a test), the runner reuses it and ``init_kwargs`` never apply.
+The :class:`Runner` itself holds no secret (it is a parameter of the fan-out subflow,
+stored and shown by Prefect): the environment is built from the driver's when submitting.
 """
 
 from __future__ import annotations
@@ -35,16 +48,19 @@ import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.local_ray import LOOPBACK, is_loopback_address, port_free
+
 log = logging.getLogger(__name__)
 
 RUNNERS = ("ray", "local")
 ENV_NUM_GPUS = "MRKD_NUM_GPUS"
-DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_HOST = LOOPBACK
 DASHBOARD_PORT = 8265
 # Ray re-runs a task whose worker process died (OOM kill, lost node) this many times;
 # Python exceptions are Prefect's to retry (see flows.train_evaluate), not Ray's.
@@ -63,25 +79,142 @@ FORWARDED_ENV = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
     "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
     "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING",
-    "TORCH_HOME",
+    "TORCH_HOME", "MRKD_LOG_LEVEL",
 )
+# Settings of the flows package that a worker must share with its driver.
+SHARED_SETTINGS = ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", "PREFECT_SERVER_ANALYTICS_ENABLED",
+                   "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_LEVEL")
 
 # The folder that holds the `flows` and `mrkd_core` packages (a checkout, or site-packages).
 CODE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
+@dataclass(frozen=True)
+class Runner:
+    """The runner of one flow run, resolved once by :meth:`resolve`.
+
+    ``kind``: ``ray`` or ``local``. ``address``: the Ray to join (None: a Ray of this run).
+    ``num_gpus``: GPUs per training (None: 1 if the local Ray has a GPU, else 0).
+    ``dashboard_port``: the dashboard of a Ray of this run. ``store_root``/``data_root``:
+    the driver's resolved locations, handed to the workers. ``api_url``: the Prefect API
+    the workers report to (None: Prefect's default).
+    """
+
+    kind: str = "ray"
+    address: str | None = None
+    num_gpus: float | None = None
+    dashboard_port: int | None = None
+    store_root: str = ""
+    data_root: str = ""
+    api_url: str | None = None
+
+    @classmethod
+    def resolve(cls, runner: str, ray_address: str | None, num_gpus: float | None, store_root: str = "",
+                data_root: str = "", api_url: str | None = None) -> Runner:
+        """Check ``runner`` and settle address, GPUs and dashboard; fails before any work."""
+        check_runner(runner)
+        if runner == "local":
+            return cls("local", None, 0.0, None, store_root, data_root, api_url)
+        address = resolve_address(ray_address)
+        return cls("ray", address, requested_gpus(num_gpus, address),
+                   None if address else dashboard_port(), store_root, data_root, api_url)
+
+    @property
+    def on_ray(self) -> bool:
+        return self.kind == "ray"
+
+    @property
+    def loopback(self) -> bool:
+        """Ray on this machine only (a Ray of this run, or the local head)."""
+        return self.on_ray and (self.address is None or is_loopback_address(self.address))
+
+    def describe(self) -> str:
+        """One line for the flow run's log: where the trainings will run."""
+        if not self.on_ray:
+            return "runner=local: no Ray, one training after another in this process"
+        if self.address is None:
+            return "runner=ray: a Ray of this run, started by the fan-out (127.0.0.1 only, token auth)"
+        if self.loopback:
+            return f"runner=ray: the local Ray head at {self.address}"
+        return f"runner=ray: the Ray cluster at {self.address}"
+
+    def dashboard_hint(self) -> str:
+        """The Ray dashboard's URL as far as it is known before connecting."""
+        if not self.on_ray:
+            return "none (runner=local)"
+        if self.address is None:
+            return f"http://{DASHBOARD_HOST}:{self.dashboard_port} (while the trainings of this run last)"
+        if self.loopback:
+            from flows.ray_head import read_head
+
+            head = read_head()
+            if head is not None and head.address == self.address:
+                return head.dashboard_url
+            return f"the local head's at {self.address} (logged when the fan-out connects)"
+        return "the cluster head's (logged when the fan-out connects)"
+
+    def task_runner(self, num_cpus: int | None = None, num_gpus: int | None = None) -> TaskRunner:
+        """The fan-out subflow's task runner. ``num_cpus``/``num_gpus`` size a Ray of this run
+        (default: every core, the GPUs Ray finds); benchmarks declare GPUs with them."""
+        if not self.on_ray:
+            return ThreadPoolTaskRunner(max_workers=1)
+        from flows.ray_task_runner import LoggedRayTaskRunner
+
+        if self.address:
+            # Joining a cluster: its nodes declare CPUs/GPUs; the dashboard is the head's.
+            return LoggedRayTaskRunner(address=self.address, init_kwargs={"log_to_driver": True},
+                                       loopback=self.loopback)
+        # "local" forces a new Ray: a bare ray.init() would join any cluster another user
+        # started on this host (it reads /tmp/ray/ray_current_cluster) and run there.
+        init = {"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": True,
+                "dashboard_host": DASHBOARD_HOST, "dashboard_port": self.dashboard_port or dashboard_port(),
+                "log_to_driver": True}
+        if num_gpus is not None:
+            init["num_gpus"] = num_gpus
+        return LoggedRayTaskRunner(address="local", init_kwargs=init, loopback=True)
+
+    def gpus_per_training(self) -> float:
+        """GPUs each training asks for; call once Ray is up (a local Ray's GPUs decide the default)."""
+        if not self.on_ray:
+            return 0.0
+        if self.num_gpus is not None:
+            if not self.loopback:
+                warn_if_no_gpu(self.num_gpus)
+            return self.num_gpus
+        return local_gpu_request()
+
+    def worker_env(self) -> dict[str, str]:
+        """The Ray workers' environment, built now from the driver's (credentials included)."""
+        return worker_env(self.store_root, self.data_root, self.api_url)
+
+    @contextlib.contextmanager
+    def submitting(self) -> Iterator[dict[str, Any]]:
+        """Submissions inside this block carry the Ray options of a training; a no-op locally.
+
+        Yields the options without the runtime environment (for the log).
+        """
+        if not self.on_ray:
+            yield {"num_gpus": 0.0}
+            return
+        from prefect_ray.context import remote_options
+
+        options = ray_options(self.gpus_per_training(), self.worker_env(), reuse_gpu_workers())
+        with remote_options(**options):
+            yield {k: v for k, v in options.items() if k != "runtime_env"}
+
+
 def resolve_address(ray_address: str | None) -> str | None:
-    """The cluster to join: the parameter, else ``RAY_ADDRESS``; None means a local Ray."""
+    """The Ray to join: the parameter, else ``RAY_ADDRESS``; None means a Ray of this run."""
     return ray_address or os.environ.get("RAY_ADDRESS") or None
 
 
 def requested_gpus(num_gpus: float | None, address: str | None) -> float | None:
     """GPUs per training: the parameter, else ``MRKD_NUM_GPUS``, else 1 on a cluster.
 
-    Returns None for a local Ray without an explicit request: the runner then asks for a
-    GPU only if the local Ray found one (:func:`local_gpu_request`). On a cluster the
-    default stays 1 even when no GPU node is up yet, because the autoscaler adds GPU
-    nodes only for tasks that ask for GPUs.
+    Returns None for a Ray on this machine (no address, or the loopback head) without an
+    explicit request: the runner then asks for a GPU only if that Ray found one
+    (:func:`local_gpu_request`). On a cluster the default stays 1 even when no GPU node is
+    up yet, because the autoscaler adds GPU nodes only for tasks that ask for GPUs.
     """
     if num_gpus is None and os.environ.get(ENV_NUM_GPUS):
         num_gpus = float(os.environ[ENV_NUM_GPUS])
@@ -89,7 +222,7 @@ def requested_gpus(num_gpus: float | None, address: str | None) -> float | None:
         if num_gpus < 0:
             raise ValueError(f"num_gpus must be ≥ 0, got {num_gpus}")
         return float(num_gpus)
-    return 1.0 if address else None
+    return 1.0 if address and not is_loopback_address(address) else None
 
 
 def local_gpu_request() -> float:
@@ -115,8 +248,7 @@ def worker_env(store_root: str, data_root: str, api_url: str | None) -> dict[str
     # is found only through PYTHONPATH (in the image it is installed, and this is a no-op).
     paths = [CODE_ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != CODE_ROOT]]
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", "PREFECT_SERVER_ANALYTICS_ENABLED",
-              "PREFECT_LOGGING_EXTRA_LOGGERS"):
+    for k in SHARED_SETTINGS:
         if os.environ.get(k):
             env[k] = os.environ[k]
     return env
@@ -136,45 +268,15 @@ def check_runner(runner: str) -> None:
         reuse_gpu_workers()  # a bad MRKD_RAY_REUSE_GPU_WORKERS fails here, before any work
 
 
-def make_task_runner(runner: str, address: str | None, num_cpus: int | None = None) -> TaskRunner:
-    """The task runner of the fan-out subflow."""
-    check_runner(runner)
-    if runner == "local":
-        return ThreadPoolTaskRunner(max_workers=1)
-    from prefect_ray import RayTaskRunner
-
-    if address:
-        # Joining a cluster: its nodes declare CPUs/GPUs; the dashboard is the head's.
-        return RayTaskRunner(address=address, init_kwargs={"log_to_driver": True})
-    # "local" forces a new Ray: a bare ray.init() would join any cluster another user
-    # started on this host (it reads /tmp/ray/ray_current_cluster) and run there.
-    return RayTaskRunner(address="local", init_kwargs={
-        "num_cpus": num_cpus or os.cpu_count() or 1,
-        "include_dashboard": True,
-        "dashboard_host": DASHBOARD_HOST,
-        "dashboard_port": dashboard_port(),
-        "log_to_driver": True,
-    })
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((DASHBOARD_HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def dashboard_port() -> int:
     """8265, or a free port when 8265 is taken (Ray would refuse to start, not pick another)."""
-    if _port_free(DASHBOARD_PORT):
+    if port_free(DASHBOARD_PORT, DASHBOARD_HOST):
         return DASHBOARD_PORT
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((DASHBOARD_HOST, 0))
         port = int(sock.getsockname()[1])
-    log.warning("port %d is taken (another Ray?): the Ray dashboard of this run is on http://%s:%d",
-                DASHBOARD_PORT, DASHBOARD_HOST, port)
+    log.info("port %d is taken (the local Ray head, or another Ray): this run's Ray dashboard is on "
+             "http://%s:%d", DASHBOARD_PORT, DASHBOARD_HOST, port)
     return port
 
 
@@ -204,19 +306,6 @@ def ray_options(num_gpus: float, env: Mapping[str, str], reuse: bool) -> dict[st
             env_vars[RAY_NOSET_CUDA_ENV] = "1"
     options["runtime_env"] = {"env_vars": env_vars}
     return options
-
-
-@contextlib.contextmanager
-def remote_request(runner: str, num_gpus: float, env: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-    """Within this context, Ray tasks ask for ``num_gpus`` and run with ``env``; a no-op locally."""
-    if runner != "ray":
-        yield {}
-        return
-    from prefect_ray.context import remote_options
-
-    options = ray_options(num_gpus, env, reuse_gpu_workers())
-    with remote_options(**options):
-        yield {k: v for k, v in options.items() if k != "runtime_env"}
 
 
 def cuda_index(gpu_ids: list[Any], visible: str | None, ray_narrowed: bool) -> int:

@@ -1,15 +1,26 @@
-"""The unit of work of the fan-out, as a Prefect task, and a flow that runs one of them.
+"""The unit of work of the fan-out, as Prefect tasks, and a flow that runs one of them.
 
-``train_one`` is what ``mrkd-benchmark`` submits once per (dataset, category, config):
-it makes sure the dataset is on this node, then calls
-:func:`mrkd_core.engine.train_evaluate`, which skips complete keys, resumes from its
-last checkpoint and writes the manifest last. Its input is ``Task.to_dict()`` and its
-output a small record (status, run directory, where and when it ran): never tensors.
+``train_one`` (task ``train-evaluate``, run ``train-<dataset>-<category>-<variant>``) is
+what ``mrkd-benchmark`` submits once per (dataset, category, config) that is not complete
+yet: it makes sure the dataset is on this node, then calls
+:func:`mrkd_core.engine.train_evaluate`, which resumes from its last checkpoint and writes
+the manifest last. ``record_complete`` (task ``record-complete``, run
+``skip-<dataset>-<category>-<variant>``, final state *Skipped*) is the same call for a key
+that is already complete: it copies the stored rows into this run's tables, in the driver,
+and is never shown as a training. Inputs are ``Task.to_dict()``, outputs small records
+(status, run directory, where and when it ran): never tensors.
+
+While a training runs, each finished epoch writes a line to the task run's log (epoch/total,
+percent, loss, images/s, ETA: console, worker log, Ray dashboard, Prefect UI) and updates
+the task run's progress artifact ``progress-<dataset>-<category>-<variant>``, on Ray
+workers too (:class:`TrainingProgress`).
 
 Retries are declared here, not in the library. Prefect retries an exception twice, 5 s
-apart, inside the same Ray task (the GPU stays reserved); Ray re-runs the task when its
-worker process dies (see ``flows.ray_runner.RAY_MAX_RETRIES``). Either way the engine
-resumes from the checkpoint of the last finished epoch.
+apart, inside the same Ray task (the GPU stays reserved), except errors of the input
+(``DataError``, ``ConfigError``, ``WeightsError``, ``DeviceError``: a corrupt image stays
+corrupt); Ray re-runs the task when its worker process dies (see
+``flows.ray_runner.RAY_MAX_RETRIES``). Either way the engine resumes from the checkpoint of
+the last finished epoch.
 
 ``mrkd-train-evaluate`` runs one category in the current process (no Ray): for
 debugging a single training with the same code path the benchmark uses::
@@ -23,61 +34,184 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
 
 import flows  # noqa: F401 - offline-safe environment defaults
+from flows.artifacts import artifact_key
 from flows.download import dataset_records, ensure_dataset
 from flows.ray_runner import assigned_gpu, node_info
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id, spec_path
 from mrkd_core.engine import train_evaluate
-from mrkd_core.errors import ConfigError
+from mrkd_core.errors import ConfigError, DataError, DeviceError, WeightsError
+from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.specs import Task, load_spec
+from mrkd_core.train import EpochProgress
 
 log = logging.getLogger(__name__)
 
 TRAIN_RETRIES = 2
 TRAIN_RETRY_DELAY_S = 5
+# Errors of the input: retrying cannot help, the user must fix the file or field named.
+NOT_RETRIED = (DataError, ConfigError, WeightsError, DeviceError)
 
 
-def _task_run_name() -> str:
+def _run_name(prefix: str) -> str:
     from prefect.runtime import task_run
 
     t = task_run.parameters.get("task", {})
-    return f"train-{t.get('dataset')}-{t.get('category')}-{t.get('variant')}"
+    return f"{prefix}-{t.get('dataset')}-{t.get('category')}-{t.get('variant')}"
+
+
+def _train_run_name() -> str:
+    return _run_name("train")
+
+
+def _skip_run_name() -> str:
+    return _run_name("skip")
+
+
+def retry_unless_bad_input(_task: Any, _task_run: Any, state: State) -> bool:
+    """Prefect's retry condition: retry anything but an error of the input (see ``NOT_RETRIED``)."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - no result to inspect: keep the retry policy
+        return True
+    return not isinstance(exc, NOT_RETRIED)
+
+
+def progress_key(task: dict[str, Any]) -> str:
+    """The progress artifact's key: lowercase letters, digits and dashes (Prefect's rule)."""
+    return artifact_key("progress", task["dataset"], task["category"], task["variant"])
+
+
+class _LibraryEpochLine(logging.Filter):
+    """Drops ``mrkd_core.train``'s own epoch line while :class:`TrainingProgress` logs a richer one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "mrkd_core.train" and "epoch %d/%d" in str(record.msg))
+
+
+class TrainingProgress:
+    """``on_epoch`` of one training: a line in the task run's log and a progress artifact.
+
+    After every epoch: ``epoch 3/200 (1.5 %), loss 0.12345, 41.2 img/s, ETA 1:23:45`` through
+    the task run's logger (console, worker log, Ray dashboard's task logs and the task run in
+    the Prefect API, which names the training), and the task run's progress artifact
+    ``progress-<dataset>-<category>-<variant>`` is set to the percent done with the same
+    text. The library's own epoch line (which names the category only) is held back while
+    this reporter is active. Reporting must never cost the training: a failed API call is
+    logged once, and the artifact is not updated again.
+    """
+
+    def __init__(self, task: dict[str, Any]):
+        self.key = progress_key(task)
+        self.label = f"{task['category']} ({task['dataset']}, {task['variant']})"
+        self.artifact_id = None
+        self.broken = False
+        self._filter = _LibraryEpochLine()
+        self._call(self._create)
+
+    def __enter__(self) -> TrainingProgress:
+        logging.getLogger("mrkd_core.train").addFilter(self._filter)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("mrkd_core.train").removeFilter(self._filter)
+
+    def _create(self) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.artifact_id = create_progress_artifact(0.0, key=self.key, description=f"{self.label}: starting")
+
+    def _call(self, fn, *args: Any) -> None:
+        if self.broken:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - progress is a view; the training goes on
+            self.broken = True
+            log.warning("progress artifact %s: %s: %s (no more progress updates for this task)",
+                        self.key, type(exc).__name__, exc)
+
+    def __call__(self, p: EpochProgress) -> None:
+        text = (f"epoch {p.epoch}/{p.epochs} ({100.0 * p.fraction:.1f} %), loss {p.loss:.5f}, "
+                f"{p.images_per_second:.1f} img/s, ETA {timedelta(seconds=round(p.eta_seconds))}")
+        get_run_logger().info("%s", text)
+        self._call(self._update, p, text)
+
+    def _update(self, p: EpochProgress, text: str) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id, round(100.0 * p.fraction, 2), description=f"{self.label}: {text}")
+
+
+def _summary(task: dict[str, Any], result: dict[str, Any], started: float, where: dict[str, Any]) -> dict[str, Any]:
+    finished = time.time()
+    return {
+        "key": result["key"], "status": result["status"], "run_dir": result["run_dir"],
+        "dataset": task["dataset"], "category": task["category"], "variant": task["variant"],
+        "rows": result.get("rows", []), "resumed_from_epoch": result.get("resumed_from_epoch"),
+        "registry": result.get("registry"),
+        "started": started, "finished": finished, "seconds": round(finished - started, 3), **where,
+    }
+
+
+def _train_evaluate(task: dict[str, Any], run_id: str, force: bool,
+                    on_epoch: Callable[[EpochProgress], None] | None = None,
+                    registry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`mrkd_core.engine.train_evaluate` of a task record: where a record becomes a ``Task`` again.
+
+    ``registry``: ``RegistryOptions.to_dict()`` when the run registers its results (the model loop).
+    """
+    register = RegistryOptions.from_dict(registry) if registry is not None else None
+    return train_evaluate(Task.from_dict(task), open_store(), run_id, force, on_epoch=on_epoch, register=register)
 
 
 @task(
     name="train-evaluate",
-    task_run_name=_task_run_name,
+    task_run_name=_train_run_name,
     retries=TRAIN_RETRIES,
     retry_delay_seconds=TRAIN_RETRY_DELAY_S,
+    retry_condition_fn=retry_unless_bad_input,
     # The skip rule is the engine's (a valid manifest for the key); Prefect's own caching
     # and result persistence would be a second, disagreeing one.
     cache_policy=NO_CACHE,
     persist_result=False,
 )
 def train_one(task: dict[str, Any], run_id: str, force: bool = False,
-              dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+              dataset: dict[str, Any] | None = None, registry: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train + evaluate one task (or skip it when complete); returns a small summary record."""
     started = time.time()
     where = node_info()
     if dataset is not None:
         ensure_dataset(dataset)
-    with assigned_gpu():  # Ray's GPU for this task, freed for the next task of a reused worker
-        result = train_evaluate(Task.from_dict(task), open_store(), run_id, force)
-    finished = time.time()
-    summary = {
-        "key": result["key"], "status": result["status"], "run_dir": result["run_dir"],
-        "dataset": task["dataset"], "category": task["category"], "variant": task["variant"],
-        "rows": result.get("rows", []), "resumed_from_epoch": result.get("resumed_from_epoch"),
-        "started": started, "finished": finished, "seconds": round(finished - started, 3), **where,
-    }
-    log.info("%s %s in %.1f s", summary["status"], summary["key"], summary["seconds"])
+    # Ray's GPU for this task, freed for the next task of a reused worker
+    with TrainingProgress(task) as progress, assigned_gpu():
+        result = _train_evaluate(task, run_id, force, on_epoch=progress, registry=registry)
+    summary = _summary(task, result, started, where)
+    get_run_logger().info("%s %s in %.1f s", summary["status"], summary["key"], summary["seconds"])
     return summary
+
+
+@task(name="record-complete", task_run_name=_skip_run_name, cache_policy=NO_CACHE, persist_result=False)
+def record_complete(task: dict[str, Any], run_id: str, force: bool = False,
+                    registry: dict[str, Any] | None = None) -> State:
+    """A key that is complete already: its stored rows join this run's tables; state *Skipped*."""
+    started = time.time()
+    result = _train_evaluate(task, run_id, force, registry=registry)
+    summary = _summary(task, result, started, node_info())
+    if result["status"] == "skipped":
+        return Completed(name="Skipped", message=f"complete in {result['run_dir']}: not trained again",
+                         data=summary)
+    return Completed(data=summary)  # it was not complete after all (removed meanwhile): trained here
 
 
 @flow(name="mrkd-train-evaluate")

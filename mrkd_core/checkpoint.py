@@ -1,12 +1,14 @@
 """Training checkpoints: what one holds, how it is written, found, verified and resumed.
 
 A checkpoint ``epoch-NNNN.pt`` holds the state after NNNN completed epochs (trainable
-weights, Adam's state, the torch RNG, the epoch losses, the config and the training
-revision), written with a ``.sha256.json`` sidecar after it. Resume takes the newest
+weights, Adam's state, the torch RNG, the epoch losses, the config, the training
+revision and the training data's fingerprint), written with a ``.sha256.json`` sidecar after it. Resume takes the newest
 checkpoint whose bytes match their sidecar and falls back to an older one when the
 newest is corrupt; the two newest are kept (``KEEP_CHECKPOINTS``). A checkpoint of
 another config (``resume_key``) is refused; one written by another training revision
-(``mrkd_core.revision``) is discarded, and training starts over.
+(``mrkd_core.revision``) is discarded, and training starts over; one trained on other
+data (``mrkd_core.lineage``) is discarded the same way, or refused with one line naming
+the way out (``on_other_data``).
 
 Where checkpoints live is the caller's choice (a store or sub-store); the engine puts
 them under ``checkpoints/<dataset>/<category>/<config_hash>/`` (docs/storage.md).
@@ -24,6 +26,7 @@ import torch
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import StorageError, unpickle_error
+from mrkd_core.lineage import TRAIN_FINGERPRINT, TRAINING_REVISION_KEY, Lineage
 from mrkd_core.model import MRKD
 from mrkd_core.revision import TRAINING_REVISION, stored_revision
 from mrkd_core.storage import ArtifactStore
@@ -45,16 +48,19 @@ def _sidecar(name: str) -> str:
 
 
 def checkpoint_state(model: MRKD, optimizer: torch.optim.Optimizer, cfg: MRKDConfig, epoch: int,
-                     losses: list[float]) -> dict:
+                     losses: list[float], train_fingerprint: str | None = None) -> dict:
     """What the checkpoint after ``epoch`` completed epochs holds, as host-memory copies taken now.
 
     Copies, not references: the next optimizer step updates the parameters and Adam's
     moments in place while :class:`CheckpointWriter` may still be serialising this state.
-    The frozen teacher is left out (it is rebuilt from its weights).
+    The frozen teacher is left out (it is rebuilt from its weights). ``train_fingerprint``
+    (the training data's, :mod:`mrkd_core.data.fingerprint`) keys resume with the config
+    and the training revision.
     """
     return {
         "format": CHECKPOINT_FORMAT,
         "training_revision": TRAINING_REVISION,
+        TRAIN_FINGERPRINT: train_fingerprint,
         "config": cfg.to_json(),
         "epoch": epoch,
         "losses": list(losses),
@@ -93,9 +99,9 @@ def write_checkpoint(store: ArtifactStore, state: dict) -> str:
 
 
 def save_checkpoint(store: ArtifactStore, model: MRKD, optimizer: torch.optim.Optimizer,
-                    cfg: MRKDConfig, epoch: int, losses: list[float]) -> str:
+                    cfg: MRKDConfig, epoch: int, losses: list[float], train_fingerprint: str | None = None) -> str:
     """Write the state after ``epoch`` completed epochs now, in this thread (see also :class:`CheckpointWriter`)."""
-    return write_checkpoint(store, checkpoint_state(model, optimizer, cfg, epoch, losses))
+    return write_checkpoint(store, checkpoint_state(model, optimizer, cfg, epoch, losses, train_fingerprint))
 
 
 class CheckpointWriter:
@@ -109,17 +115,19 @@ class CheckpointWriter:
     returns; the thread does the rest. At most one write is in flight: ``save`` first
     waits for the previous one, so host memory holds at most one extra copy and no
     checkpoint is skipped. A failed write is raised by the next ``save`` or by :meth:`wait`.
+    ``train_fingerprint`` is recorded in every checkpoint.
     """
 
-    def __init__(self, store: ArtifactStore):
+    def __init__(self, store: ArtifactStore, train_fingerprint: str | None = None):
         self.store = store
+        self.train_fingerprint = train_fingerprint
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrkd-checkpoint")
         self._pending = None
 
     def save(self, model: MRKD, optimizer: torch.optim.Optimizer, cfg: MRKDConfig, epoch: int,
              losses: list[float]) -> None:
         self.wait()
-        state = checkpoint_state(model, optimizer, cfg, epoch, losses)
+        state = checkpoint_state(model, optimizer, cfg, epoch, losses, self.train_fingerprint)
         self._pending = self._pool.submit(write_checkpoint, self.store, state)
 
     def wait(self) -> None:
@@ -160,13 +168,21 @@ def resume_key(cfg: MRKDConfig) -> dict:
     return key
 
 
-def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig) -> dict | None:
+def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerprint: str | None = None,
+                           on_other_data: str = "restart") -> dict | None:
     """The newest checkpoint whose sha256 matches its sidecar; corrupt ones are reported and skipped.
 
     Raises ``StorageError`` when the newest readable checkpoint belongs to another config;
-    returns None (after discarding them) when the checkpoints were written by another
-    training revision, and None when there is no usable checkpoint.
+    returns None when there is no usable checkpoint. One written by another training
+    revision can never be continued: every checkpoint of ``store`` is discarded and None
+    returned, so training starts from scratch. One trained on other data (when
+    ``train_fingerprint`` is given) is discarded the same way with
+    ``on_other_data="restart"`` (the flows: the data changed, retrain), or refused with a
+    ``StorageError`` naming the way out with ``"refuse"`` (``mrkd train``: the user may
+    have pointed at the wrong folder, and the checkpoint is still good for its own data).
     """
+    if on_other_data not in ("restart", "refuse"):
+        raise ValueError(f"on_other_data must be 'restart' or 'refuse', not {on_other_data!r}")
     for epoch in checkpoint_epochs(store):
         name = checkpoint_name(epoch)
         try:
@@ -198,13 +214,19 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig) -> dict | None
                 f"checkpoint {store.uri(name)} belongs to config {stored_cfg.config_hash()}, not "
                 f"{cfg.config_hash()}; train into another output folder or delete its checkpoints"
             )
-        if stored_revision(state) != TRAINING_REVISION:
-            # The same config trains differently now (mrkd_core.revision): continuing this
-            # state would mix two trainings. It can never be resumed, so it goes, and the
-            # run starts from scratch (pruning would otherwise keep its higher epochs).
-            log.warning("checkpoint %s was written by training revision %d, this code is revision %d: "
-                        "it cannot be resumed; training starts from scratch and replaces it",
-                        store.uri(name), stored_revision(state), TRAINING_REVISION)
+        check = (TRAINING_REVISION_KEY, TRAIN_FINGERPRINT) if train_fingerprint else (TRAINING_REVISION_KEY,)
+        stale = Lineage(cfg.config_hash(), train_fingerprint or "").stale_reason(state, check)
+        if stale is not None and on_other_data == "refuse" and stored_revision(state) == TRAINING_REVISION:
+            raise StorageError(f"checkpoint {store.uri(name)} was {stale}: it cannot be resumed — train from "
+                               "scratch without resuming (mrkd train --no-resume; its checkpoints are replaced) "
+                               "or into another output folder")
+        if stale is not None:
+            # The same config trains differently now (mrkd_core.revision), or the data
+            # changed: continuing this state would mix two trainings. It can never be
+            # resumed, so it goes, and the run starts from scratch (pruning would
+            # otherwise keep its higher epochs).
+            log.warning("checkpoint %s was %s: it cannot be resumed; training starts from scratch and replaces it",
+                        store.uri(name), stale)
             discard_checkpoints(store)
             return None
         if int(state["epoch"]) > cfg.epochs:
@@ -214,15 +236,17 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig) -> dict | None
     return None
 
 
-def resume_training(store: ArtifactStore, cfg: MRKDConfig, model: MRKD,
-                    optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
+def resume_training(store: ArtifactStore, cfg: MRKDConfig, model: MRKD, optimizer: torch.optim.Optimizer,
+                    train_fingerprint: str | None = None, on_other_data: str = "restart") -> tuple[int, list[float]]:
     """Load the newest usable checkpoint of ``store`` into ``model``, ``optimizer`` and torch's RNG.
 
-    Returns ``(completed epochs, their losses)``; ``(0, [])`` when there is none. State
-    dicts in an earlier naming load too (``MRKD.load_state_dict``). Raises
-    ``StorageError`` when the checkpoint's weights do not fit the model.
+    Returns ``(completed epochs, their losses)``; ``(0, [])`` when there is none.
+    ``train_fingerprint`` and ``on_other_data`` as in :func:`load_latest_checkpoint`.
+    State dicts in an earlier naming load too (``MRKD.load_state_dict``). Raises
+    ``StorageError`` when the checkpoint's weights do not fit the model, or is of other
+    data with ``on_other_data="refuse"``.
     """
-    state = load_latest_checkpoint(store, cfg)
+    state = load_latest_checkpoint(store, cfg, train_fingerprint, on_other_data)
     if state is None:
         return 0, []
     loaded = model.load_state_dict(state["model"], strict=False)

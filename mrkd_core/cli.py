@@ -1,7 +1,10 @@
-"""The ``mrkd`` command: train, evaluate and score images without Prefect or Ray.
+"""The ``mrkd`` command: train, evaluate, calibrate, predict and export without Prefect or Ray.
 
 Every error a user can cause is printed as one line naming the thing at fault and
-the fix, with exit code 2 and no traceback (``--debug`` shows it).
+the fix, with exit code 2 and no traceback (``--debug`` shows it). Exit codes: 0 done,
+1 ``mrkd data check`` found problems, 2 an error, 3 ``mrkd predict --skip-unreadable``
+skipped unreadable files (listed in its table), 130 interrupted. The inference commands
+live in ``mrkd_core.inference.commands``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from mrkd_core.errors import ConfigError, DataError, MRKDError
 
 log = logging.getLogger("mrkd")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 CLI_VARIANT = "mrkd"  # the variant column of what `mrkd train` stores (the flows name theirs in the spec)
 
 # One-line help per config field, shown by `mrkd train --help`.
@@ -33,6 +35,7 @@ FIELD_HELP = {
     "backbone": f"teacher/student architecture: {', '.join(BACKBONES)}",
     "teacher_weights": "imagenet (local torch cache), none (random; not the paper's setting) or a path/URI",
     "image_size": "images are resized to this square size (paper: 256)",
+    "validation_fraction": "fraction of train/good held out (seeded) to calibrate thresholds on; 0 = train on all",
     "epochs": "training epochs (paper: 200)",
     "batch_size": "training batch size (paper: 16)",
     "lr": "Adam learning rate (paper: 0.005)",
@@ -58,7 +61,7 @@ FIELD_HELP = {
     "device": "auto, cpu or cuda",
     "num_workers": "DataLoader worker processes (ILM synthesis runs there)",
     "checkpoint_every": "epochs between checkpoints",
-    "eval_batch_size": "test batch size (official code: 1)",
+    "eval_batch_size": "test batch size; speed only, scores equal to float32 rounding (official code: 1)",
     "progress": "show a progress bar",
 }
 
@@ -170,9 +173,10 @@ def _json_safe(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train, evaluate and store one model per category: ``engine.train_evaluate``, as the flows run it."""
+    """Train, evaluate, calibrate and store one model per category: ``engine.train_evaluate``, as the flows run it."""
     from mrkd_core.engine import train_evaluate
     from mrkd_core.layout import resolve_run_id, run_dir
+    from mrkd_core.registry.tracking import RegistryOptions
     from mrkd_core.results import METRIC_COLUMNS
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
@@ -183,11 +187,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     cats = _categories(ds, root, args.category)
     store = ArtifactStore(_store_root(args.output, "--output"))
     run_id = resolve_run_id(args.run_id, "train")
+    if args.register and not args.evaluate:
+        raise ConfigError("--register compares each new version with the champion on its test metrics; "
+                          "drop --no-evaluate (or --register)")
+    register = RegistryOptions(args.register) if args.register else None
     models: dict[str, dict] = {}
     for cat in cats:
         task = Task(args.dataset, cat, CLI_VARIANT, cfg, str(root))
         log.info("training %s (config %s) → %s", cat, cfg.config_hash(), store.uri(run_dir(task, run_id)))
-        result = train_evaluate(task, store, run_id, force=not args.resume, evaluate=args.evaluate)
+        # Refuse, rather than discard, checkpoints of the key trained on other images: the
+        # user may have pointed at the wrong folder (mrkd_core.lineage; --no-resume replaces them).
+        result = train_evaluate(task, store, run_id, force=not args.resume, evaluate=args.evaluate,
+                                on_other_data="refuse", register=register)
         done = result["run_dir"]
         info = store.read_json(f"{done}/train.json")
         main = result["rows"][0] if result["rows"] else {}  # the config's own fusion comes first
@@ -196,7 +207,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             "final_loss": info["epoch_losses"][-1] if info.get("epoch_losses") else None,
             "train_seconds": round(float(info.get("train_seconds") or 0.0), 2),
             "metrics": {m: main.get(m) for m in METRIC_COLUMNS} if main else None,
+            "calibration": result.get("calibration"),
         }
+        if result.get("registry"):
+            models[cat]["registry"] = result["registry"]
         log.info("%s: %s model %s (score images with: mrkd predict %s IMAGES)", cat, result["status"],
                  models[cat]["model"], models[cat]["model"])
     _out(json.dumps({"run_id": run_id, "store": store.uri(), "models": models}, indent=2))
@@ -205,11 +219,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the newest stored model of each category on a test split; JSON + CSV under ``evaluations/``."""
+    from mrkd_core.data.fingerprint import fingerprint_samples
     from mrkd_core.data.subsample import subsample_test
     from mrkd_core.device import place_model, resolve_device
     from mrkd_core.evaluate import evaluate
+    from mrkd_core.inference.calibration import verdict_columns
     from mrkd_core.layout import EVALUATIONS, evaluation_dir, find_models, resolve_run_id
-    from mrkd_core.model_io import load_model
+    from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage
+    from mrkd_core.model_io import load_model_file
+    from mrkd_core.revision import EVALUATION_REVISION
     from mrkd_core.results import METRIC_COLUMNS, metrics_rows, score_rows, utcnow
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
@@ -239,7 +257,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if stored is None:
             raise DataError(f"--models {models.uri()}: no trained model for {args.dataset}/{cat} — "
                             f"train category {cat!r} first")
-        model, cfg = load_model(models, stored.model)
+        loaded = load_model_file(models, stored.model)
+        model, cfg = loaded.model, loaded.config
         cfg = cfg.replace(progress=False, **overrides)
         place_model(model, cfg, resolve_device(cfg.device))
         samples = subsample_test(ds.test_samples(str(root), cat), cfg.test_subsample)  # the model's own test subset
@@ -247,15 +266,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(model, cfg, samples)
         task = Task(args.dataset, cat, stored.manifest.get("variant", CLI_VARIANT), cfg, str(root))
         training = models.read_json(f"{stored.run_dir}/train.json")
-        row = metrics_rows(task, evaluation_id, result, training, started, utcnow())[0]
+        # What the model was trained on (its manifest; None for a model of before fingerprints),
+        # this test split, and the code that scored it.
+        lineage = Lineage(cfg.config_hash(), stored.manifest.get(TRAIN_FINGERPRINT),
+                          fingerprint_samples(samples, root).digest, evaluation_revision=EVALUATION_REVISION)
+        row = metrics_rows(task, evaluation_id, result, training, started, utcnow(), lineage)[0]
         metrics = {m: _json_safe(row[m]) for m in METRIC_COLUMNS}
         # null + a reason: absent (no pixel ground truth); null alone: undefined (e.g. one class only)
         record = {**{k: _json_safe(v) for k, v in row.items()}, "model": models.uri(stored.model),
                   "eval_seconds": round(result.seconds, 3), "metrics": metrics,
-                  "absent_metrics": result.absent, "config": cfg.to_dict()}
+                  "absent_metrics": result.absent, "config": cfg.to_dict(), "calibration": loaded.calibration}
+        if loaded.calibration is None:
+            log.warning("%s has no calibration: scores.csv has no verdicts — run `mrkd calibrate %s %s`",
+                        models.uri(stored.model), models.uri(stored.model), root)
         d = evaluation_dir(task, evaluation_id)
         out.write_json(f"{d}/metrics.json", record)
-        out.write_bytes(f"{d}/scores.csv", _csv_bytes(score_rows(task, evaluation_id, result)))
+        verdicts = verdict_columns(loaded.calibration, [s["score"] for s in result.scores])
+        out.write_bytes(f"{d}/scores.csv", _csv_bytes(score_rows(task, evaluation_id, result, verdicts)))
         per_cat[cat] = metrics
         if result.absent:
             absent[cat] = result.absent
@@ -274,33 +301,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out.write_json(summary_path, summary)
     _out(json.dumps({"metrics": out.uri(summary_path), "mean": mean,
                      **({"absent_metrics": absent} if absent else {})}, indent=2))
-    return 0
-
-
-def _collect_images(items: Sequence[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()))
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder — pass image files or folders of images")
-    if not paths:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(items)}")
-    return paths
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from mrkd_core.predict import predict_images
-
-    images = _collect_images(args.images)
-    rows = predict_images(args.model, images, Path(args.output), device=args.device, batch_size=args.batch_size)
-    _write_csv(Path(args.output) / "scores.csv", rows)
-    width = max(len(str(r["path"])) for r in rows)
-    for r in rows:
-        _out(f"{str(r['path']):<{width}}  {r['score']:.6f}  {r['heatmap']}")
     return 0
 
 
@@ -341,7 +341,21 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def add_models_group(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``mrkd models`` group; each verb is added to it by its own registration function.
+
+    ``mrkd_core.registry.commands.add_registry_commands`` adds ``list``, ``promote`` and
+    ``rollback``; other verbs on model files (``info``) are added to the same group object.
+    """
+    models = sub.add_parser("models", help="registered models (versions, champion) and model files",
+                            description="Registered models in an artifact store and the model files they point at.")
+    return models.add_subparsers(dest="models_command", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from mrkd_core.inference.commands import add_commands as add_inference_commands
+    from mrkd_core.registry.commands import add_registry_commands
+
     parser = argparse.ArgumentParser(prog="mrkd", description="Masked Reverse Knowledge Distillation (MRKD) anomaly detection")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -353,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "store it in the artifact store layout the flows use (docs/storage.md): "
                                    "<output>/runs/<run_id>/<dataset>/<category>/<config_hash>/model.pt. "
                                    "Prints where each model is. A category already trained with the same "
-                                   "config is not trained again (see --no-resume).")
+                                   "config and images is not trained again (see --no-resume).")
     p.add_argument("data_root", help="dataset root (MVTec AD layout: <root>/<category>/train/good ...)")
     p.add_argument("--output", "-o", help="artifact store (folder or s3:// URI) for models, checkpoints and "
                                           "metrics (default: MRKD_STORE)")
@@ -363,11 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="name of this training run (default train-<UTC yyyymmdd-HHMMSS>; "
                                     "{date} {time} allowed)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse a complete model of the same config, else continue from the newest valid "
-                        "checkpoint (default: on); --no-resume trains again from scratch")
+                   help="reuse a complete model of the same config and images, else continue from the newest "
+                        "valid checkpoint of the same config and training images (default: on); --no-resume "
+                        "trains again from scratch and replaces the checkpoints")
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate on the test split after training (default: on); --no-evaluate for a dataset "
                         "without test images")
+    p.add_argument("--register", metavar="NAME",
+                   help="register each category's model as a version of the registered model NAME and promote "
+                        "it to champion when it is not worse than the champion (docs/storage.md)")
     add_config_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -387,13 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, only=("device", "num_workers", "flm_at_test", "eval_batch_size"))
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="score new images with a trained model; writes heatmap overlays")
-    p.add_argument("model", help="model.pt written by `mrkd train` (path or URI)")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--output", "-o", default="mrkd-predictions", help="folder for scores.csv and heatmaps")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.set_defaults(func=cmd_predict)
+    models = add_models_group(sub)
+    add_inference_commands(sub, add_config_options, models)  # predict, calibrate, export, models info
+    add_registry_commands(models, _store_root)  # mrkd models list|promote|rollback
 
     p = sub.add_parser("model-summary", help="parameter counts and forward GFLOPs per component, as JSON")
     p.add_argument("--backbone", default="wide_resnet50_2")

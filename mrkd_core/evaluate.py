@@ -1,9 +1,12 @@
 """Evaluation of a trained MRKD model (Algorithm 1, testing stage) on a test split.
 
 Test images are not synthesised (Fig. 3: "during inference, NSA is not performed");
-FLM masks are applied at test time as Sec. 3.4 prescribes, drawn from a generator
-seeded by ``cfg.flm_test_seed`` so that evaluating the same model twice gives the
-same scores (the official code draws them unseeded, so its scores vary by ~0.4%).
+FLM masks are applied at test time as Sec. 3.4 prescribes, the same fixed masks for
+every image (``MRKD.test_masks``, a function of ``cfg.flm_test_seed``, the scale and
+the feature map's size), so that an image's score does not depend on the batch size,
+its companions, their order or the device (the official code draws them unseeded per
+call, so its scores vary by ~0.4%). ``mrkd_core.revision.EVALUATION_REVISION`` records
+the change from the per-call stream of masks used before.
 """
 
 from __future__ import annotations
@@ -43,15 +46,16 @@ class EvalResult:
     when undefined). ``scores``: one ``{"path", "category", "defect_type", "label", "score"}``
     per test image, in test order (``score`` = Eq. 6). ``metrics_by_scales``: metrics per
     fusion key (``'1,2,3'``, ``'1,3'``...) when extra ``scale_sets`` were asked, else {}.
-    ``maps``/``masks``: N×S×S fused anomaly maps (float16) and ground truth (uint8), only
-    with ``keep_maps``. ``seconds``: wall time of the evaluation. ``absent``: metric → why it
-    was not computed (the pixel metrics of a test set without masks), {} otherwise.
+    ``maps``/``masks``: N×S×S fused anomaly maps (float32: calibration reuses them) and
+    ground truth (uint8; all zeros without pixel ground truth), only with ``keep_maps``.
+    ``seconds``: wall time of the evaluation. ``absent``: metric → why it was not
+    computed (the pixel metrics of a test set without masks), {} otherwise.
     """
 
     metrics: dict[str, float]
     scores: list[dict]
     metrics_by_scales: dict[str, dict[str, float]] = field(default_factory=dict)
-    maps: np.ndarray | None = None  # N×H×W float16 fused maps (cfg.score_scales)
+    maps: np.ndarray | None = None  # N×H×W float32 fused maps (cfg.score_scales)
     masks: np.ndarray | None = None  # N×H×W uint8 ground truth (all zeros without pixel ground truth)
     seconds: float = 0.0
     # metric → why it was not computed (the pixel metrics of an image-labelled test set);
@@ -75,27 +79,26 @@ def has_pixel_ground_truth(samples: Sequence[Sample]) -> bool:
 
 
 @torch.no_grad()
-def infer(model: MRKD, images: torch.Tensor, cfg: MRKDConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Per-scale anomaly maps (B×3×H×W, unblurred) of a normalised batch."""
+def infer(model: MRKD, images: torch.Tensor, cfg: MRKDConfig) -> torch.Tensor:
+    """Per-scale anomaly maps (B×3×S×S, unblurred, float32) of a normalised B×3×S×S batch.
+
+    Each image's maps depend on that image and the model only (fixed test-time masks).
+    """
     use_flm = cfg.flm and cfg.flm_at_test
     device = next(model.parameters()).device
     with autocast_context(device, cfg.precision):
-        f_t, f_s = model.forward_test(images, generator=generator, flm=use_flm)
+        f_t, f_s = model.forward_test(images, flm=use_flm)
     return per_scale_maps([f.float() for f in f_t], [f.float() for f in f_s], cfg.image_size)
-
-
-def test_generator(cfg: MRKDConfig, device: torch.device) -> torch.Generator:
-    """The generator of the test-time FLM masks on ``device``, seeded by ``cfg.flm_test_seed`` (repeatable scores)."""
-    return torch.Generator(device=device).manual_seed(cfg.flm_test_seed)
 
 
 @torch.no_grad()
 def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps: bool = False,
-             scale_sets: Sequence[Sequence[int]] | None = None) -> EvalResult:
+             scale_sets: Sequence[Sequence[int]] | None = None, metrics: bool = True) -> EvalResult:
     """Anomaly maps (Eq. 5), image scores (Eq. 6) and metrics of every test sample.
 
     ``scale_sets``: extra fusions to score from the same forward passes (Table 7 needs
     no retraining); their metrics land in ``metrics_by_scales`` keyed like '1,3'.
+    ``metrics=False``: scores (and maps) only, e.g. of defect-free calibration images.
     """
     if not samples:
         raise DataError("the test split is empty — add images to test/good and test/<defect> folders")
@@ -106,7 +109,6 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
     dataset = TestDataset(list(samples), cfg.image_size, cfg.normalize_mean, cfg.normalize_std)
     loader = DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    generator = test_generator(cfg, device)
     # dict keeps order and drops duplicates of the main fusion
     want = {scales_key(s): tuple(s) for s in [cfg.score_scales, *(scale_sets or [])]}
     fused: dict[str, list[np.ndarray]] = {key: [] for key in want}
@@ -115,7 +117,7 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
     main_key = scales_key(cfg.score_scales)
     for batch in unwrap_worker_errors(loader):  # a bad file's DataError stays one line
         images = batch["image"].to(device, non_blocking=True)  # MRKD.prepare_input applies the model's layout
-        psm = infer(model, images, cfg, generator)
+        psm = infer(model, images, cfg)
         for key, s in want.items():
             fused[key].append(fuse_maps(psm, s, cfg.gaussian_sigma).cpu().numpy().astype(np.float32))
         masks.append(batch["mask"][:, 0].numpy().astype(np.uint8))
@@ -135,14 +137,15 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
     for key, chunks in fused.items():
         maps = np.concatenate(chunks)
         img_scores = maps.reshape(maps.shape[0], -1).max(axis=1)
-        by_scales[key] = compute_all(img_scores, labels, maps, all_masks if pixel_ground_truth else None)
+        by_scales[key] = (compute_all(img_scores, labels, maps, all_masks if pixel_ground_truth else None)
+                          if metrics else {})
         if key == main_key:
             main_maps = maps
     return EvalResult(
         metrics=by_scales[main_key],
         scores=scores,
         metrics_by_scales=by_scales if scale_sets else {},
-        maps=main_maps.astype(np.float16) if keep_maps and main_maps is not None else None,
+        maps=main_maps if keep_maps else None,
         masks=all_masks if keep_maps else None,
         seconds=time.perf_counter() - t0,
         absent=absent_metrics(pixel_ground_truth),

@@ -12,23 +12,31 @@ Every path of the engine, the CLI and the flows is derived here from ``Task.key`
     tables/{metrics,scores}/dataset=<d>/run_id=<r>/<table_name>   (mrkd_core.results)
 
 A run directory is *complete* when its manifest lists intact objects and was written by
-this training revision; complete ones are what reruns skip to and what ``mrkd evaluate``
-loads models from. Nothing here trains or imports torch.
+this training revision; complete ones are what ``mrkd evaluate`` loads models from. A
+rerun skips to a complete one only when it was computed from the same inputs
+(``mrkd_core.lineage``: config, training and test data fingerprints, training and
+evaluation revisions; ``task_inputs``); otherwise the key is trained again and the old run
+directory stays as history. Nothing here trains or imports torch.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 
+from mrkd_core.data import Sample, get_dataset
+from mrkd_core.data.fingerprint import HashCache, fingerprint_samples
+from mrkd_core.data.holdout import holdout_split
+from mrkd_core.data.subsample import subsample_test, subsample_train
 from mrkd_core.errors import ConfigError, StorageError
+from mrkd_core.lineage import Lineage
+from mrkd_core.partitioned import check_run_id
 from mrkd_core.results import MANIFEST, is_complete
-from mrkd_core.revision import TRAINING_REVISION, stored_revision
+from mrkd_core.revision import EVALUATION_REVISION, TRAINING_REVISION, stored_revision
 from mrkd_core.specs import Task
 from mrkd_core.storage import ArtifactStore
 
@@ -40,9 +48,6 @@ EVALUATIONS = "evaluations"
 # metrics, scores, maps and configs are hashed; a WRN50 model.pt (~0.5 GB) is not downloaded.
 SKIP_CHECK_HASH_BYTES = 64 * 1024 * 1024
 
-# A run id is a path component and a hive partition value (``run_id=<id>``): no '/', '='.
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
 
 def resolve_run_id(run_id: str | None, prefix: str, when: datetime | None = None) -> str:
     """``<prefix>-<UTC yyyymmdd-HHMMSS>`` by default; ``{date}``, ``{time}``, ``{spec}`` are filled in.
@@ -51,7 +56,7 @@ def resolve_run_id(run_id: str | None, prefix: str, when: datetime | None = None
     (``train``, ``evaluate``). Placeholders let a deployment keep a static parameter
     (``nightly-{date}``) while each scheduled run gets its own id; ``when`` is the run's
     scheduled time so that a late or retried nightly keeps the date it was scheduled for.
-    Raises ``ConfigError`` for an unknown placeholder or an id that is not a safe name.
+    Raises ``ConfigError`` for an unknown placeholder or an id that cannot name a folder.
     """
     when = (when or datetime.now(timezone.utc)).astimezone(timezone.utc)
     if not run_id:
@@ -60,9 +65,9 @@ def resolve_run_id(run_id: str | None, prefix: str, when: datetime | None = None
         resolved = run_id.format(spec=prefix, date=when.strftime("%Y%m%d"), time=when.strftime("%H%M%S"))
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"run id {run_id!r}: unknown placeholder ({exc}); use {{date}}, {{time}}, {{spec}}") from None
-    if not _RUN_ID.match(resolved):
-        raise ConfigError(f"run id {resolved!r} must match {_RUN_ID.pattern} (it names a folder and a partition)")
-    return resolved
+    # Any text that can name a folder (digits only, dates, spaces, Unicode): partition
+    # values are percent-encoded and read back as strings (mrkd_core.partitioned).
+    return check_run_id(resolved)
 
 
 def run_dir(task: Task, run_id: str) -> str:
@@ -107,13 +112,50 @@ def is_evaluated(manifest: dict) -> bool:
     return "metrics.parquet" in manifest.get("files", {})
 
 
-def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None, evaluated: bool = True) -> str | None:
-    """The run directory of a complete result for this key (newest run first), or None.
+def task_inputs(task: Task, evaluated: bool = True) -> tuple[Lineage, list[Sample], list[Sample]]:
+    """The task's training and test splits and the :class:`Lineage` they make with its config.
+
+    The training fingerprint covers the images trained on: train/good less the
+    ``validation_fraction`` held out for calibration (``data.holdout``); the returned
+    ``train_samples`` are all of train/good (``train`` and the calibration split them the
+    same way). The lineage names this code's evaluation revision (every stored result is
+    scored or calibrated by it). Both splits are fingerprinted with one hash cache of the dataset root (only files
+    whose size or mtime changed are read). ``evaluated=False`` (a run that does not
+    evaluate; its dataset may have no test split) lists no test split: the lineage then
+    names no test data and the test list is empty. Raises ``DataError`` for unreadable data.
+    """
+    cfg = task.config
+    ds = get_dataset(task.dataset)
+    # A declared subsample (config train_subsample/test_subsample, data.subsample) is the
+    # data of this task: trained on, evaluated on and fingerprinted.
+    train_samples = subsample_train(ds.train_samples(task.data_root, task.category), cfg.train_subsample)
+    test_samples = (subsample_test(ds.test_samples(task.data_root, task.category), cfg.test_subsample)
+                    if evaluated else [])
+    # What training sees: train/good less the validation_fraction held out for calibration
+    # (the same split ``train`` makes; all of it at the paper's fraction 0).
+    trained = holdout_split(train_samples, cfg.validation_fraction, cfg.seed)[0]
+    cache = HashCache(task.data_root)
+    lineage = Lineage(cfg.config_hash(), fingerprint_samples(trained, task.data_root, cache).digest,
+                      fingerprint_samples(test_samples, task.data_root, cache).digest if evaluated else None,
+                      evaluation_revision=EVALUATION_REVISION)
+    cache.save()
+    return lineage, train_samples, test_samples
+
+
+def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None, evaluated: bool = True,
+                  lineage: Lineage | None = None) -> str | None:
+    """The run directory of a complete result for this key and these inputs (newest run first), or None.
 
     ``run_id`` limits the search to that run (what a forced task accepts); ``evaluated``
     asks for a result with metrics (what every caller but ``mrkd train --no-evaluate``
-    needs). A complete directory whose ``config.json`` is another config under the same
-    hash raises a ``StorageError`` rather than being reused as this task's result.
+    needs). ``lineage`` (default: :func:`task_inputs` of ``task``, computed only when a
+    complete directory is found) must match what the manifest recorded
+    (``Lineage.stale_reason``, the one skip rule): a result trained by another training
+    revision or on other training data, evaluated on other test data or scored by
+    another evaluation revision (e.g. the test-time masks before revision 2) is kept as
+    history, never reused. A complete directory whose
+    ``config.json`` is another config under the same hash raises a ``StorageError``
+    rather than being reused as this task's result.
     """
     runs = [f"{RUNS}/{run_id}"] if run_id is not None else sorted(store.list(RUNS), reverse=True)
     for run in runs:
@@ -122,9 +164,12 @@ def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None, e
         if manifest is None:
             continue
         check_no_collision(store, task, d)
-        if not is_current(store, d, manifest):
-            continue
         if evaluated and not is_evaluated(manifest):
+            continue
+        lineage = lineage or task_inputs(task, evaluated)[0]
+        stale = lineage.stale_reason(manifest)
+        if stale is not None:
+            log.info("not reusing %s: %s", store.uri(d), stale)
             continue
         return d
     return None

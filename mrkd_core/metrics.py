@@ -166,8 +166,9 @@ def _auroc(split: _Split) -> float:
     return twice_u / (2 * neg.size * pos.size)
 
 
-def _f1_max(split: _Split) -> float:
-    """max over thresholds t of 2 TP / (2 TP + FP + FN) with 'score >= t' predicted positive.
+def _f1_max_at(split: _Split) -> tuple[float, float]:
+    """(max over thresholds t of 2 TP / (2 TP + FP + FN), the smallest t reaching it), with
+    'score >= t' predicted positive.
 
     Only positive scores need to be tried: lowering the threshold past negatives alone
     never raises F1. anomalib's F1Max adds 1e-10 to the denominator; this does not.
@@ -176,7 +177,13 @@ def _f1_max(split: _Split) -> float:
     first = np.flatnonzero(np.r_[True, np.diff(pos) != 0])  # first index of each distinct score
     tp = pos.size - first
     fp = neg.size - np.searchsorted(neg, pos[first], side="left")
-    return float(np.max(2.0 * tp / (tp + fp + pos.size)))
+    f1 = 2.0 * tp / (tp + fp + pos.size)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(pos[first[best]])
+
+
+def _f1_max(split: _Split) -> float:
+    return _f1_max_at(split)[0]
 
 
 # What a positive / negative is called in warnings, per kind of metric.
@@ -423,6 +430,21 @@ def f1_max_pixel(maps: npt.ArrayLike, masks: npt.ArrayLike) -> float:
     m = _as_maps(maps)
     gt = _as_binary(masks, "masks", m.shape, "maps")
     return _f1_or_nan(_split(m, gt), "f1_max_pixel", "pixel")
+
+
+def f1_max_threshold(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, float]:
+    """(best F1, threshold t reaching it) over all thresholds, 'score >= t' predicted positive.
+
+    ``scores`` and ``labels`` of any equal shape (image scores, or maps and masks pooled
+    over pixels). t is the smallest such positive score (anomalib's adaptive threshold
+    picks the same F1). Needs at least one positive: otherwise a ValueError.
+    """
+    s = _as_scores(np.ravel(np.asarray(scores)), "scores")
+    y = _as_binary(np.ravel(np.asarray(labels)), "labels", s.shape, "scores")
+    split = _split(s, y)
+    if split.positive.size == 0:
+        raise ValueError("an F1-optimal threshold needs at least one positive (defective image or pixel)")
+    return _f1_max_at(split)
 
 
 def absent_metrics(has_pixel_ground_truth: bool) -> dict[str, str]:

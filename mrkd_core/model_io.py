@@ -4,12 +4,19 @@ A model file holds the config and the *whole* state dict, teacher included, so t
 inspection engineer can score images on a machine without ImageNet weights or a
 network. It contains only tensors, strings and numbers: ``torch.load(weights_only=True)``
 reads it, and nothing in it can execute code.
+
+It may also hold a calibration (``mrkd_core.inference.calibration``: thresholds, their
+normalisation and how they were obtained) as a plain dict; recalibrating rewrites the
+file with the new one and keeps the previous ones in ``calibration_history``.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -17,7 +24,8 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.device import place_model
 from mrkd_core.errors import MRKDError, StorageError, unpickle_error
 from mrkd_core.model import MRKD, build_mrkd
-from mrkd_core.revision import TRAINING_REVISION
+from mrkd_core.results import update_manifest_entry
+from mrkd_core.revision import TRAINING_REVISION, stored_revision
 from mrkd_core.storage import ArtifactStore, open_uri
 
 log = logging.getLogger(__name__)
@@ -25,8 +33,30 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "mrkd-model/1"
 
 
-def model_bytes(model: MRKD, cfg: MRKDConfig, extra: dict | None = None) -> bytes:
-    """The model file's bytes: format, training revision, config JSON, the whole state dict, ``extra``."""
+@dataclass
+class ModelFile:
+    """A loaded model file: the network (None when only the record was read), its config,
+    calibration (a dict, None when uncalibrated) and what else the file records."""
+
+    model: MRKD | None
+    config: MRKDConfig
+    calibration: dict[str, Any] | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    training_revision: int = TRAINING_REVISION
+    calibration_history: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
+
+
+def _state_bytes(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def model_bytes(model: MRKD, cfg: MRKDConfig, extra: dict | None = None,
+                calibration: dict | None = None) -> bytes:
+    """The model file's bytes: format, training revision, config JSON, the whole state dict,
+    ``extra`` and, when given, the calibration."""
     state = {
         "format": MODEL_FORMAT,
         "training_revision": TRAINING_REVISION,
@@ -34,23 +64,19 @@ def model_bytes(model: MRKD, cfg: MRKDConfig, extra: dict | None = None) -> byte
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": dict(extra or {}),
     }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
+    if calibration is not None:
+        state["calibration"] = dict(calibration)
+    return _state_bytes(state)
 
 
 def save_model(model: MRKD, cfg: MRKDConfig, store: ArtifactStore, rel_path: str = "model.pt",
-               extra: dict | None = None) -> str:
+               extra: dict | None = None, calibration: dict | None = None) -> str:
     """Write ``model.pt`` atomically into ``store``; returns its URI."""
-    store.write_bytes(rel_path, model_bytes(model, cfg, extra))
+    store.write_bytes(rel_path, model_bytes(model, cfg, extra, calibration))
     return store.uri(rel_path)
 
 
-def load_model_bytes(data: bytes, source: str, device: str | torch.device = "cpu") -> tuple[MRKD, MRKDConfig]:
-    """(model in eval mode on ``device``, its config) from a model file's bytes; ``MRKDError`` naming ``source``.
-
-    State dicts in an earlier naming load too (``bottleneck.*`` → ``ocbe.*``, ``MRKD.load_state_dict``).
-    """
+def _read_state(data: bytes, source: str) -> dict:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our model file"
@@ -58,31 +84,105 @@ def load_model_bytes(data: bytes, source: str, device: str | torch.device = "cpu
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise MRKDError(f"{source}: not an MRKD model file (expected format {MODEL_FORMAT}); "
                         "pass the model.pt written by `mrkd train`")
-    cfg = MRKDConfig.from_json(state["config"], source=source)
+    return state
+
+
+def _model_file(state: dict, source: str) -> ModelFile:
+    calibration = state.get("calibration")
+    return ModelFile(
+        model=None,
+        config=MRKDConfig.from_json(state["config"], source=source),
+        calibration=dict(calibration) if isinstance(calibration, dict) else None,
+        extra=dict(state.get("extra") or {}),
+        training_revision=stored_revision(state),
+        calibration_history=list(state.get("calibration_history") or []),
+        source=source,
+    )
+
+
+def load_model_bytes(data: bytes, source: str, device: str | torch.device = "cpu") -> tuple[MRKD, MRKDConfig]:
+    """(model in eval mode on ``device``, its config) from a model file's bytes; ``MRKDError`` naming ``source``.
+
+    State dicts in an earlier naming load too (``bottleneck.*`` → ``ocbe.*``, ``MRKD.load_state_dict``).
+    """
+    loaded = load_model_file_bytes(data, source, device)
+    return loaded.model, loaded.config
+
+
+def load_model_file_bytes(data: bytes, source: str, device: str | torch.device = "cpu",
+                          build: bool = True) -> ModelFile:
+    """The model file in ``data``; ``build=False`` reads config, calibration and records only."""
+    state = _read_state(data, source)
+    record = _model_file(state, source)
+    if not build:
+        return record
+    cfg = record.config
     # The teacher's weights are inside the file: build it randomly initialised, then load.
     model = build_mrkd(cfg.replace(teacher_weights="none"))
     try:
         model.load_state_dict(state["state_dict"], strict=True)
     except RuntimeError as exc:
         raise MRKDError(f"{source}: weights do not match the {cfg.backbone} architecture ({exc})") from None
-    place_model(model, cfg, torch.device(device)).eval()
-    return model, cfg
+    record.model = place_model(model, cfg, torch.device(device)).eval()
+    return record
 
 
 def load_model(location: str | ArtifactStore, rel_path: str | None = None,
                device: str | torch.device = "cpu") -> tuple[MRKD, MRKDConfig]:
     """Load a model from a path/URI, or from ``rel_path`` inside a store."""
+    loaded = load_model_file(location, rel_path, device)
+    return loaded.model, loaded.config
+
+
+def load_model_file(location: str | ArtifactStore, rel_path: str | None = None,
+                    device: str | torch.device = "cpu", build: bool = True) -> ModelFile:
+    """Network, config and calibration of a model file (path/URI, or ``rel_path`` in a store)."""
+    data, source = _model_file_data(location, rel_path)
+    return load_model_file_bytes(data, source, device, build=build)
+
+
+def write_calibration(location: str, calibration: dict[str, Any]) -> str:
+    """Store ``calibration`` in the model file at ``location`` (path or URI), atomically.
+
+    The weights and everything else stay as they are; the calibration the file held is
+    appended to ``calibration_history``, so recalibrating loses nothing. A run directory's
+    ``manifest.json`` beside the file that lists it is updated too, so the run stays
+    complete for the skip rule and for readers. Returns the URI.
+    """
+    data, source = _model_file_data(location, None)
+    state = _read_state(data, source)
+    previous = state.get("calibration")
+    if isinstance(previous, dict):
+        state["calibration_history"] = [*list(state.get("calibration_history") or []), previous]
+    state["calibration"] = dict(calibration)
+    parent, name = posixpath.split(str(location).rstrip("/"))
+    store = ArtifactStore(parent or ".")
+    new = _state_bytes(state)
+    store.write_bytes(name, new)
+    if update_manifest_entry(store, "", name, new):
+        log.info("%s: manifest updated for the recalibrated %s", store.uri(), name)
+    return store.uri(name)
+
+
+def _model_file_data(location: str | ArtifactStore, rel_path: str | None) -> tuple[bytes, str]:
+    """(bytes, source) of a model file; a missing or unreadable one is a one-line error."""
     if isinstance(location, ArtifactStore):
         rel = rel_path or "model.pt"
         source = location.uri(rel)
         data = location.read_bytes(rel)
     else:
         source = str(location)
-        try:
-            with open_uri(source, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            raise MRKDError(f"{source}: model file not found — pass the model.pt written by `mrkd train`") from None
-        except Exception as exc:  # noqa: BLE001
-            raise StorageError(f"{source}: cannot read model ({type(exc).__name__}: {exc})") from None
-    return load_model_bytes(data, source, device)
+        data = read_location(source, "model file not found — pass the model.pt written by `mrkd train`")
+    return data, source
+
+
+def read_location(location: str, missing: str) -> bytes:
+    """The bytes at a path or URI. Missing: an MRKDError ``"<location>: <missing>"``; any
+    other failure: a one-line StorageError."""
+    try:
+        with open_uri(location, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise MRKDError(f"{location}: {missing}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise StorageError(f"{location}: cannot read ({type(exc).__name__}: {exc})") from None

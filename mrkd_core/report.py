@@ -200,6 +200,38 @@ def select_scores(scores_df: pd.DataFrame | None, metrics_df: pd.DataFrame | Non
     return pd.concat(chosen, ignore_index=True)
 
 
+def thresholds_on_test_split(scores_df: pd.DataFrame | None) -> list[str]:
+    """``dataset/category (variants)`` whose verdicts come from thresholds chosen on their test split.
+
+    Read from the scores table's ``on_evaluation_images`` (the calibration's own record,
+    ``mrkd_core.inference.calibration``): the flows calibrate on the test split when no
+    train/good images were held out. Rows without the column or with null there (no
+    calibration, or stored before it existed) name nothing.
+    """
+    if scores_df is None or scores_df.empty or "on_evaluation_images" not in scores_df.columns:
+        return []
+    flagged = scores_df[[v is True or v is np.True_ for v in scores_df["on_evaluation_images"]]]
+    if flagged.empty:
+        return []
+    variants: dict[str, set[str]] = {}
+    for ds, cat, var in zip(flagged["dataset"].astype(str), flagged["category"].astype(str),
+                            flagged["variant"].astype(str) if "variant" in flagged else [""] * len(flagged)):
+        variants.setdefault(f"{ds}/{cat}", set()).add(var)
+    return [f"{key} ({', '.join(sorted(v for v in vs if v))})" if any(vs) else key
+            for key, vs in sorted(variants.items())]
+
+
+def threshold_note(scores_df: pd.DataFrame | None) -> str | None:
+    """The report's line when a threshold was chosen on the images it is then evaluated on; else None."""
+    where = thresholds_on_test_split(scores_df)
+    if not where:
+        return None
+    return (f"Verdicts of {', '.join(where)} (scores table: verdict, normalized_score, threshold): the image "
+            "threshold was chosen on the test split these metrics are measured on (calibration "
+            "on_evaluation_images), so the verdicts are no unbiased test of it. Hold out defect-free training "
+            "images (validation_fraction) to choose thresholds elsewhere.")
+
+
 def _category_order(dataset: str, categories: Sequence[str]) -> list[str]:
     cats = list(dict.fromkeys(categories))
     if dataset == "mvtec":
@@ -325,6 +357,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#222;max-width:1400px}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
 .banner{padding:.6rem 1rem;margin:.5rem 0;border-radius:4px;background:#fff3cd;border:1px solid #e0b000}
+.banner.regressed{background:#f8d7da;border-color:#c0392b}
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.8rem}
 th,td{border:1px solid #ccc;padding:.2rem .4rem;white-space:nowrap}td.num{text-align:right}
 th.measured,td.measured{background:#e8f4ea}th.paper,td.paper{background:#eef0fb}
@@ -335,7 +368,7 @@ figcaption{font-size:.85rem;color:#444}
 
 
 def _html_page(run_id: str, tables: dict[str, pd.DataFrame], figures: list[tuple[str, str, bytes]],
-               generated: str) -> str:
+               generated: str, threshold_line: str | None = None, regressions: Sequence[str] = ()) -> str:
     narrowed = sorted({r for t in tables.values() if t.attrs.get("narrowed") for r in t.attrs.get("runs", [])})
     off = sorted({r for t in tables.values() if t.attrs.get("not_paper_setting") for r in t.attrs.get("runs", [])})
     runs = sorted({r for t in tables.values() for r in t.attrs.get("runs", [])})
@@ -348,6 +381,11 @@ def _html_page(run_id: str, tables: dict[str, pd.DataFrame], figures: list[tuple
         "measured here, blue columns are the paper's MRKD, grey columns are other methods' "
         "published numbers as printed in the MRKD paper.</p>",
     ]
+    if regressions:
+        parts.append('<div class="banner regressed"><strong>Regressed</strong> (worse than the model in use beyond '
+                     'the tolerance; the champion stays): <ul>' + "".join(f"<li>{html.escape(r)}</li>"
+                                                                         for r in regressions)
+                     + '</ul> See <a href="#history">the history</a>.</div>')
     if narrowed:
         parts.append(f'<div class="banner"><strong>Narrowed run</strong> ({html.escape(", ".join(narrowed))}): '
                      "fewer categories, epochs or a smaller image size than the paper — the measured "
@@ -355,6 +393,9 @@ def _html_page(run_id: str, tables: dict[str, pd.DataFrame], figures: list[tuple
     if off:
         parts.append(f'<div class="banner"><strong>Not the paper\'s setting</strong> ({html.escape(", ".join(off))}): '
                      "see each table's notes (e.g. teacher_weights=none).</div>")
+    if threshold_line:
+        parts.append(f'<div class="banner"><strong>Thresholds chosen on the test split.</strong> '
+                     f"{html.escape(threshold_line)}</div>")
     parts.append("<nav><ul>" + "".join(
         f'<li><a href="#{html.escape(k)}">{html.escape(t.attrs.get("title", k))}</a></li>' for k, t in tables.items()
     ) + ('<li><a href="#figures">Figures</a></li>' if figures else "") + "</ul></nav>")
@@ -381,15 +422,20 @@ def write_report(
     *,
     published_df: pd.DataFrame | None = None,
     max_maps_per_category: int = 3,
+    history_df: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Write every table, figure and the HTML page of ``run_id`` into ``reports/<run_id>/``.
 
     ``metrics_df`` may hold several runs (the tables keep the latest cell, see
     :mod:`mrkd_core.tables`); ``scores_df`` feeds Fig. 6; ``maps_provider(dataset, category)``
     returns a few (image, mask, anomaly map) triples from the run's own ``maps.npz`` for
-    Fig. 7 — without it that figure is skipped. Returns ``{"html": path, "tables": {key:
+    Fig. 7 — without it that figure is skipped. When ``scores_df`` says a model's image
+    threshold was chosen on its test split (``on_evaluation_images``), the measured
+    table's notes and the HTML page say so (:func:`threshold_note`). ``history_df`` (the
+    registry's ``history`` table) adds the history section of the models this run tracked,
+    regressions flagged (:mod:`mrkd_core.history_report`). Returns ``{"html": path, "tables": {key:
     [parquet, md]}, "figures": [paths], "paths": [every path written]}``, paths relative
-    to the store root.
+    to the store root, and ``"regressions"``: one line per category that regressed in this run.
     """
     base = f"reports/{run_id.strip('/')}"
     written: list[str] = []
@@ -401,6 +447,19 @@ def write_report(
         return path
 
     tables = {"measured": build_table("measured", metrics_df, published_df), **build_all(metrics_df, published_df)}
+    # Thresholds never come from the images they are then evaluated on without the report saying so.
+    threshold_line = threshold_note(scores_df)
+    if threshold_line:
+        measured = tables["measured"]
+        measured.attrs["notes"] = [*(measured.attrs.get("notes") or []), threshold_line]
+    history_figures: list[tuple[str, str, bytes]] = []
+    regressions: list[str] = []
+    if history_df is not None:
+        from mrkd_core.history_report import HISTORY_KEY, history_section
+
+        history, history_figures, regressions = history_section(history_df, run_id)
+        if history is not None:
+            tables[HISTORY_KEY] = history
     table_paths: dict[str, list[str]] = {}
     for key, t in tables.items():
         buf = io.BytesIO()
@@ -449,14 +508,19 @@ def write_report(
     png = lambda_figure(tables["fig_11"])
     if png is not None:
         add_figure("fig11_lambda.png", "Fig. 11 style: measured metrics against the FLM masking ratio λ.", png)
+    for name, caption, png in history_figures:
+        add_figure(name, caption, png)
 
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    html_path = put("report.html", _html_page(run_id, tables, figures, generated).encode("utf-8"))
+    html_path = put("report.html", _html_page(run_id, tables, figures, generated, threshold_line,
+                                              regressions).encode("utf-8"))
     log.info("report of %s: %d tables, %d figures in %s", run_id, len(tables), len(figures), store.uri(base))
-    return {"html": html_path, "tables": table_paths, "figures": figure_paths, "paths": written}
+    return {"html": html_path, "tables": table_paths, "figures": figure_paths, "paths": written,
+            "regressions": regressions}
 
 
 __all__ = [
     "format_cell", "heatmap_figure", "lambda_figure", "score_distribution_figure",
-    "select_scores", "table_to_html", "table_to_markdown", "write_report",
+    "select_scores", "table_to_html", "table_to_markdown", "threshold_note", "thresholds_on_test_split",
+    "write_report",
 ]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mrkd_core.evaluate import EvalResult
+    from mrkd_core.lineage import Lineage
     from mrkd_core.specs import Task
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,15 @@ METRICS_SCHEMA = pa.schema(
         pa.field("git_revision", pa.string()),
         pa.field("started_at", _TS),
         pa.field("finished_at", _TS),
+        # What the row was computed from (mrkd_core.lineage); null in rows written before them.
+        pa.field("train_fingerprint", pa.string()),
+        pa.field("test_fingerprint", pa.string()),
+        pa.field("training_revision", pa.int64()),
     ]
 )
+
+# The score columns that come from the model's calibration (null where it has none).
+VERDICT_COLUMNS = ("normalized_score", "verdict", "threshold", "on_evaluation_images")
 
 SCORES_SCHEMA = pa.schema(
     [
@@ -102,6 +110,14 @@ SCORES_SCHEMA = pa.schema(
         pa.field("defect_type", pa.string()),
         pa.field("label", pa.int8()),
         pa.field("score", pa.float64()),
+        # From the model's calibration (mrkd_core.inference); null where it is uncalibrated
+        # and in rows stored before these columns existed.
+        pa.field("normalized_score", pa.float64()),
+        pa.field("verdict", pa.string()),
+        pa.field("threshold", pa.float64()),  # the image threshold, on the raw score
+        # True: the threshold was chosen on this test split (the calibration's
+        # on_evaluation_images), so the verdicts are no unbiased test of it; the report says so.
+        pa.field("on_evaluation_images", pa.bool_()),
     ]
 )
 
@@ -113,14 +129,15 @@ def cfg_columns(cfg: MRKDConfig) -> dict[str, Any]:
 
 
 def metrics_rows(task: Task, run_id: str, ev: EvalResult, training: dict[str, Any], started_at: datetime,
-                 finished_at: datetime) -> list[dict[str, Any]]:
+                 finished_at: datetime, lineage: Lineage) -> list[dict[str, Any]]:
     """``METRICS_SCHEMA`` rows of one evaluated task: one per fused scale set (Table 7), the config's first.
 
     ``training`` is the training record (``n_train``, ``train_seconds``,
     ``images_per_second``, ``device``; what the run directory's ``train.json`` holds; a
-    field it lacks is null). Metrics ``ev`` reports absent (pixel metrics of a test set
-    without masks) are stored null with the reason in ``pixel_metrics_absent``; other
-    metrics missing from ``ev`` are NaN.
+    field it lacks is null). ``lineage``: what the model was trained and evaluated on
+    (``mrkd_core.lineage``; its fingerprints and training revision become columns).
+    Metrics ``ev`` reports absent (pixel metrics of a test set without masks) are stored
+    null with the reason in ``pixel_metrics_absent``; other metrics missing from ``ev`` are NaN.
     """
     import torch
 
@@ -138,6 +155,7 @@ def metrics_rows(task: Task, run_id: str, ev: EvalResult, training: dict[str, An
         "device": _maybe(str, training.get("device")), "torch_version": torch.__version__,
         "mrkd_version": mrkd_core.__version__,
         "git_revision": git_revision(), "started_at": started_at, "finished_at": finished_at,
+        "test_fingerprint": None, **lineage.record(),  # (record() names the test data when it is known)
     }
     by_scales = ev.metrics_by_scales or {scales_key(cfg.score_scales): ev.metrics}
     absent = {ABSENT_COLUMN: next(iter(ev.absent.values()), None)}  # to_table writes those metrics null
@@ -149,12 +167,19 @@ def _maybe(kind: type, value: Any) -> Any:
     return None if value is None else kind(value)
 
 
-def score_rows(task: Task, run_id: str, ev: EvalResult) -> list[dict[str, Any]]:
-    """``SCORES_SCHEMA`` rows: one per test image, its image score (Eq. 6) of the config's fusion."""
+def score_rows(task: Task, run_id: str, ev: EvalResult,
+               verdicts: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """``SCORES_SCHEMA`` rows: one per test image, its image score (Eq. 6) of the config's fusion.
+
+    ``verdicts``: ``{"normalized_score", "verdict", "threshold", "on_evaluation_images"}`` per
+    image from the model's calibration (``mrkd_core.inference.calibration.verdict_columns``);
+    None leaves them null.
+    """
     config_hash = task.config.config_hash()
+    verdicts = verdicts or [dict.fromkeys(VERDICT_COLUMNS)] * len(ev.scores)
     return [{"run_id": run_id, "dataset": task.dataset, "category": task.category, "config_hash": config_hash,
              "variant": task.variant, "path": s["path"], "defect_type": s["defect_type"], "label": int(s["label"]),
-             "score": float(s["score"])} for s in ev.scores]
+             "score": float(s["score"]), **v} for s, v in zip(ev.scores, verdicts)]
 
 
 def summary_rows(metrics: pd.DataFrame, run_id: str) -> list[dict[str, Any]]:
@@ -231,6 +256,26 @@ def write_manifest(store: ArtifactStore, run_dir: str, files: list[str], extra: 
     return manifest
 
 
+def update_manifest_entry(store: ArtifactStore, run_dir: str, rel: str, data: bytes) -> bool:
+    """Re-record ``rel``'s size and sha256 in ``run_dir``'s manifest after a deliberate rewrite
+    of it with ``data`` (a recalibrated ``model.pt``), so the run stays complete.
+
+    False, and nothing written, when ``run_dir`` has no manifest or the manifest does not
+    list ``rel``. The rewrite is recorded as ``updated``: ``{rel: time}``.
+    """
+    rel_manifest = f"{run_dir}/{MANIFEST}" if run_dir else MANIFEST
+    if not store.exists(rel_manifest):
+        return False
+    manifest = store.read_json(rel_manifest)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or rel not in files:
+        return False
+    files[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["updated"] = {**dict(manifest.get("updated") or {}), rel: utcnow().isoformat()}
+    store.write_json(rel_manifest, manifest)
+    return True
+
+
 def verify_manifest(store: ArtifactStore, run_dir: str, max_hash_bytes: int | None = None) -> list[str]:
     """Problems of a run directory ([] = complete and intact).
 
@@ -278,74 +323,21 @@ def is_complete(store: ArtifactStore, run_dir: str, max_hash_bytes: int | None =
     return not verify_manifest(store, run_dir, max_hash_bytes)
 
 
-# --------------------------------------------------------------------------- partitioned tables
-# Which run directory a partition file was copied from (a skipped task's rows come from an
-# earlier run): stored in the Parquet footer, so the schema stays exactly METRICS_SCHEMA.
-SOURCE_KEY = b"mrkd.run_dir"
-PARTITION_COLUMNS = ("dataset", "run_id")  # carried by the hive path, not the files
-
-
-def partition_path(kind: str, dataset: str, run_id: str, name: str) -> str:
-    """``tables/<kind>/dataset=<d>/run_id=<r>/<name>``: one read of ``tables/<kind>`` gets every run."""
-    return f"tables/{kind}/dataset={dataset}/run_id={run_id}/{name}"
-
-
-def partition_bytes(rows: list[dict], schema: pa.Schema, source_run_dir: str) -> bytes:
-    """Parquet of ``rows`` without the partition columns, tagged with the run dir they came from.
-
-    pyarrow refuses a column that is both in the file and in the hive path, so the
-    partition columns live only in the path.
-    """
-    table = to_table(rows, schema).drop_columns(list(PARTITION_COLUMNS))
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source_run_dir.encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
-def read_partitions(store: ArtifactStore, kind: str, schema: pa.Schema, run_id: str | None = None) -> pd.DataFrame:
-    """Every row of ``tables/<kind>`` (one run or all) whose source run has its manifest.
-
-    A partition file whose run directory lost its manifest (deleted, or being rewritten
-    by a forced rerun) is left out: readers see complete runs only.
-    """
-    import pandas as pd
-
-    frames = []
-    manifest_seen: dict[str, bool] = {}
-    for dataset_dir in store.list(f"tables/{kind}"):
-        dataset = dataset_dir.rsplit("dataset=", 1)[-1]
-        for run_path in store.list(dataset_dir):
-            rid = run_path.rsplit("run_id=", 1)[-1]
-            if run_id is not None and rid != run_id:
-                continue
-            for f in store.list(run_path):
-                if not f.endswith(".parquet"):
-                    continue
-                table = read_parquet_bytes(store.read_bytes(f))
-                source = (table.schema.metadata or {}).get(SOURCE_KEY)
-                if source is not None:
-                    src = source.decode()
-                    if src not in manifest_seen:
-                        manifest_seen[src] = store.exists(f"{src}/{MANIFEST}")
-                    if not manifest_seen[src]:
-                        log.warning("%s: its run %s has no manifest; ignored", store.uri(f), store.uri(src))
-                        continue
-                df = table.to_pandas()
-                df.insert(0, "run_id", rid)
-                df.insert(1, "dataset", dataset)
-                frames.append(df)
-    if not frames:
-        return pd.DataFrame({n: pd.Series(dtype="object") for n in schema.names})
-    # reindex: partitions written before a column existed (e.g. pixel_metrics_absent) read as null
-    return pd.concat(frames, ignore_index=True).reindex(columns=schema.names)
-
-
+# --------------------------------------------------------------------------- reading the tables back
+# The hive-partitioned copies are written and read by mrkd_core.partitioned (which imports
+# this module for the schemas, hence the imports inside the functions).
 def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
-    """All metrics rows (of one run, or all) from the partitioned tables; complete runs only."""
-    return read_partitions(store, "metrics", METRICS_SCHEMA, run_id)
+    """All metrics rows (of one run, or all) from the partitioned tables; complete runs only.
+
+    Files written by older versions are conformed to ``METRICS_SCHEMA`` (null in the columns added since).
+    """
+    from mrkd_core.partitioned import METRICS_TABLE
+
+    return METRICS_TABLE.read(store, run_id=run_id)
 
 
 def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
     """All per-image score rows (of one run, or all) from the partitioned tables; complete runs only."""
-    return read_partitions(store, "scores", SCORES_SCHEMA, run_id)
+    from mrkd_core.partitioned import SCORES_TABLE
+
+    return SCORES_TABLE.read(store, run_id=run_id)

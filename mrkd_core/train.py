@@ -40,9 +40,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from mrkd_core.checkpoint import CheckpointWriter, resume_training
+from mrkd_core.checkpoint import CheckpointWriter, checkpoint_epochs, discard_checkpoints, resume_training
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
+from mrkd_core.data.fingerprint import fingerprint_samples
+from mrkd_core.data.holdout import holdout_split
 from mrkd_core.data.ilm_dataset import ILMTrainDataset, TrainItem, close_loader, decode_train_images, make_loader
 from mrkd_core.data.torch_datasets import normalize
 from mrkd_core.device import autocast_context, cpu_heap_reuse, place_model, resolve_device
@@ -65,6 +67,10 @@ class TrainResult:
     ran). ``device``: where it trained, e.g. ``'cpu'`` or ``'cuda:0'``.
     ``resumed_from_epoch``: completed epochs taken from a checkpoint (0 = from scratch).
     ``log``: one ``{"epoch", "loss", "seconds", "images_per_second"}`` dict per epoch run here.
+    ``n_train``: the images trained on; ``held_out``: the ``cfg.validation_fraction`` of the
+    samples held out for calibration. ``train_fingerprint``: of the images trained on
+    (``mrkd_core.data.fingerprint``): given, or computed when checkpoints are kept; None
+    without checkpoints.
     """
 
     model: MRKD
@@ -74,6 +80,9 @@ class TrainResult:
     device: str
     resumed_from_epoch: int = 0
     log: list[dict] = field(default_factory=list)
+    n_train: int = 0  # images trained on (train/good less the held-out ones)
+    held_out: list[Sample] = field(default_factory=list)  # cfg.validation_fraction of train/good
+    train_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -252,29 +261,49 @@ def _train_epoch(model: MRKD, optimizer: torch.optim.Optimizer, loader: DataLoad
 def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
           checkpoints: ArtifactStore | None = None, resume: bool = True,
           teacher_cache: bool | None = None,
-          on_epoch: Callable[[EpochProgress], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[EpochProgress], None] | None = None,
+          train_fingerprint: str | None = None, on_other_data: str = "restart") -> TrainResult:
     """Train MRKD on the defect-free ``samples`` of one category.
 
     ``checkpoints``: a store (folder or s3 prefix) for ``epoch-NNNN.pt`` every
-    ``cfg.checkpoint_every`` epochs; with ``resume`` the newest valid one is continued.
+    ``cfg.checkpoint_every`` epochs; with ``resume`` the newest valid one is continued
+    (``on_other_data``: see :func:`mrkd_core.checkpoint.load_latest_checkpoint`);
+    without, the store's checkpoints are replaced (kept, their higher epochs would
+    shadow the new ones).
     ``teacher_cache``: reuse the clean images' teacher features (None: when they fit in
     ``teacher_cache_limit``; False: never; True: always).
     ``on_epoch``: called with an :class:`EpochProgress` after every epoch (the flows turn
     it into Prefect progress artifacts); it runs in the training loop, so keep it cheap.
+    ``cfg.validation_fraction`` of the samples is held out (``data.holdout.holdout_split``)
+    and returned in ``TrainResult.held_out`` for calibration.
+    ``train_fingerprint``: the fingerprint of the images trained on (``samples`` less the
+    held-out ones), recorded in checkpoints and compared on resume (a checkpoint of other
+    data is not continued); None = computed from them when ``checkpoints`` is given
+    (names relative to the folder they share; the engine passes the one relative to the
+    dataset root, ``layout.task_inputs``).
     Raises ``DataError`` for bad training images, ``StorageError`` for checkpoints of
-    another config, ``FloatingPointError`` when the loss diverges.
+    another config (or of other data with ``on_other_data="refuse"``),
+    ``FloatingPointError`` when the loss diverges.
     """
+    samples, held_out = holdout_split(samples, cfg.validation_fraction, cfg.seed)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = place_model(build_mrkd(cfg), cfg, device)
     optimizer = build_optimizer(model, cfg)
     start_epoch, losses = 0, []
+    # Decoded before any checkpoint is read or replaced: a bad image fails with its name
+    # and leaves the stored checkpoints as they are.
+    images = decode_train_images(samples, cfg.image_size, category)
+    if checkpoints is not None and train_fingerprint is None:
+        train_fingerprint = fingerprint_samples(samples).digest
+    if checkpoints is not None and not resume and checkpoint_epochs(checkpoints):
+        log.info("not resuming: the checkpoints in %s are replaced by this training", checkpoints.uri())
+        discard_checkpoints(checkpoints)
     if checkpoints is not None and resume:
-        start_epoch, losses = resume_training(checkpoints, cfg, model, optimizer)
+        start_epoch, losses = resume_training(checkpoints, cfg, model, optimizer, train_fingerprint, on_other_data)
         if start_epoch:
             log.info("resuming %s from epoch %d (%s)", category, start_epoch, checkpoints.uri())
 
-    images = decode_train_images(samples, cfg.image_size, category)
     history: list[dict] = []
     n_images = 0
     t0 = time.perf_counter()
@@ -284,7 +313,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
         dataset = ILMTrainDataset(images, cfg, category, with_normal=teacher.needs_normal_images)
         loader = make_loader(dataset, cfg, start_epoch, pin_memory=device.type == "cuda")
         progress = _progress(cfg, category, start_epoch)
-        writer = CheckpointWriter(checkpoints) if checkpoints is not None else None
+        writer = CheckpointWriter(checkpoints, train_fingerprint) if checkpoints is not None else None
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t_epoch = time.perf_counter()
@@ -324,6 +353,9 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
         device=str(device),
         resumed_from_epoch=start_epoch,
         log=history,
+        n_train=len(samples),
+        held_out=held_out,
+        train_fingerprint=train_fingerprint,
     )
 
 

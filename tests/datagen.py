@@ -255,3 +255,35 @@ def train_smoke_key(base: str | Path, run_id: str = "r1"):
     task = spec.tasks(str(base / "data"))[0]
     store = ArtifactStore(base / "store")
     return store, task, train_evaluate(task, store, run_id)
+
+
+# --------------------------------------------------------------------------- result tables
+def table_row(schema, **values):
+    """A row with every column of a pyarrow ``schema``: a plausible value per type, ``values`` on top."""
+    import pyarrow as pa
+
+    from mrkd_core.results import utcnow
+
+    def default(t):
+        if pa.types.is_boolean(t):
+            return False
+        if pa.types.is_integer(t):
+            return 1
+        if pa.types.is_floating(t):
+            return 0.5
+        if pa.types.is_timestamp(t):
+            return utcnow()
+        return "x"
+
+    row = {f.name: default(f.type) for f in schema}
+    row.update(values)
+    return row
+
+
+def write_table_rows(store, table, dataset: str, run_id: str, name: str = "cat-mrkd-0123456789abcdef.parquet",
+                     n: int = 1, **values) -> str:
+    """``n`` rows of ``table`` (a ``PartitionedTable``) in one partition, from a run dir that has a manifest."""
+    source = f"runs/{run_id}/{dataset}/cat/0123456789abcdef"
+    store.write_json(f"{source}/manifest.json", {"format": "mrkd-manifest/1"})
+    rows = [table_row(table.schema, dataset=dataset, run_id=run_id, **values) for _ in range(n)]
+    return table.write(store, rows, name, source)

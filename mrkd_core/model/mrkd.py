@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import ConfigError
-from mrkd_core.model.flm import GenerationModules
+from mrkd_core.model.flm import GenerationModules, flm_test_masks
 from mrkd_core.model.ocbe import OCBE
 from mrkd_core.model.student import Student
 from mrkd_core.model.teacher import Teacher, build_teacher
@@ -34,9 +34,11 @@ def _upgrade_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *_arg
 class MRKD(nn.Module):
     """T, B (``ocbe``), S and G (``generation`` is None when FLM is off, Table 5).
 
-    ``flm_test_seed`` seeds the test-time masks when the caller passes no generator,
-    so that scoring the same image twice gives the same anomaly map (the official code
-    draws them at random: its scores vary by ~0.4% between runs). ``channels_last``
+    ``flm_test_seed`` fixes the test-time masks (``flm_test_masks``: one mask per scale,
+    a function of the seed, the scale and the feature map's size), so that an image's
+    anomaly map is the same alone, in any batch, on any device and in an exported graph
+    (the official code draws them at random per call: its scores vary by ~0.4% between
+    runs and with the batch an image is scored in). ``channels_last``
     records the memory layout ``mrkd_core.device.place_model`` chose; it is not a
     constructor argument because only placing the model decides it.
 
@@ -92,16 +94,23 @@ class MRKD(nn.Module):
         return [f[:n] for f in both], [f[n:] for f in both]
 
     def restore(self, f_teacher: list[Tensor], generator: torch.Generator | None = None,
-                mask: bool = True) -> list[Tensor]:
+                mask: bool = True, masks: list[Tensor] | None = None) -> list[Tensor]:
         """f_G^l = G(S(B(f_T)) ⊙ M^l) (Eq. 1-3); without FLM the student output S(B(f_T)) itself.
 
-        ``mask=False`` restores without masking; ``generator`` draws the FLM masks (None:
-        the global RNG of the features' device).
+        ``mask=False`` restores without masking; ``masks`` (one per scale, broadcast over
+        the batch: the test-time masks) masks every image alike; else ``generator`` draws
+        a mask per image (training; None: the global RNG of the features' device).
         """
         f_s = self.student(self.ocbe(f_teacher))
         if self.generation is None:
             return f_s
-        return self.generation(f_s, generator=generator, mask=mask)
+        return self.generation(f_s, generator=generator, mask=mask, masks=masks)
+
+    def test_masks(self, shapes: list[torch.Size] | list[tuple[int, ...]]) -> list[Tensor]:
+        """The test-time FLM masks (1×1×H×W per scale, CPU) for features of these shapes
+        (the student's outputs have the teacher's shapes)."""
+        ratio = self.generation.ratio if self.generation is not None else 0.0
+        return flm_test_masks(self.flm_test_seed, shapes, ratio)
 
     def forward_train(self, x_normal: Tensor, x_synth: Tensor,
                       generator: torch.Generator | None = None) -> tuple[list[Tensor], list[Tensor]]:
@@ -114,21 +123,22 @@ class MRKD(nn.Module):
         f_normal, f_synth = self.teacher_pair(x_normal, x_synth)
         return f_normal, self.restore(f_synth, generator, mask=True)
 
-    def forward_test(self, x: Tensor, generator: torch.Generator | None = None,
-                     flm: bool = True) -> tuple[list[Tensor], list[Tensor]]:
+    def forward_test(self, x: Tensor, flm: bool = True,
+                     masks: list[Tensor] | None = None) -> tuple[list[Tensor], list[Tensor]]:
         """(f_T^l, f_G^l) of a test batch for Eq. 5-6.
 
-        ``flm=True`` masks the student features as Sec. 3.4 prescribes; the masks come
-        from ``generator``, or, when None, from a fresh generator on ``x``'s device seeded
-        with ``flm_test_seed`` (repeatable). ``flm=False`` restores without masking.
+        ``flm=True`` masks the student features as Sec. 3.4 prescribes, every image with
+        the same fixed masks: ``masks`` when given (one per scale, broadcastable to
+        B×1×H×W; an exported graph passes them as constants), else
+        ``test_masks`` of the teacher features' shapes. ``flm=False`` restores without masking.
         """
         x = self.prepare_input(x)
         with torch.no_grad():
             f_t = self.teacher(x)
         mask = flm and self.generation is not None and self.generation.ratio > 0
-        if mask and generator is None:
-            generator = torch.Generator(device=x.device).manual_seed(self.flm_test_seed)
-        return f_t, self.restore(f_t, generator, mask=mask)
+        if mask and masks is None:
+            masks = self.test_masks([f.shape for f in f_t])
+        return f_t, self.restore(f_t, None, mask=mask, masks=masks if mask else None)
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         return self.forward_test(x)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from mrkd_core.cli import main
+from mrkd_core.data import get_dataset
+from mrkd_core.data.fingerprint import fingerprint_samples
 from mrkd_core.data.synthetic import make_synthetic_mvtec
+from tests.datagen import write_image
 
 FAST = ["--backbone", "resnet18", "--teacher-weights", "none", "--image-size", "64", "--epochs", "1",
         "--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu"]
@@ -38,6 +43,10 @@ def test_train_evaluate_predict(data_root, tmp_path, capsys):
         assert info["status"] == "trained" and model.is_file() and model.name == "model.pt"
         assert model.parent.parent == models / "runs" / "first" / "folder" / cat
         assert json.loads((model.parent / "config.json").read_text())["backbone"] == "resnet18"
+        # What it was trained on: the same fingerprint the engine keys its results with.
+        samples = get_dataset("folder").train_samples(str(data_root), cat)
+        assert json.loads((model.parent / "train.json").read_text())["train_fingerprint"] == \
+            fingerprint_samples(samples, data_root).digest
         assert 0.0 <= info["metrics"]["image_auroc"] <= 1.0  # `mrkd train` evaluates, like the flows
     assert main(["evaluate", str(data_root), "-m", str(models), "--num-workers", "0", "--evaluation-id", "ev1"]) == 0
     summary = json.loads((models / "evaluations" / "ev1" / "metrics.json").read_text())
@@ -58,10 +67,15 @@ def test_train_evaluate_predict(data_root, tmp_path, capsys):
     model = printed["models"]["obj_disc"]["model"]
     assert main(["predict", model, str(images), "-o", str(out), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4
-    pngs = sorted(out.glob("*_heatmap.png"))
-    assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
-    assert (out / "scores.csv").is_file()
+    assert len(lines) == 5  # one per image, then where the tables are
+    assert all(line.split()[-1] in ("good", "defective") for line in lines[:4])
+    for kind in ("mask", "overlay"):
+        pngs = sorted(out.glob(f"*_{kind}.png"))
+        assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    header = (out / "predictions.csv").read_text().splitlines()[0]
+    assert header.replace('"', "") == ("path,width,height,score,normalized_score,verdict,threshold,mask_path,"
+                                       "overlay_path,error")
+    assert (out / "predictions.parquet").is_file() and not (out / "scores.csv").exists()
 
     # The same config again: the complete model is reused, not retrained, and printed again.
     assert main(["train", str(data_root), "-o", str(models), "-c", "obj_disc", "--run-id", "again", *FAST]) == 0
@@ -80,6 +94,42 @@ def test_the_store_defaults_to_mrkd_store_and_is_required(data_root, tmp_path, m
     assert main(["evaluate", str(data_root)]) == 2  # an empty store: nothing trained yet
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no complete 'folder' model" in err and str(tmp_path / "store") in err
+
+
+def test_train_refuses_a_checkpoint_of_other_images_and_no_resume_replaces_it(data_root, tmp_path, capsys):
+    import torch
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    out = tmp_path / "models"
+    args = ["train", str(data), "-o", str(out), "-c", "obj_disc", *FAST]
+    assert main([*args, "--run-id", "r1"]) == 0
+    (key_checkpoints,) = (out / "checkpoints" / "folder" / "obj_disc").iterdir()  # checkpoints/<key>
+    checkpoint = key_checkpoints / "epoch-0001.pt"
+    image = sorted((data / "obj_disc" / "train" / "good").iterdir())[1]
+    write_image(image, 64, 64, seed=77)  # one training image changed
+    capsys.readouterr()
+    assert main([*args, "--run-id", "r2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trained on other data" in err and "--no-resume" in err
+    assert checkpoint.is_file()  # nothing stored was lost
+    good = image.read_bytes()
+    image.write_bytes(b"")  # a bad image fails before --no-resume replaces anything
+    assert main([*args, "--no-resume", "--run-id", "r2"]) == 2 and "the file is empty" in capsys.readouterr().err
+    assert checkpoint.is_file()
+    image.write_bytes(good)
+
+    assert main([*args, "--no-resume", "--run-id", "r2"]) == 0
+    done = Path(json.loads(capsys.readouterr().out)["models"]["obj_disc"]["run_dir"])
+    state = torch.load(io.BytesIO(checkpoint.read_bytes()), weights_only=True)
+    info = json.loads((done / "train.json").read_text())
+    assert state["train_fingerprint"] == info["train_fingerprint"] and info["resumed_from_epoch"] == 0
+    assert main([*args, "--run-id", "r3"]) == 0  # the same images again: r2's model is reused
+    assert json.loads(capsys.readouterr().out)["models"]["obj_disc"]["status"] == "skipped"
+    (done / "manifest.json").unlink()  # without it, the replaced checkpoint resumes (nothing left to train)
+    assert main([*args, "--run-id", "r4"]) == 0
+    assert json.loads((out / "runs" / "r4" / "folder" / "obj_disc" / done.name / "train.json").read_text())[
+        "resumed_from_epoch"] == 1
 
 
 def test_model_summary_json(capsys):
@@ -129,3 +179,66 @@ def test_console_script_exit_code(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_holds_out_and_calibrates_then_calibrate_and_models_info(data_root, tmp_path, capsys):
+    """train --validation-fraction: thresholds at a 1 % false-alarm rate on held-out train/good."""
+    models = tmp_path / "models"
+    capsys.readouterr()
+    assert main(["train", str(data_root), "-o", str(models), "-c", "obj_disc", "--validation-fraction", "0.5",
+                 *FAST]) == 0
+    printed = json.loads(capsys.readouterr().out)["models"]["obj_disc"]
+    model = printed["model"]
+    assert "held-out train/good" in printed["calibration"]
+    assert json.loads((Path(model).parent / "train.json").read_text())["n_train"] == 2  # 4 train/good − 2
+    assert main(["models", "info", model, "--images"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    cal = info["calibration"]
+    assert cal["policy"] == "false_alarm_rate" and cal["source"] == "held-out train/good"
+    assert cal["target_false_alarm_rate"] == 0.01 and not cal["on_evaluation_images"]
+    assert len(cal["images"]) == 2 and all("/train/good/" in p for p in cal["images"])
+    assert info["thresholds"] == {"image": cal["image_threshold"], "pixel": cal["pixel_threshold"],
+                                  "normalized_image": 0.5}
+    assert info["config"]["validation_fraction"] == 0.5 and info["calibration_history"] == 0
+    # recalibrate on the labelled test split: F1, and the report says where it was chosen
+    assert main(["calibrate", model, str(data_root), "--policy", "f1", "--num-workers", "0", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)["calibration"]
+    assert out["policy"] == "f1" and out["on_evaluation_images"] and out["source"] == "test split"
+    assert main(["models", "info", model]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["calibration"]["policy"] == "f1" and info["calibration_history"] == 1
+
+
+def test_predict_skip_unreadable_exits_3_and_lists_the_reason(data_root, tmp_path, capsys):
+    import shutil
+
+    models = tmp_path / "models"
+    capsys.readouterr()
+    assert main(["train", str(data_root), "-o", str(models), "-c", "obj_disc", *FAST]) == 0
+    model = json.loads(capsys.readouterr().out)["models"]["obj_disc"]["model"]
+    folder = tmp_path / "incoming"
+    shutil.copytree(data_root / "obj_disc" / "test" / "good", folder)
+    (folder / "truncated.png").write_bytes((folder / "000.png").read_bytes()[:200])
+    assert main(["predict", model, str(folder), "-o", str(tmp_path / "a"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "truncated.png" in err
+    assert main(["predict", model, str(folder), "-o", str(tmp_path / "b"), "--device", "cpu",
+                 "--skip-unreadable"]) == 3
+    captured = capsys.readouterr()
+    assert "truncated.png  skipped: " in captured.out and "1 of 3 files were unreadable" in captured.err
+    rows = (tmp_path / "b" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 4 and "cannot read image" in [r for r in rows if "truncated" in r][0]
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["calibrate", "{tmp}/missing.pt", "{root}"], "model file not found"),
+    (["calibrate", "{tmp}/m.onnx", "{root}"], "export it again"),
+    (["export", "{tmp}/missing.pt", "-o", "{tmp}/x.onnx"], "model file not found"),
+    (["predict", "{tmp}/missing.onnx", "{root}"], "file not found"),
+    (["models", "info", "{tmp}/missing.pt"], "model file not found"),
+])
+def test_inference_command_errors_are_one_line(argv, fragment, data_root, tmp_path, capsys):
+    argv = [a.format(root=data_root, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err and "Traceback" not in err

@@ -29,9 +29,19 @@ def test_json_roundtrip_and_hash_stable():
     assert "device" in RUNTIME_FIELDS and "flm_ratio" not in RUNTIME_FIELDS
 
 
+def test_fields_added_later_keep_the_stored_hashes_at_their_neutral_value():
+    """Adding ``validation_fraction`` must not rename every stored result, checkpoint and model."""
+    assert MRKDConfig().config_hash() == "4facc73f56d158fc"  # the hash of the defaults before the field
+    small = MRKDConfig(backbone="resnet18", image_size=64, teacher_weights="none", epochs=1)
+    assert small.config_hash() == "d291478eee0b1eb2"
+    assert small.replace(validation_fraction=0.2).config_hash() != small.config_hash()
+    assert MRKDConfig.from_dict({"backbone": "resnet18"}).validation_fraction == 0.0  # older files load
+
+
 @pytest.mark.parametrize(
     "field,value,fragment",
     [
+        ("validation_fraction", 1.0, "validation_fraction"),
         ("flm_ratio", 1.0, "flm_ratio"),
         ("flm_ratio", -0.1, "flm_ratio"),
         ("ilm_fraction", 1.5, "ilm_fraction"),

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from mrkd_core.cli import main
 from mrkd_core.data import Sample, get_dataset
@@ -161,3 +162,47 @@ def test_engine_parquet_and_report_show_absent_metrics(data_root, tmp_path):
     html = store.read_bytes(out["html"]).decode()
     assert html.count(f">{ABSENT_MARK}</td>") == len(PIXEL_METRICS) and "not computed, no pixel ground truth" in html
     assert any("heatmaps_folder_obj_disc" in f for f in out["figures"])
+
+
+def test_calibration_without_masks_takes_the_pixel_threshold_from_good_pixels(data_root, tmp_path):
+    """F1 needs labelled pixels. An image-labelled test split (what the flows calibrate on by
+    default) gives the F1 image threshold on its image labels and a pixel threshold at the
+    false-alarm rate on its good images' pixels, noted; the defective images' unlabelled
+    pixels are used for neither. Verdicts reach the scores table, masks the predictions."""
+    from mrkd_core.evaluate import evaluate
+    from mrkd_core.inference import predict_images
+    from mrkd_core.inference.calibration import DEFAULT_FALSE_ALARM_RATE
+    from mrkd_core.inference.thresholds import false_alarm_threshold
+    from mrkd_core.model_io import load_model_file
+
+    spec = parse_spec({
+        "name": "image-labels", "datasets": [{"name": "folder", "root": str(data_root), "categories": ["obj_disc"]}],
+        "base": {"backbone": "resnet18", "teacher_weights": "none", "image_size": 32, "epochs": 1,
+                 "batch_size": 4, "num_workers": 0, "progress": False, "device": "cpu"},
+    }, "test")
+    store = ArtifactStore(tmp_path / "store")
+    (task,) = spec.tasks(str(tmp_path))
+    assert train_evaluate(task, store, "r1")["status"] == "trained"
+    model_pt = f"{run_dir(task, 'r1')}/model.pt"
+    loaded = load_model_file(store, model_pt)
+    cal = loaded.calibration
+    assert cal["policy"] == "f1" and cal["on_evaluation_images"] and cal["n_defective"] == 3
+    assert cal["pixel_policy"] == "false_alarm_rate" and cal["pixel_f1"] is None
+    assert cal["target_false_alarm_rate"] == DEFAULT_FALSE_ALARM_RATE
+    assert any(n.startswith("no pixel ground truth (image labels only)") for n in cal["notes"])
+
+    samples = get_dataset("folder").test_samples(str(data_root), "obj_disc")
+    ev = evaluate(loaded.model.eval(), loaded.config, samples, keep_maps=True)
+    good = np.array([s["label"] for s in ev.scores]) == 0
+    assert cal["pixel_threshold"] == pytest.approx(false_alarm_threshold(ev.maps[good], DEFAULT_FALSE_ALARM_RATE),
+                                                   rel=1e-6)
+    assert cal["achieved_pixel_false_alarm_rate"] <= DEFAULT_FALSE_ALARM_RATE
+
+    scores = read_scores(store, "r1")
+    assert scores["verdict"].notna().all() and scores["normalized_score"].between(0, 1).all()
+    defective = next(s.path for s in samples if s.label == 1)
+    (p,) = predict_images(store.uri(model_pt).removeprefix("file://"), [defective], tmp_path / "out",
+                          device="cpu").predictions
+    assert p.verdict in ("good", "defective") and p.error is None
+    with Image.open(p.mask_path) as mask:
+        assert mask.size == (32, 32)

@@ -18,6 +18,7 @@ from mrkd_core.errors import ConfigError, WeightsError
 from mrkd_core.model import (
     MRKD, OCBE, GenerationModules, build_mrkd, build_student, build_teacher, flm_mask, mrkd_loss,
 )
+from mrkd_core.model.flm import flm_test_mask, flm_test_masks
 from mrkd_core.model.summary import model_summary
 from mrkd_core.model.teacher import imagenet_weights_path
 from mrkd_core.train import TeacherPass
@@ -235,20 +236,37 @@ def test_flm_masks_all_channels_of_a_position_together():
     assert all(torch.equal(x, f) for x, f in zip(seen, feats))
 
 
-def test_test_time_masks_are_repeatable_and_can_be_switched_off(r18):
+def test_test_time_masks_are_a_function_of_seed_scale_and_size():
+    m = flm_test_mask(0, 1, 16, 24, 0.2)
+    assert m.shape == (1, 1, 16, 24) and m.dtype == torch.float32 and m.device.type == "cpu"
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(flm_test_mask(0, 1, 16, 24, 0.2), m)  # repeatable
+    for other in (flm_test_mask(1, 1, 16, 24, 0.2), flm_test_mask(0, 2, 16, 24, 0.2)):
+        assert not torch.equal(other, m)
+    big = flm_test_mask(7, 3, 128, 128, 0.2)
+    assert abs((big == 0).float().mean().item() - 0.2) < 0.01  # λ of 16,384 positions
+    assert flm_test_mask(7, 3, 128, 128, 0.0).min() == 1.0
+    shapes = [(2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4)]
+    assert [tuple(x.shape) for x in flm_test_masks(0, shapes, 0.2)] == [(1, 1, 16, 16), (1, 1, 8, 8), (1, 1, 4, 4)]
+
+
+def test_test_time_masks_are_the_same_for_every_image_and_can_be_switched_off(r18):
     r18.eval()
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        a = r18.forward_test(x)[1]  # no generator: seeded by cfg.flm_test_seed
-        b = r18.forward_test(x)[1]
-        c = r18.forward_test(x, generator=torch.Generator().manual_seed(3))[1]
-        d = r18.forward_test(x, generator=torch.Generator().manual_seed(3))[1]
+        a = r18.forward_test(x)[1]
+        f_s = r18.student(r18.ocbe(r18.teacher(x)))
+        masks = [flm_test_mask(r18.flm_test_seed, level, f.shape[2], f.shape[3], r18.generation.ratio)
+                 for level, f in enumerate(f_s, start=1)]
+        ref = r18.generation(f_s, mask=True, masks=masks)
         e = r18.forward_test(x, flm=False)[1]
-        ref = r18.generation(r18.student(r18.ocbe(r18.teacher(x))), mask=False)
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
-    assert all(torch.equal(p, q) for p, q in zip(c, d))
-    assert not torch.equal(a[0], c[0]) and not torch.equal(a[0], e[0])
-    assert all(torch.equal(p, q) for p, q in zip(e, ref))
+        unmasked = r18.generation(f_s, mask=False)
+        other_seed = copy.deepcopy(r18)
+        other_seed.flm_test_seed = 5
+        c = other_seed.forward_test(x)[1]
+    assert all(torch.equal(p, q) for p, q in zip(a, ref))
+    assert all(torch.equal(p, q) for p, q in zip(e, unmasked))
+    assert not torch.equal(a[0], e[0]) and not torch.equal(a[0], c[0])
 
 
 def test_flm_off_restores_with_the_student_alone(r18):

@@ -215,3 +215,28 @@ def test_format_cell_and_markdown_escaping():
     df = pd.DataFrame({"setting": ["a|b"], "x measured": [1.25]})
     df.attrs = {"title": "T", "notes": ["n1"]}
     assert table_to_markdown(df) == "## T\n\n| setting | x measured |\n|:---|---:|\n| a\\|b | 1.2 |\n\n- n1\n"
+
+
+def test_thresholds_chosen_on_the_test_split_are_called_out(tmp_path):
+    """The scores table's on_evaluation_images (the calibration's record) puts a line in the
+    measured table's notes and a banner on the page; thresholds chosen elsewhere, or no
+    calibration (null), add nothing."""
+    m = fake.make_metrics("r-cal", categories=("grid", "bottle"))
+    m = m[m["variant"] == "mrkd"]
+    scores = make_scores(m)
+    scores["on_evaluation_images"] = None  # uncalibrated, or rows stored before the column
+    store = ArtifactStore(tmp_path)
+    write_report(store, "r-none", m, scores, None)
+    assert "test split" not in store.read_bytes("reports/r-none/measured.md").decode()
+    assert "Thresholds chosen on the test split" not in store.read_bytes("reports/r-none/report.html").decode()
+
+    scores["on_evaluation_images"] = [c == "grid" and d == "mvtec" for c, d in zip(scores["category"], scores["dataset"])]
+    result = write_report(store, "r-cal", m, scores, None)
+    md = store.read_bytes("reports/r-cal/measured.md").decode()
+    (line,) = [n for n in md.splitlines() if "test split" in n]
+    assert line.startswith("- Verdicts of mvtec/grid (mrkd) ") and "bottle" not in line
+    assert "no unbiased test" in line and "validation_fraction" in line
+    page = store.read_bytes(result["html"]).decode()
+    assert "Thresholds chosen on the test split" in page and "mvtec/grid (mrkd)" in page
+    stored = pd.read_parquet(io.BytesIO(store.read_bytes("reports/r-cal/measured.parquet")))
+    assert any("mvtec/grid" in n for n in stored.attrs["notes"])

@@ -44,6 +44,7 @@ def metrics_row(cfg: MRKDConfig, *, run_id: str, dataset: str, category: str, va
         "train_seconds": 3600.0, "images_per_second": 40.0,
         "device": "cuda", "torch_version": "2.14.1", "mrkd_version": "0.1.0", "git_revision": "abc123",
         "started_at": finished_at - timedelta(hours=1), "finished_at": finished_at,
+        "train_fingerprint": "a" * 64, "test_fingerprint": "b" * 64, "training_revision": 2,
     }
     row.update({m: float(values[m]) for m in METRICS})
     row["pixel_metrics_absent"] = None  # every metric computed (a dataset with pixel masks)

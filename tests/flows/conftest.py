@@ -6,19 +6,49 @@
 - ``moto_s3``: moto's threaded S3 server (the real S3 HTTP API) with a bucket.
 - ``stop_process``: SIGTERM, wait, SIGINT, wait, SIGKILL; then whatever is left of the
   process group we created. A Prefect worker ignores its first SIGTERM.
+- ``ray_head``: the long-lived local Ray head (``flows.ray_head``) on free loopback ports.
+
+Ray runs with token authentication, as for users, with one token for the whole session
+(``RAY_AUTH_TOKEN_PATH``, created here by the product's own ``ensure_token``): a
+token per test run, so the suite neither reads nor writes the machine's ``~/.ray/auth_token``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import flows  # noqa: F401 - offline-safe Ray/Prefect defaults before anything imports them
-from tests.flows.servers import BIN, SERVER_START_TIMEOUT, clean_env, free_port, stop_process, wait_http
+# Before anything imports Ray: this session's own token (the file is created on first use).
+_TOKEN_DIR = tempfile.mkdtemp(prefix="mrkd-ray-token-")
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(_TOKEN_DIR, "auth_token")
+os.environ.pop("RAY_AUTH_TOKEN", None)
+
+import flows  # noqa: E402,F401 - offline-safe Ray/Prefect defaults before anything imports them
+from flows.local_ray import ensure_token  # noqa: E402
+from tests.flows.servers import (  # noqa: E402
+    BIN,
+    SERVER_START_TIMEOUT,
+    clean_env,
+    free_port,
+    stop_process,
+    wait_http,
+)
+
+
+ensure_token()  # now, for the tests that start Ray directly (ray.cluster_utils.Cluster)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_ray_token() -> Iterator[str]:
+    yield os.environ["RAY_AUTH_TOKEN_PATH"]
+    shutil.rmtree(_TOKEN_DIR, ignore_errors=True)
 
 @pytest.fixture(scope="session")
 def prefect_home(tmp_path_factory) -> Path:
@@ -94,3 +124,23 @@ def local_store(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MRKD_NUM_GPUS", raising=False)
     return store
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory) -> Iterator:
+    """``python -m flows.ray_head start`` on free loopback ports; stopped by its PID at the end."""
+    from flows.ray_head import read_head, stop_head
+
+    state = tmp_path_factory.mktemp("ray-head")
+    ports = [str(free_port()) for _ in range(3)]
+    proc = subprocess.run([str(BIN / "python"), "-m", "flows.ray_head", "start", "--port", ports[0],
+                           "--dashboard-port", ports[1], "--client-port", ports[2], "--num-cpus", "2",
+                           "--state-dir", str(state)],
+                          env=clean_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    head = read_head(state)
+    assert head is not None, proc.stdout
+    try:
+        yield head, state, proc.stdout
+    finally:
+        stop_head(state)

@@ -63,8 +63,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any store/cluster settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MRKD_", "AWS_", "RAY_ADDRESS", "PREFECT_API"))}
-    env.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(ROOT)})
+    # Ray's token settings (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH) come from the test process.
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PYTHONPATH": str(ROOT)})
     env.update(extra)
     return env
 

@@ -1,9 +1,15 @@
-"""deployments/prefect.yaml deployed to a real Prefect server, run by a real process worker.
+"""The deployments as users run them: real Prefect server, real S3 API, the default runner (Ray).
 
-What an operator types: create the pool, ``prefect deploy`` from the YAML, start a
-worker, ``prefect deployment run 'mrkd-benchmark/on-demand' --param spec=smoke``. The
-YAML's pull step points at the image's /opt/mrkd; the test deploys a copy whose pull
-step points at this checkout, and nothing else changes.
+What an operator types, from the repository root, with the store in the worker's environment:
+``prefect work-pool create``, ``prefect deploy --prefect-file deployments/prefect.yaml --name
+on-demand --name nightly``, ``prefect worker start --pool mrkd-process``, then ``prefect
+deployment run 'mrkd-benchmark/on-demand' --param spec=smoke``; and the other route,
+``python -m flows.nightly`` (serve, from the checkout) under the same names, attached to the
+long-lived local Ray head (``RAY_ADDRESS``). Results are read back from ``s3://`` with pandas,
+each training's progress from the Prefect API (log lines per epoch, a progress artifact at
+100 %). The worker's run is also the run whose listeners and Ray token are checked
+(``tests/flows/netwatch.py``). A run with a corrupt training image must end FAILED with the
+data error's text in the flow run's state message.
 """
 
 from __future__ import annotations
@@ -12,50 +18,54 @@ import asyncio
 import re
 import subprocess
 import time
-import uuid
-from datetime import timezone
+import urllib.request
 from pathlib import Path
 
+import pandas as pd
+import psutil
 import pytest
-import yaml
 
 from flows import nightly
-from tests.flows.servers import BIN, ROOT, clean_env, stop_process
+from tests.flows.netwatch import ListenerWatch
+from tests.flows.prefect_client import api, deployment, prefect_cli, run_deployment, runs_of
+from tests.flows.servers import BIN, ROOT, S3_KEYS, clean_env, make_bucket, stop_process
 
 pytestmark = pytest.mark.slow
 
-PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
-CLI_TIMEOUT = 120
-RUN_TIMEOUT = 240
+BUCKET = "mrkd-deployed"
+SMOKE_CATEGORIES = {"tex_stripes", "obj_disc"}
 
 
-def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=CLI_TIMEOUT)
-    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def _deployments() -> dict[str, dict]:
-    doc = yaml.safe_load(PREFECT_YAML.read_text())
-    return {d["name"]: d for d in doc["deployments"]}
-
-
-def test_yaml_agrees_with_flows_nightly():
-    """One contract, two places (prefect.yaml for pools, flows/nightly.py for `serve`)."""
-    deps = _deployments()
-    assert set(deps) == {"nightly", "on-demand", "nightly-k8s", "on-demand-k8s"}
-    for name in ("nightly", "nightly-k8s"):
-        (schedule,) = deps[name]["schedules"]
-        assert (schedule["cron"], schedule["timezone"]) == (nightly.NIGHTLY_CRON, nightly.NIGHTLY_TIMEZONE)
-        assert deps[name]["parameters"] == nightly.NIGHTLY_PARAMETERS
-    for name in ("on-demand", "on-demand-k8s"):
-        assert deps[name]["parameters"] == nightly.ON_DEMAND_PARAMETERS and not deps[name].get("schedules")
-    for d in deps.values():
-        assert d["entrypoint"] == "flows/benchmark.py:benchmark"
-        pool = nightly.K8S_POOL if d["name"].endswith("-k8s") else nightly.PROCESS_POOL
+# --------------------------------------------------------------------------- one source, no server
+def test_prefect_yaml_is_the_one_source_that_deploy_and_serve_read():
+    declared = nightly.declared()
+    assert set(declared) == {"nightly", "on-demand", "nightly-k8s", "on-demand-k8s"}
+    # Module path, never a file path: Prefect would load flows/benchmark.py as a top-level
+    # module `benchmark` that Ray workers cannot import.
+    assert {d["entrypoint"] for d in declared.values()} == {"flows.benchmark.benchmark"} == {nightly.ENTRYPOINT}
+    for name, d in declared.items():
+        pool = nightly.K8S_POOL if name.endswith("-k8s") else nightly.PROCESS_POOL
         assert d["work_pool"]["name"] == pool
-    assert deps["nightly-k8s"]["work_pool"]["job_variables"]["image"] == "ghcr.io/mrkd-project/mrkd:0.1.0"
+        if pool == nightly.K8S_POOL:  # the image's WORKDIR; the process pair records where it was deployed from
+            assert d["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/mrkd"}}]
+            assert d["work_pool"]["job_variables"]["image"] == "ghcr.io/mrkd-project/mrkd:0.1.0"
+        else:
+            assert "pull" not in d
+    assert declared["nightly"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+
+    served = {d.name: d for d in nightly.deployments()}
+    assert set(served) == {"nightly", "on-demand"}
+    for name, built in served.items():
+        d = declared[name]
+        assert built.entrypoint == d["entrypoint"] and built.flow_name == nightly.FLOW_NAME
+        assert built.parameters == d["parameters"] and built.tags == d["tags"] and built.paused is d["paused"] is False
+        assert built.description == d["description"]
+        schedules = [(s.schedule.cron, s.schedule.timezone) for s in built.schedules or []]
+        assert schedules == [(s["cron"], s["timezone"]) for s in d.get("schedules", [])]
+        limit = d.get("concurrency_limit")
+        assert built.concurrency_limit == (limit["limit"] if limit else None)
+        assert (built.concurrency_options.collision_strategy.value if built.concurrency_options else None) == \
+            (limit["collision_strategy"] if limit else None)
 
 
 def test_nightly_run_id_is_the_scheduled_date():
@@ -64,95 +74,189 @@ def test_nightly_run_id_is_the_scheduled_date():
     from flows.settings import resolve_run_id
 
     when = datetime(2026, 11, 29, 2, 0, tzinfo=timezone.utc)
-    assert resolve_run_id(nightly.NIGHTLY_PARAMETERS["run_id"], "mvtec-full", when) == "nightly-20261129"
+    assert resolve_run_id(nightly.declared()["nightly"]["parameters"]["run_id"], "mvtec-full", when) == \
+        "nightly-20261129"
     assert resolve_run_id(None, "smoke", when) == "smoke-20261129-020000"
 
 
-def _local_copy(tmp_path: Path) -> Path:
-    """The process-pool deployments of prefect.yaml, pulling from this checkout instead of /opt/mrkd."""
-    doc = yaml.safe_load(PREFECT_YAML.read_text())
-    doc.pop("definitions", None)  # anchors are already expanded by the YAML loader
-    doc["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
-    doc["deployments"] = [d for d in doc["deployments"] if d["work_pool"]["name"] == nightly.PROCESS_POOL]
-    path = tmp_path / "prefect.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+# --------------------------------------------------------------------------- helpers
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return prefect_cli(args, env)
 
 
-async def _wait_final(flow_run_id: str, timeout: float):
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    async with get_client() as client:
-        while True:
-            run = await client.read_flow_run(uuid.UUID(flow_run_id))
-            if run.state is not None and run.state.is_final():
-                return run
-            if time.monotonic() > deadline:
-                return run
-            await asyncio.sleep(1.0)
+def _run(env: dict[str, str], *params: str):
+    """``prefect deployment run 'mrkd-benchmark/on-demand' --param ...`` to its final state."""
+    return run_deployment(env, f"{nightly.FLOW_NAME}/on-demand", *params)
 
 
-async def _read_deployment(name: str):
-    from prefect.client.orchestration import get_client
-
-    async with get_client() as client:
-        return await client.read_deployment_by_name(name)
+def _deployment(name: str):
+    return deployment(nightly.FLOW_NAME, name)
 
 
-def test_on_demand_deployment_runs_on_a_process_worker(prefect_api, prefect_home, tmp_path):
-    store, data = tmp_path / "store", tmp_path / "data"
-    env = clean_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(prefect_home))
-    # The worker (and the flow runs it starts) find the store like any deployment: in their environment.
-    # No PYTHONPATH: the flow-run process must find flows/ and mrkd_core/ from the pulled working directory.
-    worker_env = {**env, "MRKD_STORE": str(store), "MRKD_DATA_ROOT": str(data)}
-    worker_env.pop("PYTHONPATH")
+def _progress_checks(run, epochs: int) -> tuple[dict, list[str]]:
+    """Each training's task run: one log line per epoch, and a progress artifact at 100 %."""
+    runs, _, flow_logs = asyncio.run(api(lambda c: runs_of(c, run.id)))
+    trainings = {n: v for n, v in runs.items() if n.startswith("train-")}
+    assert {n.split("-")[2] for n in trainings} == SMOKE_CATEGORIES, sorted(runs)
+    for name, (tr, logs, arts) in trainings.items():
+        assert tr.state.is_completed(), (name, tr.state)
+        for e in range(1, epochs + 1):
+            assert any(m.startswith(f"epoch {e}/{epochs} ") and "img/s" in m and "ETA" in m for m in logs), (name, logs)
+        (art,) = [a for a in arts if a.type == "progress"]
+        assert float(art.data) == 100.0, (name, art.data)
+        assert art.key == f"progress-{name.removeprefix('train-')}".lower().replace("_", "-")
+    return runs, flow_logs
 
+
+def _metrics(endpoint: str, run_id: str) -> pd.DataFrame:
+    opts = {"key": S3_KEYS["AWS_ACCESS_KEY_ID"], "secret": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": S3_KEYS["AWS_REGION"]}}
+    m = pd.read_parquet(f"s3://{BUCKET}/store/tables/metrics", storage_options=opts)
+    return m[m["run_id"].astype(str) == run_id]
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def user_env(prefect_api, prefect_home, moto_s3, tmp_path_factory):
+    """The environment of the operator's shell: server, store in S3, credentials, data root."""
+    make_bucket(moto_s3, BUCKET)
+    data = tmp_path_factory.mktemp("deployed-data")
+    env = clean_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(prefect_home), MRKD_STORE=f"s3://{BUCKET}/store",
+                    MRKD_S3_ENDPOINT_URL=moto_s3, MRKD_DATA_ROOT=str(data), **S3_KEYS)
+    env.pop("PYTHONPATH")  # flow runs must find flows/ and mrkd_core/ as a user's do
+    return env, moto_s3, data
+
+
+@pytest.fixture(scope="module")
+def deployed(user_env):
+    """The README's steps 2 and 3, from the repository root, as written."""
+    env, _, _ = user_env
     _cli(["work-pool", "create", nightly.PROCESS_POOL, "--type", "process", "--overwrite"], env)
-    _cli(["deploy", "--prefect-file", str(_local_copy(tmp_path)), "--name", "on-demand", "--name", "nightly"], env)
+    _cli(["deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "nightly", "--name", "on-demand"], env)
+    return env
 
-    deployed = asyncio.run(_read_deployment("mrkd-benchmark/nightly"))
-    (schedule,) = deployed.schedules
-    assert (schedule.schedule.cron, schedule.schedule.timezone) == (nightly.NIGHTLY_CRON, nightly.NIGHTLY_TIMEZONE)
-    assert deployed.parameters == nightly.NIGHTLY_PARAMETERS and deployed.work_pool_name == nightly.PROCESS_POOL
 
-    log = open(tmp_path / "worker.log", "wb")
+@pytest.fixture(scope="module")
+def served(deployed, user_env, ray_head, tmp_path_factory):
+    """``python -m flows.nightly`` from the checkout, attached to the local Ray head."""
+    head, _, _ = ray_head
+    env = {**deployed, "RAY_ADDRESS": head.address}
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([str(BIN / "python"), "-m", "flows.nightly"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _deployment("on-demand").work_pool_name is not None:  # taken over from the pool
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")
+            time.sleep(1)
+        yield proc, log_path, head
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+# --------------------------------------------------------------------------- (a) prefect deploy + process worker
+def test_on_demand_through_prefect_deploy_and_a_process_worker(deployed, user_env, tmp_path):
+    env, endpoint, _ = user_env
+    on_demand = _deployment("on-demand")
+    assert on_demand.entrypoint == "flows.benchmark.benchmark" and on_demand.work_pool_name == nightly.PROCESS_POOL
+    assert on_demand.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]  # where it was deployed from
+    night = _deployment("nightly")
+    assert night.global_concurrency_limit.limit == 1
+    assert night.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+
+    log_path = tmp_path / "worker.log"
+    log = open(log_path, "wb")
     worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", nightly.PROCESS_POOL,
                                "--type", "process", "--limit", "1"],
-                              cwd=tmp_path, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    watch = ListenerWatch(lambda: worker.pid)  # the flow-run process and its Ray are the worker's children
+    watch.start()
     try:
         started = time.perf_counter()
-        proc = _cli(["deployment", "run", "mrkd-benchmark/on-demand", "--param", "spec=smoke",
-                     "--param", 'categories=["obj_disc"]', "--param", "run_id=deployed-{date}", "--param", "runner=local",
-                     "--param", "image_size=32"],
-                    env)
-        match = re.search(r"UUID:\s*([0-9a-f-]{36})", proc.stdout)
-        assert match, proc.stdout
-        run = asyncio.run(_wait_final(match.group(1), RUN_TIMEOUT))
+        run = _run(env, "spec=smoke", "run_id=worker-run")
         seconds = time.perf_counter() - started
     finally:
+        watch.stop.set()
+        watch.join(timeout=30)
         stop_process(worker)
         log.close()
-    worker_log = (tmp_path / "worker.log").read_text(errors="replace")
+    worker_log = log_path.read_text(errors="replace")
     assert run.state is not None and run.state.is_completed(), f"{run.state}\n{worker_log[-4000:]}"
     assert run.parameters["spec"] == "smoke"
-    # {date} is the run's scheduled date (UTC), as for the nightly.
-    run_id = f"deployed-{run.expected_start_time.astimezone(timezone.utc):%Y%m%d}"
-    # The run's results are in the store the worker's environment named.
-    metrics = list((store / "tables" / "metrics" / "dataset=folder" / f"run_id={run_id}").glob("*.parquet"))
-    assert [m.name.split("-")[0] for m in metrics] == ["obj_disc"]
-    assert (store / "reports" / run_id / "report.html").is_file()
-    assert len(list((store / "runs" / run_id).rglob("manifest.json"))) == 1
-    print(f"deployment run (trigger → COMPLETED): {seconds:.1f} s")
+    metrics = _metrics(endpoint, "worker-run")
+    assert set(metrics["category"]) == SMOKE_CATEGORIES and metrics["image_auroc"].between(0, 1).all()
+    runs, flow_logs = _progress_checks(run, epochs=1)
+    assert any(m.startswith("Ray dashboard: http://127.0.0.1:") for m in flow_logs), flow_logs
+    # The worker's own log shows each training's epochs (forwarded from the Ray workers).
+    for category in SMOKE_CATEGORIES:
+        assert re.search(rf"Task run 'train-folder-{category}-mrkd' - epoch 1/1 ", worker_log), worker_log[-3000:]
+    watch.check()
+    print(f"deployment run through a process worker, default runner (trigger → COMPLETED): {seconds:.1f} s")
 
 
-def test_serve_builds_the_same_deployments():
-    """`python -m flows.nightly` (one machine, no pool) serves what prefect.yaml declares."""
-    built = {d.name: d for d in nightly.deployments()}
-    assert set(built) == {"nightly", "on-demand"}
-    (schedule,) = built["nightly"].schedules
-    assert (schedule.schedule.cron, schedule.schedule.timezone) == (nightly.NIGHTLY_CRON, nightly.NIGHTLY_TIMEZONE)
-    assert built["nightly"].parameters == nightly.NIGHTLY_PARAMETERS
-    assert built["on-demand"].parameters == nightly.ON_DEMAND_PARAMETERS and not built["on-demand"].schedules
-    assert all(d.flow_name == nightly.FLOW_NAME for d in built.values())
+# --------------------------------------------------------------------------- (b) serve, same names
+def test_serve_takes_the_same_names_over_and_runs_them_on_the_local_head(served, user_env):
+    from flows.local_ray import auth_headers
+
+    proc, log_path, head = served
+    env, endpoint, _ = user_env
+    for name in ("nightly", "on-demand"):
+        d = _deployment(name)
+        assert d.work_pool_name is None and d.entrypoint == "flows.benchmark.benchmark", (name, d.work_pool_name)
+        assert not d.paused, name
+    night = _deployment("nightly")  # what prefect.yaml declares, now from serve
+    assert night.global_concurrency_limit.limit == 1
+    assert night.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+    assert "it was deployed to work pool mrkd-process" in log_path.read_text(errors="replace")
+
+    started = time.perf_counter()
+    run = _run(env, "spec=smoke", "run_id=served-run", "force=true", "epochs=2")
+    seconds = time.perf_counter() - started
+    assert run.state.is_completed(), f"{run.state}\n{log_path.read_text(errors='replace')[-4000:]}"
+    assert set(_metrics(endpoint, "served-run")["category"]) == SMOKE_CATEGORIES
+    _, flow_logs = _progress_checks(run, epochs=2)
+    assert f"Ray dashboard: {head.dashboard_url}" in flow_logs, flow_logs
+    # The trainings ran on the head: its dashboard lists them.
+    request = urllib.request.Request(f"{head.dashboard_url}/api/v0/tasks?limit=1000", headers=auth_headers())
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert b"train-evaluate" in resp.read()
+    print(f"served deployment run on the local Ray head (trigger → COMPLETED): {seconds:.1f} s")
+
+
+def test_a_broken_training_image_fails_the_run_with_the_data_errors_text(served, user_env):
+    from flows.download import dataset_records, ensure_dataset
+    from flows.settings import spec_path
+    from mrkd_core.specs import load_spec
+
+    env, _, data = user_env
+    (record,) = dataset_records(load_spec("smoke", spec_path()), str(data))
+    root = Path(ensure_dataset(record))  # generated by the earlier runs; here if this test runs alone
+    broken = root / "obj_disc" / "train" / "good" / "000.png"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated PNG
+    run = _run(env, "spec=smoke", "run_id=broken-run", "force=true")
+    assert run.state.is_failed(), run.state
+    message = run.state.message
+    assert "BenchmarkFailed: 1 of 2 trainings failed" in message, message
+    assert "DataError" in message and str(broken) in message and "cannot read image" in message, message
+    runs, subflows, _ = asyncio.run(api(lambda c: runs_of(c, run.id)))
+    (train_all,) = subflows
+    assert train_all.state.is_failed() and "DataError" in train_all.state.message, train_all.state
+    failed = runs["train-folder-obj_disc-mrkd"][0].state
+    assert failed.is_failed() and "DataError" in failed.message and str(broken) in failed.message, failed
+    assert runs["train-folder-obj_disc-mrkd"][0].run_count == 1  # a data error is not retried
+    assert runs["train-folder-tex_stripes-mrkd"][0].state.is_completed()
+
+
+def test_prefect_deploy_hands_served_deployments_back_to_the_pool(served, deployed):
+    proc, _, _ = served
+    stop_process(proc)  # serve stopped first, as the README says
+    assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+    _cli(["deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "nightly", "--name", "on-demand"],
+         deployed)
+    for name in ("nightly", "on-demand"):
+        d = _deployment(name)
+        assert d.work_pool_name == nightly.PROCESS_POOL and d.entrypoint == "flows.benchmark.benchmark"
+        assert not d.paused, name  # serve paused them when it stopped; prefect.yaml's paused: false resumes

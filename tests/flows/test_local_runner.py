@@ -60,9 +60,10 @@ def test_local_runner_trains_without_ray(prefect_api, prefect_home, tmp_path):
 def test_run_id_placeholders_and_validation():
     assert resolve_run_id("nightly-{date}", "mvtec-full").startswith("nightly-2")
     assert resolve_run_id("fixed", "smoke") == "fixed"
-    for bad in ("a/b", "x=1", "", "{nope}"):
-        if bad == "":
-            continue  # empty means "default", tested elsewhere
+    # Any text that names a folder: partition values are percent-encoded (tests/core/test_partitioned.py).
+    for good in ("0001", "x=1", "nuit du 30 nov", "essai-été", "100%"):
+        assert resolve_run_id(good, "smoke") == good
+    for bad in ("a/b", "{nope}", " padded", "a*b", "..", "tab\there", "x" * 129):
         with pytest.raises(ConfigError):
             resolve_run_id(bad, "smoke")
 
@@ -71,6 +72,7 @@ def test_gpu_request_rules(monkeypatch):
     monkeypatch.delenv("MRKD_NUM_GPUS", raising=False)
     assert requested_gpus(None, "ray-head:6379") == 1.0  # a cluster: one GPU per training
     assert requested_gpus(None, None) is None  # local: decided by the GPUs the local Ray finds
+    assert requested_gpus(None, "127.0.0.1:6379") is None  # the local head: the same rule
     assert requested_gpus(0.5, "ray-head:6379") == 0.5  # fractional: two trainings per GPU
     monkeypatch.setenv("MRKD_NUM_GPUS", "0.25")
     assert requested_gpus(None, "ray-head:6379") == 0.25
@@ -104,11 +106,11 @@ def test_failed_training_is_retried_and_a_lost_one_does_not_sink_the_report(pref
     real = fte.train_evaluate
     calls: dict[str, int] = {}
 
-    def flaky(task, store, run_id, force=False):
+    def flaky(task, store, run_id, force=False, on_epoch=None, register=None):
         calls[task.category] = calls.get(task.category, 0) + 1
         if task.category == "tex_stripes" or calls[task.category] == 1:
             raise RuntimeError(f"simulated failure {calls[task.category]} of {task.category}")
-        return real(task, store, run_id, force)
+        return real(task, store, run_id, force, on_epoch=on_epoch, register=register)
 
     monkeypatch.setattr(fte, "train_evaluate", flaky)
     monkeypatch.setattr(fb, "train_one", train_one.with_options(retry_delay_seconds=0))

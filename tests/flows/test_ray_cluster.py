@@ -29,13 +29,20 @@ def two_gpu_nodes(prefect_api):
     """Head (1 CPU, 1 GPU, dashboard on loopback) + worker node (1 CPU, 1 GPU)."""
     from ray.cluster_utils import Cluster
 
+    from flows.local_ray import loopback_only
+
     dashboard_port = free_port()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "num_gpus": 1, "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
+    with loopback_only():  # both nodes on 127.0.0.1, like the local head
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "num_gpus": 1, "include_dashboard": True,
+            "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
+        try:
+            cluster.add_node(num_cpus=1, num_gpus=1)
+            cluster.wait_for_nodes(timeout=60)
+        except BaseException:
+            cluster.shutdown()
+            raise
     try:
-        cluster.add_node(num_cpus=1, num_gpus=1)
-        cluster.wait_for_nodes(timeout=60)
         yield cluster, f"http://127.0.0.1:{dashboard_port}"
     finally:
         cluster.shutdown()
@@ -57,9 +64,12 @@ def _spec(tmp_path) -> str:
 
 
 def _poll_dashboard(url: str, stop: threading.Event, answers: list[dict]) -> None:
+    from flows.local_ray import auth_headers  # the dashboard asks for the Ray token
+
+    request = urllib.request.Request(f"{url}/api/version", headers=auth_headers())
     while not stop.is_set():
         try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as resp:
+            with urllib.request.urlopen(request, timeout=2) as resp:
                 answers.append(json.loads(resp.read()))
         except OSError:
             pass
@@ -103,7 +113,7 @@ def test_four_gpu_trainings_run_two_at_a_time_one_per_node(two_gpu_nodes, local_
 
 
 def test_reused_gpu_workers_see_every_gpu_and_fresh_ones_only_theirs(two_gpu_nodes):
-    """What a task's process sees with and without reuse (the options ``remote_request`` gives Ray)."""
+    """What a task's process sees with and without reuse (the options ``Runner.submitting`` gives Ray)."""
     import ray
 
     from flows.ray_runner import cuda_index, ray_options
@@ -116,8 +126,11 @@ def test_reused_gpu_workers_see_every_gpu_and_fresh_ones_only_theirs(two_gpu_nod
         return {"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
+    from flows.local_ray import loopback_only
+
     cluster, _ = two_gpu_nodes
-    ray.init(address=cluster.address)
+    with loopback_only():
+        ray.init(address=cluster.address)
     try:
         for reuse in (True, False):
             remote = ray.remote(**ray_options(1.0, {}, reuse=reuse))(probe)

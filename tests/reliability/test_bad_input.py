@@ -115,8 +115,8 @@ def test_bad_file_through_the_cli_is_one_line_naming_it_and_loses_nothing(case, 
     bad = plant(cat, bomb_png)
     before = tree(models)
     if command == "train":
-        # --no-resume: the same config is complete in `models`, and the data is not part of the key
-        # (yet): without it the complete model would be reused and the bad file never read.
+        # --no-resume: it replaces the key's checkpoints, and must fail on the bad file before it does
+        # (without it the bad file fails too: other images, so the complete model is not reused).
         argv = ["train", str(root), "-o", str(models), "-c", CATEGORY, "--no-resume", *FAST]
     else:  # default output = the models store, which already holds an evaluation of the clean data
         workers = "2" if "worker" in case else "0"  # worker processes cost seconds to start and stop

@@ -1,0 +1,66 @@
+"""prefect-ray's ``RayTaskRunner`` as the fan-out uses it (imports Ray: load it only for runner=ray).
+
+Three additions, each for something users saw go wrong:
+
+- **A Ray on this machine is locked down.** Before a local Ray starts, or the local head is
+  joined, the machine's Ray token is made to exist and Ray's single-machine switch is on
+  (:mod:`flows.local_ray`): every port on 127.0.0.1, every client asked for the token.
+- **The dashboard URL is in the flow run's log** once Ray is up (a cluster's included).
+- **A task run's logs reach the Prefect API.** A Ray worker sends Prefect logs from a
+  background thread every 2 s; the driver shuts Ray down (and the workers with it) as soon
+  as the last training returns, which lost the last seconds of each task run's log. Each
+  task's logs are therefore drained in the worker before its result goes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from prefect_ray import RayTaskRunner
+
+from flows.local_ray import ensure_token, loopback_only
+
+LOG_DRAIN_TIMEOUT_S = 10
+
+
+def _run_logger(fallback: Any) -> Any:
+    """The flow run's logger (its lines reach the Prefect API), else the task runner's own."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return fallback
+
+
+class LoggedRayTaskRunner(RayTaskRunner):
+    """``RayTaskRunner(address, init_kwargs)``; ``loopback``: the Ray lives on this machine only."""
+
+    def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None,
+                 loopback: bool = False):
+        super().__init__(address=address, init_kwargs=init_kwargs)
+        self.loopback = loopback
+
+    def duplicate(self) -> LoggedRayTaskRunner:
+        return type(self)(address=self.address, init_kwargs=self.init_kwargs, loopback=self.loopback)
+
+    def __enter__(self) -> LoggedRayTaskRunner:
+        ensure_token()
+        with loopback_only() if self.loopback else contextlib.nullcontext():
+            super().__enter__()
+        url = getattr(getattr(self, "_ray_context", None), "dashboard_url", None)
+        if url:
+            _run_logger(self.logger).info("Ray dashboard: %s", url if "://" in url else f"http://{url}")
+        return self
+
+    @staticmethod
+    def _run_prefect_task(*args: Any, **kwargs: Any) -> Any:
+        """What runs in the Ray worker: the Prefect task, then its logs sent to the API."""
+        try:
+            return RayTaskRunner._run_prefect_task(*args, **kwargs)
+        finally:
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=LOG_DRAIN_TIMEOUT_S)

@@ -1,0 +1,224 @@
+"""Predictions for new images: score, calibrated verdict, defect mask and overlay per image.
+
+For inspection engineers: any list of image files, no dataset layout. Every output of an
+image is a function of that image and the model file only (fixed test-time masks,
+calibrated thresholds and colour scale), whatever the other files of the call, the
+batch size or the engine (``model.pt`` with PyTorch, ``.onnx`` with ONNX Runtime).
+
+Python::
+
+    from mrkd_core.inference import Predictor
+    predictor = Predictor.load("models/bracket/model.pt")        # or "bracket.onnx"
+    for p in predictor.predict(["part_001.png", "part_002.png"]):
+        print(p.path, p.score, p.normalized_score, p.verdict)    # p.anomaly_map, p.mask: H×W arrays
+
+    predict_images("models/bracket/model.pt", paths, "out/")     # + PNGs and the tables
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mrkd_core.data.torch_datasets import normalize
+from mrkd_core.errors import DataError
+from mrkd_core.inference.backends import Backend, open_backend
+from mrkd_core.inference.calibration import Calibration
+from mrkd_core.inference.images import read_image, to_input_size, to_network_size
+from mrkd_core.inference.overlays import write_mask, write_overlay
+from mrkd_core.revision import EVALUATION_REVISION, stored_revision
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_SCHEMA = pa.schema([
+    pa.field("path", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("score", pa.float64()),  # Eq. 6, raw
+    pa.field("normalized_score", pa.float64()),  # [0, 1], 0.5 at the threshold; null when uncalibrated
+    pa.field("verdict", pa.string()),  # good / defective; null when uncalibrated or skipped
+    pa.field("threshold", pa.float64()),  # the image threshold on the raw score
+    pa.field("mask_path", pa.string()),
+    pa.field("overlay_path", pa.string()),
+    pa.field("error", pa.string()),  # null, or why the file was skipped
+])
+TABLE_NAME = "predictions"
+
+
+@dataclass
+class Prediction:
+    """One image's result: the table's fields, and ``anomaly_map`` (float32), ``mask`` (uint8
+    {0, 1}) and ``image`` (the decoded RGB uint8) at the input's height × width. ``mask`` is
+    None without calibration; all three None when skipped."""
+
+    path: str
+    width: int | None = None
+    height: int | None = None
+    score: float | None = None
+    normalized_score: float | None = None
+    verdict: str | None = None
+    threshold: float | None = None
+    mask_path: str | None = None
+    overlay_path: str | None = None
+    error: str | None = None
+    anomaly_map: np.ndarray | None = field(default=None, repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def row(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in PREDICTIONS_SCHEMA}
+
+
+class Predictor:
+    """Scores images with one model file (``model.pt`` or ``.onnx``) and its calibration.
+
+    Forward passes hold up to ``batch_size`` images (the last one the rest): an image
+    costs one image, whatever the batch size. Its outputs depend on the image and the
+    model only (the test-time masks are per-model constants, ``MRKD.test_masks``); the
+    number of images in a pass changes them by float32 rounding at most (PyTorch's CPU
+    convolutions round a pass of one small image differently from a pass of several:
+    relative ≤ 5e-7 on maps below 256 px, bitwise the same at 256 px here;
+    docs/inference.md).
+    """
+
+    def __init__(self, backend: Backend, batch_size: int = 8):
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size} must be at least 1")
+        self.backend = backend
+        self.batch_size = int(batch_size)
+        info = backend.info
+        self.calibration = Calibration.from_dict(info.calibration, info.source) if info.calibration else None
+        cfg = info.config
+        self._mean, self._std = cfg.normalize_mean, cfg.normalize_std
+        if self.calibration is None:
+            log.warning("%s has no calibration: scores only (no verdict, mask or overlay) — run "
+                        "`mrkd calibrate %s DATA_ROOT`", info.source, info.source)
+        elif stored_revision(info.calibration, "evaluation_revision") != EVALUATION_REVISION:
+            log.warning("%s was calibrated with scores of evaluation revision %d (this code: %d); its thresholds "
+                        "may be off — run `mrkd calibrate %s DATA_ROOT`", info.source,
+                        stored_revision(info.calibration, "evaluation_revision"), EVALUATION_REVISION, info.source)
+
+    @classmethod
+    def load(cls, location: str | os.PathLike[str], device: str = "auto", batch_size: int = 8,
+             engine: str = "auto") -> "Predictor":
+        """``engine`` for an .onnx export: auto/onnxruntime or openvino (``backends.open_backend``)."""
+        return cls(open_backend(str(location), device, engine), batch_size)
+
+    @property
+    def image_size(self) -> int:
+        return self.backend.info.image_size
+
+    def predict(self, paths: Iterable[str | os.PathLike[str]],
+                skip_unreadable: bool = False) -> Iterator[Prediction]:
+        """One ``Prediction`` per path, in order, with maps (and masks when calibrated).
+
+        An unreadable file raises its one-line ``DataError``; with ``skip_unreadable`` it
+        yields a Prediction whose ``error`` says why, and the others are scored.
+        """
+        pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+        for path in paths:
+            p = os.fspath(path)
+            try:
+                original, net = read_image(p, self.image_size)
+            except DataError as exc:
+                if not skip_unreadable:
+                    raise
+                yield from self._run(pending)
+                pending = []
+                yield Prediction(path=p, error=str(exc))
+                continue
+            pending.append((p, original, net))
+            if len(pending) == self.batch_size:
+                yield from self._run(pending)
+                pending = []
+        yield from self._run(pending)
+
+    def predict_array(self, image: np.ndarray, path: str = "<array>") -> Prediction:
+        """A Prediction for an H×W×3 (or H×W grey) uint8 image already in memory."""
+        arr = np.asarray(image)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"expected an H×W×3 uint8 RGB image, got {arr.dtype} {arr.shape}")
+        return next(self._run([(path, arr, to_network_size(arr, self.image_size))]))
+
+    def _run(self, items: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> Iterator[Prediction]:
+        if not items:
+            return
+        batch = np.stack([normalize(net, self._mean, self._std).numpy() for _, _, net in items])
+        maps, scores = self.backend.run(batch)
+        cal = self.calibration
+        for (path, original, _), amap, score in zip(items, maps, scores):
+            h, w = original.shape[:2]
+            full = to_input_size(amap, w, h)
+            pred = Prediction(path=path, width=w, height=h, score=float(score), anomaly_map=full, image=original)
+            if cal is not None:
+                pred.normalized_score = float(cal.normalize_score(float(score)))
+                pred.verdict = cal.verdict(float(score))
+                pred.threshold = cal.image_threshold
+                pred.mask = cal.defect_mask(full)
+            yield pred
+
+
+@dataclass
+class PredictionReport:
+    """What ``predict_images`` wrote."""
+
+    predictions: list[Prediction]
+    csv_path: Path
+    parquet_path: Path
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(1 for p in self.predictions if p.error)
+
+
+def _unique_stem(path: str, used: set[str]) -> str:
+    stem = Path(path).stem
+    name, i = stem, 1
+    while name in used:  # the same stem in different folders
+        name = f"{stem}_{i}"
+        i += 1
+    used.add(name)
+    return name
+
+
+def predict_images(model: str | os.PathLike[str] | Predictor, images: Sequence[str | os.PathLike[str]],
+                   out_dir: str | os.PathLike[str], device: str = "auto", batch_size: int = 8,
+                   skip_unreadable: bool = False, engine: str = "auto") -> PredictionReport:
+    """Predict every image (``batch_size`` per forward pass, ``engine`` for an .onnx file;
+    both ignored when ``model`` is a Predictor) and write ``<stem>_mask.png``, ``<stem>_overlay.png`` (input size),
+    ``predictions.csv`` and ``predictions.parquet`` (``PREDICTIONS_SCHEMA``) into ``out_dir``.
+
+    Without calibration: scores only (no masks, overlays, normalised scores or verdicts).
+    Maps are not kept in the returned predictions (a folder of 10,000 images would not fit).
+    """
+    predictor = model if isinstance(model, Predictor) else Predictor.load(model, device, batch_size, engine)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cal = predictor.calibration
+    used: set[str] = set()
+    rows: list[Prediction] = []
+    for pred in predictor.predict(images, skip_unreadable=skip_unreadable):
+        if pred.error is None and cal is not None:
+            stem = _unique_stem(pred.path, used)
+            pred.mask_path = str(out / f"{stem}_mask.png")
+            pred.overlay_path = str(out / f"{stem}_overlay.png")
+            write_mask(Path(pred.mask_path), pred.mask)
+            write_overlay(Path(pred.overlay_path), pred.image, cal.normalize_map(pred.anomaly_map))
+        pred.anomaly_map = pred.mask = pred.image = None
+        rows.append(pred)
+    report = PredictionReport(rows, out / f"{TABLE_NAME}.csv", out / f"{TABLE_NAME}.parquet")
+    table = pa.Table.from_pylist([p.row() for p in rows], schema=PREDICTIONS_SCHEMA)
+    pq.write_table(table, report.parquet_path)
+    pacsv.write_csv(table, report.csv_path, pacsv.WriteOptions(quoting_style="needed"))
+    log.info("%d images scored, %d skipped; %s", len(rows) - report.n_skipped, report.n_skipped, report.csv_path)
+    return report

@@ -1,0 +1,272 @@
+"""Hive-partitioned Parquet tables in the store: one way to write and read them all.
+
+``tables/<name>/<col>=<value>/.../<file>.parquet`` is what pandas, pyarrow.dataset and
+DuckDB read in one call. Two things make such a folder treacherous, and this module
+handles both for every partitioned table (``metrics``, ``scores``, and any later one):
+
+* **Partition values are strings.** Readers that infer partition types turn run id
+  ``0001`` into the integer 1 and dataset ``123`` into a number. Values are written
+  percent-encoded (``urllib.parse.quote``, what Arrow's ``segment_encoding="uri"`` and
+  DuckDB decode), so spaces, ``=``, ``%``, ``#`` and any Unicode survive the path, and
+  the documented reader calls pass the table's schema, in which every partition column
+  is a string (:meth:`PartitionedTable.dataset`, docs/storage.md).
+* **Files differ in schema.** A newer version adds columns; pyarrow takes a dataset's
+  schema from the first file it finds. Files are never rewritten: readers pass the
+  current schema (pandas/pyarrow: ``schema=``; DuckDB: ``union_by_name``), and
+  :meth:`PartitionedTable.read` conforms every file to it — a column a file lacks is
+  null for its rows.
+
+Partition columns live only in the path (pyarrow refuses a column that is both). Each
+file records the run directory its rows came from (footer key ``mrkd.run_dir``):
+:meth:`PartitionedTable.read` leaves out rows whose run directory lost its manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mrkd_core.errors import ConfigError, StorageError
+from mrkd_core.results import MANIFEST, METRICS_SCHEMA, SCORES_SCHEMA, read_parquet_bytes, to_table
+from mrkd_core.storage import ArtifactStore
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+log = logging.getLogger(__name__)
+
+PARTITION_COLUMNS = ("dataset", "run_id")
+# Which run directory a partition file was copied from (a skipped task's rows come from an
+# earlier run): stored in the Parquet footer, so the schema stays the table's.
+SOURCE_KEY = b"mrkd.run_dir"
+# The options every DuckDB read of a table needs (see docs/storage.md):
+# partition values as text, and files of several schema versions unified by column name.
+DUCKDB_OPTIONS = "hive_partitioning = true, hive_types_autocast = false, union_by_name = true"
+
+MAX_RUN_ID_CHARS = 128
+# One path component on common file systems is at most 255 bytes; leave room for '<col>='.
+_MAX_SEGMENT_BYTES = 240
+# pyarrow reads this hive value as null.
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+# fsspec treats these as glob patterns in paths it expands (e.g. recursive removal).
+_GLOB_CHARS = frozenset("*?[]")
+# Control characters, surrogates (not UTF-8) and line/paragraph separators.
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def _forbidden(c: str) -> bool:
+    return c in "/\\" or c in _GLOB_CHARS or unicodedata.category(c) in _BAD_CATEGORIES
+
+
+# --------------------------------------------------------------------------- values and names
+def check_partition_value(column: str, value: Any) -> str:
+    """``value`` if it can name a folder and a partition; else a ``ConfigError`` saying why.
+
+    Allowed: any text of letters, digits, spaces and punctuation in any script, e.g.
+    ``0001``, ``2026-11-30``, ``nightly 30 Nov``, ``essai-été``. Refused: empty text,
+    leading or trailing whitespace, control characters, ``/`` and ``\\`` (path
+    separators), ``*?[]`` (glob patterns), ``.`` and ``..``.
+    """
+    where = f"{column} {value!r}"
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be non-empty text")
+    if value != value.strip():
+        raise ConfigError(f"{where}: must not start or end with whitespace")
+    if value in (".", "..", _HIVE_NULL):
+        raise ConfigError(f"{where}: is reserved; choose another name")
+    bad = sorted({c for c in value if _forbidden(c)})
+    if bad:
+        raise ConfigError(f"{where}: must not contain {''.join(repr(c) for c in bad)} "
+                          f"(it names a folder; '/', '\\', '*?[]' and control characters are not allowed)")
+    if len(encode_value(value).encode()) > _MAX_SEGMENT_BYTES:
+        raise ConfigError(f"{where}: too long once percent-encoded (at most {_MAX_SEGMENT_BYTES} bytes)")
+    return value
+
+
+def check_run_id(run_id: Any) -> str:
+    """A run id names ``runs/<run_id>/``, ``reports/<run_id>/`` and a partition: see :func:`check_partition_value`."""
+    check_partition_value("run id", run_id)
+    if len(run_id) > MAX_RUN_ID_CHARS:
+        raise ConfigError(f"run id {run_id!r}: at most {MAX_RUN_ID_CHARS} characters")
+    return run_id
+
+
+def encode_value(value: str) -> str:
+    """A partition value as a path segment: percent-encoded UTF-8, unreserved characters kept.
+
+    Values of the old ``[A-Za-z0-9._-]`` kind are unchanged, so stores written before
+    encoding read the same.
+    """
+    return quote(value, safe="")
+
+
+def decode_value(segment: str) -> str:
+    return unquote(segment)
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` usable as one file name that every reader lists.
+
+    Percent-encodes path separators, ``%``, glob and control characters, and a leading
+    ``.`` or ``_``: pyarrow and pandas silently skip files whose name starts with one of
+    those, so a category called ``_scratch`` would vanish from every read.
+    """
+    out = []
+    for i, c in enumerate(name):
+        if c == "%" or _forbidden(c) or (i == 0 and c in "._"):
+            out.append("".join(f"%{b:02X}" for b in c.encode()))  # quote() keeps '.' and '_'
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- schemas
+def conform(table: pa.Table, schema: pa.Schema, source: str = "") -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: a missing one is null, another type is cast.
+
+    Columns the schema does not know (written by a newer version) are dropped.
+    """
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(field.name)
+        if not column.type.equals(field.type):
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise StorageError(f"{source or 'table'}: column {field.name!r} is {column.type}, "
+                                   f"cannot be read as {field.type} ({exc})") from None
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+# --------------------------------------------------------------------------- tables
+@dataclass(frozen=True)
+class PartitionedTable:
+    """``tables/<name>/``, hive-partitioned by ``partition_by`` (outermost first).
+
+    ``schema`` is the full schema, partition columns included (as strings): what the
+    files hold plus what the path holds, and what readers pass to pandas/pyarrow.
+    """
+
+    name: str
+    schema: pa.Schema
+    partition_by: tuple[str, ...] = PARTITION_COLUMNS
+
+    def __post_init__(self) -> None:
+        for col in self.partition_by:
+            if self.schema.field(col).type != pa.string():
+                raise ValueError(f"table {self.name}: partition column {col!r} must be a string column")
+
+    @property
+    def root(self) -> str:
+        return f"tables/{self.name}"
+
+    @property
+    def file_schema(self) -> pa.Schema:
+        """What each file holds: the schema without the partition columns."""
+        return pa.schema([f for f in self.schema if f.name not in self.partition_by])
+
+    def partition_dir(self, values: Mapping[str, str]) -> str:
+        """``tables/<name>/<col>=<encoded value>/...`` for the partition ``values``."""
+        parts = [f"{col}={encode_value(check_partition_value(col, values[col]))}" for col in self.partition_by]
+        return "/".join([self.root, *parts])
+
+    def write(self, store: ArtifactStore, rows: Sequence[Mapping[str, Any]], file_name: str,
+              source_run_dir: str) -> str:
+        """Store ``rows`` (all of one partition) as one file; returns its path.
+
+        The same ``file_name`` in the same partition replaces the earlier file (a
+        retried task writes its rows once).
+        """
+        if not rows:
+            raise ValueError(f"table {self.name}: no rows to write")
+        values = {col: rows[0][col] for col in self.partition_by}
+        for r in rows:
+            if any(r[col] != values[col] for col in self.partition_by):
+                raise ValueError(f"table {self.name}: rows of several partitions in one write ({values})")
+        table = to_table([dict(r) for r in rows], self.schema).drop_columns(list(self.partition_by))
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source_run_dir.encode()})
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        path = f"{self.partition_dir(values)}/{safe_file_name(file_name)}"
+        store.write_bytes(path, buf.getvalue())
+        return path
+
+    def _partition_values(self, rel: str) -> dict[str, str] | None:
+        """The partition values of a file path below ``root``, or None when it is not a table file."""
+        parts = rel.split("/")
+        if len(parts) != len(self.partition_by) + 1 or not parts[-1].endswith(".parquet"):
+            return None
+        if parts[-1].startswith((".", "_")):  # what pyarrow and pandas skip
+            return None
+        values = {}
+        for col, segment in zip(self.partition_by, parts):
+            key, sep, value = segment.partition("=")
+            if key != col or not sep:
+                return None
+            values[col] = decode_value(value)
+        return values
+
+    def read(self, store: ArtifactStore, **equals: str | None) -> pd.DataFrame:
+        """Every row (with the partition values ``equals``, e.g. ``run_id="0001"``) of complete runs.
+
+        Files of every schema version are conformed to ``schema`` (old rows get nulls in
+        newer columns). A file whose source run directory has no manifest (deleted, or
+        being rewritten by a forced rerun) is left out with a warning.
+        """
+        wanted = {k: v for k, v in equals.items() if v is not None}
+        unknown = set(wanted) - set(self.partition_by)
+        if unknown:
+            raise ValueError(f"table {self.name} is partitioned by {self.partition_by}, not {sorted(unknown)}")
+        tables = []
+        complete: dict[str, bool] = {}
+        prefix = self.root + "/"
+        for path in store.list(self.root, recursive=True):
+            values = self._partition_values(path[len(prefix):]) if path.startswith(prefix) else None
+            if values is None or any(values[k] != v for k, v in wanted.items()):
+                continue
+            table = read_parquet_bytes(store.read_bytes(path))
+            source = (table.schema.metadata or {}).get(SOURCE_KEY)
+            if source is not None:
+                src = source.decode()
+                if src not in complete:
+                    complete[src] = store.exists(f"{src}/{MANIFEST}")
+                if not complete[src]:
+                    log.warning("%s: its run %s has no manifest; ignored", store.uri(path), store.uri(src))
+                    continue
+            table = conform(table, self.file_schema, store.uri(path))
+            for col in self.partition_by:
+                table = table.append_column(col, pa.array([values[col]] * table.num_rows, pa.string()))
+            tables.append(table.select(self.schema.names))
+        if not tables:
+            return self.schema.empty_table().to_pandas()
+        return pa.concat_tables(tables).to_pandas()
+
+    def dataset(self, path: str, filesystem: Any = None) -> pads.Dataset:
+        """``pyarrow.dataset`` over ``<store>/tables/<name>`` with this schema: what docs/storage.md shows.
+
+        ``path`` is a local folder or a path on ``filesystem`` (e.g. ``bucket/prefix/tables/metrics``
+        with a ``pyarrow.fs.S3FileSystem``).
+        """
+        import pyarrow.dataset as pads
+
+        return pads.dataset(path, schema=self.schema, format="parquet", partitioning="hive", filesystem=filesystem)
+
+
+METRICS_TABLE = PartitionedTable("metrics", METRICS_SCHEMA)
+SCORES_TABLE = PartitionedTable("scores", SCORES_SCHEMA)
+
+__all__ = ["DUCKDB_OPTIONS", "METRICS_TABLE", "PARTITION_COLUMNS", "PartitionedTable", "SCORES_TABLE", "SOURCE_KEY",
+           "check_partition_value", "check_run_id", "conform", "decode_value", "encode_value", "safe_file_name"]
