@@ -45,6 +45,11 @@ FIELD_HELP = {
     "ilm_fraction": "α: fraction of training images given synthetic anomalies (Table 6)",
     "ilm_source": "same (official code) or other (paper text): where ILM patches come from",
     "ilm_blend": "swap (official code) or poisson (paper text): how ILM patches are pasted",
+    "ilm_preset": "where and how large ILM patches are: default (MVTec categories: NSA's preset; others: the "
+                  "measured default), auto (estimated from the training images), texture, an MVTec category, "
+                  "or 'half_size=0.03:0.15,patches=2[,background=200,threshold=60]' (docs/ilm.md)",
+    "train_subsample": "train on at most N training images, a seeded choice (0 = all; docs/datasets.md)",
+    "test_subsample": "test on at most N test images, seeded, every defect type kept (0 = all)",
     "flm": "feature-level masking (Sec. 3.3)",
     "flm_ratio": "λ: probability that a feature position is masked (Eq. 2), in [0, 1)",
     "flm_at_test": "mask features at test time too, as Sec. 3.4 prescribes (seeded)",
@@ -215,6 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the newest stored model of each category on a test split; JSON + CSV under ``evaluations/``."""
     from mrkd_core.data.fingerprint import fingerprint_samples
+    from mrkd_core.data.subsample import subsample_test
     from mrkd_core.device import place_model, resolve_device
     from mrkd_core.evaluate import evaluate
     from mrkd_core.inference.calibration import verdict_columns
@@ -231,9 +237,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     models = ArtifactStore(_store_root(args.models, "--models"))
     newest: dict[str, Any] = {}
     for m in find_models(models, args.dataset, run_id=args.run_id):  # newest first
-        newest.setdefault(m.category, m)
+        if args.config_hash is None or m.config_hash == args.config_hash:
+            newest.setdefault(m.category, m)
     if not newest:
-        where = f"run {args.run_id!r} of " if args.run_id else ""
+        where = (f"run {args.run_id!r} of " if args.run_id else "") + (
+            f"config {args.config_hash} in " if args.config_hash else "")
         raise DataError(f"--models {models.uri()}: no complete {args.dataset!r} model in {where}this store "
                         f"(runs/<run_id>/{args.dataset}/<category>/<config_hash>/model.pt) — run `mrkd train` "
                         "first, or pass the --dataset it was trained as")
@@ -253,7 +261,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model, cfg = loaded.model, loaded.config
         cfg = cfg.replace(progress=False, **overrides)
         place_model(model, cfg, resolve_device(cfg.device))
-        samples = ds.test_samples(str(root), cat)
+        samples = subsample_test(ds.test_samples(str(root), cat), cfg.test_subsample)  # the model's own test subset
         started = utcnow()
         result = evaluate(model, cfg, samples)
         task = Task(args.dataset, cat, stored.manifest.get("variant", CLI_VARIANT), cfg, str(root))
@@ -391,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="folder")
     p.add_argument("--category", "-c", action="append")
     p.add_argument("--run-id", help="evaluate the models of this training run (default: the newest per category)")
+    p.add_argument("--config-hash", help="evaluate the model of this config (the <config_hash> folder of its run "
+                                         "directory; default: the newest model per category, whatever its config)")
     p.add_argument("--evaluation-id", help="name of this evaluation (default evaluate-<UTC yyyymmdd-HHMMSS>)")
     add_config_options(p, only=("device", "num_workers", "flm_at_test", "eval_batch_size"))
     p.set_defaults(func=cmd_evaluate)

@@ -4,7 +4,9 @@ Every hyperparameter of the paper (Sec. 4.1) and every convention of the officia
 code that changes a result has a named field here. The config is serialised to JSON
 and hashed; the hash names the run, so two runs with the same hash are the same
 experiment. Fields that only change *how* a run executes (device, workers,
-checkpoint cadence) are excluded from the hash: see ``RUNTIME_FIELDS``.
+checkpoint cadence) are excluded from the hash: see ``RUNTIME_FIELDS``. Fields added after
+results were stored are left out of the hash while they hold the value that trains what
+was trained before they existed: see ``HASH_NEUTRAL_DEFAULTS``.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, fields
+from collections.abc import Mapping
 from typing import Any
 
 from mrkd_core.errors import ConfigError
+from mrkd_core.ilm.presets import PRESET_DEFAULT, canonical_preset
 
 BACKBONES = ("resnet18", "resnet50", "wide_resnet50_2")
 ILM_SOURCES = ("same", "other")
@@ -47,7 +51,11 @@ RUNTIME_FIELDS = frozenset(
 # Result-defining fields added after results were stored under config hashes: left out of
 # the hash while they hold the value that reproduces what was trained before they existed,
 # so the hashes (and the stored results, checkpoints and models keyed by them) stay valid.
-HASH_NEUTRAL_DEFAULTS: dict[str, object] = {"validation_fraction": 0.0}
+# Any other value is hashed. A change of what such a default *trains* (e.g. the preset
+# "default" resolves to for unknown categories) is a new training revision instead
+# (mrkd_core/revision.py), which keeps old states from being reused.
+HASH_NEUTRAL_DEFAULTS: dict[str, object] = {"ilm_preset": PRESET_DEFAULT, "train_subsample": 0, "test_subsample": 0,
+                                             "validation_fraction": 0.0}
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,11 @@ class MRKDConfig:
     image_size: int = 256
     normalize_mean: tuple[float, float, float] = IMAGENET_MEAN
     normalize_std: tuple[float, float, float] = IMAGENET_STD
+    # At most this many training / test images, a seeded choice (mrkd_core.data.subsample;
+    # the test choice keeps every defect type); 0 = all. A subsample is other data, so it
+    # is part of the hash; specs set it per dataset (datasets[].subsample).
+    train_subsample: int = 0
+    test_subsample: int = 0
     # Fraction of train/good held out from training (seeded by ``seed``) for calibrating
     # thresholds on defect-free images the model never saw; 0 = the paper's training set.
     validation_fraction: float = 0.0
@@ -83,6 +96,11 @@ class MRKDConfig:
     # paper's text says another training image, seamlessly blended. See docs/fidelity.md.
     ilm_source: str = "same"
     ilm_blend: str = "swap"
+    # Where and how large the patches are (docs/ilm.md, "Choosing the preset"): "default"
+    # (an MVTec category's published NSA preset, else the measured default for unknown
+    # categories), "auto" (estimated from the training images), "texture", an MVTec
+    # category's name, or parameters like "half_size=0.03:0.15,patches=2".
+    ilm_preset: str = PRESET_DEFAULT
 
     # --- FLM (Sec. 3.3): feature-level masking ---
     flm: bool = True
@@ -112,6 +130,9 @@ class MRKDConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        # One spelling per preset ('Bottle' = 'bottle'; parameters in a fixed order), so that
+        # equal presets hash equally.
+        object.__setattr__(self, "ilm_preset", canonical_preset(self.ilm_preset))
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +224,8 @@ def _coerce(name: str, value: Any, f: dataclasses.Field, source: str) -> Any:
             raise bad
         return float(value)
     if kind is str:
+        if name == "ilm_preset" and isinstance(value, Mapping):
+            return canonical_preset(value)  # explicit parameters as a JSON/YAML mapping
         if not isinstance(value, str):
             raise bad
         return value
@@ -247,6 +270,10 @@ def validate(cfg: MRKDConfig) -> None:
         fail("ilm_source", f"{cfg.ilm_source!r}; choose one of {', '.join(ILM_SOURCES)}")
     if cfg.ilm_blend not in ILM_BLENDS:
         fail("ilm_blend", f"{cfg.ilm_blend!r}; choose one of {', '.join(ILM_BLENDS)}")
+    canonical_preset(cfg.ilm_preset)  # its ConfigError names the field and the bad part
+    for name in ("train_subsample", "test_subsample"):
+        if getattr(cfg, name) < 0:
+            fail(name, f"{getattr(cfg, name)} must be ≥ 0 (0 = every image)")
     check_flm_ratio(cfg.flm_ratio)
     if not cfg.score_scales or any(s not in (1, 2, 3) for s in cfg.score_scales) or len(
         set(cfg.score_scales)

@@ -31,6 +31,7 @@ import numpy as np
 from mrkd_core.data import Sample, get_dataset
 from mrkd_core.data.fingerprint import HashCache, fingerprint_samples
 from mrkd_core.data.holdout import holdout_split
+from mrkd_core.data.subsample import subsample_test, subsample_train
 from mrkd_core.errors import ConfigError, StorageError
 from mrkd_core.lineage import Lineage
 from mrkd_core.partitioned import check_run_id
@@ -125,8 +126,11 @@ def task_inputs(task: Task, evaluated: bool = True) -> tuple[Lineage, list[Sampl
     """
     cfg = task.config
     ds = get_dataset(task.dataset)
-    train_samples = ds.train_samples(task.data_root, task.category)
-    test_samples = ds.test_samples(task.data_root, task.category) if evaluated else []
+    # A declared subsample (config train_subsample/test_subsample, data.subsample) is the
+    # data of this task: trained on, evaluated on and fingerprinted.
+    train_samples = subsample_train(ds.train_samples(task.data_root, task.category), cfg.train_subsample)
+    test_samples = (subsample_test(ds.test_samples(task.data_root, task.category), cfg.test_subsample)
+                    if evaluated else [])
     # What training sees: train/good less the validation_fraction held out for calibration
     # (the same split ``train`` makes; all of it at the paper's fraction 0).
     trained = holdout_split(train_samples, cfg.validation_fraction, cfg.seed)[0]
@@ -234,11 +238,31 @@ def find_models(store: ArtifactStore, dataset: str, category: str | None = None,
 def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
     """(image, mask, map) triples kept for the report (Fig. 7); mask None without pixel ground truth.
 
-    FileNotFoundError without ``maps.npz``. Files written before ``has_masks`` existed had masks.
+    Order: anomalous test images first, then normal ones (as the engine keeps them). Without
+    pixel ground truth a figure has no mask to show where the defect is, so there the
+    first three are two anomalous images and then a normal one (``IMAGE_LABELLED_ORDER``):
+    the heatmaps, on one colour scale, show the contrast. FileNotFoundError without
+    ``maps.npz``. Files written before ``has_masks`` existed had masks.
     """
     with np.load(io.BytesIO(store.read_bytes(f"{run_directory}/maps.npz"))) as z:
         if z["images"].ndim != 4:
             return []
         has_masks = bool(z["has_masks"]) if "has_masks" in z.files else True
-        return [(z["images"][i], z["masks"][i] if has_masks else None, z["maps"][i])
-                for i in range(z["images"].shape[0])]
+        order = list(range(z["images"].shape[0]))
+        if not has_masks and "labels" in z.files:
+            order = image_labelled_order(z["labels"].astype(int).tolist())
+        return [(z["images"][i], z["masks"][i] if has_masks else None, z["maps"][i]) for i in order]
+
+
+#: Labels of the first rows of an image-labelled figure (1 = anomalous): see ``read_maps``.
+IMAGE_LABELLED_ORDER = (1, 1, 0)
+
+
+def image_labelled_order(labels: list[int]) -> list[int]:
+    """Indices of ``labels`` with the first rows following ``IMAGE_LABELLED_ORDER`` where the labels allow."""
+    pools = {0: [i for i, lab in enumerate(labels) if lab == 0], 1: [i for i, lab in enumerate(labels) if lab == 1]}
+    first = []
+    for want in IMAGE_LABELLED_ORDER:
+        if pools[want]:
+            first.append(pools[want].pop(0))
+    return first + [i for i in range(len(labels)) if i not in first]

@@ -33,6 +33,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mrkd_core.layout import IMAGE_LABELLED_ORDER
 from mrkd_core.storage import ArtifactStore
 from mrkd_core.tables import ABSENT_MARK, MVTEC_CATEGORIES, build_all, build_table, main_setting_rows
 
@@ -492,8 +493,14 @@ def write_report(
                 continue
             if not triples:
                 continue
-            add_figure(f"heatmaps_{_slug(dataset)}_{_slug(category)}.png",
-                       f"Fig. 7 style: input, ground truth and MRKD heatmap, {dataset}/{category}.",
+            if all(t[1] is None for t in triples):  # image labels only: read_maps orders the rows
+                rows = ", ".join("anomalous" if lab else "normal" for lab in IMAGE_LABELLED_ORDER[:len(triples)])
+                caption = (f"Fig. 7 style: test images of {dataset}/{category} and their MRKD heatmaps on one "
+                           f"colour scale; image labels only (no pixel masks); rows, where the test set has "
+                           f"them: {rows}.")
+            else:
+                caption = f"Fig. 7 style: input, ground truth and MRKD heatmap, {dataset}/{category}."
+            add_figure(f"heatmaps_{_slug(dataset)}_{_slug(category)}.png", caption,
                        heatmap_figure(str(category), triples))
     else:
         log.info("no maps provider: Fig. 7 heatmaps skipped")

@@ -27,12 +27,15 @@ import yaml
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import ConfigError, DataError
+from mrkd_core.ilm.presets import canonical_preset
 
 log = logging.getLogger(__name__)
 
 ENV_SPEC_PATH = "MRKD_SPEC_PATH"  # read by the callers (the flows), never here: see parse_search_path
 _SPEC_KEYS = {"name", "description", "datasets", "base", "variants", "scale_sets"}
-_DATASET_KEYS = {"name", "root", "categories", "generate"}
+_DATASET_KEYS = {"name", "root", "categories", "generate", "subsample"}
+# datasets[].subsample → the config fields it sets on that dataset's tasks.
+_SUBSAMPLE_FIELDS = {"train": "train_subsample", "test": "test_subsample"}
 _GENERATE_KEYS = {"kind", "categories", "n_train", "n_test_good", "n_test_defect", "size", "seed"}
 
 
@@ -43,13 +46,21 @@ class DatasetEntry:
     ``root``: the folder, absolute or relative to the data root (None: ``<data root>/<name>``,
     ``generated-<name>`` for generated ones). ``categories``: None means every category
     found. ``generate``: the parameters of ``make_synthetic_mvtec`` for a generated
-    dataset (sorted key/value pairs, hashable), None for a real one.
+    dataset (sorted key/value pairs, hashable), None for a real one. ``subsample``: at
+    most this many ``train`` / ``test`` images per category (sorted pairs), set as the
+    config fields ``train_subsample`` / ``test_subsample`` of this dataset's tasks, so a
+    subsample is keyed apart from the whole data (``mrkd_core.data.subsample``).
     """
 
     name: str
     root: str | None = None
     categories: tuple[str, ...] | None = None  # None = all categories found
     generate: tuple[tuple[str, Any], ...] | None = None  # synthetic dataset parameters
+    subsample: tuple[tuple[str, int], ...] | None = None  # (("test", m), ("train", n))
+
+    def config_overrides(self) -> dict[str, int]:
+        """The config fields this entry sets on its tasks (its subsample)."""
+        return {_SUBSAMPLE_FIELDS[k]: n for k, n in self.subsample or ()}
 
     def root_path(self, data_root: str) -> str:
         """The dataset's folder: explicit ``root`` (relative to ``data_root``) or ``<data_root>/<name>``."""
@@ -64,14 +75,15 @@ class DatasetEntry:
             "categories": list(self.categories) if self.categories is not None else None,
             "generate": {k: list(v) if isinstance(v, tuple) else v for k, v in self.generate}
             if self.generate is not None else None,
+            "subsample": dict(self.subsample) if self.subsample is not None else None,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DatasetEntry":
         """The inverse of :meth:`to_dict`."""
-        cats, gen = d.get("categories"), d.get("generate")
+        cats, gen, sub = d.get("categories"), d.get("generate"), d.get("subsample")
         return cls(d["name"], d.get("root"), tuple(cats) if cats is not None else None,
-                   _freeze(gen) if gen is not None else None)
+                   _freeze(gen) if gen is not None else None, _freeze(sub) if sub is not None else None)
 
 
 @dataclass(frozen=True)
@@ -169,8 +181,10 @@ class ExperimentSpec:
                 if not cats:
                     raise ConfigError(f"spec '{self.name}': dataset '{entry.name}' has no categories in {root} — "
                                       f"download or generate it first (python -m flows.download --spec {self.name})")
+            overrides = entry.config_overrides()
             for cat in cats:
                 for vname, cfg in configs.items():
+                    cfg = cfg.replace(**overrides) if overrides else cfg
                     tasks.append(Task(entry.name, cat, vname, cfg, root, self.name, self.narrowed, self.scale_sets))
         return tasks
 
@@ -194,6 +208,17 @@ class ExperimentSpec:
 
 def _freeze(d: dict) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
+
+
+def _preset_text(overrides: dict, where: str, source: str) -> dict:
+    """``ilm_preset`` given as a mapping of parameters (YAML) → its canonical text, so the spec stays hashable."""
+    value = overrides.get("ilm_preset")
+    if not isinstance(value, dict):
+        return overrides
+    try:
+        return {**overrides, "ilm_preset": canonical_preset(value)}
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {where}: {exc}") from None
 
 
 def _check_keys(mapping: Any, allowed: set[str], where: str, source: str) -> dict:
@@ -236,7 +261,15 @@ def parse_spec(data: Any, source: str) -> ExperimentSpec:
             if gen.get("kind", "synthetic_mvtec") != "synthetic_mvtec":
                 raise ConfigError(f"{source}: {where}.generate.kind must be 'synthetic_mvtec'")
             gen = _freeze(gen)
-        datasets.append(DatasetEntry(d["name"], root, cats_t, gen))
+        sub = d.get("subsample")
+        if sub is not None:
+            sub = _check_keys(sub, set(_SUBSAMPLE_FIELDS), f"{where}.subsample", source)
+            for k, n in sub.items():
+                if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                    raise ConfigError(f"{source}: {where}.subsample.{k} must be a whole number of images >= 1, "
+                                      f"got {n!r}")
+            sub = _freeze(sub)
+        datasets.append(DatasetEntry(d["name"], root, cats_t, gen, sub))
     base = data.get("base") or {}
     _check_keys(base, {f.name for f in dataclasses.fields(MRKDConfig)}, "base", source)
     variants_raw = data.get("variants") or {"mrkd": {}}
@@ -246,7 +279,7 @@ def parse_spec(data: Any, source: str) -> ExperimentSpec:
     for vname, overrides in variants_raw.items():
         overrides = overrides or {}
         _check_keys(overrides, {f.name for f in dataclasses.fields(MRKDConfig)}, f"variants.{vname}", source)
-        variants.append((str(vname), _freeze(overrides)))
+        variants.append((str(vname), _freeze(_preset_text(overrides, f"variants.{vname}", source))))
     scale_sets_raw = data.get("scale_sets") or []
     if not isinstance(scale_sets_raw, list) or not all(
         isinstance(s, list) and s and all(isinstance(x, int) and x in (1, 2, 3) for x in s) for s in scale_sets_raw
@@ -255,7 +288,7 @@ def parse_spec(data: Any, source: str) -> ExperimentSpec:
     desc = data.get("description", "")
     if not isinstance(desc, str):
         raise ConfigError(f"{source}: 'description' must be a string")
-    spec = ExperimentSpec(name=name, datasets=tuple(datasets), base=_freeze(base), variants=tuple(variants),
+    spec = ExperimentSpec(name=name, datasets=tuple(datasets), base=_freeze(_preset_text(base, "base", source)), variants=tuple(variants),
                           scale_sets=tuple(tuple(s) for s in scale_sets_raw), description=desc, source=source)
     spec.configs()  # every variant must be a valid config (errors name the spec and variant)
     return spec

@@ -635,8 +635,35 @@ def _measured(df: pd.DataFrame, published: pd.DataFrame) -> _Built:
     t = t.sort_values(["dataset", "category", "variant", "scales"], kind="mergesort")
     cells, absent_notes = _absent_cells(rows.loc[t.index], t)
     return _Built(t, "Measured results: every dataset, category and variant of the run (%)",
-                  ["No published numbers here: the paper's comparisons are Tables 1-8.", *absent_notes],
+                  ["No published numbers here: the paper's comparisons are Tables 1-8.", *absent_notes,
+                   *_subsample_notes(rows)],
                   rows, n_multi, (), cells)
+
+
+def _subsample_notes(rows: pd.DataFrame) -> list[str]:
+    """One note naming every subsampled dataset/category with the images it used (docs/datasets.md)."""
+    parts = []
+    cols = ("cfg_train_subsample", "cfg_test_subsample", "n_train", "n_test")
+    if not all(c in rows.columns for c in cols):
+        return []
+    for (dataset, category), g in rows.groupby(["dataset", "category"], sort=True):
+        seen = set()
+        for tr, te, n_tr, n_te in g[list(cols)].itertuples(index=False):
+            tr, te = (int(v) if v == v and v is not None else 0 for v in (tr, te))
+            if not (tr or te) or (tr, te, n_tr, n_te) in seen:
+                continue
+            seen.add((tr, te, n_tr, n_te))
+            what = [f"{_count(n_tr)} training images (train_subsample={tr})" if tr else "every training image",
+                    f"{_count(n_te)} test images (test_subsample={te})" if te else "every test image"]
+            parts.append(f"{dataset}/{category}: {', '.join(what)}")
+    if not parts:
+        return []
+    return ["Subsampled (a seeded subset, docs/datasets.md 'Subsampling'; not comparable with whole-data "
+            f"results): {'; '.join(parts)}."]
+
+
+def _count(value: Any) -> str:
+    return "?" if value is None or value != value else str(int(value))
 
 
 def _absent_cells(rows: pd.DataFrame, table: pd.DataFrame) -> tuple[tuple[tuple[int, str], ...], list[str]]:

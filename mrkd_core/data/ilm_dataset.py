@@ -22,7 +22,7 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
 from mrkd_core.data.torch_datasets import TrainImages, normalize
 from mrkd_core.errors import DataError
-from mrkd_core.ilm import get_preset, ilm_pair
+from mrkd_core.ilm import ILMPreset, ilm_pair, resolve_preset
 
 _EMPTY = torch.empty(0)
 
@@ -78,7 +78,8 @@ class ILMTrainDataset(Dataset):
     def __init__(self, images: Sequence[np.ndarray], cfg: MRKDConfig, category: str, *, with_normal: bool = True):
         self.images = list(images)
         self.cfg = cfg
-        self.preset = get_preset(category)
+        # cfg.ilm_preset for this category; "auto" is estimated from these very images.
+        self.preset: ILMPreset | None = resolve_preset(cfg.ilm_preset, category, self.images) if cfg.ilm else None
         self.with_normal = bool(with_normal)
         self.epoch = 0
 

@@ -24,7 +24,7 @@ DATASETS: dict[str, DatasetSpec] = {}
 # Modules of this package that hold no dataset (never imported by discover()).
 _INFRASTRUCTURE = frozenset(
     {"base", "registry", "io", "download", "validate", "synthetic", "torch_datasets", "ilm_dataset", "split",
-     "fingerprint"}
+     "subsample", "fingerprint", "holdout"}
 )
 _discovered = False
 

@@ -8,6 +8,13 @@ frequency, orientation, offset, lighting and sensor noise), so no global statist
 as the mean colour gives the answer away. Masks are exact: they are the pixels the defect
 changed. Everything is a pure function of ``seed`` (per image: seed, category, split, index).
 
+Categories: ``tex_stripes`` (a periodic weave), ``tex_grain`` (a smooth grey field),
+``tex_brick``, ``tex_grass``, ``tex_gravel`` (random crops of the real texture photos that
+scikit-image's wheel ships, ``skimage.data.brick()`` etc., with painted defects),
+``obj_disc`` (a washer on a dark background, about 30 % of the image) and ``obj_capsule``
+(a two-coloured capsule on a bright background, about 12 %: a part on a plain background,
+where ILM's texture setting puts most patches on the background).
+
 Layout written::
 
     <root>/<category>/train/good/000.png
@@ -18,6 +25,7 @@ Layout written::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -93,6 +101,32 @@ def _grain(rng: np.random.Generator, size: int) -> Rendered:
     return img, np.ones((size, size), dtype=bool)
 
 
+@functools.lru_cache(maxsize=None)
+def _photo(name: str) -> np.ndarray:
+    """A 512×512 grey texture photo from scikit-image's wheel (read from the installed package, offline)."""
+    import skimage.data
+
+    return getattr(skimage.data, name)().astype(np.float32)
+
+
+def _photo_crop(name: str) -> Callable[[np.random.Generator, int], Rendered]:
+    """Random crops (35-45 % of the photo's side, mirrored half of the time) of a texture photo."""
+
+    def render(rng: np.random.Generator, size: int) -> Rendered:
+        photo = _photo(name)
+        side = int(rng.uniform(0.35, 0.45) * min(photo.shape))
+        y = int(rng.integers(0, photo.shape[0] - side + 1))
+        x = int(rng.integers(0, photo.shape[1] - side + 1))
+        crop = photo[y:y + side, x:x + side]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        grey = np.asarray(Image.fromarray(np.ascontiguousarray(crop), mode="F").resize(
+            (size, size), Image.Resampling.BILINEAR)) * rng.uniform(0.94, 1.06)
+        return np.repeat(grey[..., None], 3, axis=2), np.ones((size, size), dtype=bool)
+
+    return render
+
+
 def _disc(rng: np.random.Generator, size: int) -> Rendered:
     """An orange washer on a dark background: random offset, radius, hole and lighting."""
     yy, xx = _grid(size)
@@ -109,6 +143,28 @@ def _disc(rng: np.random.Generator, size: int) -> Rendered:
     img = np.empty((size, size, 3), dtype=np.float32)
     img[:] = background
     img[obj] = colour * shade[obj][:, None]
+    return img, obj
+
+
+def _capsule(rng: np.random.Generator, size: int) -> Rendered:
+    """A red-and-blue capsule, lying nearly horizontal, on a bright plain background."""
+    yy, xx = _grid(size)
+    center = np.array([size / 2, size / 2]) + rng.uniform(-0.05, 0.05, 2) * size
+    half_length = rng.uniform(0.27, 0.30) * size
+    radius = rng.uniform(0.10, 0.115) * size
+    angle = np.deg2rad(rng.uniform(-6, 6))
+    axis = np.array([np.sin(angle), np.cos(angle)], dtype=np.float32)  # (y, x)
+    obj = _segment(size, center - axis * (half_length - radius), center + axis * (half_length - radius), 2 * radius)
+    along = (xx - center[1]) * axis[1] + (yy - center[0]) * axis[0]
+    across = -(xx - center[1]) * axis[0] + (yy - center[0]) * axis[1]
+    img = np.empty((size, size, 3), dtype=np.float32)
+    img[:] = _jitter_colour(rng, (215, 215, 210), 5)
+    red, blue = obj & (along < 0), obj & (along >= 0)
+    img[red] = _jitter_colour(rng, (165, 45, 45), 8)
+    img[blue] = _jitter_colour(rng, (45, 105, 165), 8)
+    # A cylinder's shading: brightest along its axis.
+    shade = 0.9 + 0.2 * np.clip(1.0 - (across / radius) ** 2, 0.0, 1.0)
+    img[obj] *= shade[obj][:, None]
     return img, obj
 
 
@@ -166,17 +222,40 @@ def _bite(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, background:
     return mask
 
 
+def _rim_bite(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """A missing piece at a random point of the object's outline (any shape), showing the background."""
+    size = fg.shape[0]
+    inner = fg.copy()
+    inner[1:, :] &= fg[:-1, :]
+    inner[:-1, :] &= fg[1:, :]
+    inner[:, 1:] &= fg[:, :-1]
+    inner[:, :-1] &= fg[:, 1:]
+    ys, xs = np.nonzero(fg & ~inner)
+    k = int(rng.integers(len(ys)))
+    r = rng.uniform(0.07, 0.09) * size
+    mask = _ellipse(size, np.array([ys[k] + 0.5, xs[k] + 0.5]), (r, r), 0.0) & fg
+    img[mask] = background
+    return mask
+
+
 @dataclass(frozen=True)
 class _Category:
     render: Callable[[np.random.Generator, int], Rendered]
     defects: tuple[str, ...]
     grayscale: bool = False
+    # "missing" on an object: a bite where a ray from the centre leaves the object (round
+    # parts) or at a random point of the outline (any shape).
+    rim_bite: bool = False
 
 
 CATEGORIES: dict[str, _Category] = {
     "tex_stripes": _Category(_stripes, ("scratch", "blob", "missing")),
     "tex_grain": _Category(_grain, ("scratch", "blob"), grayscale=True),
+    "tex_brick": _Category(_photo_crop("brick"), ("scratch", "blob", "missing"), grayscale=True),
+    "tex_grass": _Category(_photo_crop("grass"), ("scratch", "blob", "missing"), grayscale=True),
+    "tex_gravel": _Category(_photo_crop("gravel"), ("scratch", "blob", "missing"), grayscale=True),
     "obj_disc": _Category(_disc, ("missing", "blob", "scratch")),
+    "obj_capsule": _Category(_capsule, ("missing", "blob", "scratch"), rim_bite=True),
 }
 DEFAULT_CATEGORIES: tuple[str, ...] = ("tex_stripes", "tex_grain", "obj_disc")
 
@@ -192,7 +271,8 @@ def _apply_defect(name: str, kind: str, rng: np.random.Generator, img: np.ndarra
     if kind == "missing":
         if fg.all():
             return _flat_patch(rng, img, fg)
-        return _bite(rng, img, fg, img[~fg].mean(axis=0))
+        bite = _rim_bite if CATEGORIES[name].rim_bite else _bite
+        return bite(rng, img, fg, img[~fg].mean(axis=0))
     raise ValueError(f"unknown synthetic defect {kind!r}")
 
 

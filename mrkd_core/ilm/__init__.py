@@ -1,7 +1,21 @@
 """ILM (Sec. 3.2): NSA-style synthetic anomalies for MRKD training. See docs/ilm.md."""
 
 from mrkd_core.ilm.nsa import BLENDS, ilm_pair, object_mask, synthesize
-from mrkd_core.ilm.presets import DEFAULT_PRESET, MVTEC_CATEGORIES, PRESETS, ILMPreset, get_preset
+from mrkd_core.ilm.presets import (
+    DEFAULT_PRESET,
+    MVTEC_CATEGORIES,
+    PRESET_AUTO,
+    PRESET_DEFAULT,
+    PRESET_TEXTURE,
+    PRESETS,
+    TEXTURE_PRESET,
+    UNKNOWN_CATEGORY_PRESET,
+    ILMPreset,
+    canonical_preset,
+    describe_preset,
+    get_preset,
+    resolve_preset,
+)
 
 __all__ = [
     "BLENDS",
@@ -9,8 +23,16 @@ __all__ = [
     "ILMPreset",
     "MVTEC_CATEGORIES",
     "PRESETS",
+    "PRESET_AUTO",
+    "PRESET_DEFAULT",
+    "PRESET_TEXTURE",
+    "TEXTURE_PRESET",
+    "UNKNOWN_CATEGORY_PRESET",
+    "canonical_preset",
+    "describe_preset",
     "get_preset",
     "ilm_pair",
     "object_mask",
+    "resolve_preset",
     "synthesize",
 ]

@@ -9,17 +9,28 @@ official MRKD code uses (its carpet and bottle entries match them), except tooth
 for which the MRKD code uses fixed 1 % patches. Where a value is ours and not NSA's,
 docs/ilm.md says so and why.
 
-A preset is a frozen value: the training dataset reads one per category and passes it
+A preset is a frozen value: the training dataset resolves one per run and passes it
 to every :func:`mrkd_core.ilm.nsa.synthesize` call.
+
+Which preset a run uses is the config field ``ilm_preset`` (docs/ilm.md, "Choosing the
+preset"): ``default`` (an MVTec category's published preset, else
+``UNKNOWN_CATEGORY_PRESET``), ``texture`` (NSA's texture setting), ``auto`` (estimated
+from the training images, :mod:`mrkd_core.ilm.auto`), an MVTec category's name, or
+explicit parameters such as ``half_size=0.03:0.15,patches=2``.
+:func:`canonical_preset` checks a value and gives its one spelling; :func:`resolve_preset`
+turns it into an :class:`ILMPreset` for a category.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
+
+import numpy as np
 
 from mrkd_core.errors import ConfigError
 
@@ -151,26 +162,222 @@ _PRESETS: dict[str, ILMPreset] = {
 #: The 15 MVTec AD presets, read-only.
 PRESETS: Mapping[str, ILMPreset] = MappingProxyType(_PRESETS)
 
-#: For any other category (BTAD, MTD, a user's folder): NSA's texture setting. Without
-#: knowing a category's background, skipping "background" could refuse every patch or
-#: keep patches off the very part that matters; the texture setting works on any image.
-DEFAULT_PRESET: ILMPreset = _texture("default")
+#: NSA's texture setting: patches anywhere, half-width 3-40 % per axis, up to 4 patches. The
+#: ``texture`` value of ``ilm_preset``; without knowing a category's background it works on
+#: any image, but on a small object on a plain background most patches land on the background.
+TEXTURE_PRESET: ILMPreset = _texture("texture")
+#: The name this setting had while it was every unknown category's default (kept for callers).
+DEFAULT_PRESET: ILMPreset = TEXTURE_PRESET
 
 if set(PRESETS) != set(MVTEC_CATEGORIES):  # a typo in the table must not pass silently
     raise RuntimeError(f"ILM presets and MVTEC_CATEGORIES disagree: {sorted(set(PRESETS) ^ set(MVTEC_CATEGORIES))}")
 
 
 def get_preset(category: str) -> ILMPreset:
-    """The ILM preset of ``category`` (MVTec AD names, case-insensitive), else the default.
+    """The published ILM preset of ``category`` (MVTec AD names, case-insensitive), else ``TEXTURE_PRESET``.
 
-    Unknown categories are not an error: every dataset but MVTec AD uses the default.
+    Unknown categories are not an error. What a *run* uses is ``ilm_preset`` of its
+    config: :func:`resolve_preset`.
     """
     if not isinstance(category, str):
         raise ConfigError(f"ILM preset: category must be a string, got {category!r}")
-    key = category.strip().lower()
-    preset = PRESETS.get(key)
-    if preset is None:
-        log.info("no ILM preset for category %r; using the texture-like default "
-                 "(patches anywhere, half-width 3-40%%, up to 4 patches)", category)
-        return DEFAULT_PRESET
-    return preset
+    return PRESETS.get(category.strip().lower(), TEXTURE_PRESET)
+
+
+# --------------------------------------------------------------------------- the config value
+PRESET_DEFAULT = "default"
+PRESET_TEXTURE = "texture"
+PRESET_AUTO = "auto"
+#: What ``default`` means for a category without a published preset (BTAD, MTD, ELPV, a
+#: user's folder): chosen by the measurement in docs/ilm.md ("Choosing the default").
+UNKNOWN_CATEGORY_PRESET = PRESET_TEXTURE
+
+# Explicit parameters in their canonical order → the ILMPreset field each sets (docs/ilm.md:
+# half-sizes LO:HI as fractions of the side, patch count, background grey level and
+# threshold, least object share of a patch and of its landing place).
+_PARAMETERS: dict[str, str] = {
+    "half_height": "width_bounds_pct", "half_width": "width_bounds_pct", "patches": "num_patches",
+    "background": "background", "threshold": "background_threshold", "min_object": "min_object_pct",
+    "min_overlap": "min_overlap_pct",
+}
+# Accepted on input, never written: sets half_height and half_width together.
+_SHORTHAND = "half_size"
+# With a background but without these, NSA's most common object values.
+_OBJECT_DEFAULTS = {"min_object": 0.7, "min_overlap": 0.25}
+_PRESET_HELP = (f"use {PRESET_DEFAULT}, {PRESET_AUTO}, {PRESET_TEXTURE}, an MVTec AD category ({', '.join(MVTEC_CATEGORIES)}) "
+                "or parameters like 'half_size=0.03:0.15,patches=2' (keys: "
+                f"{', '.join([_SHORTHAND, *_PARAMETERS])}; docs/ilm.md)")
+
+
+def _bad(msg: str) -> ConfigError:
+    return ConfigError(f"config field 'ilm_preset': {msg}")
+
+
+def _number(key: str, text: Any) -> float:
+    if isinstance(text, bool):
+        raise _bad(f"{key}={text!r} is not a number")
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise _bad(f"{key}={text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise _bad(f"{key}={text!r} must be a finite number")
+    return value
+
+
+def _bounds(key: str, value: Any) -> tuple[float, float]:
+    """'0.03:0.15', '0.01', [0.03, 0.15] or 0.01 → (lo, hi)."""
+    if isinstance(value, str):
+        parts: list[Any] = value.split(":")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = [value]
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise _bad(f"{key}={value!r} must be LO:HI (or one value for a fixed size)")
+    lo, hi = (_number(key, x) for x in parts)
+    if not 0.0 < lo <= hi <= 0.5:
+        raise _bad(f"{key}={value!r}: need 0 < LO <= HI <= 0.5 (half-sizes as a fraction of the image side)")
+    return lo, hi
+
+
+def _parameters(value: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Explicit parameters (a 'key=value,...' text or a mapping) → checked values by canonical key."""
+    if isinstance(value, str):
+        items: list[tuple[str, Any]] = []
+        for part in value.split(","):
+            key, eq, raw = part.partition("=")
+            if not eq or not key.strip():
+                raise _bad(f"{part.strip()!r} is not key=value; {_PRESET_HELP}")
+            items.append((key.strip().lower(), raw.strip()))
+    else:
+        items = [(str(k).strip().lower(), v) for k, v in value.items()]
+    out: dict[str, Any] = {}
+    for key, raw in items:
+        if key != _SHORTHAND and key not in _PARAMETERS:
+            raise _bad(f"unknown parameter {key!r}; keys: {', '.join([_SHORTHAND, *_PARAMETERS])}")
+        names = ("half_height", "half_width") if key == _SHORTHAND else (key,)
+        for name in names:
+            if name in out:
+                raise _bad(f"{name} is given twice")
+            if name.startswith("half_"):
+                out[name] = _bounds(key, raw)
+            elif name == "patches":
+                n = _number(key, raw)
+                if n != int(n) or n < 1:
+                    raise _bad(f"patches={raw!r} must be a whole number >= 1")
+                out[name] = int(n)
+            else:
+                out[name] = _number(key, raw)
+    if "background" not in out:
+        stray = [k for k in ("threshold", "min_object", "min_overlap") if k in out]
+        if stray:
+            raise _bad(f"{', '.join(stray)}: used only with a background; add background=<grey level>")
+    else:
+        if "threshold" not in out:
+            raise _bad("background needs threshold=<grey levels> (NSA: 60 for bright, 20 for dark backgrounds)")
+        for k, v in _OBJECT_DEFAULTS.items():
+            out.setdefault(k, v)
+    out.setdefault("half_height", TEXTURE_PRESET.width_bounds_pct[0])
+    out.setdefault("half_width", TEXTURE_PRESET.width_bounds_pct[1])
+    out.setdefault("patches", TEXTURE_PRESET.num_patches)
+    return out
+
+
+def _fmt(v: float) -> str:
+    return format(float(v), ".10g")
+
+
+def _spell(params: Mapping[str, Any]) -> str:
+    parts = []
+    for key in _PARAMETERS:
+        if key not in params:
+            continue
+        v = params[key]
+        parts.append(f"{key}={_fmt(v[0])}:{_fmt(v[1])}" if isinstance(v, tuple) else f"{key}={_fmt(v)}")
+    return ",".join(parts)
+
+
+def _from_parameters(params: Mapping[str, Any], name: str) -> ILMPreset:
+    try:
+        return ILMPreset(
+            name=name, width_bounds_pct=(params["half_height"], params["half_width"]), num_patches=params["patches"],
+            background=params.get("background"), background_threshold=params.get("threshold", 0.0),
+            min_object_pct=params.get("min_object", 0.0), min_overlap_pct=params.get("min_overlap", 0.0),
+        )  # fmt: skip
+    except ConfigError as exc:  # ILMPreset names its own field; say which parameter that is
+        msg = str(exc)
+        for key, field_name in _PARAMETERS.items():
+            msg = msg.replace(f"field '{field_name}'", f"parameter '{key}'")
+        raise _bad(msg) from None
+
+
+def canonical_preset(value: str | Mapping[str, Any]) -> str:
+    """The one spelling of an ``ilm_preset`` value, so that equal presets hash equally.
+
+    ``default``, ``auto``, ``texture`` and MVTec names in lower case; explicit parameters
+    (a ``key=value,...`` text or a mapping, e.g. from JSON) as ``key=value`` in a fixed
+    order with every parameter that applies spelt out. Raises ``ConfigError`` with one line
+    naming the bad part and the accepted values.
+    """
+    if isinstance(value, Mapping):
+        if not value:
+            raise _bad(f"an empty mapping; {_PRESET_HELP}")
+        params = _parameters(value)
+    elif isinstance(value, str):
+        word = value.strip().lower()
+        if not word:
+            raise _bad(f"empty; {_PRESET_HELP}")
+        if word in (PRESET_DEFAULT, PRESET_AUTO, PRESET_TEXTURE) or word in PRESETS:
+            return word
+        if "=" not in word:
+            raise _bad(f"unknown preset {value!r}; {_PRESET_HELP}")
+        params = _parameters(word)
+    else:
+        raise _bad(f"{value!r} must be a name or parameters; {_PRESET_HELP}")
+    text = _spell(params)
+    _from_parameters(params, text)  # every value in range
+    return text
+
+
+def resolve_preset(value: str, category: str, images: Sequence[np.ndarray] | None = None) -> ILMPreset:
+    """The preset a run with ``ilm_preset=value`` uses for ``category``.
+
+    ``default``: the category's published preset (MVTec AD names), else what
+    ``UNKNOWN_CATEGORY_PRESET`` says. ``auto`` estimates one from ``images``, the decoded
+    uint8 H×W×3 training images (:func:`mrkd_core.ilm.auto.estimate_preset`). Raises
+    ``ConfigError`` for a bad value, or for ``auto`` without images.
+    """
+    value = canonical_preset(value)
+    if value == PRESET_DEFAULT:
+        key = category.strip().lower() if isinstance(category, str) else category
+        if key in PRESETS:
+            return PRESETS[key]
+        log.info("ILM preset for %s (no published preset): %s, the default for such categories",
+                 category, UNKNOWN_CATEGORY_PRESET)
+        value = UNKNOWN_CATEGORY_PRESET
+    if value == PRESET_AUTO:
+        from mrkd_core.ilm.auto import estimate_preset  # auto → nsa → this module: imported on use
+
+        if not images:
+            raise ConfigError(f"ilm_preset 'auto' for category {category!r}: needs the training images")
+        preset = estimate_preset(images)
+        log.info("ILM preset for %s: auto → %s", category, describe_preset(preset))
+        return preset
+    if value == PRESET_TEXTURE:
+        return TEXTURE_PRESET
+    if value in PRESETS:
+        return PRESETS[value]
+    return _from_parameters(_parameters(value), value)
+
+
+def describe_preset(preset: ILMPreset) -> str:
+    """A preset as ``ilm_preset`` parameters (what to pass to reproduce it without ``auto``)."""
+    params: dict[str, Any] = {"half_height": preset.width_bounds_pct[0], "half_width": preset.width_bounds_pct[1],
+                              "patches": preset.num_patches}
+    if preset.background is not None:
+        params.update(background=preset.background, threshold=preset.background_threshold,
+                      min_object=preset.min_object_pct, min_overlap=preset.min_overlap_pct)
+    return _spell(params)

@@ -8,6 +8,7 @@ no ELPV image is ever committed to this repository.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import sys
@@ -215,3 +216,46 @@ def test_the_real_installed_package():
                       ("poly", 0): 920, ("poly", 1): 178, ("poly", 2): 50, ("poly", 3): 402}
     image = load_image(data / cells[0].name, None)
     assert image.shape == (300, 300, 3) and (image[..., 0] == image[..., 2]).all()
+
+
+def test_the_demo_spec_on_elpv_lookalikes(tmp_path, monkeypatch):
+    """`make demo`'s ELPV part (flows/specs/demo.yaml, narrowed to 1 epoch at 32 px): subsampled as the spec
+    declares, keyed apart from the whole data, and reported with the subsample named and real-cell heatmaps."""
+    from mrkd_core.layout import read_maps
+    from mrkd_core.report import write_report
+    from mrkd_core.results import read_scores
+    from mrkd_core.specs import load_spec
+
+    counts = {("mono", 0): 130, ("mono", 3): 80, ("poly", 0): 5, ("poly", 3): 2}  # 104 train, 26 + 80 test
+    site = datagen.make_elpv_package(tmp_path / "site", counts=counts)
+    real = sys.modules.pop("elpv_dataset", None)
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    try:
+        spec = load_spec("demo", [Path(__file__).resolve().parents[2] / "flows" / "specs"]).narrow(epochs=1, image_size=32)
+        tasks = [t for t in spec.tasks(str(tmp_path / "data")) if t.dataset == "elpv"]
+        assert [(t.category, t.variant) for t in tasks] == [("mono", "mrkd"), ("mono", "baseline")]
+        assert all((t.config.train_subsample, t.config.test_subsample) == (96, 100) for t in tasks)
+        whole = tasks[0].config.replace(train_subsample=0, test_subsample=0)
+        assert whole.config_hash() != tasks[0].config.config_hash()
+        store = ArtifactStore(tmp_path / "store")
+        runs = {}
+        for task in tasks[:1]:  # the baseline differs only in its config
+            task = dataclasses.replace(task, config=task.config.replace(num_workers=0, eval_batch_size=50))
+            runs[task.variant] = train_evaluate(task, store, "demo")["run_dir"]
+        metrics = read_metrics(store, "demo")
+        assert set(metrics["n_train"]) == {96} and set(metrics["n_test"]) == {100}
+        triples = read_maps(store, runs["mrkd"])
+        assert [m is None for _, m, _ in triples] == [True] * len(triples)
+        out = write_report(store, "demo", metrics, read_scores(store, "demo"),
+                           maps_provider=lambda dataset, cat: read_maps(store, runs["mrkd"]))
+    finally:
+        sys.modules.pop("elpv_dataset", None)
+        if real is not None:
+            sys.modules["elpv_dataset"] = real
+    md = store.read_bytes("reports/demo/measured.md").decode()
+    assert ("elpv/mono: 96 training images (train_subsample=96), 100 test images (test_subsample=100)" in md
+            and "teacher_weights=none" in md)
+    assert any(p.endswith("heatmaps_elpv_mono.png") for p in out["figures"])
+    page = store.read_bytes(out["html"]).decode()
+    assert "rows, where the test set has them: anomalous, anomalous, normal" in page

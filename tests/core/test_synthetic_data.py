@@ -76,7 +76,9 @@ def test_defects_are_local_not_global(category):
     for kind in CATEGORIES[category].defects:
         for i in range(5):
             _, mask = render_image(category, 0, "test_defect", i, 64, defect=kind)
-            assert 0.005 < mask.mean() < 0.12, (category, kind, i, mask.mean())
+            # a scratch across the thin capsule is cut short by its outline: from 0.4 % of the image
+            low = 0.004 if category == "obj_capsule" else 0.005
+            assert low < mask.mean() < 0.12, (category, kind, i, mask.mean())
 
 
 def test_second_call_is_a_noop_and_foreign_folders_are_kept(tmp_path):

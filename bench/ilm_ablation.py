@@ -1,0 +1,242 @@
+"""The ILM/FLM ablation of docs/ilm.md ("Measured: ILM, FLM and the preset"), from a store.
+
+The trainings come from the product: the specs ``ilm-ablation-textures`` and
+``ilm-ablation-objects`` run with ``python -m flows.benchmark --runner local``. This script
+
+1. evaluates every stored model that has FLM once more with test-time FLM off, through
+   ``mrkd evaluate --config-hash H --no-flm-at-test`` (the same trained model, evaluated
+   both ways; results under ``evaluations/<run>-flm-off/``), unless already done;
+2. prints the tables of docs/ilm.md: image and pixel AU-ROC (%) per category, mean over the
+   seeds, for each model (RD4AD = no ILM, no FLM; ILM only; FLM only; MRKD), ILM preset and
+   test-time FLM, with the texture and object means and the seed spread.
+
+::
+
+    .venv/bin/python bench/ilm_ablation.py --store artifacts/ilm/store [--no-evaluate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mrkd_core.cli import main as mrkd  # noqa: E402
+from mrkd_core.config import MRKDConfig  # noqa: E402
+from mrkd_core.data import get_dataset  # noqa: E402
+from mrkd_core.data.ilm_dataset import decode_train_images  # noqa: E402
+from mrkd_core.evaluate import scales_key  # noqa: E402
+from mrkd_core.ilm import describe_preset  # noqa: E402
+from mrkd_core.ilm.auto import estimate_background, estimate_preset  # noqa: E402
+from mrkd_core.layout import EVALUATIONS, RUNS  # noqa: E402
+from mrkd_core.results import read_metrics  # noqa: E402
+from mrkd_core.storage import ArtifactStore  # noqa: E402
+
+log = logging.getLogger("ilm_ablation")
+
+RUNS_DEFAULT = ("ilm-ablation-textures", "ilm-ablation-objects")
+SMALL = "half_height=0.03:0.15,half_width=0.03:0.15,patches=2"
+PRESET_LABEL = {"texture": "texture (NSA)", SMALL: "small (3-15 %, ≤ 2)", "auto": "auto"}
+MODEL_ORDER = ["RD4AD", "ILM only", "FLM only", "MRKD"]
+
+
+def model_name(ilm: bool, flm: bool) -> str:
+    return {(False, False): "RD4AD", (True, False): "ILM only", (False, True): "FLM only", (True, True): "MRKD"}[
+        (bool(ilm), bool(flm))]
+
+
+def flm_off_id(run: str) -> str:
+    return f"{run}-flm-off"
+
+
+def evaluate_flm_off(store: ArtifactStore, metrics: pd.DataFrame) -> None:
+    """``mrkd evaluate --no-flm-at-test`` for every stored FLM model not yet evaluated that way."""
+    done = {(r["run"], r["category"], r["trained_hash"]) for r in read_flm_off(store, metrics["run_id"].unique())}
+    todo = metrics[metrics["cfg_flm"].astype(bool)].drop_duplicates(["run_id", "category", "config_hash"])
+    for row in todo.itertuples(index=False):
+        if (row.run_id, row.category, row.config_hash) in done:
+            continue
+        run_dir = _run_dir(store, row.dataset, row.category, row.config_hash)
+        data_root = store.read_json(f"{run_dir}/train.json")["data_root"]
+        argv = ["-q", "evaluate", data_root, "--dataset", row.dataset, "-c", row.category, "--models", store.uri(),
+                "--config-hash", row.config_hash, "--no-flm-at-test", "--num-workers", "0", "--eval-batch-size", "16",
+                "--evaluation-id", flm_off_id(row.run_id)]
+        log.info("test-time FLM off: %s/%s %s", row.category, row.variant, row.config_hash)
+        with contextlib.redirect_stdout(io.StringIO()):  # the command prints its summary JSON
+            code = mrkd(argv)
+        if code != 0:
+            raise SystemExit(f"mrkd {' '.join(argv)} failed")
+
+
+def _run_dir(store: ArtifactStore, dataset: str, category: str, config_hash: str) -> str:
+    for run in sorted(store.list(RUNS), reverse=True):
+        d = f"{run}/{dataset}/{category}/{config_hash}"
+        if store.exists(f"{d}/manifest.json"):
+            return d
+    raise SystemExit(f"no complete run directory for {dataset}/{category}/{config_hash} in {store.uri()}")
+
+
+def read_flm_off(store: ArtifactStore, runs) -> list[dict]:
+    """The ``mrkd evaluate --no-flm-at-test`` records of ``runs``: one per model, with the hash it was trained as."""
+    out = []
+    for run in runs:
+        base = f"{EVALUATIONS}/{flm_off_id(run)}/"
+        for path in store.list(base, recursive=True):
+            # <base><dataset>/<category>/<hash>/metrics.json; <base>metrics.json is the summary
+            if not path.endswith("/metrics.json") or path.count("/") != base.count("/") + 3:
+                continue
+            rec = store.read_json(path)
+            trained = MRKDConfig.from_dict({**rec["config"], "flm_at_test": True}).config_hash()
+            out.append({"run": run, "category": rec["category"], "rec": rec, "trained_hash": trained})
+    return out
+
+
+def collect(store: ArtifactStore, runs) -> pd.DataFrame:
+    """One row per (trained model, test-time FLM): category, model, preset, seed, metrics."""
+    metrics = pd.concat([read_metrics(store, r) for r in runs], ignore_index=True)
+    metrics = metrics[metrics["score_scales"] == scales_key((1, 2, 3))]
+    rows = []
+    for r in metrics.to_dict("records"):
+        ilm, flm = bool(r["cfg_ilm"]), bool(r["cfg_flm"])
+        rows.append({"category": r["category"], "model": model_name(ilm, flm),
+                     "preset": PRESET_LABEL.get(r["cfg_ilm_preset"], r["cfg_ilm_preset"]) if ilm else "—",
+                     "test FLM": ("on" if r["cfg_flm_at_test"] else "off") if flm else "—",
+                     "seed": int(r["cfg_seed"]), "image_auroc": r["image_auroc"], "pixel_auroc": r["pixel_auroc"],
+                     "train_seconds": r["train_seconds"]})
+    for e in read_flm_off(store, runs):
+        rec = e["rec"]
+        cfg = rec["config"]
+        rows.append({"category": rec["category"], "model": model_name(cfg["ilm"], cfg["flm"]),
+                     "preset": PRESET_LABEL.get(cfg["ilm_preset"], cfg["ilm_preset"]) if cfg["ilm"] else "—",
+                     "test FLM": "off", "seed": int(cfg["seed"]), "image_auroc": rec["metrics"]["image_auroc"],
+                     "pixel_auroc": rec["metrics"]["pixel_auroc"], "train_seconds": None})
+    return pd.DataFrame(rows)
+
+
+def table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows (model, preset, test FLM) × category means over seeds (%), texture/object means, seed spread."""
+    key = ["model", "preset", "test FLM"]
+    per = df.groupby([*key, "category"])[metric].agg(["mean", "count", lambda s: s.max() - s.min()])
+    per.columns = ["mean", "seeds", "spread"]
+    wide = (100 * per["mean"]).unstack("category")
+    cats = sorted(df["category"].unique(), key=lambda c: (not c.startswith("tex_"), c))
+    wide = wide[cats]
+    tex = [c for c in cats if c.startswith("tex_")]
+    obj = [c for c in cats if not c.startswith("tex_")]
+    if tex:
+        wide["textures"] = wide[tex].mean(axis=1, skipna=False)
+    if obj:
+        wide["objects"] = wide[obj].mean(axis=1, skipna=False)
+    wide["seeds"] = per["seeds"].groupby(level=key).min()
+    wide["seed spread"] = (100 * per["spread"]).groupby(level=key).mean()
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    wide = wide.reset_index()
+    wide["_o"] = wide["model"].map(order)
+    return wide.sort_values(["_o", "preset", "test FLM"]).drop(columns="_o")
+
+
+# (what, rows A, rows B): the mean of A − B over the (category, seed) pairs both have.
+COMPARISONS = [
+    ("MRKD − RD4AD", ("MRKD", "texture (NSA)", "on"), ("RD4AD", "—", "—")),
+    ("FLM only − RD4AD", ("FLM only", "—", "on"), ("RD4AD", "—", "—")),
+    ("ILM only − RD4AD", ("ILM only", "texture (NSA)", "—"), ("RD4AD", "—", "—")),
+    ("MRKD − FLM only", ("MRKD", "texture (NSA)", "on"), ("FLM only", "—", "on")),
+    ("MRKD: small − texture preset", ("MRKD", PRESET_LABEL[SMALL], "on"), ("MRKD", "texture (NSA)", "on")),
+    ("MRKD: auto − texture preset", ("MRKD", "auto", "on"), ("MRKD", "texture (NSA)", "on")),
+    ("ILM only: small − texture preset", ("ILM only", PRESET_LABEL[SMALL], "—"), ("ILM only", "texture (NSA)", "—")),
+    ("ILM only: auto − texture preset", ("ILM only", "auto", "—"), ("ILM only", "texture (NSA)", "—")),
+    ("MRKD: test-time FLM off − on", ("MRKD", "texture (NSA)", "off"), ("MRKD", "texture (NSA)", "on")),
+    ("FLM only: test-time FLM off − on", ("FLM only", "—", "off"), ("FLM only", "—", "on")),
+]
+
+
+def paired(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Paired differences (points of %) per comparison: mean, standard deviation and count of the pairs,
+    separately for textures and objects."""
+    key = ["model", "preset", "test FLM"]
+    rows = []
+    for what, a, b in COMPARISONS:
+        out = {"comparison": what}
+        for group, is_texture in (("textures", True), ("objects", False)):
+            sub = df[df["category"].str.startswith("tex_") == is_texture]
+            va = sub[(sub[key] == pd.Series(a, index=key)).all(axis=1)].set_index(["category", "seed"])[metric]
+            vb = sub[(sub[key] == pd.Series(b, index=key)).all(axis=1)].set_index(["category", "seed"])[metric]
+            d = 100 * (va - vb).dropna()
+            out[f"{group}: mean"] = d.mean() if len(d) else float("nan")
+            out[f"{group}: sd"] = d.std() if len(d) > 1 else float("nan")
+            out[f"{group}: pairs"] = float(len(d))
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |",
+             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else ":---" for c in cols) + "|"]
+    for row in df.itertuples(index=False):
+        cells = []
+        for c, v in zip(cols, row):
+            if isinstance(v, float):
+                cells.append("" if v != v else (f"{v:.0f}" if c == "seeds" or c.endswith("pairs") else
+                                                f"{v:+.1f}" if c.endswith("mean") else f"{v:.1f}"))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def auto_estimates(store: ArtifactStore, metrics: pd.DataFrame) -> pd.DataFrame:
+    """What ``ilm_preset: auto`` resolves to per category, on the training images at the run's size."""
+    rows = []
+    for (dataset, category), g in metrics.groupby(["dataset", "category"]):
+        first = g.iloc[0]
+        data_root = store.read_json(f"{_run_dir(store, dataset, category, first['config_hash'])}/train.json")["data_root"]
+        size = int(first["cfg_image_size"])
+        images = decode_train_images(get_dataset(dataset).train_samples(data_root, category), size, category)
+        est = estimate_background(images)
+        rows.append({"category": category, "border spread": est.spread, "object share": est.object_share,
+                     "auto": describe_preset(estimate_preset(images))})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", required=True, help="the store the ablation specs ran into (MRKD_STORE)")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS_DEFAULT), help="run ids of the ablation")
+    parser.add_argument("--no-evaluate", action="store_true", help="print only; do not evaluate with test-time FLM off")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    store = ArtifactStore(args.store)
+    runs = [r for r in args.runs if store.exists(f"{RUNS}/{r}")]
+    if not runs:
+        raise SystemExit(f"none of the runs {args.runs} is in {store.uri()}: run the specs first (docs/ilm.md)")
+    if not args.no_evaluate:
+        evaluate_flm_off(store, pd.concat([read_metrics(store, r) for r in runs], ignore_index=True))
+    df = collect(store, runs)
+    n_models = df[df["test FLM"] != "off"].shape[0]
+    print(f"runs {', '.join(runs)}: {n_models} trained models, {len(df) - n_models} re-evaluated with test-time FLM off\n")
+    for metric, title in (("image_auroc", "Image AU-ROC (%)"), ("pixel_auroc", "Pixel AU-ROC (%)")):
+        print(f"### {title}, mean over seeds\n")
+        print(markdown(table(df, metric)))
+        print()
+    print("### Paired differences of image AU-ROC (points; same category and seed)\n")
+    print(markdown(paired(df, "image_auroc")))
+    print()
+    print("### What auto resolves to (training images at the run's size)\n")
+    metrics = pd.concat([read_metrics(store, r) for r in runs], ignore_index=True)
+    print(markdown(auto_estimates(store, metrics)))
+    print()
+    secs = df.dropna(subset=["train_seconds"]).groupby("model")["train_seconds"].median()
+    print("median training time per model (s): " + ", ".join(f"{m} {secs[m]:.0f}" for m in MODEL_ORDER if m in secs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
