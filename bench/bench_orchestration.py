@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import yaml
 
@@ -140,20 +141,14 @@ def run_mode(mode: str, spec: str, slots: int, store) -> dict:
     from flows.ray_runner import ENV_REUSE_GPU_WORKERS, Runner
 
     gpus, reuse, _ = MODES[mode]
-    saved = os.environ.get(ENV_REUSE_GPU_WORKERS)
-    if reuse is not None:
-        os.environ[ENV_REUSE_GPU_WORKERS] = reuse
     task_runner = Runner.task_runner
     Runner.task_runner = with_declared_gpus(task_runner, slots, int(gpus > 0))
     try:
-        result, flow_s = timed(flows.benchmark.benchmark, spec=spec, run_id=f"bench-{mode}", force=True,
-                               num_gpus=gpus)
+        with mock.patch.dict(os.environ, {} if reuse is None else {ENV_REUSE_GPU_WORKERS: reuse}):
+            result, flow_s = timed(flows.benchmark.benchmark, spec=spec, run_id=f"bench-{mode}", force=True,
+                                   num_gpus=gpus)
     finally:
         Runner.task_runner = task_runner
-        if saved is None:
-            os.environ.pop(ENV_REUSE_GPU_WORKERS, None)
-        else:
-            os.environ[ENV_REUSE_GPU_WORKERS] = saved
     tasks = flow_tasks(store, result)
     gaps = [b["started"] - a["finished"] for a, b in zip(tasks, tasks[1:])] if slots == 1 else []
     in_task = statistics.mean(t["in_task"] for t in tasks)
@@ -173,7 +168,6 @@ def main() -> int:
     out = sys.stdout
     with tempfile.TemporaryDirectory(prefix="bench-orchestration-") as tmp:
         os.environ["MRKD_STORE"] = str(Path(tmp) / "store")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         t0 = time.perf_counter()

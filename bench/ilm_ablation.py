@@ -27,6 +27,9 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from md_table import markdown as bench_markdown  # noqa: E402
 
 from mrkd_core.cli import main as mrkd  # noqa: E402
 from mrkd_core.config import MRKDConfig  # noqa: E402
@@ -176,20 +179,14 @@ def paired(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _number(column: str, value: float) -> str:
+    if column == "seeds" or column.endswith("pairs"):
+        return f"{value:.0f}"
+    return f"{value:+.1f}" if column.endswith("mean") else f"{value:.1f}"
+
+
 def markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |",
-             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else ":---" for c in cols) + "|"]
-    for row in df.itertuples(index=False):
-        cells = []
-        for c, v in zip(cols, row):
-            if isinstance(v, float):
-                cells.append("" if v != v else (f"{v:.0f}" if c == "seeds" or c.endswith("pairs") else
-                                                f"{v:+.1f}" if c.endswith("mean") else f"{v:.1f}"))
-            else:
-                cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return bench_markdown(df, _number)
 
 
 def auto_estimates(store: ArtifactStore, metrics: pd.DataFrame) -> pd.DataFrame:

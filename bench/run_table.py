@@ -18,6 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from md_table import markdown as bench_markdown  # noqa: E402
 
 from mrkd_core.evaluate import scales_key  # noqa: E402
 from mrkd_core.results import read_metrics  # noqa: E402
@@ -46,18 +49,8 @@ def run_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |",
-             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else ":---" for c in cols) + "|"]
-    for row in df.itertuples(index=False):
-        cells = []
-        for c, v in zip(cols, row):
-            if isinstance(v, float):
-                cells.append("—" if v != v else (f"{v:.0f}" if c.endswith(" s") else f"{v:.1f}"))
-            else:
-                cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return bench_markdown(df, lambda column, value: f"{value:.0f}" if column.endswith(" s") else f"{value:.1f}",
+                          missing="—")
 
 
 def main(argv=None) -> int:

@@ -88,13 +88,7 @@ def _as_scores(scores: npt.ArrayLike, name: str) -> np.ndarray:
     arr = np.asarray(scores)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of per-image scores, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty")
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must hold numbers, got dtype {arr.dtype}")
-    arr = arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
-    _check_finite(arr, name)
-    return arr
+    return _as_numbers(arr, name)
 
 
 def _as_binary(values: npt.ArrayLike, name: str, shape: tuple[int, ...], like: str) -> np.ndarray:
@@ -118,6 +112,11 @@ def _as_maps(maps: npt.ArrayLike, name: str = "maps") -> np.ndarray:
     arr = np.asarray(maps)
     if arr.ndim != 3:
         raise ValueError(f"{name} must have shape (N, H, W), got shape {arr.shape}")
+    return _as_numbers(arr, name)
+
+
+def _as_numbers(arr: np.ndarray, name: str) -> np.ndarray:
+    """A non-empty, finite numeric array as float32 or float64 (ValueError naming ``name`` otherwise)."""
     if arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     if arr.dtype.kind not in "biuf":

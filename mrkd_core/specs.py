@@ -190,12 +190,17 @@ class ExperimentSpec:
 
     def narrow(self, categories: list[str] | None = None, epochs: int | None = None,
                image_size: int | None = None) -> "ExperimentSpec":
-        """A quick version of the spec; reports say it was narrowed."""
+        """A quick version of the spec; reports say it was narrowed.
+
+        ``categories`` keeps, in each dataset, those of its categories that are named (a
+        dataset that lists none of them is left out; one that takes every category found
+        gets them all). Raises ``ConfigError`` when a named category is in no dataset.
+        """
         if not (categories or epochs or image_size):
             return self
         datasets = self.datasets
         if categories:
-            datasets = tuple(dataclasses.replace(d, categories=tuple(categories)) for d in datasets)
+            datasets = self._with_categories(tuple(categories))
         narrowing = dict(self.narrowing)
         if epochs:
             narrowing["epochs"] = int(epochs)
@@ -204,6 +209,21 @@ class ExperimentSpec:
         spec = dataclasses.replace(self, datasets=datasets, narrowed=True, narrowing=tuple(sorted(narrowing.items())))
         spec.configs()  # validate now, not inside a remote task
         return spec
+
+    def _with_categories(self, categories: tuple[str, ...]) -> tuple[DatasetEntry, ...]:
+        """The datasets narrowed to ``categories`` (see :meth:`narrow`)."""
+        kept, found = [], set()
+        for d in self.datasets:
+            mine = categories if d.categories is None else tuple(c for c in categories if c in d.categories)
+            if mine:
+                kept.append(dataclasses.replace(d, categories=mine))
+                found.update(mine)
+        missing = [c for c in categories if c not in found]
+        if missing:
+            listed = sorted({c for d in self.datasets for c in d.categories or ()})
+            raise ConfigError(f"spec {self.name!r}: categories {missing} are in none of its datasets; "
+                              f"choose from {listed}")
+        return tuple(kept)
 
 
 def _freeze(d: dict) -> tuple[tuple[str, Any], ...]:

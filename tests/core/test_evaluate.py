@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from mrkd_core.config import MRKDConfig
 from mrkd_core.data import get_dataset
 from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.device import place_model
 from mrkd_core.evaluate import evaluate
 from mrkd_core.model import build_mrkd
+from tests.tiny import TINY_CFG
 
 torch.set_num_threads(2)
-CFG = MRKDConfig(backbone="resnet18", teacher_weights="none", image_size=64, num_workers=0, device="cpu",
-                 progress=False)
+CFG = TINY_CFG
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from mrkd_core.cli import main
-from mrkd_core.config import MRKDConfig
 from mrkd_core.data import get_dataset
 from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.inference import Predictor, calibrate_model, predict_images
@@ -17,11 +16,11 @@ from mrkd_core.inference.export import KEY_CALIBRATION, KEY_PREPROCESSING, onnx_
 from mrkd_core.model import build_mrkd
 from mrkd_core.model_io import load_model_file, save_model
 from mrkd_core.storage import ArtifactStore
+from tests.tiny import TINY_CFG
 
 pytest.importorskip("onnxruntime")
 torch.set_num_threads(2)
-CFG = MRKDConfig(backbone="resnet18", teacher_weights="none", image_size=64, num_workers=0, device="cpu",
-                 progress=False)
+CFG = TINY_CFG
 
 
 @pytest.fixture(scope="module")

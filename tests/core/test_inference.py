@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mrkd_core.config import MRKDConfig
 from mrkd_core.data import get_dataset
 from mrkd_core.data.io import load_image
 from mrkd_core.data.synthetic import make_synthetic_mvtec
@@ -36,10 +35,10 @@ from mrkd_core.model import build_mrkd
 from mrkd_core.model_io import load_model_file, save_model, write_calibration
 from mrkd_core.storage import ArtifactStore
 from tests.datagen import plant_truncated, write_image
+from tests.tiny import TINY_CFG
 
 torch.set_num_threads(2)
-CFG = MRKDConfig(backbone="resnet18", teacher_weights="none", image_size=64, num_workers=0, device="cpu",
-                 progress=False)
+CFG = TINY_CFG
 
 
 @pytest.fixture(scope="module")

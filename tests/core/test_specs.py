@@ -94,6 +94,22 @@ def test_narrowing_and_task_roundtrip(tmp_path):
     assert prepare_data(spec, str(tmp_path)) == []
 
 
+def test_narrowing_categories_keeps_the_datasets_that_have_them():
+    # The demo spec has ELPV (mono) and a generated folder (tex_stripes, obj_disc): `make demo
+    # ARGS="--categories obj_disc"` trains obj_disc only, not an ELPV category obj_disc.
+    demo = load_spec("demo", SPECS)
+    assert [(d.name, d.categories) for d in demo.narrow(categories=["obj_disc"]).datasets] == [
+        ("folder", ("obj_disc",))]
+    both = demo.narrow(categories=["mono", "tex_stripes"])
+    assert [(d.name, d.categories) for d in both.datasets] == [("elpv", ("mono",)), ("folder", ("tex_stripes",))]
+    assert both.datasets[0].subsample == demo.datasets[0].subsample  # the rest of the entry is kept
+    with pytest.raises(ConfigError, match=r"\['bottle'\] are in none of its datasets; choose from "
+                                          r"\['mono', 'obj_disc', 'tex_stripes'\]"):
+        demo.narrow(categories=["obj_disc", "bottle"])
+    every = parse_spec({"name": "x", "datasets": [{"name": "folder", "root": "r"}]}, "x.yaml")
+    assert every.narrow(categories=["mine"]).datasets[0].categories == ("mine",)  # every category found: any name
+
+
 def test_all_categories_need_data(tmp_path):
     from mrkd_core.errors import MRKDError
 
