@@ -110,6 +110,7 @@ def encode_value(value: str) -> str:
 
 
 def decode_value(segment: str) -> str:
+    """A partition folder's value as written (percent-decoding; the inverse of the encoding on write)."""
     return unquote(segment)
 
 

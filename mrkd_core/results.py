@@ -206,6 +206,7 @@ def git_revision() -> str:
 
 
 def utcnow() -> datetime:
+    """Now, timezone-aware UTC (every stored timestamp)."""
     return datetime.now(timezone.utc)
 
 
@@ -235,12 +236,14 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 
 
 def parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
+    """``rows`` as one Parquet file of ``schema`` (missing columns null), in memory."""
     buf = io.BytesIO()
     pq.write_table(to_table(rows, schema), buf)
     return buf.getvalue()
 
 
 def read_parquet_bytes(data: bytes) -> pa.Table:
+    """A Parquet file held in memory as an Arrow table."""
     return pq.read_table(io.BytesIO(data))
 
 

@@ -108,6 +108,7 @@ def temp_name(full: str) -> str:
 
 
 def is_temp_name(path: str) -> bool:
+    """Whether ``path`` is a temporary file of an atomic write in progress (listings skip them)."""
     name = path.rstrip("/").rsplit("/", 1)[-1]
     return name.startswith(".") and _TEMP_MARK in name
 

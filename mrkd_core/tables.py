@@ -106,10 +106,12 @@ def scales_label(scales: str) -> str:
 
 
 def alpha_label(alpha: float) -> str:
+    """Column label of an ILM fraction α in Table 6 style tables."""
     return f"alpha={alpha:g}"
 
 
 def lambda_label(lam: float) -> str:
+    """Column label of an FLM ratio λ in Fig. 11 style tables."""
     return f"lambda={lam:g}"
 
 

@@ -83,6 +83,7 @@ class GroundTruth:
 
 
 def is_image_file(path: Path) -> bool:
+    """An image by its extension (case-insensitive, ``IMAGE_EXTENSIONS``), not a dot-file."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 

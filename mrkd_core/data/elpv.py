@@ -84,6 +84,7 @@ class Cell:
 
 
 def missing_package_error(root: Path) -> DataError:
+    """The one-line error when neither the ``elpv`` extra nor a copy of the data in ``root`` is there."""
     return DataError(
         f"ELPV is not installed: install the optional extra '{EXTRA}' (pip install 'mrkd[{EXTRA}]', i.e. "
         f"{PACKAGE_PIN}; data licence CC-BY-NC-SA-4.0), or put the dataset's {LABELS} and images/ into {root}"
@@ -179,6 +180,7 @@ def read_labels(path: Path) -> list[Cell]:
 
 
 def labels_sha256(path: Path) -> str:
+    """sha256 hex of ``labels.csv`` (recorded in the split file: a changed label list is another split)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -80,6 +80,7 @@ def read_split(where: SplitFile) -> HoldoutSplit:
 
 
 def write_split(where: SplitFile, split: HoldoutSplit) -> None:
+    """Write ``split`` as the JSON file ``where`` names (format, rule, seed, fraction, time, the train and test names)."""
     record = {
         "format": where.format,
         "rule": where.rule,

@@ -53,6 +53,8 @@ class ModelInfo:
 
 
 class Backend(Protocol):
+    """What runs the test path for ``Predictor``: PyTorch (model.pt), ONNX Runtime or OpenVINO (.onnx)."""
+
     info: ModelInfo
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,6 +157,7 @@ ENGINES = ("auto", "onnxruntime", "openvino")
 
 
 def is_onnx(location: str) -> bool:
+    """Whether ``location`` names an ONNX export (by its ``.onnx`` suffix, any case)."""
     return str(location).lower().endswith(".onnx")
 
 

@@ -26,6 +26,7 @@ def overlay(image: np.ndarray, normalized_map: np.ndarray, alpha: float = 0.5) -
 
 
 def write_overlay(path: Path, image: np.ndarray, normalized_map: np.ndarray) -> None:
+    """The overlay of :func:`overlay` (H×W×3 uint8 image, H×W normalised map) as a PNG at ``path``."""
     save_png(path, overlay(image, normalized_map))
 
 

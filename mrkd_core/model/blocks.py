@@ -12,14 +12,17 @@ from torch import Tensor, nn
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    """3×3 convolution, padding 1, no bias (torchvision's ResNet helper)."""
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 
 
 def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    """1×1 convolution, no bias (torchvision's ResNet helper)."""
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
 
 def deconv2x2(cin: int, cout: int) -> nn.ConvTranspose2d:
+    """2×2 transposed convolution, stride 2, no bias: the student's upsampling (RD4AD's deconv2x2)."""
     return nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False)
 
 

@@ -40,6 +40,7 @@ _SPECS = {
 
 
 def backbone_spec(name: str) -> BackboneSpec:
+    """The channels and layers of backbone ``name``; ``ConfigError`` listing the choices otherwise."""
     if name not in _SPECS:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     return _SPECS[name]

@@ -40,4 +40,5 @@ class Student(nn.Module):
 
 
 def build_student(backbone: str) -> Student:
+    """The reversed student (decoder) mirroring ``backbone``, initialised as RD4AD's (docs/fidelity.md)."""
     return Student(backbone)

@@ -181,6 +181,7 @@ def write_index(store: ArtifactStore, model: RegisteredModel) -> None:
 
 
 def read_version(store: ArtifactStore, key: EntryKey, version: int) -> dict[str, Any]:
+    """The record ``versions/<N>.json`` of ``key``; ``StorageError`` when it is missing or not one."""
     rel = key.version_path(version)
     try:
         record = store.read_json(rel)
@@ -192,6 +193,7 @@ def read_version(store: ArtifactStore, key: EntryKey, version: int) -> dict[str,
 
 
 def write_version(store: ArtifactStore, key: EntryKey, record: dict[str, Any]) -> None:
+    """Write a version record (written once, before the index names it; docs/storage.md)."""
     store.write_json(key.version_path(int(record["version"])), {"format": VERSION_FORMAT, **record})
 
 
