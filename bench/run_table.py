@@ -74,8 +74,8 @@ def run_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    return bench_markdown(df, lambda column, value: f"{value:.0f}" if column.endswith(" s") or column == "eval rev"
-                          else f"{value:.1f}", missing="—")
+    return bench_markdown(df, lambda column, value: f"{value:.0f}" if column.endswith(" s") else f"{value:.1f}",
+                          missing="—")
 
 
 def main(argv=None) -> int:
