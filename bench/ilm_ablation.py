@@ -3,16 +3,21 @@
 The trainings come from the product: the specs ``ilm-ablation-textures`` and
 ``ilm-ablation-objects`` run with ``python -m flows.benchmark --runner local``. This script
 
-1. evaluates every stored model that has FLM once more with test-time FLM off, through
-   ``mrkd evaluate --config-hash H --no-flm-at-test`` (the same trained model, evaluated
-   both ways; results under ``evaluations/<run>-flm-off/``), unless already done;
+1. evaluates every stored model that has FLM once more, through ``mrkd evaluate
+   --config-hash H`` (the same trained model; results under ``OUTPUT/evaluations/``),
+   unless already done there: with test-time FLM on by this code
+   (``<run>-r<EVALUATION_REVISION>``; the training-time figures were scored by the code of
+   the training, evaluation revision 1 for the stored ablation, whose test-time masks
+   depended on the batch) and with it off (``--no-flm-at-test``, ``<run>-flm-off``);
 2. prints the tables of docs/ilm.md: image and pixel AU-ROC (%) per category, mean over the
    seeds, for each model (RD4AD = no ILM, no FLM; ILM only; FLM only; MRKD), ILM preset and
-   test-time FLM, with the texture and object means and the seed spread.
+   test-time FLM, with the texture and object means, the seed spread and the evaluation
+   revision the figures come from (a re-evaluation record where there is one, else the
+   training-time metrics row).
 
 ::
 
-    .venv/bin/python bench/ilm_ablation.py --store artifacts/ilm/store [--no-evaluate]
+    .venv/bin/python bench/ilm_ablation.py --store artifacts/ilm/store [--output STORE] [--no-evaluate]
 """
 
 from __future__ import annotations
@@ -29,17 +34,18 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from eval_records import read_evaluations  # noqa: E402
 from md_table import markdown as bench_markdown  # noqa: E402
 
 from mrkd_core.cli import main as mrkd  # noqa: E402
-from mrkd_core.config import MRKDConfig  # noqa: E402
 from mrkd_core.data import get_dataset  # noqa: E402
 from mrkd_core.data.ilm_dataset import decode_train_images  # noqa: E402
 from mrkd_core.evaluate import scales_key  # noqa: E402
 from mrkd_core.ilm import describe_preset  # noqa: E402
 from mrkd_core.ilm.auto import estimate_background, estimate_preset  # noqa: E402
-from mrkd_core.layout import EVALUATIONS, RUNS  # noqa: E402
+from mrkd_core.layout import RUNS  # noqa: E402
 from mrkd_core.results import read_metrics  # noqa: E402
+from mrkd_core.revision import EVALUATION_REVISION, UNRECORDED_REVISION  # noqa: E402
 from mrkd_core.storage import ArtifactStore  # noqa: E402
 
 log = logging.getLogger("ilm_ablation")
@@ -59,23 +65,33 @@ def flm_off_id(run: str) -> str:
     return f"{run}-flm-off"
 
 
-def evaluate_flm_off(store: ArtifactStore, metrics: pd.DataFrame) -> None:
-    """``mrkd evaluate --no-flm-at-test`` for every stored FLM model not yet evaluated that way."""
-    done = {(r["run"], r["category"], r["trained_hash"]) for r in read_flm_off(store, metrics["run_id"].unique())}
-    todo = metrics[metrics["cfg_flm"].astype(bool)].drop_duplicates(["run_id", "category", "config_hash"])
-    for row in todo.itertuples(index=False):
-        if (row.run_id, row.category, row.config_hash) in done:
-            continue
-        run_dir = _run_dir(store, row.dataset, row.category, row.config_hash)
-        data_root = store.read_json(f"{run_dir}/train.json")["data_root"]
-        argv = ["-q", "evaluate", data_root, "--dataset", row.dataset, "-c", row.category, "--models", store.uri(),
-                "--config-hash", row.config_hash, "--no-flm-at-test", "--num-workers", "0", "--eval-batch-size", "16",
-                "--evaluation-id", flm_off_id(row.run_id)]
-        log.info("test-time FLM off: %s/%s %s", row.category, row.variant, row.config_hash)
-        with contextlib.redirect_stdout(io.StringIO()):  # the command prints its summary JSON
-            code = mrkd(argv)
-        if code != 0:
-            raise SystemExit(f"mrkd {' '.join(argv)} failed")
+def reevaluation_id(run: str) -> str:
+    """The evaluation id of ``run``'s FLM models re-evaluated with test-time FLM on by this code."""
+    return f"{run}-r{EVALUATION_REVISION}"
+
+
+def evaluate_flm_models(store: ArtifactStore, out: ArtifactStore, metrics: pd.DataFrame) -> None:
+    """``mrkd evaluate`` of every stored FLM model not yet evaluated so in ``out``: with test-time FLM
+    on (the model's own config, this code's masks) and off (``--no-flm-at-test``)."""
+    flm = metrics[metrics["cfg_flm"].astype(bool)].drop_duplicates(["run_id", "category", "config_hash"])
+    for run, models in flm.groupby("run_id"):
+        for evaluation_id, options, todo in (
+                (reevaluation_id(run), [], models[models["cfg_flm_at_test"].astype(bool)]),
+                (flm_off_id(run), ["--no-flm-at-test"], models)):
+            done = {(r["category"], r["trained_hash"]) for r in read_evaluations(out, evaluation_id)}
+            for row in todo.itertuples(index=False):
+                if (row.category, row.config_hash) in done:
+                    continue
+                run_dir = _run_dir(store, row.dataset, row.category, row.config_hash)
+                data_root = store.read_json(f"{run_dir}/train.json")["data_root"]
+                argv = ["-q", "evaluate", data_root, "--dataset", row.dataset, "-c", row.category,
+                        "--models", store.uri(), "--output", out.uri(), "--config-hash", row.config_hash, *options,
+                        "--num-workers", "0", "--eval-batch-size", "16", "--evaluation-id", evaluation_id]
+                log.info("%s: %s/%s %s", evaluation_id, row.category, row.variant, row.config_hash)
+                with contextlib.redirect_stdout(io.StringIO()):  # the command prints its summary JSON
+                    code = mrkd(argv)
+                if code != 0:
+                    raise SystemExit(f"mrkd {' '.join(argv)} failed")
 
 
 def _run_dir(store: ArtifactStore, dataset: str, category: str, config_hash: str) -> str:
@@ -86,41 +102,52 @@ def _run_dir(store: ArtifactStore, dataset: str, category: str, config_hash: str
     raise SystemExit(f"no complete run directory for {dataset}/{category}/{config_hash} in {store.uri()}")
 
 
-def read_flm_off(store: ArtifactStore, runs) -> list[dict]:
-    """The ``mrkd evaluate --no-flm-at-test`` records of ``runs``: one per model, with the hash it was trained as."""
-    out = []
-    for run in runs:
-        base = f"{EVALUATIONS}/{flm_off_id(run)}/"
-        for path in store.list(base, recursive=True):
-            # <base><dataset>/<category>/<hash>/metrics.json; <base>metrics.json is the summary
-            if not path.endswith("/metrics.json") or path.count("/") != base.count("/") + 3:
-                continue
-            rec = store.read_json(path)
-            trained = MRKDConfig.from_dict({**rec["config"], "flm_at_test": True}).config_hash()
-            out.append({"run": run, "category": rec["category"], "rec": rec, "trained_hash": trained})
-    return out
+def _revision(value) -> int:
+    """The evaluation revision of a metrics row's value (1 when unrecorded: null, NaN or absent)."""
+    return UNRECORDED_REVISION if value is None or pd.isna(value) else int(value)
 
 
-def collect(store: ArtifactStore, runs) -> pd.DataFrame:
-    """One row per (trained model, test-time FLM): category, model, preset, seed, metrics."""
+def _label(cfg: dict, test_flm: str, category: str, seed, metrics: dict, revision: int,
+           train_seconds=None) -> dict:
+    ilm, flm = bool(cfg["ilm"]), bool(cfg["flm"])
+    return {"category": category, "model": model_name(ilm, flm),
+            "preset": PRESET_LABEL.get(cfg["ilm_preset"], cfg["ilm_preset"]) if ilm else "—",
+            "test FLM": test_flm if flm else "—", "seed": int(seed), "image_auroc": metrics["image_auroc"],
+            "pixel_auroc": metrics["pixel_auroc"], "eval rev": revision, "train_seconds": train_seconds}
+
+
+def collect(store: ArtifactStore, out: ArtifactStore, runs) -> pd.DataFrame:
+    """One row per (trained model, test-time FLM): category, model, preset, seed, metrics, evaluation revision.
+
+    A training-time metrics row is replaced by the model's re-evaluation record in ``out``
+    (``reevaluation_id``) when there is one; the test-time-FLM-off rows are the
+    ``--no-flm-at-test`` records in ``out``.
+    """
     metrics = pd.concat([read_metrics(store, r) for r in runs], ignore_index=True)
     metrics = metrics[metrics["score_scales"] == scales_key((1, 2, 3))]
+    again = {(run, rec["category"], rec["trained_hash"]): rec
+             for run in runs for rec in read_evaluations(out, reevaluation_id(run))}
     rows = []
     for r in metrics.to_dict("records"):
-        ilm, flm = bool(r["cfg_ilm"]), bool(r["cfg_flm"])
-        rows.append({"category": r["category"], "model": model_name(ilm, flm),
-                     "preset": PRESET_LABEL.get(r["cfg_ilm_preset"], r["cfg_ilm_preset"]) if ilm else "—",
-                     "test FLM": ("on" if r["cfg_flm_at_test"] else "off") if flm else "—",
-                     "seed": int(r["cfg_seed"]), "image_auroc": r["image_auroc"], "pixel_auroc": r["pixel_auroc"],
-                     "train_seconds": r["train_seconds"]})
-    for e in read_flm_off(store, runs):
-        rec = e["rec"]
-        cfg = rec["config"]
-        rows.append({"category": rec["category"], "model": model_name(cfg["ilm"], cfg["flm"]),
-                     "preset": PRESET_LABEL.get(cfg["ilm_preset"], cfg["ilm_preset"]) if cfg["ilm"] else "—",
-                     "test FLM": "off", "seed": int(cfg["seed"]), "image_auroc": rec["metrics"]["image_auroc"],
-                     "pixel_auroc": rec["metrics"]["pixel_auroc"], "train_seconds": None})
+        cfg = {k[4:]: v for k, v in r.items() if k.startswith("cfg_")}
+        test_flm = "on" if r["cfg_flm_at_test"] else "off"
+        rec = again.get((r["run_id"], r["category"], r["config_hash"]))
+        if rec is not None:
+            rows.append(_label(cfg, test_flm, r["category"], r["cfg_seed"], rec["metrics"],
+                               rec["evaluation_revision"], r["train_seconds"]))
+        else:
+            rows.append(_label(cfg, test_flm, r["category"], r["cfg_seed"], r,
+                               _revision(r.get("evaluation_revision")), r["train_seconds"]))
+    for run in runs:
+        for rec in read_evaluations(out, flm_off_id(run)):
+            cfg = rec["config"]
+            rows.append(_label(cfg, "off", rec["category"], cfg["seed"], rec["metrics"], rec["evaluation_revision"]))
     return pd.DataFrame(rows)
+
+
+def revisions(values) -> str:
+    """The evaluation revisions of a group of figures, e.g. ``2`` or ``1, 2`` (mixed)."""
+    return ", ".join(str(v) for v in sorted(set(values)))
 
 
 def table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -139,6 +166,7 @@ def table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
         wide["objects"] = wide[obj].mean(axis=1, skipna=False)
     wide["seeds"] = per["seeds"].groupby(level=key).min()
     wide["seed spread"] = (100 * per["spread"]).groupby(level=key).mean()
+    wide["eval rev"] = df.groupby(key)["eval rev"].agg(revisions)
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
     wide = wide.reset_index()
     wide["_o"] = wide["model"].map(order)
@@ -162,19 +190,23 @@ COMPARISONS = [
 
 def paired(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Paired differences (points of %) per comparison: mean, standard deviation and count of the pairs,
-    separately for textures and objects."""
+    separately for textures and objects, and the evaluation revisions of the two sides (A − B)."""
     key = ["model", "preset", "test FLM"]
     rows = []
     for what, a, b in COMPARISONS:
         out = {"comparison": what}
+        used = {0: set(), 1: set()}
         for group, is_texture in (("textures", True), ("objects", False)):
             sub = df[df["category"].str.startswith("tex_") == is_texture]
-            va = sub[(sub[key] == pd.Series(a, index=key)).all(axis=1)].set_index(["category", "seed"])[metric]
-            vb = sub[(sub[key] == pd.Series(b, index=key)).all(axis=1)].set_index(["category", "seed"])[metric]
-            d = 100 * (va - vb).dropna()
+            va, vb = ((sub[(sub[key] == pd.Series(side, index=key)).all(axis=1)].set_index(["category", "seed"])
+                       for side in (a, b)))
+            d = 100 * (va[metric] - vb[metric]).dropna()
+            for i, side in enumerate((va, vb)):
+                used[i].update(side.loc[d.index, "eval rev"])
             out[f"{group}: mean"] = d.mean() if len(d) else float("nan")
             out[f"{group}: sd"] = d.std() if len(d) > 1 else float("nan")
             out[f"{group}: pairs"] = float(len(d))
+        out["eval rev"] = f"{revisions(used[0])} − {revisions(used[1])}" if used[0] else "—"
         rows.append(out)
     return pd.DataFrame(rows)
 
@@ -206,19 +238,25 @@ def auto_estimates(store: ArtifactStore, metrics: pd.DataFrame) -> pd.DataFrame:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", required=True, help="the store the ablation specs ran into (MRKD_STORE)")
+    parser.add_argument("--output", help="store the re-evaluations are written to and read from (default: --store)")
     parser.add_argument("--runs", nargs="+", default=list(RUNS_DEFAULT), help="run ids of the ablation")
-    parser.add_argument("--no-evaluate", action="store_true", help="print only; do not evaluate with test-time FLM off")
+    parser.add_argument("--no-evaluate", action="store_true",
+                        help="print only; do not re-evaluate (test-time FLM on with this code, and off)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     store = ArtifactStore(args.store)
+    out = ArtifactStore(args.output) if args.output else store
     runs = [r for r in args.runs if store.exists(f"{RUNS}/{r}")]
     if not runs:
         raise SystemExit(f"none of the runs {args.runs} is in {store.uri()}: run the specs first (docs/ilm.md)")
+    metrics = pd.concat([read_metrics(store, r) for r in runs], ignore_index=True)
     if not args.no_evaluate:
-        evaluate_flm_off(store, pd.concat([read_metrics(store, r) for r in runs], ignore_index=True))
-    df = collect(store, runs)
+        evaluate_flm_models(store, out, metrics)
+    df = collect(store, out, runs)
     n_models = df[df["test FLM"] != "off"].shape[0]
-    print(f"runs {', '.join(runs)}: {n_models} trained models, {len(df) - n_models} re-evaluated with test-time FLM off\n")
+    print(f"runs {', '.join(runs)}: {n_models} trained models, {len(df) - n_models} evaluated with test-time FLM off;"
+          f" 'eval rev': the evaluation revision of the figures (this code: {EVALUATION_REVISION}; revisions 1 and 2"
+          " differ only in the test-time FLM masks, so a model scored without them scores the same under both)\n")
     for metric, title in (("image_auroc", "Image AU-ROC (%)"), ("pixel_auroc", "Pixel AU-ROC (%)")):
         print(f"### {title}, mean over seeds\n")
         print(markdown(table(df, metric)))
@@ -227,7 +265,6 @@ def main(argv=None) -> int:
     print(markdown(paired(df, "image_auroc")))
     print()
     print("### What auto resolves to (training images at the run's size)\n")
-    metrics = pd.concat([read_metrics(store, r) for r in runs], ignore_index=True)
     print(markdown(auto_estimates(store, metrics)))
     print()
     secs = df.dropna(subset=["train_seconds"]).groupby("model")["train_seconds"].median()
