@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from mrkd_core.data import get_dataset
-from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.device import place_model
 from mrkd_core.evaluate import evaluate
 from mrkd_core.model import build_mrkd
-from tests.tiny import TINY_CFG
+from tests.tiny import TINY_CFG, tiny_category
 
 torch.set_num_threads(2)
 CFG = TINY_CFG
@@ -26,8 +25,7 @@ CFG = TINY_CFG
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval-data")
-    make_synthetic_mvtec(root, categories=("obj_disc",), n_train=1, n_test_good=8, n_test_defect=8, size=64, seed=3)
+    root = tiny_category(tmp_path_factory, "eval-data", n_train=1, n_test_good=8, n_test_defect=8, seed=3)
     return get_dataset("folder").test_samples(str(root), "obj_disc")
 
 

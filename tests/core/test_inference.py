@@ -16,7 +16,6 @@ from PIL import Image
 
 from mrkd_core.data import get_dataset
 from mrkd_core.data.io import load_image
-from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.errors import DataError
 from mrkd_core.evaluate import evaluate
 from mrkd_core.inference import Calibration, Predictor, calibrate_model, predict_images
@@ -35,7 +34,7 @@ from mrkd_core.model import build_mrkd
 from mrkd_core.model_io import load_model_file, save_model, write_calibration
 from mrkd_core.storage import ArtifactStore
 from tests.datagen import plant_truncated, write_image
-from tests.tiny import TINY_CFG
+from tests.tiny import TINY_CFG, tiny_category
 
 torch.set_num_threads(2)
 CFG = TINY_CFG
@@ -43,9 +42,7 @@ CFG = TINY_CFG
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inference-data")
-    make_synthetic_mvtec(root, categories=("obj_disc",), n_train=4, n_test_good=4, n_test_defect=4, size=64, seed=7)
-    return root
+    return tiny_category(tmp_path_factory, "inference-data", n_train=4, n_test_good=4, n_test_defect=4, seed=7)
 
 
 @pytest.fixture(scope="module")
