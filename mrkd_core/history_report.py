@@ -68,8 +68,9 @@ def history_table(view: pd.DataFrame, tolerance: str | None = None) -> pd.DataFr
             "champion: the version in use after this night's decision, its metrics on the same test data.",
             "decision: first (the first version becomes champion), promoted (not worse than the champion beyond "
             "the tolerance), kept (the champion stays), unchanged (registered before).",
-            "REGRESSED: this night's model is worse than the champion beyond the tolerance (percentage points"
-            + (f": {tolerance}" if tolerance else "") + "); the champion stays in use.",
+            "regression: empty, or \"REGRESSED: …\" where that night's model is worse than the champion beyond "
+            "the tolerance (percentage points" + (f": {tolerance}" if tolerance else "") + "); the champion then "
+            "stays in use.",
         ],
     })
     return df

@@ -220,7 +220,8 @@ def add_commands(sub: argparse._SubParsersAction, add_config_options,
                                  "model: <store>/models/<name>/<dataset>/<category>@champion (or @latest, @<N>)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--output", "-o", default="mrkd-predictions",
-                   help="folder for predictions.csv, predictions.parquet, <stem>_mask.png and <stem>_overlay.png")
+                   help="folder for predictions.csv, predictions.parquet, <stem>_mask.png and <stem>_overlay.png "
+                        "(default: ./%(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="at most this many images per forward pass (speed only: none are padded)")
     p.add_argument("--engine", choices=ENGINES, default="auto",

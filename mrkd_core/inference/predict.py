@@ -203,19 +203,31 @@ def predict_images(model: str | os.PathLike[str] | Predictor, images: Sequence[s
     """
     predictor = model if isinstance(model, Predictor) else Predictor.load(model, device, batch_size, engine)
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     cal = predictor.calibration
     used: set[str] = set()
     rows: list[Prediction] = []
-    for pred in predictor.predict(images, skip_unreadable=skip_unreadable):
-        if pred.error is None and cal is not None:
-            stem = _unique_stem(pred.path, used)
-            pred.mask_path = str(out / f"{stem}_mask.png")
-            pred.overlay_path = str(out / f"{stem}_overlay.png")
-            write_mask(Path(pred.mask_path), pred.mask)
-            write_overlay(Path(pred.overlay_path), pred.image, cal.normalize_map(pred.anomaly_map))
-        pred.anomaly_map = pred.mask = pred.image = None
-        rows.append(pred)
+    written: list[Path] = []
+    try:
+        for pred in predictor.predict(images, skip_unreadable=skip_unreadable):
+            if pred.error is None and cal is not None:
+                stem = _unique_stem(pred.path, used)
+                pred.mask_path = str(out / f"{stem}_mask.png")
+                pred.overlay_path = str(out / f"{stem}_overlay.png")
+                written += [Path(pred.mask_path), Path(pred.overlay_path)]
+                write_mask(written[-2], pred.mask)
+                write_overlay(written[-1], pred.image, cal.normalize_map(pred.anomaly_map))
+            pred.anomaly_map = pred.mask = pred.image = None
+            rows.append(pred)
+    except BaseException:
+        # A call that stops (an unreadable file without skip_unreadable) leaves no partial
+        # output behind: what it wrote goes, and the folder too when it made it.
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
     report = PredictionReport(rows, out / f"{TABLE_NAME}.csv", out / f"{TABLE_NAME}.parquet")
     table = pa.Table.from_pylist([p.row() for p in rows], schema=PREDICTIONS_SCHEMA)
     pq.write_table(table, report.parquet_path)

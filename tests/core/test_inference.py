@@ -245,6 +245,13 @@ def test_unreadable_files_stop_the_call_or_are_listed_with_the_reason(model_file
     paths = [test_samples[0].path, str(bad), test_samples[1].path]
     with pytest.raises(DataError, match="broken.png"):
         predict_images(model_files[1], paths, tmp_path / "stop", device="cpu")
+    assert not (tmp_path / "stop").exists()  # a call that stops leaves no partial output
+    kept = tmp_path / "earlier"
+    (kept / "notes.txt").parent.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="broken.png"):
+        predict_images(model_files[1], paths, kept, device="cpu")
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]  # what was there stays; what it wrote goes
     report = predict_images(model_files[1], paths, tmp_path / "skip", device="cpu", skip_unreadable=True)
     assert report.n_skipped == 1 and [p.path for p in report.predictions] == paths
     skipped = report.predictions[1]

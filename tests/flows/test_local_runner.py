@@ -2,7 +2,8 @@
 
 Run as the CLI in a subprocess whose ``ray`` and ``prefect_ray`` imports are blocked, as
 on a machine without the pipeline's Ray extra. Also covered here: the run id rules and
-what Ray workers are (and are not) given.
+what Ray workers are (and are not) given, and that ``--no-register-models`` leaves the
+model registry alone.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def test_local_runner_trains_without_ray(prefect_api, prefect_home, tmp_path):
     env = clean_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(prefect_home),
                     MRKD_DATA_ROOT=str(tmp_path / "data"))
     proc = subprocess.run([sys.executable, "-c", NO_RAY, "--spec", "smoke", "--store", str(store), "--runner",
-                           "local", "--categories", "obj_disc", "--image-size", "32", "--run-id", "no-ray"],
+                           "local", "--categories", "obj_disc", "--image-size", "32", "--run-id", "no-ray",
+                           "--no-register-models"],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "RAY-ERROR: runner='ray' needs" in proc.stdout and "runner='local'" in proc.stdout
@@ -55,6 +57,8 @@ def test_local_runner_trains_without_ray(prefect_api, prefect_home, tmp_path):
     assert bool(metrics["narrowed"].iloc[0])  # --categories narrowed the spec, and the rows say so
     (manifest,) = (store / "runs" / "no-ray").rglob("manifest.json")
     assert json.loads(manifest.read_text())["run_id"] == "no-ray"
+    # register_models off (a quick try): the registry is left alone
+    assert not (store / "models").exists() and not (store / "tables" / "history").exists()
 
 
 def test_run_id_placeholders_and_validation():
