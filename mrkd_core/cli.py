@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mrkd_core.config import BACKBONES, MRKDConfig
+from mrkd_core.console import out as _out
 from mrkd_core.errors import ConfigError, DataError, MRKDError
 
 log = logging.getLogger("mrkd")
@@ -142,11 +143,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(_csv_bytes(rows))
 
-
-def _out(text: str) -> None:
-    """Results meant for the user's terminal or a pipe (logging goes to stderr)."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def _store_root(value: str | None, option: str) -> str:

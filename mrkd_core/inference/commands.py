@@ -14,16 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mrkd_core.console import out as _out
 from mrkd_core.data.base import IMAGE_EXTENSIONS
 from mrkd_core.errors import DataError, MRKDError
 
 log = logging.getLogger("mrkd")
 EXIT_SKIPPED = 3  # predict: some files were unreadable and skipped (--skip-unreadable)
 
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def model_location(model: str) -> str:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
+from mrkd_core.console import out as _out
 from mrkd_core.errors import MRKDError
 
 if TYPE_CHECKING:  # the registry is imported when a verb runs, so that building the parser stays fast
@@ -22,10 +20,6 @@ if TYPE_CHECKING:  # the registry is imported when a verb runs, so that building
 REFERENCE_SEPARATOR = "@"  # mrkd_core.registry.records.REFERENCE_SEPARATOR
 StoreRoot = Callable[[str | None, str], str]  # (option value, option name) → store root (cli._store_root)
 
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def _pct(value: Any) -> str:
