@@ -103,6 +103,18 @@ def list_images(folder: Path) -> list[Path]:
     return [p for p in entries if p.is_file() and is_image_file(p)]
 
 
+def find_images(folder: Path) -> list[Path]:
+    """Image files anywhere below ``folder``, sorted by path; dot-files and dot-folders skipped.
+
+    What ``mrkd predict`` and a calibration folder read: the loaders' rule
+    (:func:`is_image_file`, :func:`is_hidden`) applied recursively, so that e.g. macOS's
+    ``._001.png`` companions or ``.ipynb_checkpoints/`` are never taken for images.
+    """
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in
+                                                                  p.relative_to(folder).parts))
+
+
 def name_key(name: str) -> str:
     """A file name with its extension in lower case: how every loader matches names.
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from mrkd_core.config import MRKDConfig
-from mrkd_core.data.base import IMAGE_EXTENSIONS, Sample
+from mrkd_core.data.base import IMAGE_EXTENSIONS, Sample, find_images
 from mrkd_core.data.holdout import holdout_split
 from mrkd_core.errors import ConfigError, DataError
 from mrkd_core.evaluate import EvalResult, evaluate
@@ -176,7 +176,7 @@ def folder_samples(folder: str | Path, category: str = "") -> list[Sample]:
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found — pass a folder of defect-free images")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = find_images(root)
     if not paths:
         raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found — pass a folder of defect-free images")
     return [Sample(str(p), None, 0, "good", category) for p in paths]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mrkd_core.console import out as _out
-from mrkd_core.data.base import IMAGE_EXTENSIONS
+from mrkd_core.data.base import IMAGE_EXTENSIONS, find_images
 from mrkd_core.errors import DataError, MRKDError
 
 log = logging.getLogger("mrkd")
@@ -36,12 +36,12 @@ def model_location(model: str) -> str:
 
 
 def collect_images(items: Sequence[str]) -> list[Path]:
-    """Image files named or found (recursively, sorted) in the folders named."""
+    """Image files named, or found in the folders named (``data.base.find_images``)."""
     paths: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            paths.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()))
+            paths.extend(find_images(p))
         elif p.is_file():
             paths.append(p)
         else:

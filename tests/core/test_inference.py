@@ -288,3 +288,16 @@ def test_recalibrating_keeps_the_weights_and_the_previous_calibration(model_file
     assert again.calibration_history == [src.calibration]
     for a, b in zip(again.model.state_dict().values(), src.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_predict_and_calibration_folders_take_the_images_the_loaders_would(tmp_path):
+    from mrkd_core.inference.calibration import folder_samples
+    from mrkd_core.inference.commands import collect_images
+
+    for rel in ("b.png", "a/c.PNG", "a/d.jpg", "._b.png", ".ipynb_checkpoints/e.png", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    expected = [tmp_path / "a/c.PNG", tmp_path / "a/d.jpg", tmp_path / "b.png"]
+    assert collect_images([str(tmp_path)]) == expected  # macOS ._ companions and dot-folders are not images
+    assert [s.path for s in folder_samples(tmp_path)] == [str(p) for p in expected]
+    assert collect_images([str(tmp_path / "._b.png")]) == [tmp_path / "._b.png"]  # a file named is taken as given
