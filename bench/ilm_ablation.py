@@ -44,7 +44,7 @@ from mrkd_core.evaluate import scales_key  # noqa: E402
 from mrkd_core.ilm import describe_preset  # noqa: E402
 from mrkd_core.ilm.auto import estimate_background, estimate_preset  # noqa: E402
 from mrkd_core.layout import RUNS  # noqa: E402
-from mrkd_core.results import read_metrics  # noqa: E402
+from mrkd_core.partitioned import read_metrics  # noqa: E402
 from mrkd_core.revision import EVALUATION_REVISION, UNRECORDED_REVISION  # noqa: E402
 from mrkd_core.storage import ArtifactStore  # noqa: E402
 

@@ -28,7 +28,8 @@ from eval_records import read_evaluations  # noqa: E402
 from md_table import markdown as bench_markdown  # noqa: E402
 
 from mrkd_core.evaluate import scales_key  # noqa: E402
-from mrkd_core.results import METRIC_COLUMNS, read_metrics  # noqa: E402
+from mrkd_core.partitioned import read_metrics  # noqa: E402
+from mrkd_core.results import METRIC_COLUMNS  # noqa: E402
 from mrkd_core.revision import UNRECORDED_REVISION  # noqa: E402
 from mrkd_core.storage import ArtifactStore  # noqa: E402
 

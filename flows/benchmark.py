@@ -12,7 +12,7 @@
       │                       stored rows into this run; state "Skipped"
       ├─ mrkd-train-all       subflow on the runner: train-evaluate per pending key (num_gpus=1 each
       │                       on a cluster); ends Failed, naming the first error, if any training failed
-      ├─ tables               results.read_metrics/read_scores(run_id) + registry history → report.write_report
+      ├─ report               partitioned.read_metrics/read_scores(run_id) + registry history → report.write_report
       └─ (artifacts)          summary table, report link; a regressions warning when a category regressed
 
 The model loop (``register_models``, on by default): every evaluated result, trained or reused, is
@@ -52,16 +52,17 @@ from prefect.states import Completed, Failed, State
 import flows  # noqa: F401 - offline-safe environment defaults
 from flows.artifacts import publish, regression_text
 from flows.download import dataset_records, prepare_dataset
-from flows.ray_runner import RUNNERS, Runner, check_runner
+from flows.ray_runner import RUNNERS, LocalRunner, RayRunner, check_runner, resolve_runner
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id, spec_path
 from flows.train_evaluate import record_complete, train_one
 from mrkd_core.errors import MRKDError
-from mrkd_core.layout import find_complete, read_maps
+from mrkd_core.layout import find_complete
+from mrkd_core.partitioned import read_metrics, read_scores
 from mrkd_core.registry.tables import read_history
 from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.report import MapTriple, write_report
-from mrkd_core.results import read_metrics, read_scores
+from mrkd_core.report_maps import read_maps
 from mrkd_core.specs import ExperimentSpec, Task, load_spec
 from mrkd_core.storage import ArtifactStore
 
@@ -108,8 +109,8 @@ def find_done(tasks: list[dict[str, Any]], forced_run_id: str | None = None) -> 
     return [find_complete(store, Task.from_dict(t), forced_run_id) is not None for t in tasks]
 
 
-@task(name="tables", cache_policy=NO_CACHE, persist_result=False)
-def tables(run_id: str, results: list[dict[str, Any]]) -> str:
+@task(name="report", cache_policy=NO_CACHE, persist_result=False)
+def run_report(run_id: str, results: list[dict[str, Any]]) -> str:
     """Report of the run from the partitioned tables; Fig. 7 maps from each category's run dir.
 
     The history section (each category's metric per night, regressions flagged) reads the
@@ -167,7 +168,7 @@ def first_failure(results: list[dict[str, Any]]) -> str | None:
 
 @flow(name="mrkd-train-all")
 def train_all(tasks: list[dict[str, Any]], datasets: dict[str, dict[str, Any]], run_id: str, force: bool,
-              runner: Runner, registry: dict[str, Any] | None = None) -> list[dict[str, Any]] | State:
+              runner: LocalRunner | RayRunner, registry: dict[str, Any] | None = None) -> list[dict[str, Any]] | State:
     """One ``train-evaluate`` per task on ``runner``; ends Failed (with every record) if any failed."""
     logger = get_run_logger()
     with runner.submitting() as options:
@@ -247,7 +248,7 @@ def benchmark(
     registry = RegistryOptions.from_parameters(model_name, tolerance) if register_models else None
     store = open_store()
     root = default_data_root(store)
-    fan_out = Runner.resolve(runner, ray_address, num_gpus, store.root, root, _prefect_api_url())
+    fan_out = resolve_runner(runner, ray_address, num_gpus, store.root, root, _prefect_api_url())
     logger.info("Ray dashboard: %s", fan_out.dashboard_hint())
     logger.info("%s", fan_out.describe())
     loaded = load_spec(spec, spec_path()).narrow(categories=categories, epochs=epochs, image_size=image_size)
@@ -278,7 +279,7 @@ def benchmark(
         results += trained
 
     ok = [r for r in results if r["status"] != "failed"]
-    report = tables(rid, ok) if ok else None
+    report = run_report(rid, ok) if ok else None
     counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "skipped", "failed")}
     logger.info("run %s: %s; report %s", rid, counts, report)
     publish(rid, loaded.name, results, report)

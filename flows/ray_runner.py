@@ -1,7 +1,8 @@
 """Where a flow run's trainings execute: the runner, resolved once into a :class:`Runner`.
 
 ``runner`` (a flow parameter) and ``ray_address``/``RAY_ADDRESS`` are resolved once, at
-the start of the flow run, into a :class:`Runner` that knows its task runner, the Ray
+the start of the flow run (:func:`resolve_runner`), into a :class:`Runner` (a
+:class:`LocalRunner` or a :class:`RayRunner`) that knows its task runner, the Ray
 remote options of a training (GPUs, retries, worker reuse) and the environment the Ray
 workers get; the fan-out subflow is a loop of submits inside :meth:`Runner.submitting`,
 the way prefect-ray's ``remote_options`` is meant to be used.
@@ -50,7 +51,7 @@ import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -89,49 +90,76 @@ SHARED_SETTINGS = ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", "PREFECT_SERVER_A
 CODE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-@dataclass(frozen=True)
-class Runner:
-    """The runner of one flow run, resolved once by :meth:`resolve`.
+class Runner(Protocol):
+    """The runner of one flow run, resolved once by :func:`resolve_runner`: where trainings execute.
 
-    ``kind``: ``ray`` or ``local``. ``address``: the Ray to join (None: a Ray of this run).
-    ``num_gpus``: GPUs per training (None: 1 if the local Ray has a GPU, else 0).
-    ``dashboard_port``: the dashboard of a Ray of this run. ``store_root``/``data_root``:
-    the driver's resolved locations, handed to the workers. ``api_url``: the Prefect API
-    the workers report to (None: Prefect's default).
+    Two kinds behind one protocol: :class:`LocalRunner` (no Ray) and :class:`RayRunner`.
+    The fan-out subflow asks it for its task runner and submits inside :meth:`submitting`.
     """
 
-    kind: str = "ray"
+    kind: str
+
+    def describe(self) -> str:
+        """One line for the flow run's log: where the trainings will run."""
+        ...
+
+    def dashboard_hint(self) -> str:
+        """The Ray dashboard's URL as far as it is known before connecting."""
+        ...
+
+    def task_runner(self, num_cpus: int | None = None, num_gpus: int | None = None) -> TaskRunner:
+        """The fan-out subflow's task runner."""
+        ...
+
+    def submitting(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """Submissions inside this block carry a training's options; yields them for the log."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalRunner:
+    """``runner=local``: Prefect's thread pool with one worker, no Ray; trainings run one after another here."""
+
+    kind: Literal["local"] = "local"
+
+    def describe(self) -> str:
+        return "runner=local: no Ray, one training after another in this process"
+
+    def dashboard_hint(self) -> str:
+        return "none (runner=local)"
+
+    def task_runner(self, num_cpus: int | None = None, num_gpus: int | None = None) -> TaskRunner:
+        return ThreadPoolTaskRunner(max_workers=1)
+
+    @contextlib.contextmanager
+    def submitting(self) -> Iterator[dict[str, Any]]:
+        yield {"num_gpus": 0.0}
+
+
+@dataclass(frozen=True)
+class RayRunner:
+    """``runner=ray``: a Ray of this run, the local head, or a cluster.
+
+    ``address``: the Ray to join (None: a Ray of this run). ``num_gpus``: GPUs per training
+    (None: 1 if the local Ray has a GPU, else 0). ``dashboard_port``: the dashboard of a Ray
+    of this run. ``store_root``/``data_root``: the driver's resolved locations, handed to the
+    workers. ``api_url``: the Prefect API the workers report to (None: Prefect's default).
+    """
+
     address: str | None = None
     num_gpus: float | None = None
     dashboard_port: int | None = None
     store_root: str = ""
     data_root: str = ""
     api_url: str | None = None
-
-    @classmethod
-    def resolve(cls, runner: str, ray_address: str | None, num_gpus: float | None, store_root: str = "",
-                data_root: str = "", api_url: str | None = None) -> Runner:
-        """Check ``runner`` and settle address, GPUs and dashboard; fails before any work."""
-        check_runner(runner)
-        if runner == "local":
-            return cls("local", None, 0.0, None, store_root, data_root, api_url)
-        address = resolve_address(ray_address)
-        return cls("ray", address, requested_gpus(num_gpus, address),
-                   None if address else dashboard_port(), store_root, data_root, api_url)
-
-    @property
-    def on_ray(self) -> bool:
-        return self.kind == "ray"
+    kind: Literal["ray"] = "ray"
 
     @property
     def loopback(self) -> bool:
         """Ray on this machine only (a Ray of this run, or the local head)."""
-        return self.on_ray and (self.address is None or is_loopback_address(self.address))
+        return self.address is None or is_loopback_address(self.address)
 
     def describe(self) -> str:
-        """One line for the flow run's log: where the trainings will run."""
-        if not self.on_ray:
-            return "runner=local: no Ray, one training after another in this process"
         if self.address is None:
             return "runner=ray: a Ray of this run, started by the fan-out (127.0.0.1 only, token auth)"
         if self.loopback:
@@ -139,9 +167,6 @@ class Runner:
         return f"runner=ray: the Ray cluster at {self.address}"
 
     def dashboard_hint(self) -> str:
-        """The Ray dashboard's URL as far as it is known before connecting."""
-        if not self.on_ray:
-            return "none (runner=local)"
         if self.address is None:
             return f"http://{DASHBOARD_HOST}:{self.dashboard_port} (while the trainings of this run last)"
         if self.loopback:
@@ -154,10 +179,8 @@ class Runner:
         return "the cluster head's (logged when the fan-out connects)"
 
     def task_runner(self, num_cpus: int | None = None, num_gpus: int | None = None) -> TaskRunner:
-        """The fan-out subflow's task runner. ``num_cpus``/``num_gpus`` size a Ray of this run
-        (default: every core, the GPUs Ray finds); benchmarks declare GPUs with them."""
-        if not self.on_ray:
-            return ThreadPoolTaskRunner(max_workers=1)
+        """``num_cpus``/``num_gpus`` size a Ray of this run (default: every core, the GPUs Ray
+        finds); benchmarks declare GPUs with them."""
         from flows.ray_task_runner import LoggedRayTaskRunner
 
         if self.address:
@@ -175,8 +198,6 @@ class Runner:
 
     def gpus_per_training(self) -> float:
         """GPUs each training asks for; call once Ray is up (a local Ray's GPUs decide the default)."""
-        if not self.on_ray:
-            return 0.0
         if self.num_gpus is not None:
             if not self.loopback:
                 warn_if_no_gpu(self.num_gpus)
@@ -189,18 +210,24 @@ class Runner:
 
     @contextlib.contextmanager
     def submitting(self) -> Iterator[dict[str, Any]]:
-        """Submissions inside this block carry the Ray options of a training; a no-op locally.
-
-        Yields the options without the runtime environment (for the log).
-        """
-        if not self.on_ray:
-            yield {"num_gpus": 0.0}
-            return
+        """The Ray options of a training (GPUs, retries, worker reuse, runtime env) on every submit
+        inside the block; yields them without the runtime environment (for the log)."""
         from prefect_ray.context import remote_options
 
         options = ray_options(self.gpus_per_training(), self.worker_env(), reuse_gpu_workers())
         with remote_options(**options):
             yield {k: v for k, v in options.items() if k != "runtime_env"}
+
+
+def resolve_runner(runner: str, ray_address: str | None, num_gpus: float | None, store_root: str = "",
+                   data_root: str = "", api_url: str | None = None) -> LocalRunner | RayRunner:
+    """Check ``runner`` and settle address, GPUs and dashboard once; fails before any work."""
+    check_runner(runner)
+    if runner == "local":
+        return LocalRunner()
+    address = resolve_address(ray_address)
+    return RayRunner(address, requested_gpus(num_gpus, address), None if address else dashboard_port(),
+                     store_root, data_root, api_url)
 
 
 def resolve_address(ray_address: str | None) -> str | None:

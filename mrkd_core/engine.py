@@ -52,18 +52,16 @@ metrics.parquet scores.parquet maps.npz train.json`` and ``manifest.json`` last)
 
 from __future__ import annotations
 
-import io
 import logging
 import platform
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from mrkd_core.claims import KeyClaim
 from mrkd_core.data import Sample
-from mrkd_core.evaluate import EvalResult, evaluate
+from mrkd_core.evaluate import evaluate
 from mrkd_core.inference.calibration import calibrate_after_training, verdict_columns
 from mrkd_core.layout import (
     check_no_collision,
@@ -78,6 +76,7 @@ from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage
 from mrkd_core.model_io import save_model
 from mrkd_core.partitioned import METRICS_TABLE, SCORES_TABLE, check_run_id, conform
 from mrkd_core.registry.tracking import RegistryOptions, track
+from mrkd_core.report_maps import maps_npz
 from mrkd_core.results import (
     MANIFEST,
     METRICS_SCHEMA,
@@ -97,9 +96,6 @@ from mrkd_core.train import EpochProgress, train
 log = logging.getLogger(__name__)
 
 __all__ = ["train_evaluate"]
-
-MAPS_PER_CATEGORY = 6  # test images whose maps are kept for the report's Fig. 7 grid
-
 
 # --------------------------------------------------------------------------- the one path
 def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = False, *, evaluate: bool = True,
@@ -195,7 +191,7 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
         scores = score_rows(task, run_id, ev, verdict_columns(cal_dict, [s["score"] for s in ev.scores]))
         files = {"metrics.parquet": parquet_bytes(rows, METRICS_SCHEMA),
                  "scores.parquet": parquet_bytes(scores, SCORES_SCHEMA),
-                 "maps.npz": _maps_npz(ev, cfg.image_size)}
+                 "maps.npz": maps_npz(ev, cfg.image_size)}
     claim.check()  # a task whose claim was taken over writes nothing
     # A manifest here is stale (find_complete rejected it): drop it before rewriting the
     # files it lists, so that no reader takes the directory for complete meanwhile.
@@ -244,24 +240,3 @@ def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.Dat
             if name not in df.columns:
                 df[name] = None
         table.write(store, df[list(table.schema.names)].to_dict("records"), table_name(task), source_run_dir)
-
-
-# --------------------------------------------------------------------------- maps (Fig. 7)
-def _maps_npz(ev: EvalResult, image_size: int) -> bytes:
-    """A few test images with their masks and maps, for the report's qualitative figure."""
-    from mrkd_core.data.io import load_image
-
-    labels = np.array([s["label"] for s in ev.scores])
-    order = list(np.flatnonzero(labels == 1)[: MAPS_PER_CATEGORY - 2]) + list(np.flatnonzero(labels == 0)[:2])
-    images = np.stack([load_image(ev.scores[i]["path"], image_size) for i in order]) if order else np.zeros((0,))
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        images=images,
-        has_masks=np.array(not ev.absent),  # False: the masks are zeros standing in for no ground truth
-        masks=ev.masks[order] if order else np.zeros((0,)),
-        maps=ev.maps[order].astype(np.float32) if order else np.zeros((0,)),
-        paths=np.array([ev.scores[i]["path"] for i in order]),
-        labels=labels[order] if order else np.zeros((0,)),
-    )
-    return buf.getvalue()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mrkd_core.report import _png, _slug
+from mrkd_core.figures import png, slug
 
 HISTORY_KEY = "history"
 _METRICS = (("image_auroc", "image AU-ROC"), ("pixel_auroc", "pixel AU-ROC"))
@@ -105,7 +105,7 @@ def history_figure(view: pd.DataFrame, dataset: str, model_name: str) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"History of {model_name} on {dataset} (dotted: the champion on the same test data)", fontsize=10)
-    return _png(fig)
+    return png(fig)
 
 
 def history_section(history: pd.DataFrame | None, run_id: str) -> tuple[pd.DataFrame | None, list, list[str]]:
@@ -114,7 +114,7 @@ def history_section(history: pd.DataFrame | None, run_id: str) -> tuple[pd.DataF
     if view.empty:
         return None, [], []
     tolerance = next((t for t in view["tolerance"] if isinstance(t, str)), None)
-    figures = [(f"history_{_slug(d)}_{_slug(m)}.png",
+    figures = [(f"history_{slug(d)}_{slug(m)}.png",
                 f"History of {m} on {d}: each category's metric per night; red crosses mark regressions.",
                 history_figure(view, d, m))
                for d, m in view[["dataset", "model_name"]].drop_duplicates().itertuples(index=False)]

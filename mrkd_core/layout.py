@@ -21,12 +21,9 @@ directory stays as history. Nothing here trains or imports torch.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-
-import numpy as np
 
 from mrkd_core.data import Sample, get_dataset
 from mrkd_core.data.fingerprint import HashCache, fingerprint_samples
@@ -233,36 +230,3 @@ def find_models(store: ArtifactStore, dataset: str, category: str | None = None,
                 if seen is None or m.manifest.get("written_at", "") > seen.manifest.get("written_at", ""):
                     found[(cat, config_hash)] = m
     return sorted(found.values(), key=lambda m: m.manifest.get("written_at", ""), reverse=True)
-
-
-def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
-    """(image, mask, map) triples kept for the report (Fig. 7); mask None without pixel ground truth.
-
-    Order: anomalous test images first, then normal ones (as the engine keeps them). Without
-    pixel ground truth a figure has no mask to show where the defect is, so there the
-    first three are two anomalous images and then a normal one (``IMAGE_LABELLED_ORDER``):
-    the heatmaps, on one colour scale, show the contrast. FileNotFoundError without
-    ``maps.npz``. Files written before ``has_masks`` existed had masks.
-    """
-    with np.load(io.BytesIO(store.read_bytes(f"{run_directory}/maps.npz"))) as z:
-        if z["images"].ndim != 4:
-            return []
-        has_masks = bool(z["has_masks"]) if "has_masks" in z.files else True
-        order = list(range(z["images"].shape[0]))
-        if not has_masks and "labels" in z.files:
-            order = image_labelled_order(z["labels"].astype(int).tolist())
-        return [(z["images"][i], z["masks"][i] if has_masks else None, z["maps"][i]) for i in order]
-
-
-#: Labels of the first rows of an image-labelled figure (1 = anomalous): see ``read_maps``.
-IMAGE_LABELLED_ORDER = (1, 1, 0)
-
-
-def image_labelled_order(labels: list[int]) -> list[int]:
-    """Indices of ``labels`` with the first rows following ``IMAGE_LABELLED_ORDER`` where the labels allow."""
-    pools = {0: [i for i, lab in enumerate(labels) if lab == 0], 1: [i for i, lab in enumerate(labels) if lab == 1]}
-    first = []
-    for want in IMAGE_LABELLED_ORDER:
-        if pools[want]:
-            first.append(pools[want].pop(0))
-    return first + [i for i in range(len(labels)) if i not in first]

@@ -271,3 +271,16 @@ SCORES_TABLE = PartitionedTable("scores", SCORES_SCHEMA)
 
 __all__ = ["DUCKDB_OPTIONS", "METRICS_TABLE", "PARTITION_COLUMNS", "PartitionedTable", "SCORES_TABLE", "SOURCE_KEY",
            "check_partition_value", "check_run_id", "conform", "decode_value", "encode_value", "safe_file_name"]
+
+
+def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
+    """All metrics rows (of one run, or all) from the partitioned tables; complete runs only.
+
+    Files written by older versions are conformed to ``METRICS_SCHEMA`` (null in the columns added since).
+    """
+    return METRICS_TABLE.read(store, run_id=run_id)
+
+
+def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
+    """All per-image score rows (of one run, or all) from the partitioned tables; complete runs only."""
+    return SCORES_TABLE.read(store, run_id=run_id)

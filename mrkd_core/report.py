@@ -10,9 +10,8 @@ Everything lands in ``reports/<run_id>/`` of an :class:`~mrkd_core.storage.Artif
 
 The HTML has no external asset (figures are ``data:image/png;base64`` URIs, CSS is
 inline), so it can be mailed, attached to a Prefect artifact or opened from S3.
-Matplotlib is used through ``FigureCanvasAgg`` on explicit ``Figure`` objects, never
-through pyplot's global state: reports are drawn inside Ray/Prefect workers, headless and
-possibly in threads. Markdown is written by a small formatter here, so that the
+Figures are rendered by :mod:`mrkd_core.figures` (explicit ``Figure`` objects, never
+pyplot's global state: reports are drawn inside Ray/Prefect workers). Markdown is written by a small formatter here, so that the
 numbers look the same in Markdown and HTML and no table-rendering dependency is needed.
 """
 
@@ -23,19 +22,19 @@ import html
 import io
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mrkd_core.layout import IMAGE_LABELLED_ORDER
+from mrkd_core.figures import png, slug
+from mrkd_core.history_report import HISTORY_KEY, history_section
+from mrkd_core.report_maps import IMAGE_LABELLED_ORDER
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.tables import ABSENT_MARK, MVTEC_CATEGORIES, build_all, build_table, main_setting_rows
+from mrkd_core.paper_tables import ABSENT_MARK, MVTEC_CATEGORIES, build_all, build_table, main_setting_rows
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 MapTriple = tuple[np.ndarray, np.ndarray | None, np.ndarray]
 MapsProvider = Callable[[str, str], Sequence[MapTriple]]  # (dataset, category) → triples
 
-DPI = 90
 NORMAL_COLOUR = "tab:blue"  # Fig. 6: blue = normal, red = abnormal
 ANOMALOUS_COLOUR = "tab:red"
 
@@ -139,17 +137,6 @@ def _column_kind(column: str) -> str:
 
 
 # ---------------------------------------------------------------------------- figures
-def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
-
-
 def _kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
     """Gaussian kernel density of ``values`` on ``grid`` (Scott's bandwidth, as Fig. 6 uses a KDE).
 
@@ -275,7 +262,7 @@ def score_distribution_figure(scores: pd.DataFrame, dataset: str, aurocs: dict[s
         if i == 0:
             ax.legend(fontsize=7)
     fig.suptitle(f"Anomaly-score distributions, {dataset} (scores scaled to [0, 1] per category)", fontsize=11)
-    return _png(fig)
+    return png(fig)
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -325,7 +312,7 @@ def heatmap_figure(category: str, triples: Sequence[MapTriple]) -> bytes:
             if i == 0:
                 ax.set_title(name, fontsize=9)
     fig.suptitle(f"{category}: anomaly localization", fontsize=11)
-    return _png(fig)
+    return png(fig)
 
 
 def lambda_figure(fig11: pd.DataFrame) -> bytes | None:
@@ -349,7 +336,7 @@ def lambda_figure(fig11: pd.DataFrame) -> bytes | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Fig. 11: influence of λ (measured, MVTec AD average)", fontsize=10)
-    return _png(fig)
+    return png(fig)
 
 
 # ---------------------------------------------------------------------------- HTML page
@@ -403,8 +390,8 @@ def _html_page(run_id: str, tables: dict[str, pd.DataFrame], figures: list[tuple
         parts.append(table_to_html(t))
     if figures:
         parts.append('<section id="figures"><h2>Figures</h2>')
-        for name, caption, png in figures:
-            data = base64.b64encode(png).decode("ascii")
+        for name, caption, image in figures:
+            data = base64.b64encode(image).decode("ascii")
             parts.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         parts.append("</section>")
@@ -427,7 +414,7 @@ def write_report(
     """Write every table, figure and the HTML page of ``run_id`` into ``reports/<run_id>/``.
 
     ``metrics_df`` may hold several runs (the tables keep the latest cell, see
-    :mod:`mrkd_core.tables`); ``scores_df`` feeds Fig. 6; ``maps_provider(dataset, category)``
+    :mod:`mrkd_core.paper_tables`); ``scores_df`` feeds Fig. 6; ``maps_provider(dataset, category)``
     returns a few (image, mask, anomaly map) triples from the run's own ``maps.npz`` for
     Fig. 7 — without it that figure is skipped. When ``scores_df`` says a model's image
     threshold was chosen on its test split (``on_evaluation_images``), the measured
@@ -455,8 +442,6 @@ def write_report(
     history_figures: list[tuple[str, str, bytes]] = []
     regressions: list[str] = []
     if history_df is not None:
-        from mrkd_core.history_report import HISTORY_KEY, history_section
-
         history, history_figures, regressions = history_section(history_df, run_id)
         if history is not None:
             tables[HISTORY_KEY] = history
@@ -470,9 +455,9 @@ def write_report(
     figures: list[tuple[str, str, bytes]] = []
     figure_paths: list[str] = []
 
-    def add_figure(name: str, caption: str, png: bytes) -> None:
-        figure_paths.append(put(f"figures/{name}", png))
-        figures.append((name, caption, png))
+    def add_figure(name: str, caption: str, data: bytes) -> None:
+        figure_paths.append(put(f"figures/{name}", data))
+        figures.append((name, caption, data))
 
     main = main_setting_rows(metrics_df)
     scores = select_scores(scores_df, metrics_df)
@@ -480,7 +465,7 @@ def write_report(
         sub = scores[scores["dataset"] == dataset]
         m = main[main["dataset"] == dataset]
         aurocs = dict(zip(m["category"], 100.0 * m["image_auroc"].astype(float))) if not m.empty else {}
-        add_figure(f"score_distributions_{_slug(dataset)}.png",
+        add_figure(f"score_distributions_{slug(dataset)}.png",
                    f"Fig. 6 style: anomaly-score distributions of normal (blue) and anomalous (red) "
                    f"test images, {dataset}.", score_distribution_figure(sub, dataset, aurocs))
 
@@ -500,7 +485,7 @@ def write_report(
                            f"them: {rows}.")
             else:
                 caption = f"Fig. 7 style: input, ground truth and MRKD heatmap, {dataset}/{category}."
-            add_figure(f"heatmaps_{_slug(dataset)}_{_slug(category)}.png", caption,
+            add_figure(f"heatmaps_{slug(dataset)}_{slug(category)}.png", caption,
                        heatmap_figure(str(category), triples))
     else:
         log.info("no maps provider: Fig. 7 heatmaps skipped")

@@ -2,8 +2,8 @@
 
 The metrics and per-image score rows are built here, next to their schemas
 (``metrics_rows``, ``score_rows``), by every path that writes them: the engine's run
-directories and tables, and ``mrkd evaluate``'s JSON/CSV. ``read_metrics`` and
-``read_scores`` read the hive-partitioned copies back.
+directories and tables, and ``mrkd evaluate``'s JSON/CSV. The hive-partitioned copies
+are written and read back by :mod:`mrkd_core.partitioned` (``read_metrics``, ``read_scores``).
 
 A run directory's outputs become visible only when complete: ``manifest.json`` is
 written last and lists every object with its size and sha256. Readers ignore run
@@ -324,23 +324,3 @@ def is_complete(store: ArtifactStore, run_dir: str, max_hash_bytes: int | None =
     objects; raises ``StorageError`` only when the store itself fails.
     """
     return not verify_manifest(store, run_dir, max_hash_bytes)
-
-
-# --------------------------------------------------------------------------- reading the tables back
-# The hive-partitioned copies are written and read by mrkd_core.partitioned (which imports
-# this module for the schemas, hence the imports inside the functions).
-def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
-    """All metrics rows (of one run, or all) from the partitioned tables; complete runs only.
-
-    Files written by older versions are conformed to ``METRICS_SCHEMA`` (null in the columns added since).
-    """
-    from mrkd_core.partitioned import METRICS_TABLE
-
-    return METRICS_TABLE.read(store, run_id=run_id)
-
-
-def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
-    """All per-image score rows (of one run, or all) from the partitioned tables; complete runs only."""
-    from mrkd_core.partitioned import SCORES_TABLE
-
-    return SCORES_TABLE.read(store, run_id=run_id)

@@ -1,7 +1,7 @@
-"""Datasets: registry, loaders, image I/O, downloads, validation and synthetic data.
+"""Datasets: the catalog, loaders, image I/O, downloads, validation and synthetic data.
 
-``get_dataset(name)`` returns a ``DatasetSpec`` (mvtec, btad, mtd, folder). Importing the
-package registers every dataset module in it (see ``registry.discover``). The torch
+``get_dataset(name)`` returns a ``DatasetLayout`` (mvtec, btad, mtd, folder). Importing the
+package catalogues every dataset module in it (see ``catalog.discover``). The torch
 datasets are imported lazily so that listing samples never pulls in torch.
 """
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from mrkd_core.data.base import DatasetSpec, Problem, Sample
+from mrkd_core.data.base import DatasetLayout, Problem, Sample
 from mrkd_core.data.io import load_image, load_mask
-from mrkd_core.data.registry import DATASETS, discover, get_dataset, register
+from mrkd_core.data.catalog import DATASETS, discover, get_dataset, catalogued
 
 discover()
 
 __all__ = [
     "DATASETS",
-    "DatasetSpec",
+    "DatasetLayout",
     "Problem",
     "Sample",
     "TestDataset",
@@ -25,7 +25,7 @@ __all__ = [
     "get_dataset",
     "load_image",
     "load_mask",
-    "register",
+    "catalogued",
 ]
 
 

@@ -1,4 +1,4 @@
-"""What every dataset hands to training and evaluation: ``Sample`` records and the ``DatasetSpec`` API.
+"""What every dataset hands to training and evaluation: ``Sample`` records and the ``DatasetLayout`` API.
 
 A dataset is a *layout on disk*; the rest of the code never looks at folders. Loaders
 return plain, picklable records (paths, label, defect type) so that Ray/Prefect tasks and
@@ -164,10 +164,10 @@ def require_root(root: str | os.PathLike[str]) -> Path:
     return path
 
 
-class DatasetSpec(ABC):
+class DatasetLayout(ABC):
     """A dataset layout: how to find categories and build the train/test splits.
 
-    Instances are stateless (everything derives from ``root``) so one registered instance
+    Instances are stateless (everything derives from ``root``) so one catalogued instance
     serves every caller. Datasets with a public archive also have
     ``download(root, url=None, progress=True)`` (see ``download.DownloadableMixin``);
     ``folder`` has none, so ``hasattr(spec, "download")`` tells them apart.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
 from mrkd_core.data.mvtec import MVTecLayout
-from mrkd_core.data.registry import register
+from mrkd_core.data.catalog import catalogued
 
 BTAD_PRODUCTS: tuple[str, ...] = ("01", "02", "03")
 
@@ -27,7 +27,7 @@ BTAD_DOWNLOAD = DownloadInfo(
 )
 
 
-@register("btad")
+@catalogued("btad")
 class BTAD(DownloadableMixin, MVTecLayout):
     """Products 01, 02, 03; one defect type ``ko``; masks share the image's stem."""
 

@@ -408,7 +408,7 @@ def _download_locked(info: DownloadInfo, root: Path, source: str, work: Path, pr
 
 
 class DownloadableMixin:
-    """Gives a DatasetSpec ``download(root, url=None, progress=True)`` from its ``download_info``."""
+    """Gives a DatasetLayout ``download(root, url=None, progress=True)`` from its ``download_info``."""
 
     download_info: ClassVar[DownloadInfo]
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mrkd_core.data.base import (
-    DatasetSpec,
+    DatasetLayout,
     GroundTruth,
     Problem,
     Sample,
@@ -46,7 +46,7 @@ from mrkd_core.data.base import (
     is_image_file,
     name_key,
 )
-from mrkd_core.data.registry import register
+from mrkd_core.data.catalog import catalogued
 from mrkd_core.data.split import (
     DEFAULT_SPLIT_SEED,
     TRAIN_FRACTION,
@@ -199,8 +199,8 @@ class _Images:
         return self._index[folder].get(name_key(listed.name))
 
 
-@register("elpv")
-class ELPV(DatasetSpec):
+@catalogued("elpv")
+class ELPV(DatasetLayout):
     """ELPV cells of one module type per category, under the one-class protocol of the module docstring."""
 
     description = ("ELPV solar cells (pip install 'mrkd[elpv]'): categories mono, poly; image labels only; "
@@ -308,7 +308,7 @@ class ELPV(DatasetSpec):
         return problems
 
 
-@register("elpv_any_defect")
+@catalogued("elpv_any_defect")
 class ELPVAnyDefect(ELPV):
     """ELPV with every cell of p > 0 anomalous: the p = 1/3 and 2/3 cells join the test set."""
 

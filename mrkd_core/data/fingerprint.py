@@ -188,7 +188,7 @@ def _relative(path: str, root: str) -> str:
 
 def fingerprint_samples(samples: Sequence[Sample], root: str | os.PathLike[str] | None = None,
                         cache: HashCache | None = None) -> DataFingerprint:
-    """The fingerprint of a split (``DatasetSpec.train_samples`` or ``test_samples``), in its order.
+    """The fingerprint of a split (``DatasetLayout.train_samples`` or ``test_samples``), in its order.
 
     ``root``: the dataset root the names are relative to (``Task.data_root``); None =
     the folder all samples share (what a caller without a dataset root, e.g. a direct

@@ -12,10 +12,10 @@ download.
 from __future__ import annotations
 
 from mrkd_core.data.mvtec import MVTecLayout
-from mrkd_core.data.registry import register
+from mrkd_core.data.catalog import catalogued
 
 
-@register("folder")
+@catalogued("folder")
 class FolderDataset(MVTecLayout):
     """MVTec AD layout with discovered category names and tolerant mask naming."""
 

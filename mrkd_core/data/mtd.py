@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from mrkd_core.data.base import (
     SPLIT_FILE,
-    DatasetSpec,
+    DatasetLayout,
     Problem,
     Sample,
     file_index,
@@ -32,7 +32,7 @@ from mrkd_core.data.base import (
     require_root,
 )
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
-from mrkd_core.data.registry import register
+from mrkd_core.data.catalog import catalogued
 from mrkd_core.data.split import DEFAULT_SPLIT_SEED, TRAIN_FRACTION, HoldoutSplit, SplitFile, draw_split, split_problems
 from mrkd_core.data.split import load_or_create_split as _load_split
 from mrkd_core.data.validate import check_image, check_mask
@@ -110,8 +110,8 @@ def load_or_create_split(root: str | os.PathLike[str], seed: int = DEFAULT_SPLIT
     return _load_split(_split_file(path), free, seed, train_fraction, what="MTD split")
 
 
-@register("mtd")
-class MTD(DownloadableMixin, DatasetSpec):
+@catalogued("mtd")
+class MTD(DownloadableMixin, DatasetLayout):
     """Magnetic tiles; one category ``mtd``; split as DifferNet (see module docstring)."""
 
     description = "Magnetic Tile Defects: one category, 5 defect types, DifferNet's 80/20 split"

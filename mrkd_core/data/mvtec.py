@@ -22,7 +22,7 @@ from mrkd_core.data.base import (
     COMPLETION_MARKER,
     IMAGE_EXTENSIONS,
     SPLIT_FILE,
-    DatasetSpec,
+    DatasetLayout,
     GroundTruth,
     Problem,
     Sample,
@@ -35,7 +35,7 @@ from mrkd_core.data.base import (
     require_root,
 )
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
-from mrkd_core.data.registry import register
+from mrkd_core.data.catalog import catalogued
 from mrkd_core.data.validate import check_image, check_mask
 from mrkd_core.errors import DataError
 
@@ -66,7 +66,7 @@ _ROOT_DOC_SUFFIXES = (".txt", ".md", ".pdf")
 _OWN_FILES = (COMPLETION_MARKER, SPLIT_FILE)
 
 
-class MVTecLayout(DatasetSpec):
+class MVTecLayout(DatasetLayout):
     """Any dataset in MVTec AD layout; subclasses set the folder names and mask rule."""
 
     good_dir: ClassVar[str] = "good"
@@ -314,7 +314,7 @@ class MVTecLayout(DatasetSpec):
         return problems
 
 
-@register("mvtec")
+@catalogued("mvtec")
 class MVTecAD(DownloadableMixin, MVTecLayout):
     """The 15 categories of MVTec AD, as distributed in ``mvtec_anomaly_detection.tar.xz``."""
 

@@ -14,8 +14,9 @@ from mrkd_core.ilm.presets import (
     canonical_preset,
     describe_preset,
     get_preset,
-    resolve_preset,
+    named_preset,
 )
+from mrkd_core.ilm.resolve import resolve_preset
 
 __all__ = [
     "BLENDS",
@@ -31,6 +32,7 @@ __all__ = [
     "canonical_preset",
     "describe_preset",
     "get_preset",
+    "named_preset",
     "ilm_pair",
     "object_mask",
     "resolve_preset",

@@ -17,20 +17,19 @@ preset"): ``default`` (an MVTec category's published preset, else
 ``UNKNOWN_CATEGORY_PRESET``), ``texture`` (NSA's texture setting), ``auto`` (estimated
 from the training images, :mod:`mrkd_core.ilm.auto`), an MVTec category's name, or
 explicit parameters such as ``half_size=0.03:0.15,patches=2``.
-:func:`canonical_preset` checks a value and gives its one spelling; :func:`resolve_preset`
-turns it into an :class:`ILMPreset` for a category.
+:func:`canonical_preset` checks a value and gives its one spelling;
+:func:`mrkd_core.ilm.resolve.resolve_preset` turns it into an :class:`ILMPreset` for a
+category (there, because ``auto`` needs the estimator, which needs this module).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
-
-import numpy as np
 
 from mrkd_core.errors import ConfigError
 
@@ -177,7 +176,7 @@ def get_preset(category: str) -> ILMPreset:
     """The published ILM preset of ``category`` (MVTec AD names, case-insensitive), else ``TEXTURE_PRESET``.
 
     Unknown categories are not an error. What a *run* uses is ``ilm_preset`` of its
-    config: :func:`resolve_preset`.
+    config: :func:`mrkd_core.ilm.resolve.resolve_preset`.
     """
     if not isinstance(category, str):
         raise ConfigError(f"ILM preset: category must be a string, got {category!r}")
@@ -342,34 +341,19 @@ def canonical_preset(value: str | Mapping[str, Any]) -> str:
     return text
 
 
-def resolve_preset(value: str, category: str, images: Sequence[np.ndarray] | None = None) -> ILMPreset:
-    """The preset a run with ``ilm_preset=value`` uses for ``category``.
+def named_preset(value: str) -> ILMPreset:
+    """The preset a canonical ``ilm_preset`` value names: ``texture``, an MVTec category or parameters.
 
-    ``default``: the category's published preset (MVTec AD names), else what
-    ``UNKNOWN_CATEGORY_PRESET`` says. ``auto`` estimates one from ``images``, the decoded
-    uint8 H×W×3 training images (:func:`mrkd_core.ilm.auto.estimate_preset`). Raises
-    ``ConfigError`` for a bad value, or for ``auto`` without images.
+    ``default`` and ``auto`` depend on the category and its images:
+    :func:`mrkd_core.ilm.resolve.resolve_preset` decides those. Raises ``ConfigError`` for
+    a bad value.
     """
-    value = canonical_preset(value)
-    if value == PRESET_DEFAULT:
-        key = category.strip().lower() if isinstance(category, str) else category
-        if key in PRESETS:
-            return PRESETS[key]
-        log.info("ILM preset for %s (no published preset): %s, the default for such categories",
-                 category, UNKNOWN_CATEGORY_PRESET)
-        value = UNKNOWN_CATEGORY_PRESET
-    if value == PRESET_AUTO:
-        from mrkd_core.ilm.auto import estimate_preset  # auto → nsa → this module: imported on use
-
-        if not images:
-            raise ConfigError(f"ilm_preset 'auto' for category {category!r}: needs the training images")
-        preset = estimate_preset(images)
-        log.info("ILM preset for %s: auto → %s", category, describe_preset(preset))
-        return preset
     if value == PRESET_TEXTURE:
         return TEXTURE_PRESET
     if value in PRESETS:
         return PRESETS[value]
+    if value in (PRESET_DEFAULT, PRESET_AUTO):
+        raise ConfigError(f"ilm_preset {value!r} depends on the category: resolve it with resolve_preset")
     return _from_parameters(_parameters(value), value)
 
 

@@ -13,10 +13,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mrkd_core.data import DATASETS, Sample, get_dataset
-from mrkd_core.data.base import DatasetSpec
+from mrkd_core.data.base import DatasetLayout
 from mrkd_core.data.io import load_image, load_mask, load_pair
 from mrkd_core.data.mtd import MTD, draw_split, load_or_create_split
-from mrkd_core.data.registry import register
+from mrkd_core.data.catalog import catalogued
 from mrkd_core.data.torch_datasets import TestDataset, TrainImages
 from mrkd_core.data.validate import PROBLEM_KINDS, check_dataset, format_problems
 from mrkd_core.errors import ConfigError, DataError
@@ -62,10 +62,10 @@ def test_registry_names_and_download_capability():
         get_dataset("visa")
 
 
-def test_register_decorator_adds_a_dataset_in_one_place():
+def test_catalogued_decorator_adds_a_dataset_in_one_place():
     try:
-        @register("toy-extra")
-        class Toy(DatasetSpec):
+        @catalogued("toy-extra")
+        class Toy(DatasetLayout):
             def categories(self, root):
                 return ["a"]
 

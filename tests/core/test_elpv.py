@@ -26,7 +26,8 @@ from mrkd_core.data.validate import check_dataset
 from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import DataError
 from mrkd_core.metrics import PIXEL_METRICS
-from mrkd_core.results import ABSENT_COLUMN, read_metrics
+from mrkd_core.partitioned import read_metrics
+from mrkd_core.results import ABSENT_COLUMN
 from mrkd_core.specs import parse_spec
 from mrkd_core.storage import ArtifactStore
 from tests import datagen
@@ -221,9 +222,9 @@ def test_the_real_installed_package():
 def test_the_demo_spec_on_elpv_lookalikes(tmp_path, monkeypatch):
     """`make demo`'s ELPV part (flows/specs/demo.yaml, narrowed to 1 epoch at 32 px): subsampled as the spec
     declares, keyed apart from the whole data, and reported with the subsample named and real-cell heatmaps."""
-    from mrkd_core.layout import read_maps
+    from mrkd_core.partitioned import read_scores
     from mrkd_core.report import write_report
-    from mrkd_core.results import read_scores
+    from mrkd_core.report_maps import read_maps
     from mrkd_core.specs import load_spec
 
     counts = {("mono", 0): 130, ("mono", 3): 80, ("poly", 0): 5, ("poly", 3): 2}  # 104 train, 26 + 80 test

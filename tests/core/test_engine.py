@@ -15,8 +15,10 @@ import torch
 from mrkd_core.data import get_dataset
 from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import StorageError
-from mrkd_core.layout import find_complete, read_maps, run_dir, task_inputs
-from mrkd_core.results import METRICS_SCHEMA, read_metrics, read_scores, verify_manifest
+from mrkd_core.layout import find_complete, run_dir, task_inputs
+from mrkd_core.partitioned import read_metrics, read_scores
+from mrkd_core.report_maps import read_maps
+from mrkd_core.results import METRICS_SCHEMA, verify_manifest
 from mrkd_core.revision import EVALUATION_REVISION, TRAINING_REVISION
 from mrkd_core.storage import ArtifactStore
 from tests.datagen import train_smoke_key, write_image

@@ -20,16 +20,18 @@ from PIL import Image
 from mrkd_core.cli import main
 from mrkd_core.data import Sample, get_dataset
 from mrkd_core.data.synthetic import make_synthetic_mvtec
+from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import DataError
 from mrkd_core.evaluate import has_pixel_ground_truth
+from mrkd_core.layout import run_dir
 from mrkd_core.metrics import NO_PIXEL_GROUND_TRUTH, PIXEL_METRICS, absent_metrics, compute_all
+from mrkd_core.partitioned import read_metrics, read_scores
 from mrkd_core.report import write_report
-from mrkd_core.engine import train_evaluate
-from mrkd_core.layout import read_maps, run_dir
-from mrkd_core.results import ABSENT_COLUMN, read_metrics, read_scores
+from mrkd_core.report_maps import read_maps
+from mrkd_core.results import ABSENT_COLUMN
 from mrkd_core.specs import parse_spec
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.tables import ABSENT_MARK
+from mrkd_core.paper_tables import ABSENT_MARK
 from tests import datagen
 
 FAST = datagen.FAST_CLI

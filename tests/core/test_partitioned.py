@@ -1,7 +1,7 @@
 """Partitioned tables: values read back as the strings written, files of every schema version read.
 
 Each reader the docs show (pandas, pyarrow.dataset, DuckDB) and our own
-(``PartitionedTable.read`` = ``results.read_metrics/read_scores``), on a local store;
+(``PartitionedTable.read`` = ``partitioned.read_metrics/read_scores``), on a local store;
 tests/flows/test_tables_s3.py runs the same against the moto S3 server.
 """
 

@@ -16,14 +16,14 @@ from PIL import Image
 
 from mrkd_core.report import format_cell, table_to_markdown, write_report
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.tables import MVTEC_CATEGORIES, TABLE_KEYS, build_table
+from mrkd_core.paper_tables import MVTEC_CATEGORIES, TABLE_KEYS, build_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _load_fake_metrics():
-    """The metrics-row generator of test_tables.py, loaded by path (works in any pytest import mode)."""
-    spec = importlib.util.spec_from_file_location("_mrkd_fake_metrics", Path(__file__).with_name("test_tables.py"))
+    """The metrics-row generator of test_paper_tables.py, loaded by path (works in any pytest import mode)."""
+    spec = importlib.util.spec_from_file_location("_mrkd_fake_metrics", Path(__file__).with_name("test_paper_tables.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -35,7 +35,7 @@ LOAD = textwrap.dedent("""
     import json, sys
     from prefect.flows import load_flow_from_entrypoint
     import ray.cloudpickle as cloudpickle
-    from flows.ray_runner import Runner
+    from flows.ray_runner import resolve_runner
     modules = []
     for entrypoint, path in zip(sys.argv[1::2], sys.argv[2::2]):
         flow = load_flow_from_entrypoint(entrypoint)
@@ -43,7 +43,7 @@ LOAD = textwrap.dedent("""
         with open(path, "wb") as f:
             cloudpickle.dump((flow, module.train_all, module.train_one), f)
         modules.append(flow.fn.__module__)
-    env = Runner.resolve("ray", None, 0, "s3://b/store", "/data/datasets").worker_env()
+    env = resolve_runner("ray", None, 0, "s3://b/store", "/data/datasets").worker_env()
     print(json.dumps({"modules": modules, "worker_env": env}))
 """)
 

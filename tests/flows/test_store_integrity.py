@@ -16,7 +16,8 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError, StorageError
 from mrkd_core.layout import find_complete, run_dir
-from mrkd_core.results import read_metrics, read_scores, verify_manifest, write_manifest
+from mrkd_core.partitioned import read_metrics, read_scores
+from mrkd_core.results import verify_manifest, write_manifest
 from mrkd_core.specs import load_spec
 from mrkd_core.storage import ArtifactStore, is_temp_name
 from tests.datagen import train_smoke_key

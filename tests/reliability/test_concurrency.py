@@ -18,7 +18,8 @@ import pytest
 from mrkd_core.claims import KeyClaim
 from mrkd_core.errors import StorageError
 from mrkd_core.layout import find_complete
-from mrkd_core.results import read_metrics, read_scores, verify_manifest
+from mrkd_core.partitioned import read_metrics, read_scores
+from mrkd_core.results import verify_manifest
 from mrkd_core.storage import ArtifactStore
 from tests.reliability.relkit import finish_worker, make_task, start_worker
 

@@ -176,7 +176,7 @@ def test_services_the_project_starts_bind_loopback_by_default():
     from flows import ray_runner
 
     assert ray_runner.DASHBOARD_HOST == "127.0.0.1"
-    runner = ray_runner.Runner.resolve("ray", None, None).task_runner()
+    runner = ray_runner.resolve_runner("ray", None, None).task_runner()
     init = getattr(runner, "init_kwargs", None) or getattr(runner, "_init_kwargs", {})
     assert init.get("dashboard_host") == "127.0.0.1"
     # every `prefect server start` in deployments/ names the loopback host

@@ -16,7 +16,7 @@ import pytest
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.published import load_published, published_value
-from mrkd_core.tables import (
+from mrkd_core.paper_tables import (
     MVTEC_CATEGORIES,
     TABLE_KEYS,
     build_all,

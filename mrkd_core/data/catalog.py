@@ -1,8 +1,9 @@
-"""Name → dataset. Each dataset registers itself in its own module with ``@register``.
+"""The dataset catalog: name → dataset layout. Each dataset adds itself in its own module with ``@catalogued``.
 
 Adding a dataset (e.g. VisA) is one new file in ``mrkd_core/data/`` with a class decorated
-``@register("visa")``: ``discover()`` imports every module of this package that is not
-infrastructure, so nothing else has to be edited.
+``@catalogued("visa")``: ``discover()`` imports every module of this package that is not
+infrastructure, so nothing else has to be edited. (The *model* registry, versions and
+champions, is :mod:`mrkd_core.registry`; this is only the table of dataset names.)
 """
 
 from __future__ import annotations
@@ -13,30 +14,30 @@ import pkgutil
 from collections.abc import Callable
 from typing import TypeVar
 
-from mrkd_core.data.base import DatasetSpec
+from mrkd_core.data.base import DatasetLayout
 from mrkd_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# The registered instances, by name. Filled when ``mrkd_core.data`` is imported.
-DATASETS: dict[str, DatasetSpec] = {}
+# The catalogued instances, by name. Filled when ``mrkd_core.data`` is imported.
+DATASETS: dict[str, DatasetLayout] = {}
 
 # Modules of this package that hold no dataset (never imported by discover()).
 _INFRASTRUCTURE = frozenset(
-    {"base", "registry", "io", "download", "validate", "synthetic", "torch_datasets", "ilm_dataset", "split",
+    {"base", "catalog", "io", "download", "validate", "synthetic", "torch_datasets", "ilm_dataset", "split",
      "subsample", "fingerprint", "holdout"}
 )
 _discovered = False
 
-T = TypeVar("T", bound=type[DatasetSpec])
+T = TypeVar("T", bound=type[DatasetLayout])
 
 
-def register(name: str) -> Callable[[T], T]:
-    """Class decorator: instantiate the dataset once and make it ``get_dataset(name)``."""
+def catalogued(name: str) -> Callable[[T], T]:
+    """Class decorator: instantiate the dataset layout once and make it ``get_dataset(name)``."""
 
     def deco(cls: T) -> T:
         if name in DATASETS and type(DATASETS[name]) is not cls:
-            raise ValueError(f"dataset name {name!r} registered twice ({type(DATASETS[name]).__name__}, {cls.__name__})")
+            raise ValueError(f"dataset name {name!r} catalogued twice ({type(DATASETS[name]).__name__}, {cls.__name__})")
         cls.name = name
         DATASETS[name] = cls()
         return cls
@@ -45,7 +46,7 @@ def register(name: str) -> Callable[[T], T]:
 
 
 def discover() -> None:
-    """Import every dataset module of this package once, so their ``@register`` lines run."""
+    """Import every dataset module of this package once, so their ``@catalogued`` lines run."""
     global _discovered
     if _discovered:
         return
@@ -58,8 +59,8 @@ def discover() -> None:
     _discovered = True
 
 
-def get_dataset(name: str) -> DatasetSpec:
-    """The registered dataset called ``name`` (mvtec, btad, mtd, folder, ...)."""
+def get_dataset(name: str) -> DatasetLayout:
+    """The catalogued dataset called ``name`` (mvtec, btad, mtd, folder, ...)."""
     discover()
     try:
         return DATASETS[name]
