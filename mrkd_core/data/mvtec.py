@@ -53,10 +53,11 @@ MVTEC_GRAYSCALE: tuple[str, ...] = ("grid", "screw", "zipper")
 MVTEC_DOWNLOAD = DownloadInfo(
     dataset="mvtec",
     filename="mvtec_anomaly_detection.tar.xz",
-    # Last known public URL (MVTec's own mydrive share). It has moved before: override it
-    # with MRKD_MVTEC_URL or --url; the sha256 below is what makes any mirror safe.
-    url="https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
-        "420938113-1629952094/mvtec_anomaly_detection.tar.xz",
+    # MVTec's current mydrive share (the one anomalib moved to in its PR #3673, after users
+    # reported the former share 38536/... as 404 in 2026: anomalib issues #3441, #3608). It has
+    # moved before: override it with MRKD_MVTEC_URL or --url; the sha256 makes any mirror safe.
+    urls=("https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/"
+          "420938113-1629960298/mvtec_anomaly_detection.tar.xz",),
     sha256="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
     env_var="MRKD_MVTEC_URL",
 )
