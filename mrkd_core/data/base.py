@@ -12,9 +12,12 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from mrkd_core.errors import DataError
+
+if TYPE_CHECKING:
+    from mrkd_core.data.protocol import EvaluationProtocol
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,9 @@ class Sample:
     """One image of a split.
 
     ``mask_path`` is None for defect-free images: their ground truth is an all-zero mask
-    (MVTec AD ships no masks for ``good``). ``label`` is 1 for anomalous images, 0 otherwise.
+    (MVTec AD ships no masks for ``good``). It is a file, or a folder of masks whose union is
+    the ground truth (MVTec LOCO AD: one PNG per defect, :func:`mask_files`). ``label`` is 1
+    for anomalous images, 0 otherwise.
     """
 
     path: str
@@ -113,6 +118,19 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*")
                   if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in
                                                                   p.relative_to(folder).parts))
+
+
+def mask_files(mask_path: str | os.PathLike[str]) -> list[Path]:
+    """The files of one ground truth: the mask itself, or the images of a mask folder, sorted by name.
+
+    A folder is MVTec LOCO AD's rule (``ground_truth/<type>/<id>/000.png, 001.png, ...``, one
+    PNG per defect): the image's mask is their union. Dot-files are skipped; an empty folder
+    gives [] (``load_mask`` and ``mrkd data check`` say so).
+    """
+    path = Path(mask_path)
+    if path.is_dir():
+        return list_images(path)
+    return [path]
 
 
 def name_key(name: str) -> str:
@@ -198,6 +216,14 @@ class DatasetLayout(ABC):
     def ground_truth(self, root: str | os.PathLike[str], category: str) -> GroundTruth:
         """Pixel masks or image labels only, for ``category`` (datasets with masks keep this)."""
         return GroundTruth(True, "a mask for every defective test image")
+
+    def evaluation_protocol(self, root: str | os.PathLike[str], category: str) -> EvaluationProtocol | None:
+        """The benchmark's own metrics for ``category`` (MVTec AD 2, MVTec LOCO AD), None for the paper's only.
+
+        See :mod:`mrkd_core.data.protocol`. Raises ``DataError`` when the protocol's own
+        files (LOCO's ``defects_config.json``, AD 2's validation images) are missing or bad.
+        """
+        return None
 
     def __repr__(self) -> str:
         return f"<dataset {self.name!r}>"

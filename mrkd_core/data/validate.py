@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from mrkd_core.data.base import Problem
+from mrkd_core.data.base import Problem, mask_files
 from mrkd_core.data.io import open_image
 from mrkd_core.data.catalog import get_dataset
 from mrkd_core.errors import DataError
@@ -38,7 +38,10 @@ PROBLEM_KINDS: dict[str, str] = {
     "mask_size": "a mask whose size differs from its image",
     "unexpected": "a file or folder that does not belong to the layout",
     "split_mismatch": "a stored split (MTD, ELPV) lists a file that is not there",
-    "missing_file": "a file the dataset's own label list (ELPV labels.csv) names is not there",
+    "missing_file": "a file the dataset's own lists name is not there (ELPV labels.csv, VisA split_csv/1cls.csv, "
+                    "MVTec LOCO AD defects_config.json, MVTec AD 2 validation images)",
+    "mask_value": "a mask whose values its dataset does not define (MVTec LOCO AD: one defect per PNG, a "
+                  "pixel value of defects_config.json)",
 }
 
 
@@ -63,14 +66,19 @@ def check_image(path: Path, problems: list[Problem], what: str = "image") -> tup
 
 
 def check_mask(mask: Path, image: Path, image_size: tuple[int, int] | None, problems: list[Problem]) -> None:
-    """Mask readable and, when the image was readable, of the image's size."""
-    size = check_image(mask, problems, what="mask")
-    if size is not None and image_size is not None and size != image_size:
-        problems.append(Problem(
-            str(mask), "mask_size",
-            f"mask is {size[0]}×{size[1]} but its image {image} is {image_size[0]}×{image_size[1]}",
-            f"a mask of {image_size[0]}×{image_size[1]} pixels, the size of its image",
-        ))
+    """Mask readable and, when the image was readable, of the image's size; a mask folder: each file of it."""
+    files = mask_files(mask)
+    if not files:
+        problems.append(Problem(str(mask), "missing_mask", "mask folder holds no mask image",
+                                f"one PNG per defect of {image} in {mask}"))
+    for file in files:
+        size = check_image(file, problems, what="mask")
+        if size is not None and image_size is not None and size != image_size:
+            problems.append(Problem(
+                str(file), "mask_size",
+                f"mask is {size[0]}×{size[1]} but its image {image} is {image_size[0]}×{image_size[1]}",
+                f"a mask of {image_size[0]}×{image_size[1]} pixels, the size of its image",
+            ))
 
 
 def check_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[str] | None = None) -> list[Problem]:
