@@ -30,6 +30,8 @@ from mrkd_core.errors import ConfigError, DataError, MRKDError
 log = logging.getLogger("mrkd")
 
 CLI_VARIANT = "mrkd"  # the variant column of what `mrkd train` stores (the flows name theirs in the spec)
+DATASET_HELP = ("dataset layout: folder (any MVTec layout, with or without masks), mvtec, visa, mvtec_ad2, mvtec_loco, "
+                "btad, mtd, elpv, elpv_any_defect, or auto (recognised from the folder)")
 
 # One-line help per config field, shown by `mrkd train --help`.
 FIELD_HELP = {
@@ -216,6 +218,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the newest stored model of each category on a test split; JSON + CSV under ``evaluations/``."""
     from mrkd_core.data.fingerprint import fingerprint_samples
+    from mrkd_core.data.base import evaluation_inputs
     from mrkd_core.data.subsample import subsample_test
     from mrkd_core.device import place_model, resolve_device
     from mrkd_core.evaluate import evaluate
@@ -224,7 +227,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage
     from mrkd_core.model_io import load_model_file
     from mrkd_core.revision import EVALUATION_REVISION
-    from mrkd_core.results import METRIC_COLUMNS, metrics_rows, score_rows, utcnow
+    from mrkd_core.results import metrics_rows, reported_metrics, score_rows, utcnow
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
 
@@ -258,16 +261,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg = cfg.replace(progress=False, **overrides)
         place_model(model, cfg, resolve_device(cfg.device))
         samples = subsample_test(ds.test_samples(str(root), cat), cfg.test_subsample)  # the model's own test subset
+        protocol = ds.evaluation_protocol(str(root), cat)  # the dataset's own metrics (MVTec AD 2, LOCO), if any
         started = utcnow()
-        result = evaluate(model, cfg, samples)
+        result = evaluate(model, cfg, samples, protocol=protocol)
         task = Task(args.dataset, cat, stored.manifest.get("variant", CLI_VARIANT), cfg, str(root))
         training = models.read_json(f"{stored.run_dir}/train.json")
         # What the model was trained on (its manifest; None for a model of before fingerprints),
         # this test split, and the code that scored it.
         lineage = Lineage(cfg.config_hash(), stored.manifest.get(TRAIN_FINGERPRINT),
-                          fingerprint_samples(samples, root).digest, evaluation_revision=EVALUATION_REVISION)
+                          fingerprint_samples(evaluation_inputs(samples, protocol), root).digest,
+                          evaluation_revision=EVALUATION_REVISION)
         row = metrics_rows(task, evaluation_id, result, training, started, utcnow(), lineage)[0]
-        metrics = {m: _json_safe(row[m]) for m in METRIC_COLUMNS}
+        metrics = {m: _json_safe(v) for m, v in reported_metrics(row).items()}
         # null + a reason: absent (no pixel ground truth); null alone: undefined (e.g. one class only)
         record = {**{k: _json_safe(v) for k, v in row.items()}, "model": models.uri(stored.model),
                   "eval_seconds": round(result.seconds, 3), "metrics": metrics,
@@ -312,13 +317,25 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
+    from mrkd_core.data.detect import recognise
     from mrkd_core.data.validate import check_dataset, describe_dataset, format_problems
 
     root = Path(args.root)
     if not root.is_dir() and not _dataset(args.dataset).root_is_workspace:
         raise DataError(f"{root}: folder not found — pass the dataset root")
+    recognised = getattr(args, "recognised", None)
+    if recognised is None and root.is_dir():
+        # Asked for a layout: say so when the folder looks like another one (e.g. LOCO read as a folder).
+        try:
+            other = recognise(root)
+        except DataError:
+            other = None
+        if other is not None and other.name != args.dataset:
+            _out(f"note: {root} looks like {other.name} ({other.why}), not {args.dataset}: "
+                 f"pass --dataset {other.name} (or auto)")
     problems = check_dataset(args.dataset, str(root), categories=args.category or None)
-    for line in describe_dataset(args.dataset, str(root), categories=args.category or None):
+    for line in describe_dataset(args.dataset, str(root), categories=args.category or None,
+                                 recognised=recognised.why if recognised is not None else None):
         _out(line)
     if problems:
         _out(format_problems(problems))
@@ -367,8 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root", help="dataset root (MVTec AD layout: <root>/<category>/train/good ...)")
     p.add_argument("--output", "-o", help="artifact store (folder or s3:// URI) for models, checkpoints and "
                                           "metrics (default: MRKD_STORE)")
-    p.add_argument("--dataset", default="folder",
-                   help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd, elpv, elpv_any_defect")
+    p.add_argument("--dataset", default="folder", help=f"{DATASET_HELP} (default: folder)")
     p.add_argument("--category", "-c", action="append", help="category to train (repeatable; default: all)")
     p.add_argument("--run-id", help="name of this training run (default train-<UTC yyyymmdd-HHMMSS>; "
                                     "{date} {time} allowed)")
@@ -392,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root")
     p.add_argument("--models", "-m", help="the artifact store `mrkd train` wrote to (default: MRKD_STORE)")
     p.add_argument("--output", "-o", help="store to write the evaluation into (default: the models store)")
-    p.add_argument("--dataset", default="folder")
+    p.add_argument("--dataset", default="folder", help=f"{DATASET_HELP} (default: folder)")
     p.add_argument("--category", "-c", action="append")
     p.add_argument("--run-id", help="evaluate the models of this training run (default: the newest per category)")
     p.add_argument("--config-hash", help="evaluate the model of this config (the <config_hash> folder of its run "
@@ -411,15 +427,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model_summary)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("check", help="report every problem of a dataset folder at once")
+    p = data.add_parser("check", help="the layout of a dataset folder, what evaluate computes there, and every "
+                                      "problem at once")
     p.add_argument("root")
-    p.add_argument("--dataset", default="folder")
+    p.add_argument("--dataset", default="auto", help=f"{DATASET_HELP} (default: auto, recognised from the folder)")
     p.add_argument("--category", "-c", action="append")
     p.set_defaults(func=cmd_data_check)
     p = data.add_parser("download", help="download and extract a public dataset (sha256-verified)")
-    p.add_argument("name", help="mvtec, btad or mtd")
+    p.add_argument("name", help="mvtec, visa, mvtec_ad2, mvtec_loco, btad or mtd")
     p.add_argument("--root", required=True, help="folder to extract into")
-    p.add_argument("--url", help="override the download URL")
+    p.add_argument("--url", help="download from this URL or local archive path instead of the known sources "
+                                 "(as MRKD_<NAME>_URL does); its sha256 is checked the same")
     p.set_defaults(func=cmd_data_download)
     return parser
 
@@ -429,11 +447,24 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _resolve_auto(args: argparse.Namespace) -> None:
+    """``--dataset auto``: the layout the dataset folder holds (``mrkd_core.data.detect``), kept in ``args``."""
+    if getattr(args, "dataset", None) != "auto":
+        return
+    from mrkd_core.data.detect import recognise
+
+    root = getattr(args, "data_root", None) or getattr(args, "root", None)
+    args.recognised = recognise(root)
+    args.dataset = args.recognised.name
+    log.info("%s: recognised the %s layout by %s", root, args.dataset, args.recognised.why)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
+        _resolve_auto(args)
         return int(args.func(args) or 0)
     except MRKDError as exc:
         if args.debug:

@@ -60,7 +60,7 @@ from typing import Any
 import pandas as pd
 
 from mrkd_core.claims import KeyClaim
-from mrkd_core.data import Sample
+from mrkd_core.data import Sample, get_dataset
 from mrkd_core.evaluate import evaluate
 from mrkd_core.inference.calibration import calibrate_after_training, verdict_columns
 from mrkd_core.layout import (
@@ -170,7 +170,8 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool,
     result = train(cfg, train_samples, task.category, checkpoints=store.sub(ckpt_dir),
                    resume=not replace_checkpoints, on_epoch=on_epoch,
                    train_fingerprint=lineage.train_fingerprint, on_other_data=on_other_data)
-    ev = (evaluate(result.model, cfg, test_samples, keep_maps=True, scale_sets=list(task.scale_sets) or None)
+    ev = (evaluate(result.model, cfg, test_samples, keep_maps=True, scale_sets=list(task.scale_sets) or None,
+                   protocol=get_dataset(task.dataset).evaluation_protocol(task.data_root, task.category))
           if evaluate_test else None)
     # Policy auto (docs/inference.md): the false-alarm rate on held-out train/good when
     # validation_fraction holds images out, else F1 on the test split reusing these maps

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from mrkd_core.data import Sample, get_dataset
 from mrkd_core.data.fingerprint import HashCache, fingerprint_samples
 from mrkd_core.data.holdout import holdout_split
+from mrkd_core.data.base import evaluation_inputs
 from mrkd_core.data.subsample import subsample_test, subsample_train
 from mrkd_core.errors import ConfigError, StorageError
 from mrkd_core.lineage import Lineage
@@ -132,8 +133,10 @@ def task_inputs(task: Task, evaluated: bool = True) -> tuple[Lineage, list[Sampl
     # (the same split ``train`` makes; all of it at the paper's fraction 0).
     trained = holdout_split(train_samples, cfg.validation_fraction, cfg.seed)[0]
     cache = HashCache(task.data_root)
+    # The test data is the test split and what the dataset's protocol also reads (MVTec AD 2's validation images).
+    tested = evaluation_inputs(test_samples, ds.evaluation_protocol(task.data_root, task.category)) if evaluated else []
     lineage = Lineage(cfg.config_hash(), fingerprint_samples(trained, task.data_root, cache).digest,
-                      fingerprint_samples(test_samples, task.data_root, cache).digest if evaluated else None,
+                      fingerprint_samples(tested, task.data_root, cache).digest if evaluated else None,
                       evaluation_revision=EVALUATION_REVISION)
     cache.save()
     return lineage, train_samples, test_samples

@@ -32,11 +32,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from mrkd_core.data.base import Problem, Sample, list_dirs, list_images
+from mrkd_core.data.base import EvaluationProtocol, Problem, Sample, ScoreMaps, list_dirs, list_images
 from mrkd_core.data.catalog import catalogued
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
 from mrkd_core.data.mvtec import MVTecLayout
-from mrkd_core.data.protocol import EvaluationProtocol, ScoreMaps
 from mrkd_core.data.validate import check_image
 from mrkd_core.errors import DataError
 from mrkd_core.metrics import au_pro, normal_threshold, seg_f1

@@ -38,12 +38,20 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-from mrkd_core.data.base import GroundTruth, Problem, Sample, is_hidden, list_dirs, list_images
+from mrkd_core.data.base import (
+    EvaluationProtocol,
+    GroundTruth,
+    Problem,
+    Sample,
+    ScoreMaps,
+    is_hidden,
+    list_dirs,
+    list_images,
+)
 from mrkd_core.data.catalog import catalogued
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
 from mrkd_core.data.io import open_image
 from mrkd_core.data.mvtec import MVTecLayout
-from mrkd_core.data.protocol import EvaluationProtocol, ScoreMaps
 from mrkd_core.data.validate import check_image
 from mrkd_core.errors import DataError
 from mrkd_core.metrics import SaturatedRegion, au_spro, image_auroc, saturation_area
