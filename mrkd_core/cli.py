@@ -305,6 +305,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The HTML report of one run of the store (the paper's and the benchmarks' tables, figures), as the flows write it."""
+    from mrkd_core.layout import find_models
+    from mrkd_core.partitioned import read_metrics, read_scores
+    from mrkd_core.report import write_report
+    from mrkd_core.report_maps import read_maps
+    from mrkd_core.storage import ArtifactStore
+
+    store = ArtifactStore(_store_root(args.store, "STORE"))
+    metrics = read_metrics(store, args.run_id)
+    if metrics.empty:
+        raise DataError(f"{store.uri()}: no metrics of run {args.run_id!r} — pass the --run-id that `mrkd train` "
+                        "or the benchmark flow printed")
+
+    def maps(dataset: str, category: str) -> list:
+        # Fig. 7 from the run directory of the category's MRKD row (a reused one may be an earlier run's).
+        rows = metrics[(metrics["dataset"] == dataset) & (metrics["category"] == category)]
+        rows = rows.sort_values("variant", key=lambda v: v != CLI_VARIANT, kind="mergesort")
+        wanted = set(rows["config_hash"])
+        found = [m for m in find_models(store, dataset, category) if m.config_hash in wanted]
+        return read_maps(store, found[0].run_dir) if found else []
+
+    report = write_report(store, args.run_id, metrics, read_scores(store, args.run_id), maps)
+    _out(json.dumps({"report": store.uri(report["html"]), "tables": sorted(report["tables"])}, indent=2))
+    return 0
+
+
+def cmd_ad2_submission(args: argparse.Namespace) -> int:
+    """MVTec AD 2's private test sets scored in its evaluation server's layout (``mrkd_core.inference.submission``)."""
+    from mrkd_core.inference.submission import write_ad2_submission
+    from mrkd_core.storage import ArtifactStore
+
+    models = ArtifactStore(_store_root(args.models, "--models"))
+    records = write_ad2_submission(models, args.data_root, args.output, args.category, device=args.device)
+    _out(json.dumps({"submission": str(Path(args.output)), "categories": records}, indent=2))
+    return 0
+
+
 def cmd_model_summary(args: argparse.Namespace) -> int:
     from mrkd_core.model.summary import model_summary
 
@@ -420,6 +458,29 @@ def build_parser() -> argparse.ArgumentParser:
     models = add_models_group(sub)
     add_inference_commands(sub, add_config_options, models)  # predict, calibrate, export, models info
     add_registry_commands(models, _store_root)  # mrkd models list|promote|rollback
+
+    p = sub.add_parser("report", help="the HTML report of a run: the paper's tables, the benchmark tables, figures",
+                       description="Write reports/<run_id>/ of the store (report.html, the tables as Parquet and "
+                                   "Markdown, figures) from the run's metrics, as the benchmark flow does, and "
+                                   "print where.")
+    p.add_argument("store", nargs="?", help="the artifact store `mrkd train` or the flows wrote to (default: MRKD_STORE)")
+    p.add_argument("--run-id", required=True, help="the run to report")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ad2-submission", help="MVTec AD 2: score test_private and test_private_mixed in the "
+                                              "evaluation server's layout",
+                       description="For each category's newest mvtec_ad2 model: the anomaly map of every private "
+                                   "test image (anomaly_images/<category>/<split>/<stem>.tiff, float16, at the "
+                                   "image's size) and its segmentation at the validation threshold "
+                                   "(anomaly_images_thresholded/.../<stem>.png, 0/255). Check and pack the "
+                                   "folder with MVTec's check_and_prepare_data_for_upload.py (docs/datasets.md).")
+    p.add_argument("data_root", help="the MVTec AD 2 root")
+    p.add_argument("--models", "-m", help="the artifact store `mrkd train --dataset mvtec_ad2` wrote to "
+                                          "(default: MRKD_STORE)")
+    p.add_argument("--output", "-o", required=True, help="folder to write the submission into")
+    p.add_argument("--category", "-c", action="append", help="category (repeatable; default: every one with a model)")
+    p.add_argument("--device", help="auto, cpu or cuda (default: the model's)")
+    p.set_defaults(func=cmd_ad2_submission)
 
     p = sub.add_parser("model-summary", help="parameter counts and forward GFLOPs per component, as JSON")
     p.add_argument("--backbone", default="wide_resnet50_2")
