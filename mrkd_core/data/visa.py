@@ -170,7 +170,7 @@ class VisA(DownloadableMixin, DatasetLayout):
         listed: set[Path] = set()
         for r in rows:
             image = root / r.image
-            listed.add(image)
+            listed.update([image, root / r.mask] if r.anomalous else [image])
             if not image.is_file():
                 problems.append(Problem(str(image), "missing_file", f"{SPLIT_CSV}:{r.line} lists it, it is not there",
                                         "the image, as the archive holds it"))
@@ -178,7 +178,6 @@ class VisA(DownloadableMixin, DatasetLayout):
             size = check_image(image, problems)
             if r.anomalous:
                 mask = root / r.mask
-                listed.add(mask)
                 if not mask.is_file():
                     problems.append(Problem(str(mask), "missing_mask", f"{SPLIT_CSV}:{r.line} lists it, it is not there",
                                             f"the mask of {image}"))
