@@ -386,7 +386,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     ds = _dataset(args.name)
     if not hasattr(ds, "download"):
         raise ConfigError(f"dataset {args.name!r} has no download; point --root at your own folder")
-    path = ds.download(args.root, url=args.url, progress=not args.quiet)
+    path = ds.download(args.root, url=args.url, progress=not args.quiet, sha256=args.sha256)
     _out(str(path))
     return 0
 
@@ -499,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder to extract into")
     p.add_argument("--url", help="download from this URL or local archive path instead of the known sources "
                                  "(as MRKD_<NAME>_URL does); its sha256 is checked the same")
+    p.add_argument("--sha256", help="the sha256 the archive must have instead of the known one (as "
+                                    "MRKD_<NAME>_SHA256 does): for a copy you vouch for; recorded in the marker")
     p.set_defaults(func=cmd_data_download)
     return parser
 

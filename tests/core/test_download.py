@@ -303,6 +303,19 @@ def test_a_local_archive_path_is_verified_extracted_and_kept(mvtec_tar, tmp_path
     assert wrong.read_bytes() == b"x" * 10
 
 
+def test_a_sha256_given_by_the_user_replaces_the_known_one(server, mvtec_tar, tmp_path, monkeypatch):
+    state, base = server
+    state.files["/repacked.tar.xz"] = mvtec_tar
+    info = _info(base, "/repacked.tar.xz", "0" * 64)  # the known hash is another archive's
+    monkeypatch.setenv("MRKD_TEST_SHA256", _sha(mvtec_tar))
+    root = _download(info, tmp_path / "mvtec")
+    marker = json.loads((root / COMPLETION_MARKER).read_text())
+    assert marker["sha256"] == _sha(mvtec_tar) and marker["sha256_given"] is True
+    monkeypatch.setenv("MRKD_TEST_SHA256", "not-a-hash")
+    with pytest.raises(DownloadError, match="'not-a-hash' is not a sha256 .* MRKD_TEST_SHA256"):
+        _download(info, tmp_path / "other")
+
+
 def test_the_mvtec_sources_start_with_the_publishers_current_share():
     assert MVTEC_DOWNLOAD.urls[0] == ("https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
                                       "download/420938113-1629960298/mvtec_anomaly_detection.tar.xz")
