@@ -21,11 +21,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mrkd_core.data.mvtec_ad2 import AD2_PRO_LIMIT, MVTEC_AD2_CATEGORIES, SEG_THRESHOLD_K
+from mrkd_core.data.mvtec_ad2 import (
+    AD2_PRO_LIMIT,
+    MVTEC_AD2_CATEGORIES,
+    SEG_THRESHOLD_K,
+)
 from mrkd_core.data.mvtec_loco import MVTEC_LOCO_CATEGORIES, SPRO_LIMIT
 from mrkd_core.data.visa import VISA_CATEGORIES
-from mrkd_core.paper_tables import as_bool, norm_scales, latest, measured_percent, prepare_metrics, provenance
-from mrkd_core.published import BENCHMARKS_RESOURCE, load_published_benchmarks, to_percent
+from mrkd_core.paper_tables import (
+    as_bool,
+    latest,
+    measured_percent,
+    norm_scales,
+    prepare_metrics,
+    provenance,
+)
+from mrkd_core.published import (
+    BENCHMARKS_RESOURCE,
+    load_published_benchmarks,
+    to_percent,
+)
 
 #: The measured models: label → (cfg_ilm, cfg_flm).
 MODELS: dict[str, tuple[bool, bool]] = {"MRKD": (True, True), "RD4AD": (False, False)}
@@ -46,23 +61,23 @@ BENCHMARKS: dict[str, Benchmark] = {
     "visa": Benchmark(
         "visa", "VisA (published 1-class split): detection and localisation (%)", VISA_CATEGORIES,
         ("image_auroc", "pixel_auroc", "au_pro", "au_pro_per_image"),
-        ("VisA's split_csv/1cls.csv; masks binarised (any instance is a defect). au_pro is the official "
-         "MVTec AD definition up to FPR 0.3, au_pro_per_image the RD4AD research-code convention.",)),
+        (("VisA's split_csv/1cls.csv; masks binarised (any instance is a defect). au_pro is the official "
+          "MVTec AD definition up to FPR 0.3, au_pro_per_image the RD4AD research-code convention."),)),
     "mvtec_ad2": Benchmark(
         "mvtec_ad2", "MVTec AD 2 (test_public): detection, AU-PRO (FPR 0.05) and segmentation F1 (%)",
         MVTEC_AD2_CATEGORIES, ("image_auroc", "au_pro_005", "seg_f1"),
-        (f"au_pro_005: AU-PRO up to FPR {AD2_PRO_LIMIT}; seg_f1: pixel F1 over the test set at mean + "
-         f"{SEG_THRESHOLD_K:g} std of the validation/good pixel scores (docs/metrics.md).",
-         "Measured on test_public. MVTec AD 2's leaderboard scores test_private and test_private_mixed on "
-         "MVTec's server (mrkd ad2-submission writes them): other images, not comparable cell by cell.")),
+        ((f"au_pro_005: AU-PRO up to FPR {AD2_PRO_LIMIT}; seg_f1: pixel F1 over the test set at mean + "
+          f"{SEG_THRESHOLD_K:g} std of the validation/good pixel scores (docs/metrics.md)."),
+         ("Measured on test_public. MVTec AD 2's leaderboard scores test_private and test_private_mixed on "
+          "MVTec's server (mrkd ad2-submission writes them): other images, not comparable cell by cell."))),
     "mvtec_loco": Benchmark(
         "mvtec_loco", "MVTec LOCO AD: image AU-ROC and AU-sPRO (FPR 0.05) per anomaly type (%)",
         MVTEC_LOCO_CATEGORIES,
         ("image_auroc_logical", "image_auroc_structural", "image_auroc_mean_types",
          "au_spro_logical", "au_spro_structural", "au_spro_mean_types"),
-        (f"Per anomaly type: its test images with every good one; *_mean_types is the mean of the two types. "
-         f"AU-sPRO up to FPR {SPRO_LIMIT}, saturation from each category's defects_config.json, at the "
-         "evaluated image size (absolute thresholds scaled by the area ratio; docs/metrics.md).",)),
+        ((f"Per anomaly type: its test images with every good one; *_mean_types is the mean of the two types. "
+          f"AU-sPRO up to FPR {SPRO_LIMIT}, saturation from each category's defects_config.json, at the "
+          "evaluated image size (absolute thresholds scaled by the area ratio; docs/metrics.md)."),)),
 }
 
 
@@ -152,7 +167,7 @@ def build_benchmark_table(key: str, metrics_df: pd.DataFrame | None,
         notes.append("`(published)` columns: " + "; ".join(sorted(set(pub["source"]))) + ".")
     out.attrs = {"key": key, "title": bench.title, "notes": notes, "unit": "percent", "runs": prov.runs,
                  "narrowed": prov.narrowed, "not_paper_setting": prov.not_paper_setting,
-                 "n_measured_rows": int(len(rows)), "absent_cells": []}
+                 "n_measured_rows": len(rows), "absent_cells": []}
     return out
 
 

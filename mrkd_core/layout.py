@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from mrkd_core.data import Sample, get_dataset
+from mrkd_core.data.base import evaluation_inputs
 from mrkd_core.data.fingerprint import HashCache, fingerprint_samples
 from mrkd_core.data.holdout import holdout_split
-from mrkd_core.data.base import evaluation_inputs
 from mrkd_core.data.subsample import subsample_test, subsample_train
 from mrkd_core.errors import ConfigError, StorageError
 from mrkd_core.lineage import Lineage

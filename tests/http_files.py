@@ -35,7 +35,7 @@ class FilesState:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         state: FilesState = self.server.state  # type: ignore[attr-defined]
         state.requests.append((self.path, self.headers.get("Range")))
         if self.path in state.status:

@@ -58,8 +58,8 @@ MVTEC_DOWNLOAD = DownloadInfo(
     # MVTec's current mydrive share (the one anomalib moved to in its PR #3673, after users
     # reported the former share 38536/... as 404 in 2026: anomalib issues #3441, #3608). It has
     # moved before: override it with MRKD_MVTEC_URL or --url; the sha256 makes any mirror safe.
-    urls=("https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/"
-          "420938113-1629960298/mvtec_anomaly_detection.tar.xz",),
+    urls=(("https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/"
+           "420938113-1629960298/mvtec_anomaly_detection.tar.xz"),),
     sha256="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
     env_var="MRKD_MVTEC_URL",
 )

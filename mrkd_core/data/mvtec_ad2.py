@@ -32,7 +32,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from mrkd_core.data.base import EvaluationProtocol, Problem, Sample, ScoreMaps, list_dirs, list_images
+from mrkd_core.data.base import (
+    EvaluationProtocol,
+    Problem,
+    Sample,
+    ScoreMaps,
+    list_dirs,
+    list_images,
+)
 from mrkd_core.data.catalog import catalogued
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
 from mrkd_core.data.mvtec import MVTecLayout
@@ -56,8 +63,8 @@ MVTEC_AD2_DOWNLOAD = DownloadInfo(
     dataset="mvtec_ad2",
     filename="mvtec_ad_2.tar.gz",
     # MVTec's mydrive share, and the sha256, as anomalib's MVTecAD2 datamodule lists them.
-    urls=("https://www.mydrive.ch/shares/150997/701c90d3aea6588f404936e32a674602/download/"
-          "466712769-1743429042/mvtec_ad_2.tar.gz",),
+    urls=(("https://www.mydrive.ch/shares/150997/701c90d3aea6588f404936e32a674602/download/"
+           "466712769-1743429042/mvtec_ad_2.tar.gz"),),
     sha256="c0ded99ef32bfc8e352d52beb44515e5b292b8598cb963aadfa91ca0763505e4",
     env_var="MRKD_MVTEC_AD2_URL",
 )

@@ -73,8 +73,8 @@ MVTEC_LOCO_DOWNLOAD = DownloadInfo(
     dataset="mvtec_loco",
     filename="mvtec_loco_anomaly_detection.tar.xz",
     # MVTec's mydrive share, and the sha256, as anomalib's MVTecLOCODataset lists them.
-    urls=("https://www.mydrive.ch/shares/48237/1b9106ccdfbb09a0c414bd49fe44a14a/download/"
-          "430647091-1646842701/mvtec_loco_anomaly_detection.tar.xz",),
+    urls=(("https://www.mydrive.ch/shares/48237/1b9106ccdfbb09a0c414bd49fe44a14a/download/"
+           "430647091-1646842701/mvtec_loco_anomaly_detection.tar.xz"),),
     sha256="9e7c84dba550fd2e59d8e9e231c929c45ba737b6b6a6d3814100f54d63aae687",
     env_var="MRKD_MVTEC_LOCO_URL",
 )

@@ -7,7 +7,11 @@ import math
 import pandas as pd
 import pytest
 
-from mrkd_core.benchmark_tables import BENCHMARKS, build_benchmark_table, build_benchmark_tables
+from mrkd_core.benchmark_tables import (
+    BENCHMARKS,
+    build_benchmark_table,
+    build_benchmark_tables,
+)
 from mrkd_core.published import load_published_benchmarks, read_published_benchmarks
 from mrkd_core.results import METRICS_SCHEMA
 from tests.datagen import table_row

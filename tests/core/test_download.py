@@ -12,7 +12,12 @@ import pytest
 
 from mrkd_core.data import get_dataset
 from mrkd_core.data.base import COMPLETION_MARKER
-from mrkd_core.data.download import DownloadInfo, download_dataset, fetch, resolve_sources
+from mrkd_core.data.download import (
+    DownloadInfo,
+    download_dataset,
+    fetch,
+    resolve_sources,
+)
 from mrkd_core.data.mvtec import MVTEC_DOWNLOAD, MVTecAD
 from mrkd_core.errors import DownloadError
 from tests import datagen

@@ -284,7 +284,7 @@ def test_the_new_benchmarks_download_train_evaluate_and_report_through_the_serve
     evaluates with each dataset's protocol and writes the report with a table per benchmark."""
     import s3fs
 
-    proc, log_path, _ = served
+    _, log_path, _ = served
     env, endpoint, data = user_env
     spec = tmp_path / "benchmarks-fixture.yaml"
     spec.write_text("name: benchmarks-fixture\n"
