@@ -64,19 +64,26 @@ def _read_published() -> pd.DataFrame:
                "source": str},
         keep_default_na=False,
     )
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{PUBLISHED_RESOURCE}: missing column(s) {missing}; expected {list(COLUMNS)}")
-    df = df[list(COLUMNS)]
+    df = _checked_cells(df, PUBLISHED_RESOURCE, COLUMNS, ("table", "row", "method", "metric"))
     df["table"] = df["table"].astype("int64")
+    log.debug("loaded %d published cells (version %s)", len(df), PUBLISHED_VERSION)
+    return df
+
+
+def _checked_cells(df: pd.DataFrame, resource: str, columns: tuple[str, ...], key: tuple[str, ...]) -> pd.DataFrame:
+    """``df`` reduced to ``columns`` with float values; ValueError naming ``resource`` for a missing
+    column, an unknown unit or a cell (``key``) given twice."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{resource}: missing column(s) {missing}; expected {list(columns)}")
+    df = df[list(columns)].copy()
     df["value"] = df["value"].astype("float64")
     bad_units = sorted(set(df["unit"]) - set(UNITS))
     if bad_units:
-        raise ValueError(f"{PUBLISHED_RESOURCE}: unknown unit(s) {bad_units}; use {list(UNITS)}")
-    dup = df.duplicated(["table", "row", "method", "metric"], keep=False)
+        raise ValueError(f"{resource}: unknown unit(s) {bad_units}; use {list(UNITS)}")
+    dup = df.duplicated(list(key), keep=False)
     if dup.any():
-        raise ValueError(f"{PUBLISHED_RESOURCE}: duplicated cells:\n{df[dup].to_string()}")
-    log.debug("loaded %d published cells (version %s)", len(df), PUBLISHED_VERSION)
+        raise ValueError(f"{resource}: duplicated cells:\n{df[dup].to_string()}")
     return df
 
 
@@ -91,19 +98,9 @@ def read_published_benchmarks(text: str) -> pd.DataFrame:
     Raises ValueError naming what is wrong.
     """
     df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    missing = [c for c in BENCHMARK_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{BENCHMARKS_RESOURCE}: missing column(s) {missing}; expected {list(BENCHMARK_COLUMNS)}")
-    df = df[list(BENCHMARK_COLUMNS)]
-    df["value"] = df["value"].astype("float64")
+    df = _checked_cells(df, BENCHMARKS_RESOURCE, BENCHMARK_COLUMNS, ("dataset", "row", "method", "metric"))
     if (df["source"].str.strip() == "").any():
         raise ValueError(f"{BENCHMARKS_RESOURCE}: every published number needs its source (paper, table)")
-    bad_units = sorted(set(df["unit"]) - set(UNITS))
-    if bad_units:
-        raise ValueError(f"{BENCHMARKS_RESOURCE}: unknown unit(s) {bad_units}; use {list(UNITS)}")
-    dup = df.duplicated(["dataset", "row", "method", "metric"], keep=False)
-    if dup.any():
-        raise ValueError(f"{BENCHMARKS_RESOURCE}: duplicated cells:\n{df[dup].to_string()}")
     return df
 
 
