@@ -217,8 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the newest stored model of each category on a test split; JSON + CSV under ``evaluations/``."""
-    from mrkd_core.data.fingerprint import fingerprint_samples
     from mrkd_core.data.base import evaluation_inputs
+    from mrkd_core.data.fingerprint import fingerprint_samples
     from mrkd_core.data.subsample import subsample_test
     from mrkd_core.device import place_model, resolve_device
     from mrkd_core.evaluate import evaluate
