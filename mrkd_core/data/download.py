@@ -506,7 +506,7 @@ def _download_locked(info: DownloadInfo, root: Path, sources: Sequence[str], ove
         log.info("%s: found a complete archive from an earlier call; verifying it", archive)
         observed = _sha256_file(archive)
         if info.sha256 is None or observed == info.sha256:
-            got = _Archive(archive, observed, "an earlier call's download", owned=True)
+            got = _Archive(archive, observed, sources[0], owned=True)  # fetched by an earlier call
         else:
             archive.unlink()
     if got is None:
