@@ -1,8 +1,10 @@
 """Flow ``mrkd-download``: put a spec's datasets into the data root, once.
 
-Real datasets (MVTec AD, BTAD, MTD) are downloaded, sha256-verified and extracted by
-``mrkd_core.data`` (a marker makes a second call a no-op; a lock makes parallel callers
-download once). Generated datasets (the ``smoke``/``demo`` specs) are written by
+Real datasets (MVTec AD, VisA, MVTec AD 2, MVTec LOCO AD, BTAD, MTD) are downloaded from the
+first of their known sources that works, sha256-verified and extracted by ``mrkd_core.data``
+(a marker makes a second call a no-op; a lock makes parallel callers download once). The
+worker's ``MRKD_<NAME>_URL`` (a mirror or a local archive) and ``MRKD_<NAME>_SHA256`` override
+a dataset's sources and hash, as ``mrkd data download --url/--sha256`` do. Generated datasets (the ``smoke``/``demo`` specs) are written by
 ``mrkd_core.specs.generate_dataset``.
 
 The same :func:`ensure_dataset` runs in two places: in the driver before the fan-out

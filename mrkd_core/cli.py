@@ -30,6 +30,8 @@ from mrkd_core.errors import ConfigError, DataError, MRKDError
 log = logging.getLogger("mrkd")
 
 CLI_VARIANT = "mrkd"  # the variant column of what `mrkd train` stores (the flows name theirs in the spec)
+DATASET_HELP = ("dataset layout: folder (any MVTec layout, with or without masks), mvtec, visa, mvtec_ad2, mvtec_loco, "
+                "btad, mtd, elpv, elpv_any_defect, or auto (recognised from the folder)")
 
 # One-line help per config field, shown by `mrkd train --help`.
 FIELD_HELP = {
@@ -216,12 +218,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the newest stored model of each category on a test split; JSON + CSV under ``evaluations/``."""
+    from mrkd_core.data.base import evaluation_inputs
     from mrkd_core.data.fingerprint import fingerprint_samples
     from mrkd_core.inference.calibration import verdict_columns
     from mrkd_core.layout import EVALUATIONS, evaluation_dir, find_models, resolve_run_id, task_samples
     from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage
     from mrkd_core.model_io import evaluate_stored_model
-    from mrkd_core.results import METRIC_COLUMNS, metrics_rows, score_rows, utcnow
+    from mrkd_core.results import metrics_rows, reported_metrics, score_rows, utcnow
     from mrkd_core.revision import EVALUATION_REVISION
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
@@ -252,10 +255,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise DataError(f"--models {models.uri()}: no trained model for {args.dataset}/{cat} — "
                             f"train category {cat!r} first")
         variant = stored.manifest.get("variant", CLI_VARIANT)
+        protocol = ds.evaluation_protocol(str(root), cat)  # the dataset's own metrics (MVTec AD 2, LOCO), if any
         started = utcnow()
         # The model's own test split (subsampled as its config says): the rule of layout.task_samples.
         loaded, samples, result = evaluate_stored_model(
-            models, stored.model, runtime=runtime, flm_at_test=args.flm_at_test,
+            models, stored.model, runtime=runtime, flm_at_test=args.flm_at_test, protocol=protocol,
             samples=lambda record: task_samples(Task(args.dataset, cat, variant, record.config, str(root)),
                                                 train=False).test)
         cfg = loaded.config
@@ -264,9 +268,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # What the model was trained on (its manifest; None for a model of before fingerprints),
         # this test split, and the code that scored it.
         lineage = Lineage(cfg.config_hash(), stored.manifest.get(TRAIN_FINGERPRINT),
-                          fingerprint_samples(samples, root).digest, evaluation_revision=EVALUATION_REVISION)
+                          fingerprint_samples(evaluation_inputs(samples, protocol), root).digest,
+                          evaluation_revision=EVALUATION_REVISION)
         row = metrics_rows(task, evaluation_id, result, training, started, utcnow(), lineage)[0]
-        metrics = {m: _json_safe(row[m]) for m in METRIC_COLUMNS}
+        metrics = {m: _json_safe(v) for m, v in reported_metrics(row).items()}
         # null + a reason: absent (no pixel ground truth); null alone: undefined (e.g. one class only)
         record = {**{k: _json_safe(v) for k, v in row.items()}, "model": models.uri(stored.model),
                   "eval_seconds": round(result.seconds, 3), "metrics": metrics,
@@ -299,6 +304,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The HTML report of one run of the store (the paper's and the benchmarks' tables, figures), as the flows write it."""
+    from mrkd_core.layout import find_models
+    from mrkd_core.partitioned import read_metrics, read_scores
+    from mrkd_core.report import write_report
+    from mrkd_core.results import read_maps
+    from mrkd_core.storage import ArtifactStore
+
+    store = ArtifactStore(_store_root(args.store, "STORE"))
+    metrics = read_metrics(store, args.run_id)
+    if metrics.empty:
+        raise DataError(f"{store.uri()}: no metrics of run {args.run_id!r} — pass the --run-id that `mrkd train` "
+                        "or the benchmark flow printed")
+
+    def maps(dataset: str, category: str) -> list:
+        # Fig. 7 from the run directory of the category's MRKD row (a reused one may be an earlier run's).
+        rows = metrics[(metrics["dataset"] == dataset) & (metrics["category"] == category)]
+        rows = rows.sort_values("variant", key=lambda v: v != CLI_VARIANT, kind="mergesort")
+        wanted = set(rows["config_hash"])
+        found = [m for m in find_models(store, dataset, category) if m.config_hash in wanted]
+        return read_maps(store, found[0].run_dir) if found else []
+
+    report = write_report(store, args.run_id, metrics, read_scores(store, args.run_id), maps)
+    _out(json.dumps({"report": store.uri(report["html"]), "tables": sorted(report["tables"])}, indent=2))
+    return 0
+
+
+def cmd_ad2_submission(args: argparse.Namespace) -> int:
+    """MVTec AD 2's private test sets scored in its evaluation server's layout (``mrkd_core.inference.submission``)."""
+    from mrkd_core.inference.submission import write_ad2_submission
+    from mrkd_core.storage import ArtifactStore
+
+    models = ArtifactStore(_store_root(args.models, "--models"))
+    records = write_ad2_submission(models, args.data_root, args.output, args.category, device=args.device)
+    _out(json.dumps({"submission": str(Path(args.output)), "categories": records}, indent=2))
+    return 0
+
+
 def cmd_model_summary(args: argparse.Namespace) -> int:
     from mrkd_core.model.summary import model_summary
 
@@ -311,13 +354,25 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
+    from mrkd_core.data.detect import recognise
     from mrkd_core.data.validate import check_dataset, describe_dataset, format_problems
 
     root = Path(args.root)
     if not root.is_dir() and not _dataset(args.dataset).root_is_workspace:
         raise DataError(f"{root}: folder not found — pass the dataset root")
+    recognised = getattr(args, "recognised", None)
+    if recognised is None and root.is_dir():
+        # Asked for a layout: say so when the folder looks like another one (e.g. LOCO read as a folder).
+        try:
+            other = recognise(root)
+        except DataError:
+            other = None
+        if other is not None and other.name != args.dataset:
+            _out(f"note: {root} looks like {other.name} ({other.why}), not {args.dataset}: "
+                 f"pass --dataset {other.name} (or auto)")
     problems = check_dataset(args.dataset, str(root), categories=args.category or None)
-    for line in describe_dataset(args.dataset, str(root), categories=args.category or None):
+    for line in describe_dataset(args.dataset, str(root), categories=args.category or None,
+                                 recognised=recognised.why if recognised is not None else None):
         _out(line)
     if problems:
         _out(format_problems(problems))
@@ -330,7 +385,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     ds = _dataset(args.name)
     if not hasattr(ds, "download"):
         raise ConfigError(f"dataset {args.name!r} has no download; point --root at your own folder")
-    path = ds.download(args.root, url=args.url, progress=not args.quiet)
+    path = ds.download(args.root, url=args.url, progress=not args.quiet, sha256=args.sha256)
     _out(str(path))
     return 0
 
@@ -366,8 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root", help="dataset root (MVTec AD layout: <root>/<category>/train/good ...)")
     p.add_argument("--output", "-o", help="artifact store (folder or s3:// URI) for models, checkpoints and "
                                           "metrics (default: MRKD_STORE)")
-    p.add_argument("--dataset", default="folder",
-                   help="dataset kind: folder (any MVTec layout), mvtec, btad, mtd, elpv, elpv_any_defect")
+    p.add_argument("--dataset", default="folder", help=f"{DATASET_HELP} (default: folder)")
     p.add_argument("--category", "-c", action="append", help="category to train (repeatable; default: all)")
     p.add_argument("--run-id", help="name of this training run (default train-<UTC yyyymmdd-HHMMSS>; "
                                     "{date} {time} allowed)")
@@ -391,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root")
     p.add_argument("--models", "-m", help="the artifact store `mrkd train` wrote to (default: MRKD_STORE)")
     p.add_argument("--output", "-o", help="store to write the evaluation into (default: the models store)")
-    p.add_argument("--dataset", default="folder")
+    p.add_argument("--dataset", default="folder", help=f"{DATASET_HELP} (default: folder)")
     p.add_argument("--category", "-c", action="append")
     p.add_argument("--run-id", help="evaluate the models of this training run (default: the newest per category)")
     p.add_argument("--config-hash", help="evaluate the model of this config (the <config_hash> folder of its run "
@@ -404,21 +458,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_inference_commands(sub, add_config_options, models)  # predict, calibrate, export, models info
     add_registry_commands(models, _store_root)  # mrkd models list|promote|rollback
 
+    p = sub.add_parser("report", help="the HTML report of a run: the paper's tables, the benchmark tables, figures",
+                       description="Write reports/<run_id>/ of the store (report.html, the tables as Parquet and "
+                                   "Markdown, figures) from the run's metrics, as the benchmark flow does, and "
+                                   "print where.")
+    p.add_argument("store", nargs="?", help="the artifact store `mrkd train` or the flows wrote to (default: MRKD_STORE)")
+    p.add_argument("--run-id", required=True, help="the run to report")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ad2-submission", help="MVTec AD 2: score test_private and test_private_mixed in the "
+                                              "evaluation server's layout",
+                       description="For each category's newest mvtec_ad2 model: the anomaly map of every private "
+                                   "test image (anomaly_images/<category>/<split>/<stem>.tiff, float16, at the "
+                                   "image's size) and its segmentation at the validation threshold "
+                                   "(anomaly_images_thresholded/.../<stem>.png, 0/255). Check and pack the "
+                                   "folder with MVTec's check_and_prepare_data_for_upload.py (docs/datasets.md).")
+    p.add_argument("data_root", help="the MVTec AD 2 root")
+    p.add_argument("--models", "-m", help="the artifact store `mrkd train --dataset mvtec_ad2` wrote to "
+                                          "(default: MRKD_STORE)")
+    p.add_argument("--output", "-o", required=True, help="folder to write the submission into")
+    p.add_argument("--category", "-c", action="append", help="category (repeatable; default: every one with a model)")
+    p.add_argument("--device", help="auto, cpu or cuda (default: the model's)")
+    p.set_defaults(func=cmd_ad2_submission)
+
     p = sub.add_parser("model-summary", help="parameter counts and forward GFLOPs per component, as JSON")
     p.add_argument("--backbone", default="wide_resnet50_2")
     p.add_argument("--image-size", type=int, default=256)
     p.set_defaults(func=cmd_model_summary)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("check", help="report every problem of a dataset folder at once")
+    p = data.add_parser("check", help="the layout of a dataset folder, what evaluate computes there, and every "
+                                      "problem at once")
     p.add_argument("root")
-    p.add_argument("--dataset", default="folder")
+    p.add_argument("--dataset", default="auto", help=f"{DATASET_HELP} (default: auto, recognised from the folder)")
     p.add_argument("--category", "-c", action="append")
     p.set_defaults(func=cmd_data_check)
     p = data.add_parser("download", help="download and extract a public dataset (sha256-verified)")
-    p.add_argument("name", help="mvtec, btad or mtd")
+    p.add_argument("name", help="mvtec, visa, mvtec_ad2, mvtec_loco, btad or mtd")
     p.add_argument("--root", required=True, help="folder to extract into")
-    p.add_argument("--url", help="override the download URL")
+    p.add_argument("--url", help="download from this URL or local archive path instead of the known sources "
+                                 "(as MRKD_<NAME>_URL does); its sha256 is checked the same")
+    p.add_argument("--sha256", help="the sha256 the archive must have instead of the known one (as "
+                                    "MRKD_<NAME>_SHA256 does): for a copy you vouch for; recorded in the marker")
     p.set_defaults(func=cmd_data_download)
     return parser
 
@@ -428,11 +509,24 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _resolve_auto(args: argparse.Namespace) -> None:
+    """``--dataset auto``: the layout the dataset folder holds (``mrkd_core.data.detect``), kept in ``args``."""
+    if getattr(args, "dataset", None) != "auto":
+        return
+    from mrkd_core.data.detect import recognise
+
+    root = getattr(args, "data_root", None) or getattr(args, "root", None)
+    args.recognised = recognise(root)
+    args.dataset = args.recognised.name
+    log.info("%s: recognised the %s layout by %s", root, args.dataset, args.recognised.why)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
+        _resolve_auto(args)
         return int(args.func(args) or 0)
     except MRKDError as exc:
         if args.debug:

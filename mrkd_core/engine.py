@@ -165,7 +165,8 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, mode: Checkp
     ckpt_dir = checkpoint_dir(task, run_id if mode is CheckpointMode.FORCED_RUN else None)
     result = train(cfg, samples.trained, task.category, checkpoints=store.sub(ckpt_dir), mode=mode,
                    reporters=reporters, train_fingerprint=lineage.train_fingerprint)
-    ev = (evaluate(result.model, cfg, samples.test, keep_maps=True, scale_sets=list(task.scale_sets) or None)
+    ev = (evaluate(result.model, cfg, samples.test, keep_maps=True, scale_sets=list(task.scale_sets) or None,
+                   protocol=samples.protocol)
           if evaluate_test else None)
     # Policy auto (docs/inference.md): the false-alarm rate on the held-out train/good when
     # validation_fraction holds images out, else F1 on the test split reusing these maps

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mrkd_core.config import MRKDConfig
-from mrkd_core.data.base import Sample
+from mrkd_core.data.base import EvaluationProtocol, Sample
 from mrkd_core.data.torch_datasets import TestDataset
 from mrkd_core.device import autocast_context
 from mrkd_core.errors import DataError, unwrap_worker_errors
@@ -50,6 +50,7 @@ class EvalResult:
     ground truth (uint8; all zeros without pixel ground truth), only with ``keep_maps``.
     ``seconds``: wall time of the evaluation. ``absent``: metric → why it was not
     computed (the pixel metrics of a test set without masks), {} otherwise.
+    ``protocol_metrics``: what the dataset's evaluation protocol computed (``protocol=``).
     """
 
     metrics: dict[str, float]
@@ -61,6 +62,9 @@ class EvalResult:
     # metric → why it was not computed (the pixel metrics of an image-labelled test set);
     # those metrics are NaN in ``metrics`` and are reported as absent, not as undefined.
     absent: dict[str, str] = field(default_factory=dict)
+    # The dataset protocol's metrics (``PROTOCOL_METRICS``: MVTec AD 2, MVTec LOCO AD) of the
+    # configuration's fusion; {} for every other dataset (those columns stay null).
+    protocol_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def has_pixel_ground_truth(samples: Sequence[Sample]) -> bool:
@@ -93,12 +97,16 @@ def infer(model: MRKD, images: torch.Tensor, cfg: MRKDConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps: bool = False,
-             scale_sets: Sequence[Sequence[int]] | None = None, metrics: bool = True) -> EvalResult:
+             scale_sets: Sequence[Sequence[int]] | None = None, metrics: bool = True,
+             protocol: EvaluationProtocol | None = None) -> EvalResult:
     """Anomaly maps (Eq. 5), image scores (Eq. 6) and metrics of every test sample.
 
     ``scale_sets``: extra fusions to score from the same forward passes (Table 7 needs
     no retraining); their metrics land in ``metrics_by_scales`` keyed like '1,3'.
     ``metrics=False``: scores (and maps) only, e.g. of defect-free calibration images.
+    ``protocol``: the dataset's own metrics (``DatasetLayout.evaluation_protocol``), computed
+    from the configuration's fusion into ``protocol_metrics``; it may score further images
+    (MVTec AD 2's validation set) with this model.
     """
     if not samples:
         raise DataError("the test split is empty — add images to test/good and test/<defect> folders")
@@ -141,6 +149,11 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
                           if metrics else {})
         if key == main_key:
             main_maps = maps
+    from_protocol: dict[str, float] = {}
+    if protocol is not None and metrics and pixel_ground_truth:
+        from_protocol = protocol.compute(
+            main_maps, all_masks, main_maps.reshape(main_maps.shape[0], -1).max(axis=1), samples,
+            lambda extra: evaluate(model, cfg, extra, keep_maps=True, metrics=False).maps)
     return EvalResult(
         metrics=by_scales[main_key],
         scores=scores,
@@ -149,4 +162,5 @@ def evaluate(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample], keep_maps:
         masks=all_masks if keep_maps else None,
         seconds=time.perf_counter() - t0,
         absent=absent_metrics(pixel_ground_truth),
+        protocol_metrics=from_protocol,
     )

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mrkd_core.data import Sample, get_dataset
+from mrkd_core.data.base import EvaluationProtocol, evaluation_inputs
 from mrkd_core.data.fingerprint import HashCache, fingerprint_samples
 from mrkd_core.data.selection import holdout_split, subsample_test, subsample_train
 from mrkd_core.errors import ConfigError, StorageError
@@ -117,12 +118,15 @@ class TaskSamples:
 
     ``trained``: train/good (subsampled when the config says so) less ``held_out``, the
     ``validation_fraction`` kept for calibration (``data.selection``); ``test``: the test
-    split (subsampled likewise; empty for a task that does not evaluate).
+    split (subsampled likewise; empty for a task that does not evaluate); ``protocol``: the
+    benchmark's own metrics on it (``DatasetLayout.evaluation_protocol``: MVTec AD 2, MVTec
+    LOCO AD; None for the paper's metrics only, and for a task that does not evaluate).
     """
 
     trained: tuple[Sample, ...]
     held_out: tuple[Sample, ...]
     test: tuple[Sample, ...]
+    protocol: EvaluationProtocol | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,8 @@ def task_samples(task: Task, evaluated: bool = True, train: bool = True) -> Task
         trained, held_out = holdout_split(train_good, cfg.validation_fraction, cfg.seed)
     test = (subsample_test(ds.test_samples(task.data_root, task.category), cfg.test_subsample)
             if evaluated else [])
-    return TaskSamples(tuple(trained), tuple(held_out), tuple(test))
+    protocol = ds.evaluation_protocol(task.data_root, task.category) if evaluated else None
+    return TaskSamples(tuple(trained), tuple(held_out), tuple(test), protocol)
 
 
 def task_inputs(task: Task, evaluated: bool = True) -> TaskInputs:
@@ -165,8 +170,10 @@ def task_inputs(task: Task, evaluated: bool = True) -> TaskInputs:
     """
     samples = task_samples(task, evaluated)
     cache = HashCache(task.data_root)
+    # The test data is the test split and what the dataset's protocol also reads (MVTec AD 2's validation images).
     lineage = Lineage(task.config.config_hash(), fingerprint_samples(samples.trained, task.data_root, cache).digest,
-                      fingerprint_samples(samples.test, task.data_root, cache).digest if evaluated else None,
+                      fingerprint_samples(evaluation_inputs(samples.test, samples.protocol), task.data_root,
+                                          cache).digest if evaluated else None,
                       evaluation_revision=EVALUATION_REVISION)
     cache.save()
     return TaskInputs(lineage, samples)

@@ -11,6 +11,13 @@ differ by several points and both appear in the literature (see ``docs/metrics.m
   the paper's tables report: a 200-step threshold grid, one curve per defective image,
   the FPR axis rescaled to [0, 1] after truncation, then the mean over images.
 
+The newer benchmarks add their own localisation metrics (``PROTOCOL_METRICS``, computed
+by the datasets' evaluation protocols in ``mrkd_core.data``): :func:`au_spro`, the
+saturated PRO of MVTec LOCO AD (Bergmann et al., IJCV 2022, and the evaluation code shipped
+with the dataset), and :func:`seg_f1`, the thresholded segmentation F1 of MVTec AD 2
+(Heckler-Kram et al., arXiv:2503.21622), at a threshold from defect-free images
+(:func:`normal_threshold`). Both are exact: every distinct score is a threshold.
+
 Every metric is exact (ties included) and vectorised: sorted scores, searchsorted
 counts and cumulative sums replace the loop over thresholds of the reference code (for
 ``au_pro`` only the top ``fpr_limit`` share of the normal scores is sorted), so a whole
@@ -44,14 +51,20 @@ __all__ = [
     "MetricWarning",
     "NO_PIXEL_GROUND_TRUTH",
     "PIXEL_METRICS",
+    "PROTOCOL_METRICS",
+    "SaturatedRegion",
     "absent_metrics",
     "au_pro",
     "au_pro_per_image",
+    "au_spro",
     "compute_all",
     "f1_max_image",
     "f1_max_pixel",
     "image_auroc",
+    "normal_threshold",
     "pixel_auroc",
+    "saturation_area",
+    "seg_f1",
 ]
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "au_pro", "au_pro_per_image", "f1_max_image", "f1_max_pixel")
@@ -59,6 +72,11 @@ IMAGE_METRICS = ("image_auroc", "f1_max_image")
 #: The metrics that need a defect mask per defective image.
 PIXEL_METRICS = ("pixel_auroc", "au_pro", "au_pro_per_image", "f1_max_pixel")
 NO_PIXEL_GROUND_TRUTH = "no pixel ground truth: the defective test images have image labels only, no masks"
+#: The metrics of the newer benchmarks' protocols, computed only for their datasets (null elsewhere):
+#: MVTec AD 2 (AU-PRO up to FPR 0.05, segmentation F1 and the threshold it used, in map units) and
+#: MVTec LOCO AD (image AU-ROC and AU-sPRO up to FPR 0.05 per anomaly type, and their means).
+PROTOCOL_METRICS = ("au_pro_005", "seg_f1", "seg_threshold", "image_auroc_logical", "image_auroc_structural",
+                    "image_auroc_mean_types", "au_spro_logical", "au_spro_structural", "au_spro_mean_types")
 
 # 8-connected regions inside each image and none across images: labelling the (N, H, W)
 # stack with this structure equals labelling every mask alone with a 3x3 of ones, as the
@@ -488,3 +506,124 @@ def compute_all(
     del pixels
     result["au_pro_per_image"] = _au_pro_per_image_checked(m, gt, limit, 200, region_labels)
     return {name: result[name] for name in METRIC_NAMES}
+
+
+# --------------------------------------------------------------------------- newer benchmarks
+
+
+@dataclass(frozen=True)
+class SaturatedRegion:
+    """One ground-truth defect of sPRO: its pixels in one image and its saturation area.
+
+    ``image``: index into the maps; ``mask``: (H, W) bool, the defect's pixels (MVTec LOCO AD:
+    one PNG of the image's ground-truth folder, a "channel"; channels may overlap);
+    ``saturation``: the overlap, in pixels, at which the defect counts as wholly found
+    (> 0; :func:`saturation_area` gives LOCO's rule).
+    """
+
+    image: int
+    mask: np.ndarray
+    saturation: float
+
+
+def saturation_area(defect_area: int, threshold: float, relative: bool, area_scale: float = 1.0) -> float:
+    """The saturation area of one defect by MVTec LOCO AD's ``defects_config.json`` rule, in pixels.
+
+    As the dataset's evaluation code (``GroundTruthChannel.get_saturation_area``): a relative
+    threshold t gives ``int(t * area)``, an absolute one ``min(t, area)``. ``area_scale``
+    (pixels evaluated per pixel of the original image, < 1 when the maps are smaller) scales
+    an absolute threshold, which counts original pixels; ``defect_area`` is at the evaluated
+    size. At least 1 pixel: the official code would divide by zero for a relative threshold
+    on a defect smaller than 1 / t pixels, which only happens after downscaling.
+    """
+    if defect_area <= 0:
+        raise ValueError(f"defect_area must be positive, got {defect_area}")
+    if relative:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"a relative saturation threshold must be in (0, 1], got {threshold}")
+        return float(max(int(threshold * defect_area), 1))
+    if threshold <= 0 or area_scale <= 0:
+        raise ValueError(f"an absolute saturation threshold and area_scale must be positive, got {threshold}, "
+                         f"{area_scale}")
+    return float(max(min(threshold * area_scale, defect_area), 1.0))
+
+
+def au_spro(maps: npt.ArrayLike, regions: list[SaturatedRegion], fpr_limit: float = 0.05) -> float:
+    """Normalised area under the sPRO curve up to ``fpr_limit`` (MVTec LOCO AD; its headline limit 0.05).
+
+    sPRO(t) = mean over all ``regions`` of min(#{region pixels with score >= t} / saturation, 1);
+    FPR(t) = #{normal pixels with score >= t} / #{normal pixels}, normal = in no region of
+    its image, pooled over all images (defect-free ones included). Every distinct score is a
+    threshold; the curve runs from (0, 0) to (1, 1) and is integrated with the trapezoid rule
+    up to ``fpr_limit`` (interpolated there), then divided by it, as the dataset's code does
+    (``get_auc_for_max_fpr``). That code approximates the curve by refining a threshold grid
+    until neighbouring points are 0.001 apart; this is the curve it converges to.
+
+    Computed like :func:`au_pro`: sPRO is a sum over region pixels of increments (the r-th
+    highest pixel of a region adds min(r/s, 1) - min((r-1)/s, 1)), so the same sorted-count
+    integration applies. NaN with a MetricWarning without regions or without a normal pixel.
+    """
+    limit = _check_fpr_limit(fpr_limit)
+    m = _as_maps(maps)
+    union = np.zeros(m.shape, dtype=bool)
+    scores: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
+    for k, region in enumerate(regions):
+        mask = np.asarray(region.mask)
+        if mask.dtype != np.bool_ or mask.shape != m.shape[1:]:
+            raise ValueError(f"regions[{k}].mask must be a bool array of shape {m.shape[1:]}, "
+                             f"got {mask.dtype} {mask.shape}")
+        if not 0 <= region.image < m.shape[0]:
+            raise ValueError(f"regions[{k}].image is {region.image}, outside the {m.shape[0]} maps")
+        area = int(np.count_nonzero(mask))
+        if area == 0 or not region.saturation > 0:
+            raise ValueError(f"regions[{k}] must have at least one pixel and a positive saturation area, "
+                             f"got {area} pixels and saturation {region.saturation}")
+        union[region.image] |= mask
+        inside = np.sort(m[region.image][mask].astype(np.float64))[::-1]
+        rank = np.arange(1, area + 1, dtype=np.float64)
+        weights.append(np.minimum(rank / region.saturation, 1.0) - np.minimum((rank - 1) / region.saturation, 1.0))
+        scores.append(inside)
+    if not regions:
+        return _undefined("au_spro", "there is no ground-truth defect")
+    normal = m[~union]
+    if normal.size == 0:
+        return _undefined("au_spro", "there is no normal pixel (FPR is 0/0)")
+    flat_scores = np.concatenate(scores)
+    order = np.argsort(flat_scores, kind="stable")
+    pieces = _Regions(scores=flat_scores[order], weights=np.concatenate(weights)[order], count=len(regions))
+    return _official_au_pro(normal, False, pieces, limit)
+
+
+def seg_f1(maps: npt.ArrayLike, masks: npt.ArrayLike, threshold: float) -> float:
+    """Segmentation F1 at one threshold: 2 TP / (2 TP + FP + FN), pixels pooled over all images.
+
+    A pixel is predicted defective when its score is >= ``threshold`` (MVTec AD 2's SegF1 is
+    this F1 of the binarised maps over its test set). NaN with a MetricWarning when there is
+    neither a defect pixel nor a predicted one.
+    """
+    m = _as_maps(maps)
+    gt = _as_binary(masks, "masks", m.shape, "maps")
+    t = float(threshold)
+    if not math.isfinite(t):
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
+    predicted = m >= t
+    tp = int(np.count_nonzero(predicted & gt))
+    fp = int(np.count_nonzero(predicted)) - tp
+    fn = int(np.count_nonzero(gt)) - tp
+    if 2 * tp + fp + fn == 0:
+        return _undefined("seg_f1", "there is no defect pixel and none is predicted")
+    return 2.0 * tp / (2 * tp + fp + fn)
+
+
+def normal_threshold(maps: npt.ArrayLike, k: float = 3.0) -> float:
+    """mean + ``k`` · std of every pixel score of defect-free images (population std, float64).
+
+    The threshold of :func:`seg_f1` when only defect-free images may choose it (MVTec AD 2's
+    validation set); ``maps`` (N, H, W) of those images.
+    """
+    m = _as_maps(maps)
+    if k < 0 or not math.isfinite(k):
+        raise ValueError(f"k must be a finite number >= 0, got {k}")
+    values = m.astype(np.float64, copy=False)
+    return float(values.mean() + k * values.std())

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from mrkd_core.config import RUNTIME_FIELDS, MRKDConfig
-from mrkd_core.data.base import Sample
+from mrkd_core.data.base import EvaluationProtocol, Sample
 from mrkd_core.device import place_model, resolve_device
 from mrkd_core.errors import ConfigError, MRKDError, StorageError, unpickle_error
 from mrkd_core.evaluate import EvalResult, evaluate
@@ -146,20 +146,23 @@ def load_model_file(location: str | ArtifactStore, rel_path: str | None = None, 
 def evaluate_stored_model(location: str | ArtifactStore, rel_path: str | None = None, *,
                           samples: Callable[[ModelFile], Sequence[Sample]],
                           runtime: Mapping[str, Any] | None = None, flm_at_test: bool | None = None,
-                          keep_maps: bool = False, metrics: bool = True) -> tuple[ModelFile, list[Sample], EvalResult]:
+                          protocol: EvaluationProtocol | None = None, keep_maps: bool = False,
+                          metrics: bool = True) -> tuple[ModelFile, list[Sample], EvalResult]:
     """Load a stored model (:func:`load_model_file` with ``runtime``) and evaluate it (Eq. 5-6 and metrics).
 
     ``samples`` chooses the images from the loaded file (its config and records: a test
     split subsampled as the model's config says, the calibration images of its dataset).
     ``flm_at_test`` overrides the test-time FLM of Sec. 3.4 (``mrkd evaluate
-    --no-flm-at-test``); ``keep_maps``/``metrics`` as in :func:`mrkd_core.evaluate.evaluate`.
+    --no-flm-at-test``); ``protocol`` (the benchmark's own metrics), ``keep_maps`` and ``metrics``
+    as in :func:`mrkd_core.evaluate.evaluate`.
     Returns the loaded file (its config as evaluated), the samples and the evaluation.
     """
     record = load_model_file(location, rel_path, runtime=runtime)
     if flm_at_test is not None:
         record.config = record.config.replace(flm_at_test=flm_at_test)
     chosen = list(samples(record))
-    return record, chosen, evaluate(record.model, record.config, chosen, keep_maps=keep_maps, metrics=metrics)
+    return record, chosen, evaluate(record.model, record.config, chosen, keep_maps=keep_maps, metrics=metrics,
+                                    protocol=protocol)
 
 
 def write_calibration(location: str, calibration: dict[str, Any]) -> str:

@@ -128,7 +128,7 @@ def _key(x: float) -> float:
     return round(float(x), 6)
 
 
-def _as_bool(x: Any) -> bool:
+def as_bool(x: Any) -> bool:
     """A flag read back from Parquet/CSV (bool, numpy bool, 'true', 1); missing counts as False."""
     if isinstance(x, str):
         return x.strip().lower() in ("true", "1", "yes")
@@ -137,13 +137,13 @@ def _as_bool(x: Any) -> bool:
     return bool(x)
 
 
-def _norm_scales(scales: Any) -> str:
+def norm_scales(scales: Any) -> str:
     """'2, 1' → '1,2': fused scales named like ``mrkd_core.evaluate.scales_key``."""
     parts = [p.strip() for p in str(scales).split(",") if p.strip()]
     return ",".join(sorted(parts, key=int)) if all(p.isdigit() for p in parts) else ",".join(parts)
 
 
-def _prepare(metrics_df: pd.DataFrame | None) -> pd.DataFrame:
+def prepare_metrics(metrics_df: pd.DataFrame | None) -> pd.DataFrame:
     """Check the needed columns and add the derived knobs α, λ (and normalised names)."""
     if metrics_df is None or len(metrics_df) == 0:
         return pd.DataFrame(columns=[*REQUIRED_COLUMNS, "_alpha", "_lambda", "_order"])
@@ -156,11 +156,11 @@ def _prepare(metrics_df: pd.DataFrame | None) -> pd.DataFrame:
     df = metrics_df.copy()
     df["dataset"] = df["dataset"].astype(str).str.strip().str.lower()
     df["category"] = [_norm_category(d, c) for d, c in zip(df["dataset"], df["category"])]
-    df["score_scales"] = [_norm_scales(v) for v in df["score_scales"]]
+    df["score_scales"] = [norm_scales(v) for v in df["score_scales"]]
     df["variant"] = df["variant"].astype(str).str.strip().str.lower()
-    df["narrowed"] = [_as_bool(v) for v in df["narrowed"]]
-    ilm = [_as_bool(v) for v in df["cfg_ilm"]]
-    flm = [_as_bool(v) for v in df["cfg_flm"]]
+    df["narrowed"] = [as_bool(v) for v in df["narrowed"]]
+    ilm = [as_bool(v) for v in df["cfg_ilm"]]
+    flm = [as_bool(v) for v in df["cfg_flm"]]
     # α = 0 and "ILM off" are the same training (no synthetic image); likewise λ = 0 and "FLM off".
     df["_alpha"] = [_key(a) if on else 0.0 for a, on in zip(df["cfg_ilm_fraction"], ilm)]
     df["_lambda"] = [_key(r) if on else 0.0 for r, on in zip(df["cfg_flm_ratio"], flm)]
@@ -223,7 +223,7 @@ def _differs(value: Any, default: Any) -> bool:
         return False
     try:
         if isinstance(default, bool):
-            return _as_bool(value) != default
+            return as_bool(value) != default
         if isinstance(default, (int, float)):
             return not math.isclose(float(value), float(default), rel_tol=1e-9, abs_tol=1e-12)
         if isinstance(default, tuple):
@@ -275,16 +275,16 @@ def _teacher_none(rows: pd.DataFrame) -> pd.Series:
 
 
 @dataclass
-class _Provenance:
+class Provenance:
     notes: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     narrowed: bool = False
     not_paper_setting: bool = False
 
 
-def _provenance(rows: pd.DataFrame, n_multi: int, axis: Iterable[str]) -> _Provenance:
+def provenance(rows: pd.DataFrame, n_multi: int, axis: Iterable[str]) -> Provenance:
     """Notes on where the measured numbers come from and how they differ from the paper's setting."""
-    p = _Provenance()
+    p = Provenance()
     if rows.empty:
         p.notes.append("No measured rows for this table: the measured columns are empty.")
         return p
@@ -471,7 +471,7 @@ def main_setting_rows(metrics_df: pd.DataFrame | None) -> pd.DataFrame:
     Category names are normalised as in the tables; used by the report to pick the
     model whose scores and maps illustrate each category.
     """
-    df = _prepare(metrics_df)
+    df = prepare_metrics(metrics_df)
     rows, _ = latest(df[_at_defaults(df, None)], ["dataset", "category"])
     # A category with no paper-default model (a compact demo or custom-data run, e.g.
     # ResNet18) is illustrated by its full-MRKD variant with the main fusion, so the
@@ -557,7 +557,7 @@ def _table_5(df: pd.DataFrame, published: pd.DataFrame) -> _Built:
     want = {"baseline": (False, False), "baseline+ilm": (True, False),
             "baseline+flm": (False, True), "baseline+ilm+flm": (True, True)}
     bad = sorted({s for s, i, f in zip(rows["_setting"], rows["cfg_ilm"], rows["cfg_flm"])
-                  if (_as_bool(i), _as_bool(f)) != want[s]})
+                  if (as_bool(i), as_bool(f)) != want[s]})
     if bad:
         notes.append(f"Variant label disagrees with cfg_ilm/cfg_flm for: {', '.join(bad)}.")
     t, more = _ablation_table(
@@ -723,9 +723,9 @@ def build_table(
     """
     key = table_key(n)
     published = load_published() if published_df is None else published_df
-    df = _prepare(metrics_df)
+    df = prepare_metrics(metrics_df)
     built = _BUILDERS[key](df, published)
-    prov = _provenance(built.rows, built.n_multi, built.axis)
+    prov = provenance(built.rows, built.n_multi, built.axis)
     notes = [*prov.notes, *built.notes]
     if key not in ("fig_11", "measured"):
         notes.append(

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.io import load_image
 from mrkd_core.errors import StorageError
-from mrkd_core.metrics import PIXEL_METRICS
+from mrkd_core.metrics import PIXEL_METRICS, PROTOCOL_METRICS
 from mrkd_core.storage import ArtifactStore
 
 if TYPE_CHECKING:
@@ -83,6 +83,9 @@ METRICS_SCHEMA = pa.schema(
         # null: every metric computed (NaN = undefined); else why the pixel metrics are
         # absent (null) — an image-labelled test set (ELPV, a folder without ground_truth/).
         pa.field(ABSENT_COLUMN, pa.string()),
+        # A dataset protocol's own metrics (MVTec AD 2, MVTec LOCO AD; mrkd_core.data.base.EvaluationProtocol):
+        # null for every other dataset, for the extra fusions of Table 7 and in rows written before them.
+        *[pa.field(m, pa.float64()) for m in PROTOCOL_METRICS],
         pa.field("n_train", pa.int64()),
         pa.field("n_test", pa.int64()),
         pa.field("n_test_anomalous", pa.int64()),
@@ -162,10 +165,18 @@ def metrics_rows(task: Task, run_id: str, ev: EvalResult, training: dict[str, An
         "git_revision": git_revision(), "started_at": started_at, "finished_at": finished_at,
         "test_fingerprint": None, **lineage.record(),  # (record() names the test data when it is known)
     }
-    by_scales = ev.metrics_by_scales or {scales_key(cfg.score_scales): ev.metrics}
+    main_key = scales_key(cfg.score_scales)
+    by_scales = ev.metrics_by_scales or {main_key: ev.metrics}
     absent = {ABSENT_COLUMN: next(iter(ev.absent.values()), None)}  # to_table writes those metrics null
-    return [{**common, "score_scales": key, **absent, **{m: float(vals.get(m, math.nan)) for m in METRIC_COLUMNS}}
+    return [{**common, "score_scales": key, **absent, **{m: float(vals.get(m, math.nan)) for m in METRIC_COLUMNS},
+             **{m: (_maybe(float, ev.protocol_metrics.get(m)) if key == main_key else None) for m in PROTOCOL_METRICS}}
             for key, vals in by_scales.items()]
+
+
+def reported_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """The metrics of one metrics row as a person reads them: the paper's six, then the dataset protocol's it has."""
+    return {**{m: row.get(m) for m in METRIC_COLUMNS},
+            **{m: row[m] for m in PROTOCOL_METRICS if row.get(m) is not None}}
 
 
 def _maybe(kind: type, value: Any) -> Any:
@@ -192,7 +203,8 @@ def summary_rows(metrics: pd.DataFrame, run_id: str) -> list[dict[str, Any]]:
 
     Not the source of truth: that is the Parquet written from :func:`metrics_rows`.
     """
-    keep = ["dataset", "category", "variant", "config_hash", "score_scales", *METRIC_COLUMNS]
+    keep = ["dataset", "category", "variant", "config_hash", "score_scales", *METRIC_COLUMNS,
+            *(m for m in PROTOCOL_METRICS if m in metrics.columns and metrics[m].notna().any())]
     out = []
     for r in metrics[keep].to_dict("records"):
         r["run_id"] = run_id

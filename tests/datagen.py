@@ -9,6 +9,12 @@ dozen pixels; masks are one filled rectangle (value 255) so tests know their are
     make_mtd(root)     MTD: variable-size grey .jpg with same-stem .png masks
     make_elpv(root)    ELPV: labels.csv exactly as the elpv-dataset package writes it + grey PNG cells
     make_elpv_package  the same inside a stand-in ``elpv_dataset`` package (for sys.path)
+    make_visa(root)    VisA as published: split_csv/1cls.csv, <object>/Data/Images/{Normal,Anomaly}/*.JPG,
+                       instance-labelled Data/Masks/Anomaly/*.png
+    make_mvtec_ad2     MVTec AD 2: train, validation, test_public (+ ground_truth/bad), test_private(_mixed)
+    make_mvtec_loco    MVTec LOCO AD: test/{good,logical,structural}, ground_truth/<type>/<id>/NNN.png folders
+                       (one PNG per defect, valued per defects_config.json)
+    benchmark_archive  one of the three as its published archive (name, bytes)
     plant_*            zero-byte, text-named-.png, truncated PNG, wrong-size mask ...
     make_tar/make_zip  archives (optionally hostile) for download tests
     train_smoke_key    one trained key (smoke spec, obj_disc, 32 px) in a local store
@@ -116,6 +122,149 @@ def make_mtd(root: str | Path, n_free: int = 10, n_per_defect: int = 2) -> Path:
             else:
                 write_mask(root / folder / "Imgs" / f"{stem}.png", w, h)
     return root
+
+
+def write_defect_image(path: Path, width: int, height: int, boxes: Sequence[tuple[int, int, int, int]],
+                       seed: int) -> Path:
+    """A noise image with each box (x0, y0, x1, y1) painted bright: a visible defect."""
+    write_image(path, width, height, seed=seed)
+    arr = np.array(Image.open(path).convert("RGB"))
+    for x0, y0, x1, y1 in boxes:
+        arr[y0:y1, x0:x1] = (250, 240, 30)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def write_valued_mask(path: Path, width: int, height: int, boxes: Sequence[tuple[int, int, int, int, int]]) -> Path:
+    """8-bit mask with each (x0, y0, x1, y1, value) box filled with its value (instance or defect ids)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.zeros((height, width), dtype=np.uint8)
+    for x0, y0, x1, y1, value in boxes:
+        arr[y0:y1, x0:x1] = value
+    Image.fromarray(arr, mode="L").save(path)
+    return path
+
+
+VISA_OBJECTS = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
+                "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum")
+
+
+def make_visa(root: str | Path, objects: Sequence[str] = VISA_OBJECTS, n_train: int = 3, n_good: int = 2,
+              n_anomaly: int = 2, size: tuple[int, int] = (48, 40)) -> Path:
+    """VisA as ``VisA_20220922.tar`` holds it: the 1-class split lists every image of every object.
+
+    Anomaly masks are instance-labelled: the first anomaly has two defects valued 1 and 2.
+    """
+    root = Path(root)
+    w, h = size
+    rows = ["object,split,label,image,mask"]
+    for o in objects:
+        images = root / o / "Data" / "Images"
+        anno = ["image,label,mask"]
+        for i in range(n_train + n_good):
+            rel = f"{o}/Data/Images/Normal/{i:04d}.JPG"
+            write_image(root / rel, w, h, seed=i)
+            rows.append(f"{o},{'train' if i < n_train else 'test'},normal,{rel},")
+            anno.append(f"{rel},normal,")
+        for i in range(n_anomaly):
+            rel, mask = f"{o}/Data/Images/Anomaly/{i:03d}.JPG", f"{o}/Data/Masks/Anomaly/{i:03d}.png"
+            boxes = [(4, 4, 14, 12, 1)] + ([(30, 24, 40, 34, 2)] if i == 0 else [])
+            write_defect_image(root / rel, w, h, [b[:4] for b in boxes], seed=50 + i)
+            write_valued_mask(root / mask, w, h, boxes)
+            rows.append(f"{o},test,anomaly,{rel},{mask}")
+            anno.append(f"{rel},defect,{mask}")
+        (images.parent.parent / "image_anno.csv").write_text("\n".join(anno) + "\n")
+    (root / "split_csv").mkdir(parents=True, exist_ok=True)
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    (root / "LICENSE-DATASET").write_text("generated test data\n")
+    return root
+
+
+MVTEC_AD2_SCENARIOS = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts")
+
+
+def make_mvtec_ad2(root: str | Path, categories: Sequence[str] = MVTEC_AD2_SCENARIOS, n_train: int = 3,
+                   n_validation: int = 2, n_good: int = 2, n_bad: int = 2, n_private: int = 2,
+                   size: tuple[int, int] = (44, 36)) -> Path:
+    """MVTec AD 2 layout: train, validation, test_public with ground_truth/bad, and the private test sets."""
+    root = Path(root)
+    w, h = size
+    for c in categories:
+        for i in range(n_train):
+            write_image(root / c / "train" / "good" / f"{i:03d}_regular.png", w, h, seed=i)
+        for i in range(n_validation):
+            write_image(root / c / "validation" / "good" / f"{i:03d}_regular.png", w, h, seed=30 + i)
+        for i in range(n_good):
+            write_image(root / c / "test_public" / "good" / f"{i:03d}_regular.png", w, h, seed=60 + i)
+        for i in range(n_bad):
+            box = (6 + 3 * i, 5, 18 + 3 * i, 15)
+            write_defect_image(root / c / "test_public" / "bad" / f"{i:03d}_regular.png", w, h, [box], seed=90 + i)
+            write_mask(root / c / "test_public" / "ground_truth" / "bad" / f"{i:03d}_regular_mask.png", w, h, box)
+        for split, light in (("test_private", "regular"), ("test_private_mixed", "mixed")):
+            for i in range(n_private):
+                write_image(root / c / split / f"{i:03d}_{light}.png", w, h, seed=120 + i)
+    return root
+
+
+MVTEC_LOCO_CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
+# defects_config.json of the generated LOCO: two logical types (an absolute saturation threshold
+# smaller than the defect, and a relative one) and one structural type (relative 1.0: plain PRO).
+LOCO_DEFECTS = [
+    {"defect_name": "missing_part", "pixel_value": 251, "saturation_threshold": 30, "relative_saturation": False},
+    {"defect_name": "extra_part", "pixel_value": 252, "saturation_threshold": 0.5, "relative_saturation": True},
+    {"defect_name": "scratch", "pixel_value": 253, "saturation_threshold": 1.0, "relative_saturation": True},
+]
+
+
+def make_mvtec_loco(root: str | Path, categories: Sequence[str] = MVTEC_LOCO_CATEGORIES, n_train: int = 3,
+                    n_validation: int = 1, n_good: int = 2, n_per_type: int = 2,
+                    size: tuple[int, int] = (48, 40)) -> Path:
+    """MVTec LOCO AD layout; each defective image's ground truth is a folder of one PNG per defect.
+
+    Logical image 0 has two defects (two PNGs: values 251 and 252, overlapping); the others one.
+    """
+    import json
+
+    root = Path(root)
+    w, h = size
+    for c in categories:
+        cat = root / c
+        for i in range(n_train):
+            write_image(cat / "train" / "good" / f"{i:03d}.png", w, h, seed=i)
+        for i in range(n_validation):
+            write_image(cat / "validation" / "good" / f"{i:03d}.png", w, h, seed=30 + i)
+        for i in range(n_good):
+            write_image(cat / "test" / "good" / f"{i:03d}.png", w, h, seed=60 + i)
+        for kind, defects in (("logical_anomalies", [(4, 4, 20, 14, 251), (14, 10, 30, 22, 252)]),
+                              ("structural_anomalies", [(24, 20, 34, 30, 253)])):
+            for i in range(n_per_type):
+                channels = defects if i == 0 else defects[:1]
+                write_defect_image(cat / "test" / kind / f"{i:03d}.png", w, h, [d[:4] for d in channels],
+                                   seed=90 + i)
+                for k, box in enumerate(channels):
+                    write_valued_mask(cat / "ground_truth" / kind / f"{i:03d}" / f"{k:03d}.png", w, h, [box])
+        (cat / "defects_config.json").write_text(json.dumps(LOCO_DEFECTS, indent=2))
+        (cat / "license.txt").write_text("generated test data\n")
+        (cat / "readme.txt").write_text("generated test data\n")
+    return root
+
+
+# What each archive is called when published, how it is packed, and how its tree is built.
+BENCHMARK_ARCHIVES = {
+    "visa": ("VisA_20220922.tar", "w", make_visa),
+    "mvtec_ad2": ("mvtec_ad_2.tar.gz", "w:gz", make_mvtec_ad2),
+    "mvtec_loco": ("mvtec_loco_anomaly_detection.tar.xz", "w:xz", make_mvtec_loco),
+}
+
+
+def benchmark_archive(dataset: str, workdir: str | Path) -> tuple[str, bytes]:
+    """(published file name, bytes) of a generated ``visa``, ``mvtec_ad2`` or ``mvtec_loco`` archive.
+
+    Like the published ones, every archive has its categories at its top.
+    """
+    filename, mode, make = BENCHMARK_ARCHIVES[dataset]
+    tree = make(Path(workdir) / f"{dataset}-tree")
+    return filename, make_tar(Path(workdir) / filename, tree_files(tree), mode=mode).read_bytes()
 
 
 # The defect probabilities as the package's labels.csv spells them (repr of thirds).

@@ -10,11 +10,15 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from mrkd_core.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,9 @@ class Sample:
     """One image of a split.
 
     ``mask_path`` is None for defect-free images: their ground truth is an all-zero mask
-    (MVTec AD ships no masks for ``good``). ``label`` is 1 for anomalous images, 0 otherwise.
+    (MVTec AD ships no masks for ``good``). It is a file, or a folder of masks whose union is
+    the ground truth (MVTec LOCO AD: one PNG per defect, :func:`mask_files`). ``label`` is 1
+    for anomalous images, 0 otherwise.
     """
 
     path: str
@@ -77,9 +83,56 @@ class GroundTruth:
 
     def describe(self) -> str:
         if self.pixel_masks:
-            return f"pixel masks ({self.detail}): every metric is computed"
-        return (f"image labels only ({self.detail}): image AU-ROC and F1-max are computed; pixel AU-ROC, "
-                "AU-PRO, AU-PRO per image and F1-max (pixel) are reported as absent")
+            return f"pixel masks ({self.detail})"
+        return (f"image labels only ({self.detail}): pixel AU-ROC, AU-PRO, AU-PRO per image and F1-max (pixel) "
+                "are reported as absent")
+
+
+#: Scores extra images with the model under evaluation: samples → (N, S, S) float32 maps (the
+#: configuration's fused anomaly maps, Eq. 5, at the evaluated size).
+ScoreMaps = Callable[[Sequence[Sample]], "np.ndarray"]
+
+
+class EvaluationProtocol(ABC):
+    """What a benchmark measures beyond the paper's metrics, from the test split's anomaly maps.
+
+    MVTec AD, BTAD, MTD and the user's folders are scored with the paper's metrics
+    (``mrkd_core.metrics.compute_all``). The newer benchmarks prescribe more: MVTec AD 2 a
+    segmentation F1 at a threshold chosen on its defect-free validation set and AU-PRO up to
+    FPR 0.05; MVTec LOCO AD its metrics per anomaly type with sPRO. Such a dataset returns its
+    protocol from ``DatasetLayout.evaluation_protocol``; ``mrkd_core.evaluate.evaluate(...,
+    protocol=...)`` calls :meth:`compute`, and the values land in the metrics table's
+    ``PROTOCOL_METRICS`` columns (null for every other dataset). A protocol lives beside its
+    dataset's loader (it is dataset knowledge: where the validation images are, what
+    ``defects_config.json`` says); the maths are the pure functions of ``mrkd_core.metrics``.
+
+    ``metrics``: the names it fills (a subset of ``mrkd_core.metrics.PROTOCOL_METRICS``).
+    """
+
+    metrics: ClassVar[tuple[str, ...]] = ()
+
+    def inputs(self) -> list[Sample]:
+        """Images besides the test split that the metrics depend on (fingerprinted with the test split)."""
+        return []
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for ``mrkd data check``: what is computed and from what."""
+
+    @abstractmethod
+    def compute(self, maps: np.ndarray, masks: np.ndarray, scores: np.ndarray, samples: Sequence[Sample],
+                score_maps: ScoreMaps) -> dict[str, float]:
+        """``{name: value}`` for every name of ``metrics`` (NaN where undefined).
+
+        ``maps`` (N, S, S) float32 and ``masks`` (N, S, S) uint8 (the union ground truth) of the
+        test split ``samples`` in order, ``scores`` (N,) their image scores (Eq. 6);
+        ``score_maps`` scores :meth:`inputs` with the model under evaluation.
+        """
+
+
+def evaluation_inputs(samples: Sequence[Sample], protocol: EvaluationProtocol | None) -> list[Sample]:
+    """The test split plus what its protocol also reads: what a test fingerprint must cover."""
+    return [*samples, *(protocol.inputs() if protocol is not None else [])]
 
 
 def is_image_file(path: Path) -> bool:
@@ -113,6 +166,19 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*")
                   if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in
                                                                   p.relative_to(folder).parts))
+
+
+def mask_files(mask_path: str | os.PathLike[str]) -> list[Path]:
+    """The files of one ground truth: the mask itself, or the images of a mask folder, sorted by name.
+
+    A folder is MVTec LOCO AD's rule (``ground_truth/<type>/<id>/000.png, 001.png, ...``, one
+    PNG per defect): the image's mask is their union. Dot-files are skipped; an empty folder
+    gives [] (``load_mask`` and ``mrkd data check`` say so).
+    """
+    path = Path(mask_path)
+    if path.is_dir():
+        return list_images(path)
+    return [path]
 
 
 def name_key(name: str) -> str:
@@ -198,6 +264,14 @@ class DatasetLayout(ABC):
     def ground_truth(self, root: str | os.PathLike[str], category: str) -> GroundTruth:
         """Pixel masks or image labels only, for ``category`` (datasets with masks keep this)."""
         return GroundTruth(True, "a mask for every defective test image")
+
+    def evaluation_protocol(self, root: str | os.PathLike[str], category: str) -> EvaluationProtocol | None:
+        """The benchmark's own metrics for ``category`` (MVTec AD 2, MVTec LOCO AD), None for the paper's only.
+
+        See :class:`EvaluationProtocol`. Raises ``DataError`` when the protocol's own
+        files (LOCO's ``defects_config.json``, AD 2's validation images) are missing or bad.
+        """
+        return None
 
     def __repr__(self) -> str:
         return f"<dataset {self.name!r}>"

@@ -21,7 +21,7 @@ BTAD_DOWNLOAD = DownloadInfo(
     dataset="btad",
     filename="btad.zip",
     # Last known public URL (University of Udine); override with MRKD_BTAD_URL or --url.
-    url="https://avires.dimi.uniud.it/papers/btad/btad.zip",
+    urls=("https://avires.dimi.uniud.it/papers/btad/btad.zip",),
     sha256="461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a",
     env_var="MRKD_BTAD_URL",
 )

@@ -25,7 +25,7 @@ DATASETS: dict[str, DatasetLayout] = {}
 # Modules of this package that hold no dataset (never imported by discover()).
 _INFRASTRUCTURE = frozenset(
     {"base", "catalog", "io", "download", "validate", "synthetic", "torch_datasets", "split",
-     "selection", "fingerprint"}
+     "selection", "fingerprint", "detect"}
 )
 _discovered = False
 

@@ -1,10 +1,17 @@
-"""Download a public dataset archive safely: resumable, sha256-verified, safely extracted, once.
+"""Download a public dataset archive safely: from the first source that works, resumable, sha256-verified, once.
 
 Why each step:
 
+* Links die (MVTec AD's share moved in 2026), so a dataset lists its known sources in order,
+  the publisher's current link first, then known mirrors. A source that fails (HTTP 4xx, a
+  transfer that keeps breaking, another file than the one expected) is logged and the next
+  one tried; when every one failed, one error names each with its status and the ways to
+  override them: ``--url`` (a URL or a local archive path) or ``MRKD_<NAME>_URL``. An
+  override is the only source tried: a user who names a mirror or a copy on disk gets that.
 * The archives are large (MVTec AD 4.9 GB) and their hosts flaky, so the body streams into
   ``<archive>.part`` and a broken transfer resumes with an HTTP ``Range`` request, within
-  the same call (bounded retries) or the next one.
+  the same call (bounded retries), from the next source (when the sha256 is known: the
+  same bytes) or by the next call.
 * The sha256 is checked *before* anything is extracted: the URLs have moved several times
   and a moved URL often serves an HTML page or another file. The hash, not the URL, is the
   identity of the dataset. MTD (a GitHub branch archive) has no stable hash: the observed
@@ -20,6 +27,7 @@ Why each step:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import http.client
@@ -35,7 +43,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
@@ -56,18 +64,59 @@ USER_AGENT = "mrkd-dataset-downloader/0.1"
 
 @dataclass(frozen=True)
 class DownloadInfo:
-    """Where a dataset archive lives and how to recognise it (kept beside the loader)."""
+    """Where a dataset archive lives and how to recognise it (kept beside the loader).
+
+    ``urls``: the known public sources, tried in order (the publisher's current link first,
+    then known mirrors; a single string is one source). ``sha256``: the archive's identity,
+    checked for every source; None where no stable hash exists (logged, the observed one
+    recorded). ``env_var`` (``MRKD_<NAME>_URL``) overrides the sources, as ``--url`` does.
+    """
 
     dataset: str
     filename: str
-    url: str
-    sha256: str | None  # None: no stable hash is known (logged, observed hash recorded)
-    env_var: str  # environment variable that overrides ``url``
+    urls: tuple[str, ...]
+    sha256: str | None
+    env_var: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.urls, str):
+            object.__setattr__(self, "urls", (self.urls,))
+        if not self.urls:
+            raise ValueError(f"{self.dataset}: a download needs at least one source")
 
 
-def resolve_url(info: DownloadInfo, url: str | None = None) -> str:
-    """Argument, then environment variable, then the last known public URL."""
-    return url or os.environ.get(info.env_var) or info.url
+def sha256_env_var(info: DownloadInfo) -> str:
+    """``MRKD_<NAME>_SHA256``: the variable that replaces the known sha256 (beside ``MRKD_<NAME>_URL``)."""
+    return info.env_var.removesuffix("_URL") + "_SHA256"
+
+
+def resolve_sha256(info: DownloadInfo, sha256: str | None = None) -> tuple[str | None, bool]:
+    """(the sha256 the archive must have, whether the user gave it): ``--sha256``, ``MRKD_<NAME>_SHA256``, the known one.
+
+    An override is for an archive the user vouches for (a repacked copy, a newer release
+    before this code knows its hash); the completion marker records that it was given.
+    """
+    given = sha256 or os.environ.get(sha256_env_var(info))
+    if given is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", given):
+        raise DownloadError(f"{info.dataset}: {given!r} is not a sha256 (64 hex digits) — fix --sha256 or "
+                            f"{sha256_env_var(info)}")
+    return (given.lower(), True) if given else (info.sha256, False)
+
+
+def resolve_sources(info: DownloadInfo, url: str | None = None) -> tuple[str, ...]:
+    """The sources to try, in order: the argument, else the environment variable, alone; else the known ones."""
+    override = url or os.environ.get(info.env_var)
+    return (override,) if override else info.urls
+
+
+def is_local(source: str) -> bool:
+    """A local archive (a path, or a ``file://`` URL) rather than an HTTP(S) one."""
+    return source.startswith("file://") or "://" not in source
+
+
+def _local_path(source: str) -> Path:
+    return Path(urllib.request.url2pathname(source[len("file://"):]) if source.startswith("file://")
+                else source).expanduser()
 
 
 def read_marker(root: str | os.PathLike[str]) -> dict | None:
@@ -162,18 +211,23 @@ def _attempt(url: str, part: Path, timeout: float, progress: bool, label: str) -
         raise _Retryable(f"size {size} differs from the announced {total} bytes")
 
 
-def fetch(url: str, dest: str | os.PathLike[str], sha256: str | None = None, *, progress: bool = True,
-          timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES, backoff: float = DEFAULT_BACKOFF,
-          env_var: str | None = None) -> str:
-    """Download ``url`` to ``dest`` via ``dest.part``, resuming; return the file's sha256.
+class _SourceFailed(Exception):
+    """One source did not deliver the archive; ``status`` says why in a few words (for the final error)."""
 
-    A hash mismatch removes the file (a resume on top of it could never succeed) and raises
-    DownloadError; ``dest`` only ever exists complete and verified.
+    def __init__(self, status: str):
+        super().__init__(status)
+        self.status = status
+
+
+def _transfer(url: str, dest: Path, sha256: str | None, progress: bool, timeout: float, retries: int,
+              backoff: float) -> str:
+    """Download ``url`` to ``dest`` via ``dest.part``, resuming; return the file's sha256 or raise _SourceFailed.
+
+    A hash mismatch removes the file (a resume on top of it could never succeed); ``dest``
+    only ever exists complete and verified.
     """
-    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    override = f" or set {env_var} to a working mirror" if env_var else ""
     last = ""
     for attempt in range(retries + 1):
         if attempt:
@@ -185,25 +239,104 @@ def fetch(url: str, dest: str | os.PathLike[str], sha256: str | None = None, *, 
             break
         except _Retryable as exc:
             last = str(exc)
-        except DownloadError as exc:
-            raise DownloadError(f"{exc} — check the URL{override}") from None
+        except DownloadError as exc:  # an HTTP status not worth retrying (4xx)
+            raise _SourceFailed(str(exc).split(": ", 1)[-1]) from None
     else:
-        kept = f"; the partial file {part} is kept and the next call resumes it" if part.exists() else ""
-        raise DownloadError(
-            f"{url}: download failed after {retries + 1} attempts ({last}) — check the network{override}{kept}"
-        )
+        raise _SourceFailed(f"failed after {retries + 1} attempts: {last}")
     observed = _sha256_file(part)
     if sha256 is not None and observed != sha256.lower():
         part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{url}: sha256 mismatch for {dest.name}: expected {sha256}, got {observed} — the file was deleted; "
-            f"the URL probably serves something else now: pass --url{override} pointing to the original archive"
-        )
+        raise _SourceFailed(f"sha256 mismatch: expected {sha256}, got {observed}; the file was deleted")
     if sha256 is None:
         log.warning("%s: no known sha256 for %s; observed %s (recorded in the completion marker)",
                     url, dest.name, observed)
     os.replace(part, dest)
     return observed
+
+
+def fetch(url: str, dest: str | os.PathLike[str], sha256: str | None = None, *, progress: bool = True,
+          timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES, backoff: float = DEFAULT_BACKOFF,
+          env_var: str | None = None) -> str:
+    """Download one ``url`` to ``dest`` via ``dest.part``, resuming; return the file's sha256.
+
+    A failure is one DownloadError naming the URL, why, and (``env_var``) the override.
+    """
+    dest = Path(dest)
+    try:
+        return _transfer(url, dest, sha256, progress, timeout, retries, backoff)
+    except _SourceFailed as exc:
+        part = dest.with_name(dest.name + ".part")
+        kept = f"; the partial file {part} is kept and the next call resumes it" if part.exists() else ""
+        override = f" or set {env_var} to a working mirror" if env_var else ""
+        raise DownloadError(f"{url}: {exc.status} — check the URL and the network{override}{kept}") from None
+
+
+def _verify_local(path: Path, sha256: str | None) -> str:
+    """The sha256 of a local archive the user named (never deleted), or _SourceFailed."""
+    if not path.is_file():
+        raise _SourceFailed("no such file")
+    observed = _sha256_file(path)
+    if sha256 is not None and observed != sha256.lower():
+        raise _SourceFailed(f"sha256 mismatch: expected {sha256}, got {observed}")
+    if sha256 is None:
+        log.warning("%s: no known sha256; observed %s (recorded in the completion marker)", path, observed)
+    return observed
+
+
+@dataclass(frozen=True)
+class _Archive:
+    """The verified archive of one download: where it is, its hash, where it came from, whether it is ours."""
+
+    path: Path
+    sha256: str
+    source: str
+    owned: bool  # False: a local archive the user named, never deleted
+
+
+def _obtain(info: DownloadInfo, sources: Sequence[str], archive: Path, progress: bool, timeout: float,
+            retries: int, backoff: float, overridden: bool) -> _Archive:
+    """The first source that delivers the archive with the expected sha256; every failure is logged.
+
+    A ``.part`` left by a source that broke off is resumed by the next one when the sha256
+    is known (the same bytes, whoever serves them; a mismatch then restarts that source once
+    from zero), and discarded otherwise.
+    """
+    part = archive.with_name(archive.name + ".part")
+    failures: list[str] = []
+    for i, source in enumerate(sources):
+        if is_local(source):
+            path = _local_path(source)
+            try:
+                return _Archive(path, _verify_local(path, info.sha256), source, owned=False)
+            except _SourceFailed as exc:
+                failures.append(f"{path} ({exc.status})")
+                continue
+        inherited = i > 0 and part.exists()
+        if inherited and info.sha256 is None:
+            part.unlink()  # no identity to check a resumed file against: start this source over
+            inherited = False
+        if i:
+            log.info("downloading %s from %s", info.dataset, source)
+        for attempt in (0, 1):
+            try:
+                observed = _transfer(source, archive, info.sha256, progress, timeout, retries, backoff)
+                return _Archive(archive, observed, source, owned=True)
+            except _SourceFailed as exc:
+                if inherited and attempt == 0 and exc.status.startswith("sha256 mismatch"):
+                    log.warning("%s: %s after resuming another source's partial file; starting over from it",
+                                source, exc.status)
+                    continue
+                failures.append(f"{source} ({exc.status})")
+                log.warning("%s: source %d of %d failed: %s%s", info.dataset, i + 1, len(sources), exc.status,
+                            "; trying the next source" if i + 1 < len(sources) else "")
+                break
+    kept = f"; the partial file {part} is kept and the next call resumes it" if part.exists() else ""
+    expected = f" (sha256 {info.sha256})" if info.sha256 else ""
+    what = "the given source" if overridden else f"every known source ({len(sources)})"
+    raise DownloadError(
+        f"{info.dataset}: download failed from {what}: {'; '.join(failures)} — pass --url with a working URL "
+        f"or a local archive path, or set {info.env_var}, to the original {info.filename}{expected}{kept}"
+    )
 
 
 # --------------------------------------------------------------------------- extraction
@@ -324,22 +457,29 @@ def _is_empty_dir(path: Path) -> bool:
 def download_dataset(info: DownloadInfo, root: str | os.PathLike[str], url: str | None = None,
                      progress: bool = True, *, looks_like_root: Callable[[Path], bool] | None = None,
                      timeout: float = DEFAULT_TIMEOUT, retries: int | None = None,
-                     backoff: float | None = None, keep_archive: bool = False) -> Path:
+                     backoff: float | None = None, keep_archive: bool = False, sha256: str | None = None) -> Path:
     """Make ``root`` the extracted dataset (categories directly inside it); return ``root``.
 
-    The archive is kept in ``<parent>/.<root name>.download/`` while in flight, so an
-    interrupted transfer resumes on the next call; it is deleted after a successful
-    extraction unless ``keep_archive``.
+    ``url`` (a URL, ``file://`` URL or local archive path; else ``info.env_var``) replaces
+    the known sources; ``sha256`` (else ``MRKD_<NAME>_SHA256``) the known hash. The archive
+    is kept in ``<parent>/.<root name>.download/`` while in flight, so an interrupted
+    transfer resumes on the next call; it is deleted after a successful extraction unless
+    ``keep_archive`` (a local archive the user named is never deleted). Raises
+    ``DownloadError``, one line, when no source delivers it.
     """
     root = Path(root).expanduser().absolute()
     retries = DEFAULT_RETRIES if retries is None else retries
     backoff = DEFAULT_BACKOFF if backoff is None else backoff
-    source = resolve_url(info, url)
+    sources = resolve_sources(info, url)
+    expected, given = resolve_sha256(info, sha256)
+    if given:
+        log.warning("%s: expecting the sha256 given by the user, %s (known: %s)", info.dataset, expected, info.sha256)
+        info = dataclasses.replace(info, sha256=expected)
     work = root.parent / f".{root.name}.download"
     with file_lock(root.parent / f".{root.name}.lock"):
         try:
-            _download_locked(info, root, source, work, progress, looks_like_root, timeout, retries, backoff,
-                             keep_archive)
+            _download_locked(info, root, sources, sources != info.urls, work, progress, looks_like_root, timeout,
+                             retries, backoff, keep_archive, given)
         finally:
             with contextlib.suppress(OSError):
                 work.rmdir()  # only when empty: a .part file stays for the next call to resume
@@ -347,9 +487,9 @@ def download_dataset(info: DownloadInfo, root: str | os.PathLike[str], url: str 
     return root
 
 
-def _download_locked(info: DownloadInfo, root: Path, source: str, work: Path, progress: bool,
-                     looks_like_root: Callable[[Path], bool] | None, timeout: float, retries: int,
-                     backoff: float, keep_archive: bool) -> None:
+def _download_locked(info: DownloadInfo, root: Path, sources: Sequence[str], overridden: bool, work: Path,
+                     progress: bool, looks_like_root: Callable[[Path], bool] | None, timeout: float, retries: int,
+                     backoff: float, keep_archive: bool, given: bool) -> None:
     """download_dataset's body, run while holding the lock."""
     marker = read_marker(root)
     if marker is not None:
@@ -361,39 +501,41 @@ def _download_locked(info: DownloadInfo, root: Path, source: str, work: Path, pr
             f"mrkd download — use it as it is (skip the download), or remove it / choose an empty folder"
         )
     archive = work / info.filename
+    got: _Archive | None = None
     if archive.exists():
         log.info("%s: found a complete archive from an earlier call; verifying it", archive)
         observed = _sha256_file(archive)
-        if info.sha256 is not None and observed != info.sha256:
+        if info.sha256 is None or observed == info.sha256:
+            got = _Archive(archive, observed, sources[0], owned=True)  # fetched by an earlier call
+        else:
             archive.unlink()
-            observed = fetch(source, archive, info.sha256, progress=progress, timeout=timeout,
-                             retries=retries, backoff=backoff, env_var=info.env_var)
-    else:
-        log.info("downloading %s from %s", info.dataset, source)
-        observed = fetch(source, archive, info.sha256, progress=progress, timeout=timeout,
-                         retries=retries, backoff=backoff, env_var=info.env_var)
+    if got is None:
+        log.info("downloading %s from %s", info.dataset, sources[0])
+        got = _obtain(info, sources, archive, progress, timeout, retries, backoff, overridden)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.extract-", dir=root.parent))
     try:
         try:
-            safe_extract(archive, tmp)
+            safe_extract(got.path, tmp)
         except DownloadError:
-            # An archive that is unsafe or corrupt is of no further use.
-            archive.unlink(missing_ok=True)
+            if got.owned:  # an archive that is unsafe or corrupt is of no further use
+                got.path.unlink(missing_ok=True)
             raise
         found = _find_root(tmp, looks_like_root) if looks_like_root else tmp
         if found is None:
-            archive.unlink(missing_ok=True)
+            if got.owned:
+                got.path.unlink(missing_ok=True)
             raise DownloadError(
-                f"{source}: the archive does not contain the {info.dataset} layout (see docs/datasets.md) — "
-                f"the URL may serve another file; pass --url or set {info.env_var}"
+                f"{got.source}: the archive does not contain the {info.dataset} layout (see docs/datasets.md) — "
+                f"the source may serve another file; pass --url or set {info.env_var}"
             )
         record = {
             "dataset": info.dataset,
-            "url": source,
+            "url": got.source,
             "archive": info.filename,
-            "sha256": observed,
-            "sha256_verified": info.sha256 is not None,
+            "sha256": got.sha256,
+            "sha256_verified": info.sha256 is not None,  # against the known hash, or one the user gave
+            "sha256_given": given,
             "completed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         # The marker travels with the data in the same rename: data without marker never shows.
@@ -403,8 +545,8 @@ def _download_locked(info: DownloadInfo, root: Path, source: str, work: Path, pr
         os.replace(found, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if not keep_archive:
-        archive.unlink(missing_ok=True)
+    if got.owned and not keep_archive:
+        got.path.unlink(missing_ok=True)
 
 
 class DownloadableMixin:
@@ -412,12 +554,14 @@ class DownloadableMixin:
 
     download_info: ClassVar[DownloadInfo]
 
-    def download(self, root: str | os.PathLike[str], url: str | None = None, progress: bool = True) -> Path:
+    def download(self, root: str | os.PathLike[str], url: str | None = None, progress: bool = True,
+                 sha256: str | None = None) -> Path:
         """Download, verify and extract this dataset so that ``root`` holds its categories.
 
-        ``url`` overrides the default (as does the environment variable named in
-        ``download_info.env_var``). A second call is a no-op.
+        ``url`` (a URL or a local archive path) replaces the known sources, as does the
+        environment variable named in ``download_info.env_var``; ``sha256`` (or
+        ``MRKD_<NAME>_SHA256``) the known hash. A second call is a no-op.
         """
         # Each dataset's looks_like_root() finds its root inside the archive's wrapper folders.
         return download_dataset(self.download_info, root, url, progress,
-                                looks_like_root=getattr(self, "looks_like_root", None))
+                                looks_like_root=getattr(self, "looks_like_root", None), sha256=sha256)

@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrkd_core.data.base import Sample
+from mrkd_core.data.base import Sample, mask_files
 from mrkd_core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,8 @@ def fingerprint_samples(samples: Sequence[Sample], root: str | os.PathLike[str] 
     ``train()`` call, gets). ``cache``: default one :class:`HashCache` for ``root``,
     saved before returning. Raises ``DataError`` naming a file that cannot be read.
     """
-    paths = [p for s in samples for p in (s.path, s.mask_path) if p]
+    masks = {s.mask_path: [str(f) for f in mask_files(s.mask_path)] for s in samples if s.mask_path}
+    paths = [p for s in samples for p in (s.path, *masks.get(s.mask_path, ()))]
     if root is None:
         root = _common_folder(paths)
     root = os.path.abspath(root)
@@ -212,9 +213,12 @@ def fingerprint_samples(samples: Sequence[Sample], root: str | os.PathLike[str] 
         total += size
         mask = "-"
         if s.mask_path:
-            msize, mdigest = hashed[s.mask_path]
-            total += msize
-            mask = f"{rels[s.mask_path]}\t{msize}\t{mdigest}"
+            parts = []
+            for f in masks[s.mask_path]:  # a mask folder (MVTec LOCO AD) is every file in it
+                msize, mdigest = hashed[f]
+                total += msize
+                parts.append(f"{rels[f]}\t{msize}\t{mdigest}")
+            mask = "\t".join(parts) or f"{_relative(s.mask_path, cache.root)}\t(empty folder)"
         listing.update(f"{rels[s.path]}\t{size}\t{digest}\t{s.label}\t{s.defect_type}\t{mask}\n".encode())
     return DataFingerprint(listing.hexdigest(), len(set(paths)), total)
 

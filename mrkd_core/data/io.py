@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mrkd_core.data.base import mask_files
 from mrkd_core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -166,19 +167,31 @@ def load_mask(path: str | os.PathLike[str], size: int | None,
               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """uint8 array H×W with values {0, 1} (any value > 0 is a defect), NEAREST-resized.
 
+    ``path`` is a mask file or a folder of masks (MVTec LOCO AD), whose union is the mask.
     ``image_size`` (width, height of the image the mask belongs to) turns a mask of another
     size into a DataError naming both sizes: resizing both to 256×256 would silently
     misalign them and corrupt the pixel metrics.
     """
     p = os.fspath(path)
-    with open_image(p, max_pixels) as raw:
-        if image_size is not None and tuple(raw.size) != tuple(image_size):
-            of = f" of {os.fspath(image_path)}" if image_path is not None else ""
-            raise DataError(
-                f"{p}: mask is {raw.size[0]}×{raw.size[1]} but its image{of} is {image_size[0]}×{image_size[1]} "
-                "— the mask must have the image's size; fix or regenerate the mask"
-            )
-        binary = _mask_values(raw).astype(np.uint8)
+    files = mask_files(p)
+    if not files:
+        raise DataError(f"{p}: mask folder holds no mask image — add one PNG per defect, or remove the folder "
+                        "and its image")
+    binary = None
+    for file in files:
+        with open_image(file, max_pixels) as raw:
+            if image_size is not None and tuple(raw.size) != tuple(image_size):
+                of = f" of {os.fspath(image_path)}" if image_path is not None else ""
+                raise DataError(
+                    f"{file}: mask is {raw.size[0]}×{raw.size[1]} but its image{of} is "
+                    f"{image_size[0]}×{image_size[1]} — the mask must have the image's size; fix or regenerate the mask"
+                )
+            if binary is not None and binary.shape != (raw.size[1], raw.size[0]):
+                raise DataError(f"{file}: mask is {raw.size[0]}×{raw.size[1]} but the other masks of {p} are "
+                                f"{binary.shape[1]}×{binary.shape[0]} — the masks of one image must share its size")
+            one = _mask_values(raw)
+            binary = one if binary is None else binary | one
+    binary = binary.astype(np.uint8)
     if size is not None:
         binary = np.array(
             Image.fromarray(binary, mode="L").resize((int(size), int(size)), Image.Resampling.NEAREST),

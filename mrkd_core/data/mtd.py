@@ -63,7 +63,7 @@ MTD_DOWNLOAD = DownloadInfo(
     filename="Magnetic-tile-defect-datasets.-master.zip",
     # GitHub's archive of the default branch; GitHub may re-create it (different bytes, same
     # files), so no stable sha256 exists: the observed one goes into the completion marker.
-    url="https://github.com/abin24/Magnetic-tile-defect-datasets./archive/refs/heads/master.zip",
+    urls=("https://github.com/abin24/Magnetic-tile-defect-datasets./archive/refs/heads/master.zip",),
     sha256=None,
     env_var="MRKD_MTD_URL",
 )

@@ -7,8 +7,10 @@ Layout::
     <root>/<category>/test/<defect>/<id>.png
     <root>/<category>/ground_truth/<defect>/<id>_mask.png
 
-``MVTecLayout`` is parametrised by the name of the defect-free folder and the mask naming
-rule, so BTAD (``ok``/``ko``, same-stem masks) and user folders reuse it unchanged.
+``MVTecLayout`` is parametrised by the name of the defect-free folder, the mask naming
+rule, where the test split and its ground truth live and which other entries a category
+has, so BTAD (``ok``/``ko``, same-stem masks), user folders, MVTec AD 2 (``test_public/``)
+and MVTec LOCO AD (mask folders) reuse it.
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ MVTEC_GRAYSCALE: tuple[str, ...] = ("grid", "screw", "zipper")
 MVTEC_DOWNLOAD = DownloadInfo(
     dataset="mvtec",
     filename="mvtec_anomaly_detection.tar.xz",
-    # Last known public URL (MVTec's own mydrive share). It has moved before: override it
-    # with MRKD_MVTEC_URL or --url; the sha256 below is what makes any mirror safe.
-    url="https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
-        "420938113-1629952094/mvtec_anomaly_detection.tar.xz",
+    # MVTec's current mydrive share (the one anomalib moved to in its PR #3673, after users
+    # reported the former share 38536/... as 404 in 2026: anomalib issues #3441, #3608). It has
+    # moved before: override it with MRKD_MVTEC_URL or --url; the sha256 makes any mirror safe.
+    urls=(("https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/"
+           "420938113-1629960298/mvtec_anomaly_detection.tar.xz"),),
     sha256="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
     env_var="MRKD_MVTEC_URL",
 )
@@ -78,6 +81,11 @@ class MVTecLayout(DatasetLayout):
     # test/good and test/<defect>), evaluated with the image metrics. False (MVTec AD,
     # BTAD): every defective image needs its mask, a missing ground_truth/ is a broken copy.
     masks_optional: ClassVar[bool] = False
+    # The test split's folder, and the ground truth's relative to the category folder.
+    test_dir: ClassVar[str] = "test"
+    ground_truth_dir: ClassVar[str] = "ground_truth"
+    # What a category folder may hold (anything else is reported as unexpected).
+    category_entries: ClassVar[tuple[str, ...]] = ("train", "test", "ground_truth")
 
     # ------------------------------------------------------------------ discovery
     def categories(self, root: str | os.PathLike[str]) -> list[str]:
@@ -105,17 +113,25 @@ class MVTecLayout(DatasetLayout):
             )
         return cat_dir
 
+    def test_root(self, cat_dir: Path) -> Path:
+        """The folder of the test split (its sub-folders are ``good`` and the defect types)."""
+        return cat_dir / self.test_dir
+
+    def gt_root(self, cat_dir: Path) -> Path:
+        """The folder of the ground truth (its sub-folders are the defect types)."""
+        return cat_dir / self.ground_truth_dir
+
     def has_masks(self, cat_dir: Path) -> bool:
         """Are the defective test images of this category labelled with pixel masks?"""
-        return not self.masks_optional or (cat_dir / "ground_truth").is_dir()
+        return not self.masks_optional or self.gt_root(cat_dir).is_dir()
 
     def ground_truth(self, root: str | os.PathLike[str], category: str) -> GroundTruth:
         if self.has_masks(Path(root) / category):
-            return GroundTruth(True, f"ground_truth/<defect>/{self.mask_names[0].format(stem='<id>')}")
-        return GroundTruth(False, "no ground_truth/ folder")
+            return GroundTruth(True, f"{self.ground_truth_dir}/<defect>/{self.mask_names[0].format(stem='<id>')}")
+        return GroundTruth(False, f"no {self.ground_truth_dir}/ folder")
 
     def mask_candidates(self, cat_dir: Path, defect: str, image: Path) -> list[Path]:
-        return [cat_dir / "ground_truth" / defect / name.format(stem=image.stem) for name in self.mask_names]
+        return [self.gt_root(cat_dir) / defect / name.format(stem=image.stem) for name in self.mask_names]
 
     def find_mask(self, cat_dir: Path, defect: str, image: Path,
                   index: dict[str, Path] | None = None) -> Path | None:
@@ -125,7 +141,7 @@ class MVTecLayout(DatasetLayout):
         defect rather than once per image.
         """
         if index is None:
-            index = file_index(cat_dir / "ground_truth" / defect)
+            index = file_index(self.gt_root(cat_dir) / defect)
         for name in self.mask_names:
             found = index.get(name_key(name.format(stem=image.stem)))
             if found is not None:
@@ -148,20 +164,21 @@ class MVTecLayout(DatasetLayout):
         return [Sample(str(p), None, 0, self.good_dir, category) for p in images]
 
     def _test_dirs(self, cat_dir: Path) -> list[Path]:
-        """test/ sub-folders, the defect-free one first (then defects alphabetically)."""
-        dirs = list_dirs(cat_dir / "test")
+        """Sub-folders of the test split, the defect-free one first (then defects alphabetically)."""
+        dirs = [d for d in list_dirs(self.test_root(cat_dir)) if d != self.gt_root(cat_dir)]
         return sorted(dirs, key=lambda d: (d.name != self.good_dir, d.name))
 
     def test_samples(self, root: str | os.PathLike[str], category: str) -> list[Sample]:
         cat_dir = self._category_dir(root, category)
-        test_dir = cat_dir / "test"
+        test_dir = self.test_root(cat_dir)
+        t = self.test_dir
         if not test_dir.is_dir():
-            raise DataError(f"{test_dir}: test folder not found — expected test/{self.good_dir} and test/<defect> folders")
+            raise DataError(f"{test_dir}: test folder not found — expected {t}/{self.good_dir} and {t}/<defect> folders")
         samples: list[Sample] = []
         masks = self.has_masks(cat_dir)
         for sub in self._test_dirs(cat_dir):
             defect = sub.name
-            index = file_index(cat_dir / "ground_truth" / defect)
+            index = file_index(self.gt_root(cat_dir) / defect)
             for image in list_images(sub):
                 if defect == self.good_dir or not masks:
                     samples.append(Sample(str(image), None, int(defect != self.good_dir), defect, category))
@@ -175,7 +192,7 @@ class MVTecLayout(DatasetLayout):
                     )
                 samples.append(Sample(str(image), str(mask), 1, defect, category))
         if not samples:
-            raise DataError(f"{test_dir}: no test images — add images to test/{self.good_dir} and test/<defect>")
+            raise DataError(f"{test_dir}: no test images — add images to {t}/{self.good_dir} and {t}/<defect>")
         return samples
 
     # ------------------------------------------------------------------ validation
@@ -225,9 +242,9 @@ class MVTecLayout(DatasetLayout):
     def _check_category(self, cat_dir: Path) -> list[Problem]:
         problems: list[Problem] = []
         for entry in sorted(cat_dir.iterdir()):
-            if not is_hidden(entry) and entry.name not in ("train", "test", "ground_truth"):
+            if not is_hidden(entry) and entry.name not in self.category_entries:
                 problems.append(Problem(str(entry), "unexpected", "unexpected entry in a category folder",
-                                        "only train/, test/ and ground_truth/"))
+                                        f"only {', '.join(self.category_entries)}"))
         train_dir = cat_dir / "train"
         if train_dir.is_dir():
             for entry in sorted(train_dir.iterdir()):
@@ -242,15 +259,16 @@ class MVTecLayout(DatasetLayout):
         n_test = 0
         used_masks: set[Path] = set()
         test_dirs = self._test_dirs(cat_dir)
-        if (cat_dir / "test").is_dir():
-            for entry in sorted((cat_dir / "test").iterdir()):
+        t = self.test_dir
+        if self.test_root(cat_dir).is_dir():
+            for entry in sorted(self.test_root(cat_dir).iterdir()):
                 if entry.is_file() and not is_hidden(entry):
-                    problems.append(Problem(str(entry), "unexpected", "file directly in test/",
-                                            f"images inside test/{self.good_dir} or test/<defect>"))
+                    problems.append(Problem(str(entry), "unexpected", f"file directly in {t}/",
+                                            f"images inside {t}/{self.good_dir} or {t}/<defect>"))
         masks = self.has_masks(cat_dir)
         for sub in test_dirs:
             defect = sub.name
-            index = file_index(cat_dir / "ground_truth" / defect)
+            index = file_index(self.gt_root(cat_dir) / defect)
             for image in self._images_in(sub, problems):
                 n_test += 1
                 size = check_image(image, problems)
@@ -265,17 +283,22 @@ class MVTecLayout(DatasetLayout):
                 used_masks.add(mask)
                 check_mask(mask, image, size, problems)
         problems += self._check_ground_truth(cat_dir, {d.name for d in test_dirs}, used_masks)
+        problems += self._check_extra(cat_dir)
 
         if n_train == 0 and n_test == 0:
             problems.append(Problem(str(cat_dir), "empty_category", "category has no images at all",
-                                    f"defect-free images in train/{self.good_dir} and images in test/"))
+                                    f"defect-free images in train/{self.good_dir} and images in {t}/"))
         elif n_train == 0:
             problems.append(Problem(str(train_dir / self.good_dir), "no_train_images", "category has no training images",
                                     f"defect-free images in {train_dir / self.good_dir}"))
         elif n_test == 0:
-            problems.append(Problem(str(cat_dir / "test"), "no_test_images", "category has no test images",
-                                    f"images in test/{self.good_dir} and test/<defect>"))
+            problems.append(Problem(str(self.test_root(cat_dir)), "no_test_images", "category has no test images",
+                                    f"images in {t}/{self.good_dir} and {t}/<defect>"))
         return problems
+
+    def _check_extra(self, cat_dir: Path) -> list[Problem]:
+        """Problems of the category's other splits (MVTec AD 2's validation/ and private test sets)."""
+        return []
 
     def _images_in(self, folder: Path, problems: list[Problem]) -> list[Path]:
         """Images of ``folder``; anything else in it is reported as unexpected."""
@@ -294,23 +317,25 @@ class MVTecLayout(DatasetLayout):
 
     def _check_ground_truth(self, cat_dir: Path, test_defects: set[str], used: set[Path]) -> list[Problem]:
         problems: list[Problem] = []
-        gt = cat_dir / "ground_truth"
+        gt = self.gt_root(cat_dir)
+        g, t = self.ground_truth_dir, self.test_dir
         if not gt.is_dir():
             return problems
         for entry in sorted(gt.iterdir()):
             if is_hidden(entry):
                 continue
             if not entry.is_dir():
-                problems.append(Problem(str(entry), "unexpected", "file directly in ground_truth/",
-                                        "masks inside ground_truth/<defect>/"))
+                problems.append(Problem(str(entry), "unexpected", f"file directly in {g}/",
+                                        f"masks inside {g}/<defect>/"))
             elif entry.name == self.good_dir or entry.name not in test_defects:
-                problems.append(Problem(str(entry), "unexpected", "ground-truth folder without a matching test/ defect folder",
-                                        f"ground_truth/<defect> only for the defect folders in {cat_dir / 'test'}"))
+                problems.append(Problem(str(entry), "unexpected",
+                                        f"ground-truth folder without a matching {t}/ defect folder",
+                                        f"{g}/<defect> only for the defect folders in {self.test_root(cat_dir)}"))
             else:
                 for mask in sorted(entry.iterdir()):
                     if not is_hidden(mask) and mask not in used:
                         problems.append(Problem(str(mask), "unexpected", "mask without a test image",
-                                                f"a test image test/{entry.name}/<id> for every mask"))
+                                                f"a test image {t}/{entry.name}/<id> for every mask"))
         return problems
 
 

@@ -15,15 +15,16 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from mrkd_core.data.base import Problem
+from mrkd_core.data.base import Problem, mask_files
 from mrkd_core.data.catalog import get_dataset
 from mrkd_core.data.io import open_image
 from mrkd_core.errors import DataError
+from mrkd_core.metrics import IMAGE_METRICS, METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Problem", "PROBLEM_KINDS", "check_dataset", "describe_dataset", "format_problems", "check_image",
-           "check_mask"]
+__all__ = ["Problem", "PROBLEM_KINDS", "check_dataset", "computed_metrics", "describe_dataset", "format_problems",
+           "check_image", "check_mask"]
 
 # Stable codes of Problem.kind, with what each means.
 PROBLEM_KINDS: dict[str, str] = {
@@ -38,7 +39,10 @@ PROBLEM_KINDS: dict[str, str] = {
     "mask_size": "a mask whose size differs from its image",
     "unexpected": "a file or folder that does not belong to the layout",
     "split_mismatch": "a stored split (MTD, ELPV) lists a file that is not there",
-    "missing_file": "a file the dataset's own label list (ELPV labels.csv) names is not there",
+    "missing_file": "a file the dataset's own lists name is not there (ELPV labels.csv, VisA split_csv/1cls.csv, "
+                    "MVTec LOCO AD defects_config.json, MVTec AD 2 validation images)",
+    "mask_value": "a mask whose values its dataset does not define (MVTec LOCO AD: one defect per PNG, a "
+                  "pixel value of defects_config.json)",
 }
 
 
@@ -63,14 +67,19 @@ def check_image(path: Path, problems: list[Problem], what: str = "image") -> tup
 
 
 def check_mask(mask: Path, image: Path, image_size: tuple[int, int] | None, problems: list[Problem]) -> None:
-    """Mask readable and, when the image was readable, of the image's size."""
-    size = check_image(mask, problems, what="mask")
-    if size is not None and image_size is not None and size != image_size:
-        problems.append(Problem(
-            str(mask), "mask_size",
-            f"mask is {size[0]}×{size[1]} but its image {image} is {image_size[0]}×{image_size[1]}",
-            f"a mask of {image_size[0]}×{image_size[1]} pixels, the size of its image",
-        ))
+    """Mask readable and, when the image was readable, of the image's size; a mask folder: each file of it."""
+    files = mask_files(mask)
+    if not files:
+        problems.append(Problem(str(mask), "missing_mask", "mask folder holds no mask image",
+                                f"one PNG per defect of {image} in {mask}"))
+    for file in files:
+        size = check_image(file, problems, what="mask")
+        if size is not None and image_size is not None and size != image_size:
+            problems.append(Problem(
+                str(file), "mask_size",
+                f"mask is {size[0]}×{size[1]} but its image {image} is {image_size[0]}×{image_size[1]}",
+                f"a mask of {image_size[0]}×{image_size[1]} pixels, the size of its image",
+            ))
 
 
 def check_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[str] | None = None) -> list[Problem]:
@@ -89,12 +98,28 @@ def check_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[
     return problems
 
 
-def describe_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[str] | None = None) -> list[str]:
-    """What kind of dataset ``root`` holds, one line per category: pixel masks or image labels only.
+def computed_metrics(name: str, root: str | os.PathLike[str], category: str) -> tuple[str, ...]:
+    """The metrics ``mrkd evaluate`` computes for ``category`` (the ones it reports non-null).
 
-    ``mrkd data check`` prints these before the problems, so a folder without
-    ``ground_truth/`` reads as what it is (an image-labelled dataset, evaluated with the
-    image metrics) and not as a folder with every mask missing.
+    The paper's six with pixel masks, the image metrics without; plus the dataset's
+    protocol metrics (MVTec AD 2, MVTec LOCO AD; ``mrkd_core.data.base.EvaluationProtocol``).
+    """
+    spec = get_dataset(name)
+    if not spec.ground_truth(root, category).pixel_masks:
+        return IMAGE_METRICS
+    protocol = spec.evaluation_protocol(root, category)
+    return (*METRIC_NAMES, *(protocol.metrics if protocol is not None else ()))
+
+
+def describe_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[str] | None = None,
+                     recognised: str | None = None) -> list[str]:
+    """What ``root`` holds, as ``mrkd data check`` prints it before the problems.
+
+    A first line names the layout (and, with ``recognised``, the mark it was recognised by);
+    then one line per category: pixel masks or image labels only, and the metrics
+    evaluate computes there (:func:`computed_metrics`), with the dataset's protocol if it has
+    one. So a folder without ``ground_truth/`` reads as what it is (an image-labelled
+    dataset, evaluated with the image metrics) and not as a folder with every mask missing.
     """
     spec = get_dataset(name)
     path = Path(root).expanduser()
@@ -103,8 +128,18 @@ def describe_dataset(name: str, root: str | os.PathLike[str], categories: Sequen
     except DataError:
         return []  # the problems say why (e.g. no such folder)
     cats = [c for c in categories if c in available] if categories else available
-    lines = [f"{path}: {name} dataset, {len(cats)} categor{'y' if len(cats) == 1 else 'ies'}"]
-    lines += [f"  {c}: {spec.ground_truth(path, c).describe()}" for c in cats]
+    how = f", recognised by {recognised}" if recognised else ""
+    lines = [f"{path}: layout {name}{how}; {len(cats)} categor{'y' if len(cats) == 1 else 'ies'}"]
+    for c in cats:
+        try:
+            metrics = ", ".join(computed_metrics(name, path, c))
+            protocol = spec.evaluation_protocol(path, c) if spec.ground_truth(path, c).pixel_masks else None
+        except DataError as exc:
+            lines.append(f"  {c}: cannot say what evaluate computes: {exc}")
+            continue
+        lines.append(f"  {c}: {spec.ground_truth(path, c).describe()}; evaluate computes {metrics}")
+        if protocol is not None:
+            lines.append(f"    {protocol.describe()}")
     return lines
 
 

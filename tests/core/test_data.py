@@ -50,16 +50,16 @@ def _one_line_error(excinfo, *fragments: str) -> str:
 
 # --------------------------------------------------------------------------- registry
 def test_registry_names_and_download_capability():
-    assert {"mvtec", "btad", "mtd", "folder"} <= set(DATASETS)
-    for name in ("mvtec", "btad", "mtd"):
+    assert {"mvtec", "visa", "mvtec_ad2", "mvtec_loco", "btad", "mtd", "folder"} <= set(DATASETS)
+    for name in ("mvtec", "visa", "mvtec_ad2", "mvtec_loco", "btad", "mtd"):
         assert callable(get_dataset(name).download)
     assert not hasattr(get_dataset("folder"), "download")  # the CLI relies on this
     assert get_dataset("mvtec").known_categories == (
         "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
         "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
     assert get_dataset("btad").known_categories == ("01", "02", "03")
-    with pytest.raises(ConfigError, match="unknown dataset 'visa'"):
-        get_dataset("visa")
+    with pytest.raises(ConfigError, match="unknown dataset 'kolektor'"):
+        get_dataset("kolektor")
 
 
 def test_catalogued_decorator_adds_a_dataset_in_one_place():

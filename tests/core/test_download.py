@@ -5,83 +5,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from mrkd_core.data import get_dataset
 from mrkd_core.data.base import COMPLETION_MARKER
-from mrkd_core.data.download import DownloadInfo, download_dataset, fetch, resolve_url
-from mrkd_core.data.mvtec import MVTecAD
+from mrkd_core.data.download import (
+    DownloadInfo,
+    download_dataset,
+    fetch,
+    resolve_sources,
+)
+from mrkd_core.data.mvtec import MVTEC_DOWNLOAD, MVTecAD
 from mrkd_core.errors import DownloadError
 from tests import datagen
-
-
-class _State:
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        self.truncate_once: set[str] = set()
-        self.status: dict[str, int] = {}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Serves State.files with Range support; can cut a body short once or answer an error."""
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        state: _State = self.server.state  # type: ignore[attr-defined]
-        state.requests.append((self.path, self.headers.get("Range")))
-        if self.path in state.status:
-            self.send_error(state.status[self.path])
-            return
-        data = state.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = 0
-        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        if m:
-            start = int(m.group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.path in state.truncate_once:
-            state.truncate_once.discard(self.path)
-            self.wfile.write(body[: len(body) // 2])  # then the connection closes: a short body
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+from tests.http_files import serve_files
 
 
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.state = _State()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield httpd.state, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve_files() as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +43,9 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _info(base: str, path: str, sha: str | None, dataset: str = "mvtec") -> DownloadInfo:
-    return DownloadInfo(dataset, "archive.bin", f"{base}{path}", sha, "MRKD_TEST_URL")
+def _info(base: str, path: str | tuple[str, ...], sha: str | None, dataset: str = "mvtec") -> DownloadInfo:
+    paths = (path,) if isinstance(path, str) else path
+    return DownloadInfo(dataset, "archive.bin", tuple(f"{base}{p}" for p in paths), sha, "MRKD_TEST_URL")
 
 
 def _download(info: DownloadInfo, root: Path, **kw) -> Path:
@@ -277,14 +224,117 @@ def test_non_empty_root_without_marker_is_left_alone(server, tmp_path):
     assert state.requests == [] and (root / "mine.txt").read_text() == "user data"
 
 
+# --------------------------------------------------------------------------- several sources
+def test_a_dead_first_source_is_logged_and_the_next_one_used(server, mvtec_tar, tmp_path, caplog):
+    state, base = server
+    state.files["/mirror.tar.xz"] = mvtec_tar
+    with caplog.at_level(logging.WARNING, logger="mrkd_core.data.download"):
+        root = _download(_info(base, ("/gone.tar.xz", "/mirror.tar.xz"), _sha(mvtec_tar)), tmp_path / "mvtec")
+    assert state.requests == [("/gone.tar.xz", None), ("/mirror.tar.xz", None)]
+    assert "source 1 of 2 failed: HTTP 404" in caplog.text and "trying the next source" in caplog.text
+    assert json.loads((root / COMPLETION_MARKER).read_text())["url"] == f"{base}/mirror.tar.xz"
+
+
+def test_a_source_serving_another_file_is_skipped(server, mvtec_tar, tmp_path):
+    state, base = server
+    state.files["/moved.tar.xz"] = b"<html>this dataset has moved</html>"
+    state.files["/mirror.tar.xz"] = mvtec_tar
+    root = _download(_info(base, ("/moved.tar.xz", "/mirror.tar.xz"), _sha(mvtec_tar)), tmp_path / "mvtec")
+    assert [path for path, _ in state.requests] == ["/moved.tar.xz", "/mirror.tar.xz"]
+    assert (root / "bottle" / "train" / "good" / "000.png").is_file()
+
+
+def test_a_connection_dropped_mid_file_is_resumed_with_range(server, mvtec_tar, tmp_path):
+    state, base = server
+    state.files["/a.tar.xz"] = mvtec_tar
+    state.drop_after["/a.tar.xz"] = 1000  # every response dies after 1000 bytes (a reset, not a clean close)
+    with pytest.raises(DownloadError):
+        _download(_info(base, "/a.tar.xz", _sha(mvtec_tar)), tmp_path / "mvtec", retries=2)
+    # Each retry asked for the rest and got 1000 more bytes: the transfer moves on, it never restarts.
+    assert state.requests == [("/a.tar.xz", None), ("/a.tar.xz", "bytes=1000-"), ("/a.tar.xz", "bytes=2000-")]
+    part = tmp_path / ".mvtec.download" / "archive.bin.part"
+    assert part.read_bytes() == mvtec_tar[:3000]
+    del state.drop_after["/a.tar.xz"]
+    root = _download(_info(base, "/a.tar.xz", _sha(mvtec_tar)), tmp_path / "mvtec")  # the next call resumes
+    assert state.requests[-1] == ("/a.tar.xz", "bytes=3000-")
+    assert json.loads((root / COMPLETION_MARKER).read_text())["sha256"] == _sha(mvtec_tar)
+
+
+def test_the_next_source_resumes_what_a_broken_one_left(server, mvtec_tar, tmp_path):
+    """A source whose bodies keep breaking off leaves a .part; the next source (same sha256) continues it."""
+    state, base = server
+    state.files["/flaky.tar.xz"] = mvtec_tar
+    state.truncate_always.add("/flaky.tar.xz")
+    state.files["/mirror.tar.xz"] = mvtec_tar
+    root = _download(_info(base, ("/flaky.tar.xz", "/mirror.tar.xz"), _sha(mvtec_tar)), tmp_path / "mvtec",
+                     retries=1)
+    half, quarter = len(mvtec_tar) // 2, (len(mvtec_tar) - len(mvtec_tar) // 2) // 2
+    assert state.requests == [("/flaky.tar.xz", None), ("/flaky.tar.xz", f"bytes={half}-"),
+                              ("/mirror.tar.xz", f"bytes={half + quarter}-")]
+    assert json.loads((root / COMPLETION_MARKER).read_text())["url"] == f"{base}/mirror.tar.xz"
+
+
+def test_when_every_source_fails_one_error_names_each_with_its_status_and_the_overrides(server, mvtec_tar,
+                                                                                         tmp_path):
+    state, base = server
+    state.status["/a"] = 404
+    state.files["/b"] = b"not the archive"
+    state.files["/c"] = mvtec_tar
+    state.truncate_always.add("/c")
+    with pytest.raises(DownloadError) as e:
+        _download(_info(base, ("/a", "/b", "/c"), _sha(mvtec_tar)), tmp_path / "mvtec", retries=1)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("mvtec: download failed from every known source (3): ")
+    assert f"{base}/a (HTTP 404" in msg
+    assert f"{base}/b (sha256 mismatch: expected {_sha(mvtec_tar)}, got {_sha(b'not the archive')}" in msg
+    assert f"{base}/c (failed after 2 attempts: connection closed after" in msg
+    assert "--url" in msg and "local archive path" in msg and "MRKD_TEST_URL" in msg
+    assert "archive.bin.part is kept and the next call resumes it" in msg
+    assert not (tmp_path / "mvtec").exists()
+
+
+def test_a_local_archive_path_is_verified_extracted_and_kept(mvtec_tar, tmp_path, monkeypatch):
+    archive = tmp_path / "copy" / "mvtec_anomaly_detection.tar.xz"
+    archive.parent.mkdir()
+    archive.write_bytes(mvtec_tar)
+    monkeypatch.setattr(MVTecAD, "download_info", _info("http://127.0.0.1:9", "/never", _sha(mvtec_tar)))
+    root = get_dataset("mvtec").download(tmp_path / "mvtec", url=str(archive), progress=False)
+    assert json.loads((root / COMPLETION_MARKER).read_text())["url"] == str(archive)
+    assert archive.read_bytes() == mvtec_tar  # the user's file is never deleted
+    wrong = tmp_path / "other.tar"
+    wrong.write_bytes(b"x" * 10)
+    with pytest.raises(DownloadError, match=r"download failed from the given source: .*other.tar \(sha256 mismatch"):
+        get_dataset("mvtec").download(tmp_path / "mvtec2", url=f"file://{wrong}", progress=False)
+    assert wrong.read_bytes() == b"x" * 10
+
+
+def test_a_sha256_given_by_the_user_replaces_the_known_one(server, mvtec_tar, tmp_path, monkeypatch):
+    state, base = server
+    state.files["/repacked.tar.xz"] = mvtec_tar
+    info = _info(base, "/repacked.tar.xz", "0" * 64)  # the known hash is another archive's
+    monkeypatch.setenv("MRKD_TEST_SHA256", _sha(mvtec_tar))
+    root = _download(info, tmp_path / "mvtec")
+    marker = json.loads((root / COMPLETION_MARKER).read_text())
+    assert marker["sha256"] == _sha(mvtec_tar) and marker["sha256_given"] is True
+    monkeypatch.setenv("MRKD_TEST_SHA256", "not-a-hash")
+    with pytest.raises(DownloadError, match="'not-a-hash' is not a sha256 .* MRKD_TEST_SHA256"):
+        _download(info, tmp_path / "other")
+
+
+def test_the_mvtec_sources_start_with_the_publishers_current_share():
+    assert MVTEC_DOWNLOAD.urls[0] == ("https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
+                                      "download/420938113-1629960298/mvtec_anomaly_detection.tar.xz")
+    assert "shares/38536/" not in " ".join(MVTEC_DOWNLOAD.urls)  # the share reported dead in 2026
+
+
 # --------------------------------------------------------------------------- the real specs
-def test_url_precedence(monkeypatch):
-    info = DownloadInfo("x", "x.zip", "https://default.invalid/x.zip", None, "MRKD_X_URL")
+def test_source_precedence(monkeypatch):
+    info = DownloadInfo("x", "x.zip", ("https://a.invalid/x.zip", "https://b.invalid/x.zip"), None, "MRKD_X_URL")
     monkeypatch.delenv("MRKD_X_URL", raising=False)
-    assert resolve_url(info) == "https://default.invalid/x.zip"
+    assert resolve_sources(info) == ("https://a.invalid/x.zip", "https://b.invalid/x.zip")
     monkeypatch.setenv("MRKD_X_URL", "http://127.0.0.1:1/env.zip")
-    assert resolve_url(info) == "http://127.0.0.1:1/env.zip"
-    assert resolve_url(info, "http://127.0.0.1:1/arg.zip") == "http://127.0.0.1:1/arg.zip"
+    assert resolve_sources(info) == ("http://127.0.0.1:1/env.zip",)  # an override is the only source
+    assert resolve_sources(info, "/data/x.zip") == ("/data/x.zip",)
     assert get_dataset("mvtec").download_info.sha256 == (
         "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d")
     assert get_dataset("btad").download_info.sha256 == (

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mrkd_core.engine import train_evaluate
+from mrkd_core.metrics import PROTOCOL_METRICS
 from mrkd_core.partitioned import METRICS_TABLE, SCORES_TABLE, read_metrics, read_scores
 from mrkd_core.registry.tables import read_history, read_promotions
 from mrkd_core.registry.tracking import RegistryOptions
@@ -27,7 +28,9 @@ from tests import readers
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store-15298c0"
 SPECS = [Path(__file__).resolve().parents[2] / "flows" / "specs"]  # the flows' specs, passed as the flows do
-NEW_COLUMNS = ["train_fingerprint", "test_fingerprint", "training_revision"]
+# Columns added since the fixture was written: lineage, and the dataset protocols' metrics (null
+# for every dataset without a protocol, the smoke spec's included).
+NEW_COLUMNS = ["train_fingerprint", "test_fingerprint", "training_revision", *PROTOCOL_METRICS]
 OLD_RUNS = {"0001", "0002"}
 
 
@@ -98,6 +101,7 @@ def test_old_store_is_extended_by_a_new_run(old_store, tmp_path):
     _check_reads(old_store, old_rows=4, new_runs={"0003"})
     both = read_metrics(old_store)
     assert len(both) == 5 and both.set_index("run_id").loc["0003", "category"] == "obj_disc"
+    assert both[list(PROTOCOL_METRICS)].isna().all().all()  # a folder dataset has no protocol: null, new row too
     report = write_report(old_store, "0003", read_metrics(old_store, "0003"), read_scores(old_store, "0003"),
                           _maps(old_store, "0003"), history_df=read_history(old_store))
     assert old_store.exists(report["html"]) and any("history_" in f for f in report["figures"])

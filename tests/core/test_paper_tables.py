@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from mrkd_core.config import MRKDConfig
+from mrkd_core.metrics import PROTOCOL_METRICS
 from mrkd_core.paper_tables import (
     MVTEC_CATEGORIES,
     TABLE_KEYS,
@@ -48,6 +49,7 @@ def metrics_row(cfg: MRKDConfig, *, run_id: str, dataset: str, category: str, va
     }
     row.update({m: float(values[m]) for m in METRICS})
     row["pixel_metrics_absent"] = None  # every metric computed (a dataset with pixel masks)
+    row.update(dict.fromkeys(PROTOCOL_METRICS))  # MVTec AD, MTD, BTAD have no protocol of their own
     return row
 
 

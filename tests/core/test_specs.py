@@ -115,3 +115,13 @@ def test_all_categories_need_data(tmp_path):
 
     with pytest.raises(MRKDError, match="download it first"):
         load_spec("table4", SPECS).tasks(str(tmp_path))
+
+
+def test_benchmark_specs_run_mrkd_and_its_rd4ad_ablation_at_the_papers_hyperparameters():
+    from mrkd_core.config import MRKDConfig
+
+    for name, dataset in (("visa", "visa"), ("mvtec-ad2", "mvtec_ad2"), ("mvtec-loco", "mvtec_loco")):
+        spec = load_spec(name, SPECS)
+        assert [(d.name, d.categories) for d in spec.datasets] == [(dataset, None)], name  # every category
+        configs = spec.configs()
+        assert configs == {"mrkd": MRKDConfig(), "baseline": MRKDConfig(ilm=False, flm=False)}, name

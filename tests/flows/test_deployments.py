@@ -9,12 +9,17 @@ long-lived local Ray head (``RAY_ADDRESS``). Results are read back from ``s3://`
 each training's progress from the Prefect API (log lines per epoch, a progress artifact at
 100 %). The worker's run is also the run whose listeners and Ray token are checked
 (``tests/flows/netwatch.py``). A run with a corrupt training image must end FAILED with the
-data error's text in the flow run's state message.
+data error's text in the flow run's state message. The newer benchmarks (VisA, MVTec AD 2,
+MVTec LOCO AD) run through the served deployment too: one run of a spec narrowed to their
+fixture archives, downloaded from a local HTTP server by the flow's download task
+(``MRKD_<NAME>_URL`` / ``MRKD_<NAME>_SHA256`` in the operator's environment), trained,
+evaluated and reported.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import subprocess
 import time
@@ -26,14 +31,19 @@ import psutil
 import pytest
 
 from flows import nightly
+from tests import datagen
 from tests.flows.netwatch import ListenerWatch
 from tests.flows.prefect_client import api, deployment, prefect_cli, run_deployment, runs_of
 from tests.flows.servers import BIN, ROOT, S3_KEYS, clean_env, make_bucket, stop_process
+from tests.http_files import serve_files
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "mrkd-deployed"
 SMOKE_CATEGORIES = {"tex_stripes", "obj_disc"}
+# The benchmark fixtures: one category each, the environment variables that point the download at them.
+BENCHMARKS = {"visa": ("candle", "MRKD_VISA"), "mvtec_ad2": ("can", "MRKD_MVTEC_AD2"),
+              "mvtec_loco": ("breakfast_box", "MRKD_MVTEC_LOCO")}
 
 
 # --------------------------------------------------------------------------- one source, no server
@@ -108,21 +118,38 @@ def _progress_checks(run, epochs: int) -> tuple[dict, list[str]]:
     return runs, flow_logs
 
 
-def _metrics(endpoint: str, run_id: str) -> pd.DataFrame:
-    opts = {"key": S3_KEYS["AWS_ACCESS_KEY_ID"], "secret": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+def _s3_options(endpoint: str) -> dict:
+    return {"key": S3_KEYS["AWS_ACCESS_KEY_ID"], "secret": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
             "client_kwargs": {"endpoint_url": endpoint, "region_name": S3_KEYS["AWS_REGION"]}}
-    m = pd.read_parquet(f"s3://{BUCKET}/store/tables/metrics", storage_options=opts)
+
+
+def _metrics(endpoint: str, run_id: str) -> pd.DataFrame:
+    m = pd.read_parquet(f"s3://{BUCKET}/store/tables/metrics", storage_options=_s3_options(endpoint))
     return m[m["run_id"].astype(str) == run_id]
 
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def user_env(prefect_api, prefect_home, moto_s3, tmp_path_factory):
-    """The environment of the operator's shell: server, store in S3, credentials, data root."""
+def benchmark_mirror(tmp_path_factory):
+    """The three benchmark fixture archives on a local HTTP server; yields the download environment."""
+    tmp = tmp_path_factory.mktemp("benchmark-archives")
+    with serve_files() as (state, base):
+        env = {}
+        for name, (_, var) in BENCHMARKS.items():
+            filename, archive = datagen.benchmark_archive(name, tmp)
+            state.files[f"/{filename}"] = archive
+            env[f"{var}_URL"] = f"{base}/{filename}"
+            env[f"{var}_SHA256"] = hashlib.sha256(archive).hexdigest()
+        yield env, state
+
+
+@pytest.fixture(scope="module")
+def user_env(prefect_api, prefect_home, moto_s3, benchmark_mirror, tmp_path_factory):
+    """The environment of the operator's shell: server, store in S3, credentials, data root, dataset mirrors."""
     make_bucket(moto_s3, BUCKET)
     data = tmp_path_factory.mktemp("deployed-data")
     env = clean_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(prefect_home), MRKD_STORE=f"s3://{BUCKET}/store",
-                    MRKD_S3_ENDPOINT_URL=moto_s3, MRKD_DATA_ROOT=str(data), **S3_KEYS)
+                    MRKD_S3_ENDPOINT_URL=moto_s3, MRKD_DATA_ROOT=str(data), **S3_KEYS, **benchmark_mirror[0])
     env.pop("PYTHONPATH")  # flow runs must find flows/ and mrkd_core/ as a user's do
     return env, moto_s3, data
 
@@ -248,6 +275,42 @@ def test_a_broken_training_image_fails_the_run_with_the_data_errors_text(served,
     assert failed.is_failed() and "DataError" in failed.message and str(broken) in failed.message, failed
     assert runs["train-folder-obj_disc-mrkd"][0].run_count == 1  # a data error is not retried
     assert runs["train-folder-tex_stripes-mrkd"][0].state.is_completed()
+
+
+def test_the_new_benchmarks_download_train_evaluate_and_report_through_the_served_deployment(
+        served, user_env, benchmark_mirror, tmp_path):
+    """One run of a spec narrowed to the three fixture datasets: the flow downloads each archive from the
+    mirror the operator's environment names, trains MRKD (ResNet18, random teacher, 32 px, 1 epoch),
+    evaluates with each dataset's protocol and writes the report with a table per benchmark."""
+    import s3fs
+
+    _, log_path, _ = served
+    env, endpoint, data = user_env
+    spec = tmp_path / "benchmarks-fixture.yaml"
+    spec.write_text("name: benchmarks-fixture\n"
+                    "description: VisA, MVTec AD 2 and MVTec LOCO AD fixture archives, one category each\n"
+                    "datasets:\n"
+                    + "".join(f"  - {{name: {n}, categories: [{c}]}}\n" for n, (c, _) in BENCHMARKS.items())
+                    + "base: {backbone: resnet18, teacher_weights: none, image_size: 32, epochs: 1, batch_size: 4, "
+                      "num_workers: 0, progress: false}\nvariants:\n  mrkd: {}\n")
+    started = time.perf_counter()
+    run = _run(env, f"spec={spec}", "run_id=benchmarks-run")
+    seconds = time.perf_counter() - started
+    assert run.state.is_completed(), f"{run.state}\n{log_path.read_text(errors='replace')[-4000:]}"
+    _, state = benchmark_mirror
+    assert sorted(p for p, _ in state.requests) == sorted(f"/{datagen.BENCHMARK_ARCHIVES[n][0]}" for n in BENCHMARKS)
+    for name in BENCHMARKS:
+        assert (data / name / ".mrkd_complete.json").is_file(), name  # the download task extracted it
+    m = _metrics(endpoint, "benchmarks-run").set_index("dataset")
+    assert set(m.index) == set(BENCHMARKS) and m["image_auroc"].between(0, 1).all()
+    assert m.loc["mvtec_ad2", ["au_pro_005", "seg_f1", "seg_threshold"]].notna().all()
+    assert m.loc["mvtec_loco", ["au_spro_logical", "au_spro_structural", "image_auroc_mean_types"]].notna().all()
+    assert m.loc["visa", ["seg_f1", "au_spro_logical"]].isna().all()  # no protocol: null
+    fs = s3fs.S3FileSystem(**_s3_options(endpoint))
+    for name in BENCHMARKS:
+        table = fs.cat(f"{BUCKET}/store/reports/benchmarks-run/{name}.md").decode()
+        assert f"| {BENCHMARKS[name][0]} | " in table and "MRKD" in table, table
+    print(f"benchmark fixtures through the served deployment (trigger → COMPLETED): {seconds:.1f} s")
 
 
 def test_prefect_deploy_hands_served_deployments_back_to_the_pool(served, deployed):

@@ -1,0 +1,76 @@
+"""The VisA, MVTec AD 2 and MVTec LOCO AD tables: models by configuration, published numbers in their own columns."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from mrkd_core.benchmark_tables import (
+    BENCHMARKS,
+    build_benchmark_table,
+    build_benchmark_tables,
+)
+from mrkd_core.published import load_published_benchmarks, read_published_benchmarks
+from mrkd_core.results import METRICS_SCHEMA
+from tests.datagen import table_row
+
+
+def _row(dataset: str, category: str, ilm: bool, flm: bool, finished: str = "2026-12-01T00:00:00Z", **metrics):
+    return table_row(METRICS_SCHEMA, run_id="r1", dataset=dataset, category=category, variant="x",
+                     score_scales="1,2,3", cfg_score_scales="1,2,3", cfg_ilm=ilm, cfg_flm=flm,
+                     cfg_backbone="resnet18", teacher_weights="none", cfg_teacher_weights="none",
+                     finished_at=pd.Timestamp(finished), **metrics)
+
+
+PUBLISHED = read_published_benchmarks(
+    "dataset,row,method,metric,value,printed,unit,source\n"
+    "mvtec_loco,breakfast_box,GCAD,au_spro_logical,75.5,75.5,percent,\"Some paper, Table 9\"\n"
+    "mvtec_loco,average,GCAD,au_spro_logical,0.8,0.80,fraction,\"Some paper, Table 9\"\n")
+
+
+def test_models_are_told_apart_by_configuration_and_published_cells_keep_their_own_columns():
+    rows = pd.DataFrame([
+        _row("mvtec_loco", "breakfast_box", True, True, au_spro_logical=0.61, image_auroc_logical=0.7),
+        _row("mvtec_loco", "breakfast_box", False, False, au_spro_logical=0.42),
+        _row("mvtec_loco", "breakfast_box", True, False, au_spro_logical=0.99),  # ILM only: neither model
+        _row("mvtec_loco", "pushpins", True, True, "2026-11-01T00:00:00Z", au_spro_logical=0.1),
+        _row("mvtec_loco", "pushpins", True, True, "2026-12-02T00:00:00Z", au_spro_logical=0.3),  # latest wins
+        _row("visa", "candle", True, True),
+    ])
+    t = build_benchmark_table("mvtec_loco", rows, PUBLISHED).set_index("category")
+    assert t.loc["breakfast_box", "MRKD au_spro_logical measured"] == pytest.approx(61.0)
+    assert t.loc["breakfast_box", "RD4AD au_spro_logical measured"] == pytest.approx(42.0)
+    assert t.loc["pushpins", "MRKD au_spro_logical measured"] == pytest.approx(30.0)
+    assert t.loc["breakfast_box", "GCAD au_spro_logical (published)"] == 75.5
+    assert t.loc["average (2/5 categories)", "GCAD au_spro_logical (published)"] == pytest.approx(80.0)
+    assert t.loc["average (2/5 categories)", "MRKD au_spro_logical measured"] == pytest.approx(45.5)
+    assert math.isnan(t.loc["juice_bottle", "MRKD au_spro_logical measured"])  # never filled in
+    # No measured value is in a published column and no published one in a measured column.
+    measured = [c for c in t.columns if c.endswith(" measured")]
+    published = [c for c in t.columns if c.endswith("(published)")]
+    assert set(measured) | set(published) == set(t.columns) and not set(measured) & set(published)
+    notes = " ".join(t.attrs["notes"])
+    assert "Some paper, Table 9" in notes and "teacher_weights=none" in notes
+
+
+def test_tables_only_for_measured_or_published_benchmarks():
+    rows = pd.DataFrame([_row("visa", "candle", True, True)])
+    assert set(build_benchmark_tables(rows, PUBLISHED)) == {"visa", "mvtec_loco"}
+    assert build_benchmark_tables(None, load_published_benchmarks().iloc[:0]) == {}
+
+
+def test_the_shipped_published_file_is_valid_and_says_why_it_is_empty():
+    published = load_published_benchmarks()
+    assert list(published.columns) == ["dataset", "row", "method", "metric", "value", "printed", "unit", "source"]
+    assert published.empty  # nothing could be read in its source here (docs/tables.md)
+    t = build_benchmark_table("visa", pd.DataFrame([_row("visa", "candle", True, True)]))
+    assert "No published numbers" in " ".join(t.attrs["notes"])
+    assert list(t["category"])[:-1] == list(BENCHMARKS["visa"].categories)
+
+
+def test_a_published_cell_needs_its_source():
+    with pytest.raises(ValueError, match="needs its source"):
+        read_published_benchmarks("dataset,row,method,metric,value,printed,unit,source\n"
+                                  "visa,candle,RD4AD,image_auroc,90,90,percent,\n")
