@@ -47,7 +47,7 @@ from flows.artifacts import artifact_key
 from flows.download import dataset_records, ensure_dataset
 from flows.ray_runner import assigned_gpu, node_info
 from flows.settings import data_root as default_data_root
-from flows.settings import open_store, resolve_run_id, spec_path
+from flows.settings import open_store, resolve_run_id, run_flow_command, spec_path
 from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError, DataError, DeviceError, WeightsError
 from mrkd_core.registry.tracking import RegistryOptions
@@ -245,12 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    results = train_evaluate_flow(spec=args.spec, category=args.category, dataset=args.dataset, variant=args.variant,
-                                  run_id=args.run_id, force=args.force, epochs=args.epochs,
-                                  image_size=args.image_size)
-    for r in results:
-        print(json.dumps({k: r[k] for k in ("key", "status", "run_dir", "seconds")}))
-    return 0
+
+    def run() -> int:
+        results = train_evaluate_flow(spec=args.spec, category=args.category, dataset=args.dataset,
+                                      variant=args.variant, run_id=args.run_id, force=args.force, epochs=args.epochs,
+                                      image_size=args.image_size)
+        for r in results:
+            print(json.dumps({k: r[k] for k in ("key", "status", "run_dir", "seconds")}))
+        return 0
+
+    return run_flow_command("python -m flows.train_evaluate", run,
+                            check=lambda: load_spec(args.spec, spec_path()).narrow(epochs=args.epochs,
+                                                                                     image_size=args.image_size))
 
 
 if __name__ == "__main__":
