@@ -18,7 +18,7 @@ workers too (:class:`TrainingProgress`).
 Retries are declared here, not in the library. Prefect retries an exception twice, 5 s
 apart, inside the same Ray task (the GPU stays reserved), except errors of the input
 (``DataError``, ``ConfigError``, ``WeightsError``, ``DeviceError``: a corrupt image stays
-corrupt); Ray re-runs the task when its worker process dies (see
+corrupt) and a diverged training (``TrainingDiverged``: it would diverge again); Ray re-runs the task when its worker process dies (see
 ``flows.ray_runner.RAY_MAX_RETRIES``). Either way the engine resumes from the checkpoint of
 the last finished epoch.
 
@@ -49,7 +49,7 @@ from flows.ray_runner import assigned_gpu, node_info
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id, run_flow_command, spec_path
 from mrkd_core.engine import train_evaluate
-from mrkd_core.errors import ConfigError, DataError, DeviceError, WeightsError
+from mrkd_core.errors import ConfigError, DataError, DeviceError, TrainingDiverged, WeightsError
 from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.specs import Task, load_spec
 from mrkd_core.train import EpochProgress
@@ -59,7 +59,9 @@ log = logging.getLogger(__name__)
 TRAIN_RETRIES = 2
 TRAIN_RETRY_DELAY_S = 5
 # Errors of the input: retrying cannot help, the user must fix the file or field named.
-NOT_RETRIED = (DataError, ConfigError, WeightsError, DeviceError)
+# A diverged training is not retried either: a retry resumes from the last checkpoint with the
+# same seeds and diverges again (bit for bit on CPU); the config (lr, precision) must change.
+NOT_RETRIED = (DataError, ConfigError, WeightsError, DeviceError, TrainingDiverged)
 
 
 def _run_name(prefix: str) -> str:

@@ -45,9 +45,17 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
 from mrkd_core.data.fingerprint import fingerprint_samples
 from mrkd_core.data.holdout import holdout_split
-from mrkd_core.data.ilm_dataset import ILMTrainDataset, TrainItem, close_loader, decode_train_images, make_loader
+from mrkd_core.data.ilm_dataset import (
+    ILMTrainDataset,
+    TrainItem,
+    check_batches,
+    close_loader,
+    decode_train_images,
+    make_loader,
+)
 from mrkd_core.data.torch_datasets import normalize
 from mrkd_core.device import autocast_context, cpu_heap_reuse, place_model, resolve_device
+from mrkd_core.errors import TrainingDiverged
 from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
 from mrkd_core.storage import ArtifactStore
 
@@ -253,8 +261,35 @@ def _train_epoch(model: MRKD, optimizer: torch.optim.Optimizer, loader: DataLoad
         seen += len(batch.index)
     mean_loss = total.item() / max(batches, 1)  # the epoch's only host-device sync
     if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"loss became {mean_loss} in epoch {epoch + 1} of {category}; lower lr or use fp32")
+        raise diverged(cfg, category, f"the loss became {mean_loss} in epoch {epoch + 1}")
     return mean_loss, seen
+
+
+def diverged(cfg: MRKDConfig, category: str, what: str) -> TrainingDiverged:
+    """The one-line error of a training whose loss or weights stopped being finite numbers."""
+    fix = f"lower lr (now {cfg.lr:g}, paper 0.005)" + (", or train in fp32" if cfg.precision != "fp32" else "")
+    return TrainingDiverged(f"{category}: the training diverged: {what} — {fix}; no model was stored")
+
+
+@torch.no_grad()
+def check_trained_model(model: MRKD, samples: Sequence[Sample], cfg: MRKDConfig, device: torch.device,
+                        category: str) -> None:
+    """``TrainingDiverged`` when the trained model's test-time pass is not finite on training images.
+
+    Each epoch's loss is measured in training mode, before each step's update: the last
+    update can break the model while every loss looked finite (``--lr 1e12`` for one
+    epoch: weights of 1e12, each finite, overflow float32 in the test-time pass, and the
+    evaluation stopped on NaN scores). One pass over up to two training images finds it
+    before anything is evaluated, calibrated or stored.
+    """
+    images = decode_train_images(samples[:2], cfg.image_size, category)
+    x = torch.stack([normalize(image, cfg.normalize_mean, cfg.normalize_std) for image in images]).to(device)
+    model.eval()
+    with autocast_context(device, cfg.precision):
+        _, restored = model.forward_test(x, flm=cfg.flm_at_test)
+    if not all(bool(torch.isfinite(f).all()) for f in restored):
+        raise diverged(cfg, category, "the trained model's features are not finite (NaN or infinite) after the "
+                                      "last step")
 
 
 # --------------------------------------------------------------------------- the run
@@ -281,9 +316,10 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     data is not continued); None = computed from them when ``checkpoints`` is given
     (names relative to the folder they share; the engine passes the one relative to the
     dataset root, ``layout.task_inputs``).
-    Raises ``DataError`` for bad training images, ``StorageError`` for checkpoints of
+    Raises ``ConfigError`` when a batch would hold one image that BatchNorm cannot train on
+    (``data.ilm_dataset.check_batches``), ``DataError`` for bad training images, ``StorageError`` for checkpoints of
     another config (or of other data with ``on_other_data="refuse"``),
-    ``FloatingPointError`` when the loss diverges.
+    ``TrainingDiverged`` when the loss, or the trained model's test-time pass, is not finite.
     """
     samples, held_out = holdout_split(samples, cfg.validation_fraction, cfg.seed)
     device = resolve_device(cfg.device)
@@ -294,6 +330,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     # Decoded before any checkpoint is read or replaced: a bad image fails with its name
     # and leaves the stored checkpoints as they are.
     images = decode_train_images(samples, cfg.image_size, category)
+    check_batches(cfg, len(images), category)  # a bad image is named first; both before any checkpoint changes
     if checkpoints is not None and train_fingerprint is None:
         train_fingerprint = fingerprint_samples(samples).digest
     if checkpoints is not None and not resume and checkpoint_epochs(checkpoints):
@@ -343,6 +380,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
             if writer is not None:
                 writer.close()
             del teacher, dataset, images  # the feature cache is freed before the heap is trimmed
+    check_trained_model(model, samples, cfg, device, category)
     elapsed = time.perf_counter() - t0
     model.eval()
     return TrainResult(
