@@ -27,31 +27,28 @@ ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## For inspection engineers"
 
 
-def readme_recipe() -> list[str]:
-    """The shell lines of the first code block of the README's inspection section (continuations joined)."""
+def readme_recipe() -> list[list[str]]:
+    """The commands of the first code block of the README's inspection section, tokenised (comments dropped)."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text[text.index(SECTION):]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    lines: list[str] = []
-    for raw in block.replace("\\\n", " ").splitlines():
-        tokens = shlex.split(raw, comments=True)
-        if tokens:
-            lines.append(" ".join(shlex.quote(t) if "$(" not in t else t for t in tokens))
-    return lines
+    lines = (shlex.split(raw, comments=True) for raw in block.replace("\\\n", " ").splitlines())
+    return [tokens for tokens in lines if tokens]
 
 
-def run_recipe(lines: list[str], cwd: Path) -> dict[str, str]:
-    """Each line in ``cwd``: ``mrkd …`` through ``cli.main`` (exit 0 required), ``NAME=$(ls PATTERN)``
-    assigned; returns the output of each ``mrkd`` line, keyed by the line."""
+def run_recipe(commands: list[list[str]], cwd: Path) -> dict[str, str]:
+    """Each command in ``cwd``: ``mrkd …`` through ``cli.main`` (exit 0 required), ``NAME=$(ls PATTERN)``
+    assigned; returns what each ``mrkd`` command printed, keyed by its line."""
     variables: dict[str, str] = {}
     printed: dict[str, str] = {}
-    for line in lines:
+    for tokens in commands:
+        line = " ".join(tokens)
         assignment = re.fullmatch(r"([A-Z_]+)=\$\(ls (\S+)\)", line)
         if assignment:
             (match,) = glob.glob(str(cwd / assignment.group(2)))
             variables[assignment.group(1)] = match
             continue
-        argv = [variables.get(t[1:], t) if t.startswith("$") else t for t in shlex.split(line)]
+        argv = [variables[t[1:]] if t.startswith("$") else t for t in tokens]
         assert argv[0] == "mrkd", f"the recipe runs only mrkd commands: {line}"
         out = io.StringIO()
         with contextlib.chdir(cwd), contextlib.redirect_stdout(out):
@@ -62,14 +59,15 @@ def run_recipe(lines: list[str], cwd: Path) -> dict[str, str]:
 
 
 def test_the_readme_recipe_ends_with_a_threshold_not_chosen_on_the_evaluation_images(tmp_path):
-    lines = readme_recipe()
-    assert any(line.startswith("mrkd train ") for line in lines) and any("mrkd evaluate" in x for x in lines)
-    make_synthetic_mvtec(tmp_path / "gen", categories=("obj_disc",), n_train=10, n_test_good=3, n_test_defect=3,
+    commands = readme_recipe()
+    assert [c[:2] for c in commands if c[0] == "mrkd"][1] == ["mrkd", "train"] and ["mrkd", "evaluate"] in \
+        [c[:2] for c in commands]
+    make_synthetic_mvtec(tmp_path / "gen", categories=("obj_disc",), n_train=10, n_test_good=2, n_test_defect=2,
                          size=64, seed=4)
     shutil.copytree(tmp_path / "gen" / "obj_disc", tmp_path / "parts" / "bracket")
     shutil.copytree(tmp_path / "gen" / "obj_disc" / "test", tmp_path / "new_images")
 
-    printed = run_recipe(lines, tmp_path)
+    printed = run_recipe(commands, tmp_path)
 
     # What the line gets: the export's calibration (the last model file of the recipe).
     (info,) = [json.loads(out) for line, out in printed.items() if line.startswith("mrkd models info")]
