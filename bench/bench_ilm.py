@@ -71,7 +71,7 @@ def main() -> None:
     on_white = dataclasses.replace(get_preset("bottle"), name="bottle-on-white",
                                    background=255.0, background_threshold=30.0)
     kinds = {"texture (carpet)": (texture_image, get_preset("carpet")), "object (bottle rule)": (object_image, on_white),
-             "all background (gives up)": (blank_image, on_white)}
+             "background (gives up)": (blank_image, on_white)}
     out = sys.stdout
     out.write(f"ILM synthesis, one process, cv2 threads=1, {args.n} images per cell\n\n")
     out.write(f"| {'image':<22} | {'size':>4} | {'blend':<7} | {'images/s':>9} | {'ms/image':>8} |\n")
