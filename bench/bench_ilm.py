@@ -5,7 +5,10 @@
 Prints images/s and ms/image for ``swap`` and ``poisson`` on two kinds of image:
 a texture (carpet preset: patches anywhere) and an object (a grey disc on white with
 the bottle preset's rule adapted to a white background, so the object mask, the
-placement retries and the masked paste are all timed). The reference MRKD code takes
+placement retries and the masked paste are all timed), and a blank white image under that
+rule, where every placement is refused: ILM gives up after ``max_tries`` draws per patch
+(tests/core/test_ilm.py::test_all_background_gives_up_quietly asserts the bounded search; its
+time is this row, once held by that test under 1 s per image). The reference MRKD code takes
 5-11 ms per 256 px image (docs/ilm.md); the data loader runs synthesis in workers, so
 anything of that order is invisible next to a training step.
 """
@@ -44,6 +47,11 @@ def object_image(size: int, seed: int) -> np.ndarray:
     return img
 
 
+def blank_image(size: int, seed: int) -> np.ndarray:
+    """White only: under an object rule no patch can be placed."""
+    return np.full((size, size, 3), 255, np.uint8)
+
+
 def bench(images: list[np.ndarray], preset: ILMPreset, blend: str) -> float:
     """Seconds per image, after one warm-up call."""
     synthesize(images[0], None, preset, np.random.default_rng(0), blend)
@@ -62,7 +70,8 @@ def main() -> None:
 
     on_white = dataclasses.replace(get_preset("bottle"), name="bottle-on-white",
                                    background=255.0, background_threshold=30.0)
-    kinds = {"texture (carpet)": (texture_image, get_preset("carpet")), "object (bottle rule)": (object_image, on_white)}
+    kinds = {"texture (carpet)": (texture_image, get_preset("carpet")), "object (bottle rule)": (object_image, on_white),
+             "background (gives up)": (blank_image, on_white)}
     out = sys.stdout
     out.write(f"ILM synthesis, one process, cv2 threads=1, {args.n} images per cell\n\n")
     out.write(f"| {'image':<22} | {'size':>4} | {'blend':<7} | {'images/s':>9} | {'ms/image':>8} |\n")

@@ -22,6 +22,9 @@ temporary server, a local Ray on 127.0.0.1):
      tasks, a fresh worker process per training (start + imports on every task);
 5. the same flow again without ``force``: every key is complete, no Ray is started, so
    its wall time is the flow's own fixed cost (planning, the skipped records, report).
+   Target: ``RERUN_TARGET_S`` ("a rerun of a finished spec takes seconds"); the test of this
+   rerun (tests/flows/test_benchmark_s3.py, on moto S3 and the Prefect server) asserts what
+   it does (skipped, no Ray, nothing stored changed), not how long it takes.
 
 From the task records of (4) (``started``/``finished``/``seconds`` measured inside the
 worker; ``train_seconds`` in metrics.parquet, ``eval_seconds`` in train.json) it prints,
@@ -45,6 +48,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGET_TASK_SECONDS = 60.0
+RERUN_TARGET_S = 20.0  # the bound tests/flows/test_benchmark_s3.py asserted until issue 25
 
 
 def timed(fn, *args, **kwargs):
@@ -199,7 +203,8 @@ def main() -> int:
     out.write(f"| Prefect | {prefect_s:.1f} | temporary server start + an empty flow run (once per driver) |\n")
     for k, v in ray_s.items():
         out.write(f"| Ray: {k} | {v:.2f} | {'once per flow run' if k == 'init' else 'per worker process'} |\n")
-    out.write(f"| flow run, nothing to train | {rerun_s:.1f} | planning, skipped records, report; no Ray |\n\n")
+    out.write(f"| flow run, nothing to train | {rerun_s:.1f} | planning, skipped records, report; no Ray "
+              f"(target < {RERUN_TARGET_S:.0f} s: {RERUN_TARGET_S / rerun_s:.1f}× under it) |\n\n")
     out.write("| mode | flow run s | worker processes | training + evaluation s/task | in-task overhead s | "
               "gap between tasks s | per-task overhead s | % of a 60-s training |\n|---|---|---|---|---|---|---|---|\n")
     for m in modes:

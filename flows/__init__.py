@@ -26,6 +26,13 @@ operator set explicitly:
   Prefect leaves extra loggers at the root's WARNING, which dropped every one of them.
 - ``RAY_USAGE_STATS_ENABLED=0`` and ``PREFECT_SERVER_ANALYTICS_ENABLED=false``: machines
   without internet would otherwise wait on telemetry endpoints.
+- ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120``: a run without ``PREFECT_API_URL``
+  (``make demo``) starts Prefect's temporary API server and waits this long for it; Prefect's
+  20 s were missed on a machine with a load average of 6-9. Should it still not come up,
+  ``flows.settings.start_prefect_api`` says so in one line, with what to do.
+
+Prefect reads its settings when it is first imported: these apply to every process that
+imports ``flows`` (or any of its modules) before Prefect, as ``python -m flows.…`` does.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ _LOCAL_DEFAULTS = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "mrkd_core",
     # ... and outside a flow run (the library called directly) they stay local, silently.
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # Prefect's temporary API server gets 120 s to start instead of 20 (busy machines).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 for _name, _value in _LOCAL_DEFAULTS.items():

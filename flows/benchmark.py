@@ -54,9 +54,8 @@ from flows.artifacts import publish, regression_text
 from flows.download import dataset_records, prepare_dataset
 from flows.ray_runner import RUNNERS, LocalRunner, RayRunner, check_runner, resolve_runner
 from flows.settings import data_root as default_data_root
-from flows.settings import open_store, resolve_run_id, spec_path
+from flows.settings import open_store, resolve_run_id, run_flow_command, spec_path
 from flows.train_evaluate import record_complete, train_one
-from mrkd_core.errors import MRKDError
 from mrkd_core.layout import find_complete
 from mrkd_core.partitioned import read_metrics, read_scores
 from mrkd_core.registry.tables import read_history
@@ -295,7 +294,8 @@ def benchmark(
 
 
 # --------------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m flows.benchmark`` (``make demo``) command line."""
     parser = argparse.ArgumentParser(prog="python -m flows.benchmark",
                                      description="Run the mrkd-benchmark flow and print where the report is.")
     parser.add_argument("--spec", default="smoke",
@@ -315,29 +315,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="registered model name; {spec} and {variant} are filled in (default: %(default)s)")
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="end Failed (exit 1) when a category regressed; default: Completed with a warning")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.store:
         os.environ["MRKD_STORE"] = args.store
     started = time.perf_counter()
-    try:
-        # fail before any server starts
-        load_spec(args.spec, spec_path()).narrow(args.categories, args.epochs, args.image_size)
-        out = benchmark(spec=args.spec, run_id=args.run_id, categories=args.categories, epochs=args.epochs,
-                        image_size=args.image_size, force=args.force, runner=args.runner,
-                        ray_address=args.ray_address, num_gpus=args.num_gpus, register_models=args.register_models,
-                        model_name=args.model_name, fail_on_regression=args.fail_on_regression)
-    except MRKDError as exc:
-        sys.stderr.write(f"mrkd-benchmark: error: {exc}\n")
-        return 2
-    except (BenchmarkFailed, RegressionDetected) as exc:  # the flow run's log has the details; one line here
-        sys.stderr.write(f"mrkd-benchmark: failed: {exc}\n")
-        return 1
-    log.info("%s in %.1f s: %s", out["run_id"], time.perf_counter() - started, out["counts"])
-    if out.get("regressions"):
-        sys.stderr.write(f"mrkd-benchmark: warning: {out['regressions']}\n")
-    print(f"report: {out['report']}")
-    return 0
+
+    def run() -> int:
+        try:
+            out = benchmark(spec=args.spec, run_id=args.run_id, categories=args.categories, epochs=args.epochs,
+                            image_size=args.image_size, force=args.force, runner=args.runner,
+                            ray_address=args.ray_address, num_gpus=args.num_gpus,
+                            register_models=args.register_models, model_name=args.model_name,
+                            fail_on_regression=args.fail_on_regression)
+        except (BenchmarkFailed, RegressionDetected) as exc:  # the flow run's log has the details; one line here
+            sys.stderr.write(f"mrkd-benchmark: failed: {exc}\n")
+            return 1
+        log.info("%s in %.1f s: %s", out["run_id"], time.perf_counter() - started, out["counts"])
+        if out.get("regressions"):
+            sys.stderr.write(f"mrkd-benchmark: warning: {out['regressions']}\n")
+        print(f"report: {out['report']}")
+        return 0
+
+    # A bad spec fails before any server starts.
+    return run_flow_command("mrkd-benchmark", run,
+                            check=lambda: load_spec(args.spec, spec_path()).narrow(args.categories, args.epochs,
+                                                                                     args.image_size))
 
 
 if __name__ == "__main__":

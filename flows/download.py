@@ -28,7 +28,7 @@ from prefect import flow, task
 
 import flows  # noqa: F401 - offline-safe environment defaults
 from flows.settings import data_root as default_data_root
-from flows.settings import open_store, spec_path
+from flows.settings import open_store, run_flow_command, spec_path
 from mrkd_core.data import get_dataset
 from mrkd_core.data.download import file_lock
 from mrkd_core.specs import DatasetEntry, ExperimentSpec, generate_dataset, load_spec
@@ -92,9 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", help="only these datasets of the spec")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for root in download(spec=args.spec, datasets=args.datasets):
-        print(root)
-    return 0
+
+    def run() -> int:
+        for root in download(spec=args.spec, datasets=args.datasets):
+            print(root)
+        return 0
+
+    return run_flow_command("python -m flows.download", run, check=lambda: load_spec(args.spec, spec_path()))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ workers too (:class:`TrainingProgress`, one of the training's epoch reporters,
 Retries are declared here, not in the library. Prefect retries an exception twice, 5 s
 apart, inside the same Ray task (the GPU stays reserved), except errors of the input
 (``DataError``, ``ConfigError``, ``WeightsError``, ``DeviceError``: a corrupt image stays
-corrupt); Ray re-runs the task when its worker process dies (see
+corrupt) and a diverged training (``TrainingDiverged``: it would diverge again); Ray re-runs
+the task when its worker process dies (see
 ``flows.ray_runner.RAY_MAX_RETRIES``). Either way the engine resumes from the checkpoint of
 the last finished epoch.
 
@@ -47,10 +48,10 @@ from flows.artifacts import artifact_key
 from flows.download import dataset_records, ensure_dataset
 from flows.ray_runner import assigned_gpu, node_info
 from flows.settings import data_root as default_data_root
-from flows.settings import open_store, resolve_run_id, spec_path
+from flows.settings import open_store, resolve_run_id, run_flow_command, spec_path
 from mrkd_core.checkpoint import CheckpointMode
 from mrkd_core.engine import train_evaluate
-from mrkd_core.errors import ConfigError, DataError, DeviceError, WeightsError
+from mrkd_core.errors import ConfigError, DataError, DeviceError, TrainingDiverged, WeightsError
 from mrkd_core.progress import EpochProgress, EpochReporter
 from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.specs import SKIPPED, Task, load_spec
@@ -60,7 +61,9 @@ log = logging.getLogger(__name__)
 TRAIN_RETRIES = 2
 TRAIN_RETRY_DELAY_S = 5
 # Errors of the input: retrying cannot help, the user must fix the file or field named.
-NOT_RETRIED = (DataError, ConfigError, WeightsError, DeviceError)
+# A diverged training is not retried either: a retry resumes from the last checkpoint with the
+# same seeds and diverges again (bit for bit on CPU); the config (lr, precision) must change.
+NOT_RETRIED = (DataError, ConfigError, WeightsError, DeviceError, TrainingDiverged)
 
 
 def _run_name(prefix: str) -> str:
@@ -225,12 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    results = train_evaluate_flow(spec=args.spec, category=args.category, dataset=args.dataset, variant=args.variant,
-                                  run_id=args.run_id, force=args.force, epochs=args.epochs,
-                                  image_size=args.image_size)
-    for r in results:
-        print(json.dumps({k: r[k] for k in ("key", "status", "run_dir", "seconds")}))
-    return 0
+
+    def run() -> int:
+        results = train_evaluate_flow(spec=args.spec, category=args.category, dataset=args.dataset,
+                                      variant=args.variant, run_id=args.run_id, force=args.force, epochs=args.epochs,
+                                      image_size=args.image_size)
+        for r in results:
+            print(json.dumps({k: r[k] for k in ("key", "status", "run_dir", "seconds")}))
+        return 0
+
+    return run_flow_command("python -m flows.train_evaluate", run,
+                            check=lambda: load_spec(args.spec, spec_path()).narrow(epochs=args.epochs,
+                                                                                     image_size=args.image_size))
 
 
 if __name__ == "__main__":

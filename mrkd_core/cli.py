@@ -1,7 +1,9 @@
 """The ``mrkd`` command: train, evaluate, calibrate, predict and export without Prefect or Ray.
 
 Every error a user can cause is printed as one line naming the thing at fault and
-the fix, with exit code 2 and no traceback (``--debug`` shows it). Exit codes: 0 done,
+the fix, with exit code 2 and no traceback (``--debug`` shows it): an ``MRKDError``, and
+an ``OSError`` of the file system (a file where an output folder belongs, permissions,
+a full disk), which names the file. Exit codes: 0 done,
 1 ``mrkd data check`` found problems, 2 an error, 3 ``mrkd predict --skip-unreadable``
 skipped unreadable files (listed in its table), 130 interrupted. The inference commands
 live in ``mrkd_core.inference.commands``.
@@ -521,6 +523,20 @@ def _resolve_auto(args: argparse.Namespace) -> None:
     log.info("%s: recognised the %s layout by %s", root, args.dataset, args.recognised.why)
 
 
+# What the usual file-system refusals mean for a path the user passed.
+_OS_ERROR_MEANING = {FileExistsError: "a file is where a folder is needed",
+                     NotADirectoryError: "a file is where a folder is needed",
+                     IsADirectoryError: "a folder is where a file is needed",
+                     PermissionError: "no permission", FileNotFoundError: "it does not exist"}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system error: the file, what it means, what the system said."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    meaning = next((m for t, m in _OS_ERROR_MEANING.items() if isinstance(exc, t)), "the file system refused")
+    return f"{where}{meaning} ({type(exc).__name__}: {exc.strerror or exc}) — check the path, or choose another"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -532,6 +548,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         sys.stderr.write(f"mrkd: error: {exc}\n")
+        return 2
+    except OSError as exc:  # the file system refused: a file where a folder belongs, permissions, a full disk
+        if args.debug:
+            raise
+        sys.stderr.write(f"mrkd: error: {os_error_line(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("mrkd: interrupted\n")

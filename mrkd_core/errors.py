@@ -30,6 +30,14 @@ class WeightsError(MRKDError):
     """Teacher weights could not be found or loaded."""
 
 
+class TrainingDiverged(MRKDError):
+    """The training loss or the weights became NaN or infinite (a learning rate too high, or bf16).
+
+    Nothing is stored for the training; the message names the fields to change (``lr``,
+    ``precision``). A retry of the same config would diverge again, so the flows do not retry it.
+    """
+
+
 class DeviceError(MRKDError):
     """The requested device is not available (e.g. CUDA asked for on a machine without a GPU)."""
 

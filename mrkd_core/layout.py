@@ -10,7 +10,7 @@ Every path of the engine, the CLI and the flows is derived here from ``Task.key`
                                   (which folder a task uses: checkpoint.CheckpointMode)
     claims/<key>.json             while a process trains the key (mrkd_core.claims)
     evaluations/<run_id>/<key>/   metrics.json scores.csv of ``mrkd evaluate``
-    tables/{metrics,scores}/dataset=<d>/run_id=<r>/<table_name>   (mrkd_core.results)
+    tables/{metrics,scores}/<d>/<r>/<table_name>   (mrkd_core.partitioned; older stores: dataset=<d>/run_id=<r>/)
 
 A run directory is *complete* when its manifest lists intact objects and was written by
 this training revision; complete ones are what ``mrkd evaluate`` loads models from. A

@@ -1,23 +1,32 @@
-"""Hive-partitioned Parquet tables in the store: one way to write and read them all.
+"""Partitioned Parquet tables in the store: one way to write and read them all.
 
-``tables/<name>/<col>=<value>/.../<file>.parquet`` is what pandas, pyarrow.dataset and
-DuckDB read in one call. Two things make such a folder treacherous, and this module
-handles both for every partitioned table (``metrics``, ``scores``, and any later one):
+``tables/<name>/<dataset>/<run_id>/<file>.parquet`` is what pandas, pyarrow.dataset and
+DuckDB read in one plain call (``pandas.read_parquet("<store>/tables/metrics")``). Three
+things make such a folder treacherous, and this module handles them for every
+partitioned table (``metrics``, ``scores``, the registry's ``promotions`` and
+``history``, and any later one):
 
-* **Partition values are strings.** Readers that infer partition types turn run id
-  ``0001`` into the integer 1 and dataset ``123`` into a number. Values are written
-  percent-encoded (``urllib.parse.quote``, what Arrow's ``segment_encoding="uri"`` and
-  DuckDB decode), so spaces, ``=``, ``%``, ``#`` and any Unicode survive the path, and
-  the documented reader calls pass the table's schema, in which every partition column
-  is a string (:meth:`PartitionedTable.dataset`, docs/storage.md).
+* **Partition values are strings, and readers type what a path says.** A hive folder
+  ``run_id=0001`` is read as the integer 1 by every reader that infers partition types
+  (pandas' and pyarrow's defaults, DuckDB's ``hive_types_autocast``), so
+  ``df[df.run_id == "0001"]`` selected nothing. So the partition columns are stored
+  *in each file*, as strings, and the folders are named by the bare values, without
+  ``=``: no reader takes them for partitions, and every reader gets the strings written.
+  Folder names are percent-encoded (``urllib.parse.quote``, plus a leading ``.`` or
+  ``_``, which pandas and pyarrow would skip), so spaces, ``=``, ``%`` and any Unicode
+  survive the path.
+* **Stores written before this layout** have hive folders (``<col>=<value>``, the
+  partition columns only in the path). They stay readable (:meth:`PartitionedTable.read`
+  reads both layouts; the calls in docs/storage.md that pass the table's schema read
+  them as strings), and a table that has hive folders is appended to in the hive layout:
+  one table never mixes the two, which DuckDB refuses and plain pandas would type wrongly.
 * **Files differ in schema.** A newer version adds columns; pyarrow takes a dataset's
-  schema from the first file it finds. Files are never rewritten: readers pass the
-  current schema (pandas/pyarrow: ``schema=``; DuckDB: ``union_by_name``), and
-  :meth:`PartitionedTable.read` conforms every file to it — a column a file lacks is
-  null for its rows.
+  schema from the first file it finds. Files are never rewritten: readers of a store
+  written by several versions pass the current schema (pandas/pyarrow: ``schema=``;
+  DuckDB: ``union_by_name``), and :meth:`PartitionedTable.read` conforms every file to
+  it — a column a file lacks is null for its rows.
 
-Partition columns live only in the path (pyarrow refuses a column that is both). Each
-file records the run directory its rows came from (footer key ``mrkd.run_dir``):
+Each file records the run directory its rows came from (footer key ``mrkd.run_dir``):
 :meth:`PartitionedTable.read` leaves out rows whose run directory lost its manifest.
 """
 
@@ -48,8 +57,8 @@ PARTITION_COLUMNS = ("dataset", "run_id")
 # Which run directory a partition file was copied from (a skipped task's rows come from an
 # earlier run): stored in the Parquet footer, so the schema stays the table's.
 SOURCE_KEY = b"mrkd.run_dir"
-# The options every DuckDB read of a table needs (see docs/storage.md):
-# partition values as text, and files of several schema versions unified by column name.
+# The options of a DuckDB read of a table of a store written by several versions (docs/storage.md):
+# the partition values of hive folders as text, and the files' columns unified by name.
 DUCKDB_OPTIONS = "hive_partitioning = true, hive_types_autocast = false, union_by_name = true"
 
 MAX_RUN_ID_CHARS = 128
@@ -109,6 +118,13 @@ def encode_value(value: str) -> str:
     return quote(value, safe="")
 
 
+def encode_folder(value: str) -> str:
+    """A partition value as a folder name of the plain layout: :func:`encode_value`, and a
+    leading ``.`` or ``_`` percent-encoded too (pandas and pyarrow skip such folders)."""
+    segment = encode_value(value)
+    return f"%{ord(segment[0]):02X}{segment[1:]}" if segment.startswith((".", "_")) else segment
+
+
 def decode_value(segment: str) -> str:
     """A partition folder's value as written (percent-decoding; the inverse of the encoding on write)."""
     return unquote(segment)
@@ -155,10 +171,11 @@ def conform(table: pa.Table, schema: pa.Schema, source: str = "") -> pa.Table:
 # --------------------------------------------------------------------------- tables
 @dataclass(frozen=True)
 class PartitionedTable:
-    """``tables/<name>/``, hive-partitioned by ``partition_by`` (outermost first).
+    """``tables/<name>/``, partitioned by ``partition_by`` (outermost folder first).
 
-    ``schema`` is the full schema, partition columns included (as strings): what the
-    files hold plus what the path holds, and what readers pass to pandas/pyarrow.
+    ``schema`` is the full schema, partition columns included (as strings): what each
+    file of the plain layout holds, and what readers of several versions' files pass to
+    pandas/pyarrow.
     """
 
     name: str
@@ -176,20 +193,28 @@ class PartitionedTable:
 
     @property
     def file_schema(self) -> pa.Schema:
-        """What each file holds: the schema without the partition columns."""
+        """The schema without the partition columns: what a file of the hive layout holds."""
         return pa.schema([f for f in self.schema if f.name not in self.partition_by])
 
-    def partition_dir(self, values: Mapping[str, str]) -> str:
-        """``tables/<name>/<col>=<encoded value>/...`` for the partition ``values``."""
-        parts = [f"{col}={encode_value(check_partition_value(col, values[col]))}" for col in self.partition_by]
+    def partition_dir(self, values: Mapping[str, str], hive: bool = False) -> str:
+        """``tables/<name>/<encoded value>/...`` for the partition ``values``; with ``hive``,
+        ``tables/<name>/<col>=<encoded value>/...`` (the layout of stores written before)."""
+        checked = [(col, check_partition_value(col, values[col])) for col in self.partition_by]
+        parts = [f"{col}={encode_value(v)}" if hive else encode_folder(v) for col, v in checked]
         return "/".join([self.root, *parts])
+
+    def is_hive(self, store: ArtifactStore) -> bool:
+        """Whether the store's table was started in the hive layout (it is then appended to in it)."""
+        marker = f"{self.partition_by[0]}="
+        return any(path.rsplit("/", 1)[-1].startswith(marker) for path in store.list(self.root))
 
     def write(self, store: ArtifactStore, rows: Sequence[Mapping[str, Any]], file_name: str,
               source_run_dir: str) -> str:
         """Store ``rows`` (all of one partition) as one file; returns its path.
 
         The same ``file_name`` in the same partition replaces the earlier file (a
-        retried task writes its rows once).
+        retried task writes its rows once). In the plain layout, unless the table is in
+        the hive layout already (:meth:`is_hive`).
         """
         if not rows:
             raise ValueError(f"table {self.name}: no rows to write")
@@ -197,34 +222,38 @@ class PartitionedTable:
         for r in rows:
             if any(r[col] != values[col] for col in self.partition_by):
                 raise ValueError(f"table {self.name}: rows of several partitions in one write ({values})")
-        table = to_table([dict(r) for r in rows], self.schema).drop_columns(list(self.partition_by))
+        hive = self.is_hive(store)
+        table = to_table([dict(r) for r in rows], self.schema)
+        if hive:  # pyarrow refuses a column that is both in the path and in the file
+            table = table.drop_columns(list(self.partition_by))
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source_run_dir.encode()})
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        path = f"{self.partition_dir(values)}/{safe_file_name(file_name)}"
+        path = f"{self.partition_dir(values, hive)}/{safe_file_name(file_name)}"
         store.write_bytes(path, buf.getvalue())
         return path
 
     def _partition_values(self, rel: str) -> dict[str, str] | None:
-        """The partition values of a file path below ``root``, or None when it is not a table file."""
+        """The partition values of a file path below ``root`` (either layout), or None when it is not a table file."""
         parts = rel.split("/")
         if len(parts) != len(self.partition_by) + 1 or not parts[-1].endswith(".parquet"):
             return None
-        if parts[-1].startswith((".", "_")):  # what pyarrow and pandas skip
+        if any(p.startswith((".", "_")) for p in parts):  # what pyarrow and pandas skip
             return None
         values = {}
         for col, segment in zip(self.partition_by, parts):
             key, sep, value = segment.partition("=")
-            if key != col or not sep:
+            if sep and key != col:
                 return None
-            values[col] = decode_value(value)
+            values[col] = decode_value(value if sep else segment)  # hive, or a plain folder (no '=' in it)
         return values
 
     def read(self, store: ArtifactStore, **equals: str | None) -> pd.DataFrame:
         """Every row (with the partition values ``equals``, e.g. ``run_id="0001"``) of complete runs.
 
-        Files of every schema version are conformed to ``schema`` (old rows get nulls in
-        newer columns). A file whose source run directory has no manifest (deleted, or
+        Both layouts; the partition values come from the path (a plain folder is named by
+        its value). Files of every schema version are conformed to ``schema`` (old rows get
+        nulls in newer columns). A file whose source run directory has no manifest (deleted, or
         being rewritten by a forced rerun) is left out with a warning.
         """
         wanted = {k: v for k, v in equals.items() if v is not None}
@@ -256,7 +285,7 @@ class PartitionedTable:
         return pa.concat_tables(tables).to_pandas()
 
     def dataset(self, path: str, filesystem: Any = None) -> pads.Dataset:
-        """``pyarrow.dataset`` over ``<store>/tables/<name>`` with this schema: what docs/storage.md shows.
+        """``pyarrow.dataset`` over ``<store>/tables/<name>`` with this schema, in either layout (docs/storage.md).
 
         ``path`` is a local folder or a path on ``filesystem`` (e.g. ``bucket/prefix/tables/metrics``
         with a ``pyarrow.fs.S3FileSystem``).
@@ -270,7 +299,8 @@ METRICS_TABLE = PartitionedTable("metrics", METRICS_SCHEMA)
 SCORES_TABLE = PartitionedTable("scores", SCORES_SCHEMA)
 
 __all__ = ["DUCKDB_OPTIONS", "METRICS_TABLE", "PARTITION_COLUMNS", "PartitionedTable", "SCORES_TABLE", "SOURCE_KEY",
-           "check_partition_value", "check_run_id", "conform", "decode_value", "encode_value", "safe_file_name"]
+           "check_partition_value", "check_run_id", "conform", "decode_value", "encode_folder", "encode_value",
+           "safe_file_name"]
 
 
 def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:

@@ -4,8 +4,8 @@ them back), and run manifests.
 
 The metrics and per-image score rows are built here, next to their schemas
 (``metrics_rows``, ``score_rows``), by every path that writes them: the engine's run
-directories and tables, and ``mrkd evaluate``'s JSON/CSV. The hive-partitioned copies
-are written and read back by :mod:`mrkd_core.partitioned` (``read_metrics``, ``read_scores``).
+directories and tables, and ``mrkd evaluate``'s JSON/CSV. The partitioned copies
+(``tables/``) are written and read back by :mod:`mrkd_core.partitioned` (``read_metrics``, ``read_scores``).
 
 A run directory's outputs become visible only when complete: ``manifest.json`` is
 written last and lists every object with its size and sha256. Readers ignore run

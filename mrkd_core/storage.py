@@ -158,7 +158,12 @@ class ArtifactStore:
         if not self.is_local and hasattr(self.fs, "retries"):
             self.fs.retries = S3_RETRIES  # s3fs's own retries multiply botocore's attempts
         if protocol == "file":
-            os.makedirs(self._base, exist_ok=True)
+            try:
+                os.makedirs(self._base, exist_ok=True)
+            except OSError as exc:  # a file in the way, no permission, a read-only disk
+                raise StorageError(f"cannot open artifact store {self.root!r}: cannot create its folder "
+                                   f"({type(exc).__name__}: {exc.strerror or exc}) — pass a folder you can write "
+                                   "to") from None
 
     # ------------------------------------------------------------------ paths
     @property

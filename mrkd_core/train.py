@@ -53,12 +53,14 @@ from mrkd_core.data.fingerprint import fingerprint_samples
 from mrkd_core.data.torch_datasets import (
     ILMTrainDataset,
     TrainItem,
+    check_batches,
     close_loader,
     decode_train_images,
     make_loader,
     normalize,
 )
 from mrkd_core.device import autocast_context, cpu_heap_reuse, place_model, resolve_device
+from mrkd_core.errors import TrainingDiverged
 from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
 from mrkd_core.progress import EpochProgress, EpochReporter, epoch_reporters
 from mrkd_core.storage import ArtifactStore
@@ -248,7 +250,7 @@ def train_epoch(model: MRKD, optimizer: torch.optim.Optimizer, loader: DataLoade
                 cfg: MRKDConfig, device: torch.device, epoch: int, category: str) -> EpochRecord:
     """One epoch (0-based ``epoch``): the mean loss of Eq. 4 over its batches, its time and the images seen.
 
-    Raises ``FloatingPointError`` when the loss is not finite.
+    Raises ``TrainingDiverged`` when the loss is not finite.
     """
     started = time.perf_counter()
     model.train()
@@ -262,8 +264,35 @@ def train_epoch(model: MRKD, optimizer: torch.optim.Optimizer, loader: DataLoade
         seen += len(batch.index)
     mean_loss = total.item() / max(batches, 1)  # the epoch's only host-device sync
     if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"loss became {mean_loss} in epoch {epoch + 1} of {category}; lower lr or use fp32")
+        raise diverged(cfg, category, f"the loss became {mean_loss} in epoch {epoch + 1}")
     return EpochRecord(epoch + 1, mean_loss, time.perf_counter() - started, seen)
+
+
+def diverged(cfg: MRKDConfig, category: str, what: str) -> TrainingDiverged:
+    """The one-line error of a training whose loss or model stopped being finite numbers."""
+    fix = f"lower lr (now {cfg.lr:g}, paper 0.005)" + (", or train in fp32" if cfg.precision != "fp32" else "")
+    return TrainingDiverged(f"{category}: the training diverged: {what} — {fix}; no model was stored")
+
+
+@torch.no_grad()
+def check_trained_model(model: MRKD, samples: Sequence[Sample], cfg: MRKDConfig, device: torch.device,
+                        category: str) -> None:
+    """``TrainingDiverged`` when the trained model's test-time pass is not finite on training images.
+
+    Each epoch's loss is measured in training mode, before each step's update: the last
+    update can break the model while every loss looked finite (``--lr 1e12`` for one
+    epoch: weights of 1e12, each finite, overflow float32 in the test-time pass, and the
+    evaluation stopped on NaN scores). One pass over up to two training images finds it
+    before anything is evaluated, calibrated or stored.
+    """
+    images = decode_train_images(samples[:2], cfg.image_size, category)
+    x = torch.stack([normalize(image, cfg.normalize_mean, cfg.normalize_std) for image in images]).to(device)
+    model.eval()
+    with autocast_context(device, cfg.precision):
+        _, restored = model.forward_test(x, flm=cfg.flm_at_test)
+    if not all(bool(torch.isfinite(f).all()) for f in restored):
+        raise diverged(cfg, category, "the trained model's features are not finite (NaN or infinite) after the "
+                                      "last step")
 
 
 # --------------------------------------------------------------------------- the run
@@ -288,7 +317,9 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     passes the one relative to the dataset root, ``layout.task_inputs``).
     Raises ``DataError`` for bad training images, ``StorageError`` for checkpoints of
     another config (or of other data in ``CheckpointMode.REFUSE_OTHER_DATA``),
-    ``FloatingPointError`` when the loss diverges.
+    ``TrainingDiverged`` when the loss, or the trained model's test-time pass, is not finite;
+    ``ConfigError`` when a batch would hold one image that BatchNorm cannot train on
+    (``data.torch_datasets.check_batches``).
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -297,6 +328,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     # Decoded before any checkpoint is read or replaced: a bad image fails with its name
     # and leaves the stored checkpoints as they are.
     images = decode_train_images(samples, cfg.image_size, category)
+    check_batches(cfg, len(images), category)  # a bad image is named first; both before any checkpoint changes
     if checkpoints is not None and train_fingerprint is None:
         train_fingerprint = fingerprint_samples(samples).digest
     start_epoch, losses = _starting_point(checkpoints, mode, cfg, model, optimizer, train_fingerprint, category)
@@ -329,6 +361,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
             if writer is not None:
                 writer.close()
             del teacher, dataset, images  # the feature cache is freed before the heap is trimmed
+    check_trained_model(model, samples, cfg, device, category)
     elapsed = time.perf_counter() - t0
     model.eval()
     seen = sum(r.images for r in history)

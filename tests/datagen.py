@@ -436,3 +436,23 @@ def write_table_rows(store, table, dataset: str, run_id: str, name: str = "cat-m
     store.write_json(f"{source}/manifest.json", {"format": "mrkd-manifest/1"})
     rows = [table_row(table.schema, dataset=dataset, run_id=run_id, **values) for _ in range(n)]
     return table.write(store, rows, name, source)
+
+
+def write_hive_rows(store, table, dataset: str, run_id: str, name: str = "old-mrkd-0123456789abcdef.parquet",
+                    **values) -> str:
+    """One row as versions before the plain layout wrote it: ``<col>=<value>`` folders, partition columns
+    only in the path (what tests/fixtures/store-15298c0 holds for metrics and scores)."""
+    import pyarrow.parquet as pq
+
+    from mrkd_core.partitioned import SOURCE_KEY
+    from mrkd_core.results import to_table
+
+    source = f"runs/{run_id}/{dataset}/cat/0123456789abcdef"
+    store.write_json(f"{source}/manifest.json", {"format": "mrkd-manifest/1"})
+    t = to_table([table_row(table.schema, dataset=dataset, run_id=run_id, **values)], table.schema)
+    t = t.drop_columns(list(table.partition_by)).replace_schema_metadata({SOURCE_KEY: source.encode()})
+    buf = io.BytesIO()
+    pq.write_table(t, buf)
+    path = f"{table.partition_dir({'dataset': dataset, 'run_id': run_id}, hive=True)}/{name}"
+    store.write_bytes(path, buf.getvalue())
+    return path

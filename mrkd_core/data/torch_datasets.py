@@ -26,8 +26,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
 from mrkd_core.data.io import load_image, load_pair
-from mrkd_core.errors import DataError
+from mrkd_core.errors import ConfigError, DataError
 from mrkd_core.ilm import ILMPreset, ilm_pair, resolve_preset
+from mrkd_core.model.ocbe import OCBE_STRIDE
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -220,6 +221,35 @@ def make_loader(dataset: ILMTrainDataset, cfg: MRKDConfig, epoch: int = 0, pin_m
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
     )
+
+
+def check_batches(cfg: MRKDConfig, n_train: int, category: str) -> None:
+    """``ConfigError`` when a training batch would hold one image whose f_B is 1×1 (before any training).
+
+    The loader keeps the last partial batch, as the official code does. BatchNorm in training
+    mode normalises each channel over the batch's positions, and the OCBE's last stage works
+    at 1/32 of the image: at 32 px that is one position, so a batch of one image gives one
+    value per channel, which BatchNorm cannot normalise (PyTorch stops with "Expected more
+    than 1 value per channel"; the value would be set to β whatever the image). Dropping or
+    merging that batch would silently change what is trained on, so it is refused with the
+    fields that avoid it. From 64 px on (f_B 2×2) a batch of one image trains as any other.
+    """
+    positions = (cfg.image_size // OCBE_STRIDE) ** 2
+    last = n_train % cfg.batch_size or cfg.batch_size
+    if positions > 1 or n_train == 0 or (last > 1 and cfg.batch_size > 1):
+        return
+    if n_train == 1:
+        fix = "add training images (at least 2)"
+    else:
+        fits = [b for b in range(2, n_train + 1) if n_train % b != 1]
+        better = min(fits, key=lambda b: (abs(b - cfg.batch_size), b))
+        fix = f"set batch_size {better} (--batch-size {better}) so that no batch holds a single image"
+    held = f" (train/good less the validation_fraction {cfg.validation_fraction:g} held out)" \
+        if cfg.validation_fraction > 0 else ""
+    raise ConfigError(
+        f"{category}: {n_train} training image(s){held} in batches of {cfg.batch_size} leave a batch of one image, and at "
+        f"image_size {cfg.image_size} the OCBE embedding f_B is 1×1, so BatchNorm cannot train on it (one value per "
+        f"channel) — set image_size 64 or more (--image-size 64), or {fix}")
 
 
 def close_loader(loader: DataLoader) -> None:

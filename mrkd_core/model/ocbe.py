@@ -18,6 +18,10 @@ from mrkd_core.model.init import init_like_rd4ad
 from mrkd_core.model.specs import backbone_spec
 
 
+# f_B is B×C×H/32×W/32: three stride-2 steps of the teacher's stem and layers 1-3 (1/16), one of the OCBE stage.
+OCBE_STRIDE = 32
+
+
 def _down(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(conv3x3(cin, cout, 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 

@@ -1,10 +1,11 @@
 """The registry's two Parquet tables: every promotion decision, and the history of every run.
 
-Both are hive-partitioned like the metrics (``dataset=<d>/run_id=<r>``, values
-percent-encoded, read back as strings: :mod:`mrkd_core.partitioned`)::
+Both are partitioned like the metrics (folders ``<dataset>/<run_id>``, the values also in
+each file, read back as strings by any reader: :mod:`mrkd_core.partitioned`; stores written
+before issue 25 keep a table's ``dataset=<d>/run_id=<r>`` hive folders)::
 
-    tables/promotions/dataset=<d>/run_id=<r>/<category>-<model name>-v<N>[-<decision>].parquet
-    tables/history/dataset=<d>/run_id=<r>/<category>-<variant>-<config_hash>.parquet
+    tables/promotions/<d>/<r>/<category>-<model name>-v<N>[-<decision>].parquet
+    tables/history/<d>/<r>/<category>-<variant>-<config_hash>.parquet
 
 ``promotions``: one row per decision about a registered model — ``first`` (its first
 version becomes champion), ``promoted``/``kept`` (a new version against the champion, on

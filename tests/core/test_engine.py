@@ -66,7 +66,7 @@ def test_second_run_skips_and_reports(setup):
     assert again.status == "skipped" and again.run_dir == run_dir(task, "r1")
     assert len(read_metrics(store, rid)) == 1 and len(read_scores(store, rid)) == 6
     assert set(read_metrics(store)["run_id"]) == {"r1", rid}
-    assert store.exists("tables/metrics/dataset=folder/run_id=0002%20essai-%C3%A9t%C3%A9")
+    assert store.exists("tables/metrics/folder/0002%20essai-%C3%A9t%C3%A9")
 
 
 def test_manifest_detects_missing_and_changed_objects(setup, tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import cv2
 import numpy as np
@@ -173,14 +172,15 @@ def test_nsa_object_rule():
 
 
 def test_all_background_gives_up_quietly(caplog):
+    """A bounded search: ``max_tries`` draws per patch, then the image unchanged (its time: bench/bench_ilm.py)."""
     blank = np.full((128, 96, 3), 255, np.uint8)
     with caplog.at_level(logging.DEBUG, logger="mrkd_core.ilm"):
-        t0 = time.perf_counter()
         out, mask = synthesize(blank, None, ON_WHITE, np.random.default_rng(0), "poisson")
-        elapsed = time.perf_counter() - t0
     assert np.array_equal(out, blank) and not mask.any()
-    assert elapsed < 1.0
-    assert any("no patch could be placed" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("no patch could be placed" in m for m in messages)
+    gave_up = [m for m in messages if "object in" in m]  # one refusal per patch NSA tried to place
+    assert gave_up and all(m.endswith(f"in {ON_WHITE.max_tries} tries") for m in gave_up), messages
 
 
 # --------------------------------------------------------------------------- poisson

@@ -97,6 +97,11 @@ def test_old_store_is_extended_by_a_new_run(old_store, tmp_path):
     assert read_history(old_store).empty and read_promotions(old_store).empty  # no registry before
     result = train_evaluate(task, old_store, "0003", register=RegistryOptions())  # the flows' default
     assert result.status == "trained"  # the old result is not complete (no model.pt) and has no fingerprints
+    # Appended next to the old partitions, in their (hive) layout: the documented calls read one layout per table.
+    assert list((Path(old_store.root) / "tables/metrics/dataset=folder/run_id=0003").glob("*.parquet"))
+    assert list((Path(old_store.root) / "tables/scores/dataset=folder/run_id=0003").glob("*.parquet"))
+    # The registry's tables did not exist in that store: they start in the plain layout.
+    assert list((Path(old_store.root) / "tables/history/folder/0003").glob("*.parquet"))
     assert (result.registry["model"], result.registry["decision"]) == ("smoke-mrkd/folder/obj_disc", "first")
     _check_reads(old_store, old_rows=4, new_runs={"0003"})
     both = read_metrics(old_store)

@@ -1,8 +1,10 @@
 """Partitioned tables: values read back as the strings written, files of every schema version read.
 
-Each reader the docs show (pandas, pyarrow.dataset, DuckDB) and our own
-(``PartitionedTable.read`` = ``partitioned.read_metrics/read_scores``), on a local store;
-tests/flows/test_tables_s3.py runs the same against the moto S3 server.
+Each reader the docs show (pandas, pyarrow.dataset, DuckDB: plain, and with the schema or
+options for stores of several versions) and our own (``PartitionedTable.read`` =
+``partitioned.read_metrics/read_scores``), on a local store; tests/flows/test_tables_s3.py
+runs the same against the moto S3 server. Stores written before the plain layout (hive
+folders): below, and tests/core/test_old_store.py on a real one.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from mrkd_core.partitioned import (
 from mrkd_core.registry.tables import HISTORY_TABLE, PROMOTIONS_TABLE
 from mrkd_core.storage import ArtifactStore
 from tests import readers
-from tests.datagen import write_table_rows
+from tests.datagen import write_hive_rows, write_table_rows
 
 # Digits only is where type inference bites: every value of the column looks like a number.
 NUMERIC = {"dataset": ["123"], "run_id": ["0001", "0002", "20261130"]}
@@ -74,13 +76,47 @@ def test_partition_values_round_trip_through_every_reader(tmp_path, values, tabl
     assert list(by_duckdb["run_id"]) == [first]
     assert _pairs(readers.with_duckdb(uri)) == written
 
+    # What an analyst types: no schema, no options, and run `0001` is still the string written.
+    by_plain_pandas = readers.plain_pandas(uri)
+    assert _pairs(by_plain_pandas) == written and (by_plain_pandas["run_id"] == first).sum() == 1
+    assert list(by_plain_pandas.columns) == table.schema.names
+    assert _pairs(readers.plain_pyarrow(uri).to_pandas()) == written
+    assert _pairs(readers.plain_duckdb(uri)) == written
+    assert list(readers.plain_duckdb(uri, where=f"WHERE run_id = '{first}'")["run_id"]) == [first]
 
-def test_values_are_percent_encoded_in_the_path_and_old_names_are_unchanged(tmp_path):
+
+def test_values_are_percent_encoded_in_the_path_and_no_folder_is_a_hive_partition(tmp_path):
     store = ArtifactStore(tmp_path)
     path = write_table_rows(store, METRICS_TABLE, "my data", "x=1 %")
-    assert "/dataset=my%20data/run_id=x%3D1%20%25/" in path
+    assert path.startswith("tables/metrics/my%20data/x%3D1%20%25/") and "=" not in path.rsplit("/", 1)[0]
+    assert write_table_rows(store, METRICS_TABLE, "_d", ".r").startswith("tables/metrics/%5Fd/%2Er/")
     for plain in ("nightly-20261129", "s3-first", "r1.b_2"):
-        assert encode_value(plain) == plain  # stores written before encoding read the same
+        assert encode_value(plain) == plain  # hive folders written before encoding read the same
+    assert set(map(tuple, METRICS_TABLE.read(store)[["dataset", "run_id"]].values)) == \
+        {("my data", "x=1 %"), ("_d", ".r")}
+    assert {("_d", ".r"), ("my data", "x=1 %")} == set(map(tuple, readers.plain_pandas(
+        store.uri("tables/metrics"))[["dataset", "run_id"]].values))  # no folder skipped for its '.' or '_'
+
+
+@pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
+def test_a_table_of_an_older_store_is_appended_to_in_its_hive_layout_and_read_by_the_documented_calls(tmp_path,
+                                                                                                     table):
+    """Old partitions stay as written and new ones go next to them in the same layout: one table never mixes
+    the two (DuckDB refuses a mix, plain pandas would type it wrongly)."""
+    store = ArtifactStore(tmp_path / "store")
+    old = write_hive_rows(store, table, "123", "0001")
+    assert old.startswith(f"{table.root}/dataset=123/run_id=0001/") and table.is_hive(store)
+    new = write_table_rows(store, table, "123", "0002")
+    assert new.startswith(f"{table.root}/dataset=123/run_id=0002/")
+    written = {("123", "0001"), ("123", "0002")}
+    uri = store.uri(table.root)
+    assert _pairs(table.read(store)) == written
+    assert _pairs(readers.with_pandas(uri, table.schema)) == written
+    assert _pairs(readers.with_pyarrow(uri, table.schema).to_pandas()) == written
+    assert _pairs(readers.with_duckdb(uri)) == written
+    # ...and a new store's table is in the plain layout
+    assert not table.is_hive(ArtifactStore(tmp_path / "new")) and "=" not in write_table_rows(
+        ArtifactStore(tmp_path / "new"), table, "123", "0001").rsplit("/", 1)[0]
 
 
 def test_file_names_every_reader_lists(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -98,9 +97,7 @@ def test_second_call_is_a_noop_and_foreign_folders_are_kept(tmp_path):
         make_synthetic_mvtec(root, categories=("bottle",))
 
 
-def test_fast_enough_for_tests(tmp_path):
-    t0 = time.perf_counter()
+def test_generates_every_image_and_mask(tmp_path):
+    """Its time (≈ 0.4 s on one quiet core) is a benchmark figure: bench/bench_synthetic.py."""
     make_synthetic_mvtec(tmp_path / "t", n_train=20, n_test_good=5, n_test_defect=5, size=128, seed=0)
-    elapsed = time.perf_counter() - t0
     assert sum(1 for _ in (tmp_path / "t").rglob("*.png")) == 3 * (30 + 5)  # 90 images + 15 masks
-    assert elapsed < 2.0, elapsed  # ≈ 0.4 s on one quiet core; 2 s leaves room for a busy machine

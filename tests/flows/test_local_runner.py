@@ -124,3 +124,14 @@ def test_failed_training_is_retried_and_a_lost_one_does_not_sink_the_report(pref
     metrics = pd.read_parquet(local_store / "tables" / "metrics")
     assert list(metrics["category"]) == ["obj_disc"]
     assert (local_store / "reports" / "flaky" / "report.html").is_file()
+
+
+def test_a_diverged_training_is_not_retried_and_a_crash_is():
+    """A retry resumes from the last checkpoint with the same seeds and diverges again: only the config can fix it."""
+    from prefect.states import Failed
+
+    from flows.train_evaluate import retry_unless_bad_input
+    from mrkd_core.errors import TrainingDiverged
+
+    assert not retry_unless_bad_input(None, None, Failed(data=TrainingDiverged("obj_disc: the training diverged")))
+    assert retry_unless_bad_input(None, None, Failed(data=RuntimeError("worker lost")))

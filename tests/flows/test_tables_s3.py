@@ -1,4 +1,4 @@
-"""Partitioned tables on S3 (moto server): the documented readers get the strings written,
+"""Partitioned tables on S3 (moto server): the documented readers, plain ones included, get the strings written,
 and files of an older schema read with nulls — as tests/core/test_partitioned.py on a folder.
 
 No training here: rows are written through the same ``PartitionedTable.write`` the engine uses.
@@ -64,6 +64,12 @@ def test_partition_values_round_trip_on_s3(s3_store, table):
     by_duckdb = readers.with_duckdb(uri, fsspec_fs)
     assert set(zip(by_duckdb["dataset"], by_duckdb["run_id"])) == written
     assert list(readers.with_duckdb(uri, fsspec_fs, where="WHERE run_id = '0001'")["dataset"]) == ["123"]
+    # the plain calls (no schema, no options): the strings written, too
+    plain = readers.plain_pandas(uri, storage_options=opts)
+    assert set(zip(plain["dataset"], plain["run_id"])) == written and (plain["run_id"] == "0001").sum() == 1
+    by_arrow = readers.plain_pyarrow(f"{bucket}/prefix/{table.root}", arrow_fs)
+    assert set(zip(by_arrow.column("dataset").to_pylist(), by_arrow.column("run_id").to_pylist())) == written
+    assert list(readers.plain_duckdb(uri, fsspec_fs, where="WHERE run_id = '0001'")["dataset"]) == ["123"]
 
 
 def test_older_files_read_with_nulls_on_s3(s3_store):

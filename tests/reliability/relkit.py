@@ -147,6 +147,34 @@ def kill(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+# A test that waits for something to happen bounds the wait only to fail instead of hanging:
+# far above what the wait takes on a loaded machine, never a speed claim (times are bench/ figures).
+HANG_GUARD_S = 120.0
+
+
+def returns(call: Callable[[], object], guard_s: float = HANG_GUARD_S) -> object:
+    """``call()``'s result or exception, in a thread; an AssertionError if it has not returned after ``guard_s``."""
+    import threading
+
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(("value", call()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            out.append(("error", exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(guard_s)
+    if not out:
+        raise AssertionError(f"{call} did not return within {guard_s:.0f} s: it hangs")
+    kind, value = out[0]
+    if kind == "error":
+        raise value
+    return value
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, proc: subprocess.Popen | None = None,
                what: str = "condition") -> None:
     deadline = time.monotonic() + timeout

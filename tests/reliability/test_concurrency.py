@@ -21,7 +21,7 @@ from mrkd_core.layout import find_complete
 from mrkd_core.partitioned import read_metrics, read_scores
 from mrkd_core.results import verify_manifest
 from mrkd_core.storage import ArtifactStore
-from tests.reliability.relkit import finish_worker, make_task, start_worker
+from tests.reliability.relkit import HANG_GUARD_S, finish_worker, make_task, start_worker
 
 
 def test_concurrent_calls_on_one_key_train_it_once_and_keep_every_run_intact(data_root, tmp_path):
@@ -69,8 +69,8 @@ def test_a_live_holder_makes_others_wait_until_it_releases(tmp_path, fast_claims
     assert not got and waiter.waited
     released = time.monotonic()
     holder.release()
-    t.join(timeout=10)
-    assert got and got[0] - released < 1.0
+    t.join(timeout=HANG_GUARD_S)  # fails instead of hanging; how soon it acquires is not a test's business
+    assert got and got[0] >= released  # it waited for the release
     assert json.loads(store.read_bytes("claims/folder/cat/h.json"))["run_id"] == "r2"
     waiter.release()
     assert not store.exists("claims/folder/cat/h.json")
@@ -83,7 +83,7 @@ def test_a_claim_whose_heartbeat_stopped_is_taken_over_after_the_stale_time(tmp_
     claim = KeyClaim(store, "folder/cat/h", "r1", stale_s=0.5, poll_s=0.05)
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="mrkd_core.claims"), claim:
-        assert 0.5 <= time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 >= 0.5  # never before the stale time (a lower bound: load cannot break it)
         claim.check()
     assert "taking over the claim of host" in caplog.text and "no heartbeat for" in caplog.text
 
