@@ -22,9 +22,12 @@ cells at full resolution (300 px, image labels only: image metrics; ``elpv-datas
 
 ::
 
-    nice -n 10 python bench/tiling_benchmark.py --data hr --store artifacts/tiling [--epochs 12] [--long]
+    nice -n 10 python bench/tiling_benchmark.py --data hr --store artifacts/tiling --epochs 10 --long
     nice -n 10 python bench/tiling_benchmark.py --data elpv --store artifacts/tiling --image-size 128 \\
-        --tile 150 --epochs 10 --train-subsample 120 --test-subsample 120 --categories mono
+        --tile 150 --epochs 8 --train-subsample 60 --test-subsample 120 --categories mono --long
+
+(the commands of docs/tiling.md's tables; ``bench/tiling_diagnosis.py`` then looks at the
+stored tiled models).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -154,9 +158,11 @@ def main() -> int:
     parser.add_argument("--long", action="store_true", help="also train whole-long (the same network inputs)")
     parser.add_argument("--train-subsample", type=int, default=0)
     parser.add_argument("--test-subsample", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared, oversubscribed machine 2 mostly wait for each other)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     store = ArtifactStore(args.store)
     if args.data == "hr":
         args.categories = args.categories or list(HR_CATEGORIES)
@@ -204,7 +210,7 @@ def main() -> int:
 
 
 def _pct(v: float) -> str:
-    return "absent" if v != v else f"{100 * v:.1f}"
+    return "absent" if math.isnan(v) else f"{100 * v:.1f}"
 
 
 if __name__ == "__main__":

@@ -7,13 +7,16 @@ the feature map's size), so that an image's score does not depend on the batch s
 its companions, their order or the device (the official code draws them unseeded per
 call, so its scores vary by ~0.4%). ``mrkd_core.revision.EVALUATION_REVISION`` records
 the change from the per-call stream of masks used before.
+
+A tiled config (``tile_size`` > 0) scores each test image at its own resolution: its tiles'
+maps stitched, smoothed once and maxed (``mrkd_core.tiling``), the masks the original ones.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,7 +99,6 @@ def infer(model: MRKD, images: torch.Tensor, cfg: MRKDConfig) -> torch.Tensor:
     return per_scale_maps([f.float() for f in f_t], [f.float() for f in f_s], cfg.image_size)
 
 
-
 TestBatch = tuple[list[tuple[str, str, str, int]], dict[str, np.ndarray], np.ndarray]
 
 
@@ -117,22 +119,31 @@ def _resized_maps(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample],
         yield meta, maps, batch["mask"][:, 0].numpy().astype(np.uint8)
 
 
+def fused_tile_maps(model: MRKD, cfg: MRKDConfig,
+                    scale_sets: Sequence[Sequence[int]]) -> Callable[[np.ndarray], torch.Tensor]:
+    """The ``tile_maps`` of ``Tiling.stitched_maps`` for a PyTorch model: B tiles (B×S×S×C uint8,
+    already at ``image_size``) to B×K×S×S float32 on the CPU, per tile the unsmoothed fusion (Eq. 5
+    without its Gaussian) of each of the K ``scale_sets``. Eq. 5 is linear up to its Gaussian, so
+    fusing before stitching is fusing after."""
+    device = next(model.parameters()).device
+
+    def tile_maps(tiles: np.ndarray) -> torch.Tensor:
+        x = torch.stack([normalize(t, cfg.normalize_mean, cfg.normalize_std) for t in tiles])
+        psm = infer(model, x.to(device), cfg)
+        return torch.stack([fuse_maps(psm, s, 0.0) for s in scale_sets], dim=1).cpu()
+
+    return tile_maps
+
+
 def _tiled_maps(model: MRKD, cfg: MRKDConfig, samples: Sequence[Sample],
                 want: dict[str, tuple[int, ...]]) -> Iterator[TestBatch]:
     """Tiled frames (``mrkd_core.tiling``): per image, 1×H×W maps per fusion key, stitched at the
     image's own resolution and smoothed once, and its 1×H×W mask; ``cfg.eval_batch_size`` tiles
     per forward pass. Read in order, one image at a time (DataLoader workers decode ahead)."""
-    device = next(model.parameters()).device
     tiling = Tiling.of(cfg)
     loader = DataLoader(TestFrames(list(samples)), batch_size=None, shuffle=False, num_workers=cfg.num_workers,
                         collate_fn=_as_is)
-
-    def tile_maps(tiles: np.ndarray) -> torch.Tensor:
-        """B×K×S×S: per tile, the unsmoothed fusion of each of the K scale sets of ``want`` (Eq. 5 is
-        linear up to its Gaussian, so fusing before stitching is fusing after)."""
-        x = torch.stack([normalize(t, cfg.normalize_mean, cfg.normalize_std) for t in tiles])
-        psm = infer(model, x.to(device), cfg)
-        return torch.stack([fuse_maps(psm, s, 0.0) for s in want.values()], dim=1).cpu()
+    tile_maps = fused_tile_maps(model, cfg, list(want.values()))
 
     def frames() -> Iterator[tuple[dict, np.ndarray]]:
         first: tuple[str, tuple[int, ...]] | None = None
