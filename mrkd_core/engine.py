@@ -173,7 +173,7 @@ def _train_and_store(task: Task, store: ArtifactStore, run_id: str, mode: Checkp
     # (the calibration records that it was chosen there); None, with a warning, when
     # there is nothing to calibrate on.
     calibration = calibrate_after_training(result.model, cfg, samples.held_out, samples.test, task.category,
-                                           evaluation=ev)
+                                           held_out_from=samples.held_out_from, evaluation=ev)
     cal_dict = calibration.to_dict() if calibration is not None else None
     finished = utcnow()
     training = {"n_train": result.n_train, "train_seconds": result.train_seconds,

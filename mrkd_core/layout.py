@@ -116,8 +116,10 @@ def is_evaluated(manifest: dict) -> bool:
 class TaskSamples:
     """The images one task sees, decided in one place (:func:`task_samples`).
 
-    ``trained``: train/good (subsampled when the config says so) less ``held_out``, the
-    ``validation_fraction`` kept for calibration (``data.selection``); ``test``: the test
+    ``trained``: train/good (subsampled when the config says so) less the
+    ``validation_fraction`` kept for calibration (``data.selection``); ``held_out``: those
+    kept images and the dataset's published validation split, if it has one (MVTec AD 2:
+    ``DatasetLayout.validation_samples``), which ``held_out_from`` names; ``test``: the test
     split (subsampled likewise; empty for a task that does not evaluate); ``protocol``: the
     benchmark's own metrics on it (``DatasetLayout.evaluation_protocol``: MVTec AD 2, MVTec
     LOCO AD; None for the paper's metrics only, and for a task that does not evaluate).
@@ -127,6 +129,7 @@ class TaskSamples:
     held_out: tuple[Sample, ...]
     test: tuple[Sample, ...]
     protocol: EvaluationProtocol | None = None
+    held_out_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,13 +153,20 @@ def task_samples(task: Task, evaluated: bool = True, train: bool = True) -> Task
     ds = get_dataset(task.dataset)
     trained: list[Sample] = []
     held_out: list[Sample] = []
+    sources: list[str] = []
     if train:
         train_good = subsample_train(ds.train_samples(task.data_root, task.category), cfg.train_subsample)
         trained, held_out = holdout_split(train_good, cfg.validation_fraction, cfg.seed)
+        if held_out:
+            sources.append(f"validation_fraction {cfg.validation_fraction:g} of train/good, seed {cfg.seed}")
+        validation = ds.validation_samples(task.data_root, task.category)
+        if validation:
+            held_out = [*held_out, *validation]
+            sources.append(f"the {ds.name} validation split ({len(validation)} images)")
     test = (subsample_test(ds.test_samples(task.data_root, task.category), cfg.test_subsample)
             if evaluated else [])
     protocol = ds.evaluation_protocol(task.data_root, task.category) if evaluated else None
-    return TaskSamples(tuple(trained), tuple(held_out), tuple(test), protocol)
+    return TaskSamples(tuple(trained), tuple(held_out), tuple(test), protocol, "; ".join(sources))
 
 
 def task_inputs(task: Task, evaluated: bool = True) -> TaskInputs:
