@@ -185,11 +185,13 @@ class PartitionedTable:
         return "/".join([self.root, *parts])
 
     def write(self, store: ArtifactStore, rows: Sequence[Mapping[str, Any]], file_name: str,
-              source_run_dir: str) -> str:
+              source_run_dir: str | None) -> str:
         """Store ``rows`` (all of one partition) as one file; returns its path.
 
         The same ``file_name`` in the same partition replaces the earlier file (a
-        retried task writes its rows once).
+        retried task writes its rows once). ``source_run_dir``: the run directory the rows
+        come from (readers skip them once it loses its manifest); None for rows of no run
+        (the service's ``inspections``).
         """
         if not rows:
             raise ValueError(f"table {self.name}: no rows to write")
@@ -198,7 +200,9 @@ class PartitionedTable:
             if any(r[col] != values[col] for col in self.partition_by):
                 raise ValueError(f"table {self.name}: rows of several partitions in one write ({values})")
         table = to_table([dict(r) for r in rows], self.schema).drop_columns(list(self.partition_by))
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source_run_dir.encode()})
+        if source_run_dir is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   SOURCE_KEY: source_run_dir.encode()})
         buf = io.BytesIO()
         pq.write_table(table, buf)
         path = f"{self.partition_dir(values)}/{safe_file_name(file_name)}"

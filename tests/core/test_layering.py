@@ -44,7 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model, data, specs", ("mrkd_core.model", "mrkd_core.data", "mrkd_core.device", "mrkd_core.specs")),
     ("training and test stage", ("mrkd_core.train", "mrkd_core.evaluate", "mrkd_core.checkpoint")),
     ("stored results", ("mrkd_core.results", "mrkd_core.partitioned", "mrkd_core.report_maps",
-                        "mrkd_core.model_io", "mrkd_core.layout")),
+                        "mrkd_core.model_io", "mrkd_core.layout", "mrkd_core.inspections")),
     ("reports, registry, inference", ("mrkd_core.paper_tables", "mrkd_core.history_report", "mrkd_core.report",
                                       "mrkd_core.registry", "mrkd_core.inference")),
     ("engine", ("mrkd_core.engine",)),
