@@ -48,9 +48,9 @@ from starlette.responses import JSONResponse
 from flows.serve.models import UNCALIBRATED, LoadedModel, ServedModel, current_version
 from flows.serve.options import ServeOptions
 from flows.serve.settings import options_from
-from flows.serve.web import HTTPProblem, authorize, env_token_digest, image_parts, read_body
+from flows.serve.web import TOKEN_ENV, HTTPProblem, authorize, env_token_digest, image_parts, is_loopback_host, read_body
 from mrkd_core.data.io import load_image_bytes
-from mrkd_core.errors import DataError
+from mrkd_core.errors import ConfigError, DataError
 from mrkd_core.inference.overlays import mask_png
 from mrkd_core.inspections import InspectionRecorder
 from mrkd_core.results import utcnow
@@ -318,12 +318,14 @@ class Gateway:
         for result in results:
             if "error" in result:
                 raise HTTPProblem(400, result["error"])
-        request_id = uuid.uuid4().hex
+        # Serve's proxy gives every request an id (the client's X-Request-ID when it sends one) and
+        # answers it in the X-Request-ID header: the same id in the answer, Serve's logs and the record.
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         if self.recorder is not None:
             self.recorder.add(self._record(route.model.name, version, request_id, received_at, results))
         public = [{k: r.get(k) for k in (*RESULT_FIELDS, *(("mask_png",) if mask else ()))} for r in results]
         return JSONResponse({"model": route.model.name, "version": version, "request_id": request_id,
-                             "results": public}, headers={"X-Request-Id": request_id})
+                             "results": public})
 
     async def _score(self, name: str, version: int | None, epoch: float, filename: str | None, data: bytes,
                      want_mask: bool, started: float) -> dict[str, Any]:
@@ -390,15 +392,28 @@ def build_app(options: ServeOptions, env: dict[str, str] | None = None) -> serve
 
 
 def build(args: dict[str, Any]) -> serve.Application:
-    """The application builder for ``serve run flows.serve.app:build`` and a RayService's ``import_path``.
+    """The application builder of ``serve run flows.serve.app:build`` and a RayService's ``import_path``.
 
-    ``args`` (all optional but ``models``): ``models`` (the MODEL_REFs of ``mrkd serve``, full
-    references or paths, ``SERVED=REF`` allowed), ``store``, ``engine``, ``max_batch_size``,
+    ``args``: ``models`` (a list of ``mrkd serve``'s MODEL_REFs, ``SERVED=REF`` allowed, or one
+    string of them separated by spaces) and any of ``store``, ``engine``, ``max_batch_size``,
     ``batch_wait_ms``, ``max_body_mb``, ``follow_seconds``, ``record`` (a store URI, or ``none``),
     ``device``, ``replicas`` (a number or ``auto``), ``max_replicas``, ``cpus_per_replica``,
-    ``gpus_per_replica``. The token comes from ``MRKD_SERVE_TOKEN`` in the replicas' environment.
+    ``gpus_per_replica``: the command's options, same defaults, same checks. The token is
+    ``MRKD_SERVE_TOKEN`` of the environment where the builder runs (a Secret in the pod); without
+    it the application is refused unless Serve's HTTP proxy binds a loopback address.
     """
-    return build_app(options_from(args))
+    from flows.serve.cluster import serve_http_config
+
+    given = dict(args)
+    if isinstance(given.get("models"), str):
+        given["models"] = given["models"].split()
+    digest = env_token_digest()
+    http = serve_http_config()
+    if digest is None and (http is None or not is_loopback_host(http[0])):
+        where = f"binds {http[0]}" if http else "is not known here"
+        raise ConfigError(f"Serve's HTTP proxy {where}: set {TOKEN_ENV} (a Secret) so that every request must bring "
+                          "the token (docs/serving.md)")
+    return build_app(options_from(given, digest))
 
 
 __all__ = ["APP_NAME", "GATEWAY", "Gateway", "SCORER_PREFIX", "Scorer", "build", "build_app"]

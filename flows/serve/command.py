@@ -15,7 +15,6 @@ whole.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from mrkd_core.errors import ConfigError, MRKDError
 log = logging.getLogger("mrkd")
 
 READY_TIMEOUT_S = 900  # loading a WRN50 from S3 on a busy node, with room
-WATCH_S = 5.0  # how often the command looks at the models (to print a version change)
+WATCH_S = 2.0  # how often the command looks at the models (to print a version change)
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -87,15 +86,6 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def read_token(token_file: Path | None) -> str | None:
     """The token of ``--token-file``, else ``MRKD_SERVE_TOKEN``, else None; too short is a one-line error."""
     from flows.serve.web import TOKEN_ENV, check_token
@@ -119,7 +109,7 @@ def read_token(token_file: Path | None) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve.models import check_loadable
     from flows.serve.settings import options_from
-    from flows.serve.web import TOKEN_ENV, token_digest
+    from flows.serve.web import TOKEN_ENV, is_loopback_host, token_digest
 
     token = read_token(args.token_file)
     if token is None and not is_loopback_host(args.host):
@@ -262,20 +252,23 @@ def _serving_line(model: dict[str, Any], url: str) -> str:
 
 
 def _watch(client: _Client, models: list[dict[str, Any]], url: str, stop: threading.Event) -> None:
-    """Until stopped: print a line when a model's version changes (a promotion or rollback followed)."""
+    """Until stopped, and once more then: print a line when a model's version changed (a promotion or
+    rollback followed)."""
     versions = {m["name"]: m["version"] for m in models}
-    while not stop.wait(WATCH_S):
+    while True:
+        stopping = stop.wait(WATCH_S)
         try:
             status, body = client.get("/models")
         except (OSError, ValueError) as exc:
             log.warning("the service does not answer (%s); Serve restarts what died", exc)
-            continue
-        if status != 200:
-            continue
-        for m in body["models"]:
-            if m["ready"] and m["version"] != versions.get(m["name"]):
-                out(f"{_serving_line(m, url)} (was v{versions.get(m['name'])})")
-                versions[m["name"]] = m["version"]
+            status, body = 0, {}
+        if status == 200:
+            for m in body["models"]:
+                if m["ready"] and m["version"] != versions.get(m["name"]):
+                    out(f"{_serving_line(m, url)} (was v{versions.get(m['name'])})")
+                    versions[m["name"]] = m["version"]
+        if stopping:
+            return
 
 
-__all__ = ["add_command", "cmd_serve", "is_loopback_host", "read_token", "run_service"]
+__all__ = ["add_command", "cmd_serve", "read_token", "run_service"]
