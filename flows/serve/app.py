@@ -39,6 +39,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
@@ -94,6 +95,10 @@ class Scorer:
         self.model = model
         self.device = options.device
         self.batch_size = options.max_batch_size
+        if options.cpus_per_replica >= 1:
+            # As many PyTorch threads as CPUs reserved (what --cpus-per-replica promises), whatever Ray's
+            # OMP_NUM_THREADS: more threads than cores collapse under load (docs/performance.md).
+            torch.set_num_threads(int(options.cpus_per_replica))
         self.loaded: dict[int | None, LoadedModel] = {}
         self.inflight: collections.Counter = collections.Counter()
         self.last_used: dict[int | None, float] = {}
@@ -296,7 +301,8 @@ class Gateway:
         info = route.info or {}
         return {"name": route.model.name, "version": route.version, "engine": info.get("engine"),
                 "reference": route.model.location, "follows": route.model.follows, "source": info.get("source"),
-                "image_size": info.get("image_size"), "calibrated": info.get("calibration") is not None,
+                "image_size": info.get("image_size"), "threads": info.get("threads"),
+                "calibrated": info.get("calibration") is not None,
                 "calibration": info.get("calibration"), "since": route.since, "ready": route.ready,
                 "problem": route.problem}
 

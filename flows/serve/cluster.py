@@ -71,12 +71,16 @@ def ray_session(num_cpus: int | None = None) -> Iterator[RaySession]:
 
 
 def serve_http_config() -> tuple[str, int] | None:
-    """(host, port) of the Serve already running on the connected Ray, or None when none runs.
+    """(host, port) of the Serve already running on the connected Ray; None when none runs, or when
+    this process is connected to no Ray (asking would join whatever Ray runs on this machine).
 
     Serve exposes this only on its client object (``ray.serve.context``), read here once.
     """
+    import ray
     from ray.serve.context import _get_global_client
 
+    if not ray.is_initialized():
+        return None
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is None:
         return None

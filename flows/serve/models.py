@@ -187,8 +187,11 @@ class LoadedModel:
             "policy": cal.policy, "image_threshold": cal.image_threshold, "pixel_threshold": cal.pixel_threshold,
             "source": cal.source, "n_good": cal.n_good, "n_defective": cal.n_defective,
             "target_false_alarm_rate": cal.target_false_alarm_rate, "summary": cal.summary()}
+        import torch
+
         return {"version": self.version, "source": self.source, "engine": self.engine,
-                "image_size": self.predictor.image_size, "calibration": calibration}
+                "image_size": self.predictor.image_size, "threads": torch.get_num_threads(),
+                "calibration": calibration}
 
     def close(self) -> None:
         if self._tmp is not None:
