@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(rows[-1]), flush=True)
     df = pd.DataFrame(rows)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads "
-          f"in-process and --cpus-per-replica {args.cpus_per_replica:g}; random teacher; one {SHAPES[args.shapes[0]][1]} px "
-          "PNG per request; load average at the end: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+          f"in-process and --cpus-per-replica {args.cpus_per_replica:g}; random teacher; one 256 px PNG per request; "
+          "load average at the end: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     print(markdown(df, lambda c, v: f"{v:.2f}" if "÷" in c else f"{v:.1f}"))
     print("\ntargets: p50 c1 ≤ max(1.10 × b1, b1 + 5 ms); req/s c32 ≥ 0.90 × in-process b16 img/s; p99 ≤ 2 × p50 at c8")
     for r in rows:

@@ -49,7 +49,8 @@ from starlette.responses import JSONResponse
 from flows.serve.models import UNCALIBRATED, LoadedModel, ServedModel, current_version
 from flows.serve.options import ServeOptions
 from flows.serve.settings import options_from
-from flows.serve.web import TOKEN_ENV, HTTPProblem, authorize, env_token_digest, image_parts, is_loopback_host, read_body
+from flows.local_ray import is_loopback_host
+from flows.serve.web import TOKEN_ENV, HTTPProblem, authorize, env_token_digest, image_parts, read_body
 from mrkd_core.data.io import load_image_bytes
 from mrkd_core.errors import ConfigError, DataError
 from mrkd_core.inference.overlays import mask_png
@@ -232,7 +233,8 @@ class Gateway:
                     route.problem = _one_line(exc)
                     log.warning("%s: %s", route.model.name, route.problem)
             ready = all(r.ready for r in self.routes.values())
-            await asyncio.sleep(self.options.follow_seconds if ready else min(RETRY_LOAD_S, self.options.follow_seconds))
+            wait = self.options.follow_seconds if ready else min(RETRY_LOAD_S, self.options.follow_seconds)
+            await asyncio.sleep(wait)
 
     async def _refresh(self, route: Route) -> None:
         if route.ready and route.model.follows is None:
@@ -312,7 +314,8 @@ class Gateway:
         if mask not in (None, "png"):
             raise HTTPProblem(400, f"mask={mask!r}: the mask comes as ?mask=png (base64 PNG in mask_png)")
         if not route.ready:
-            raise HTTPProblem(503, f"{route.model.name} is not loaded yet ({route.problem or 'loading'}); retry shortly")
+            raise HTTPProblem(503, f"{route.model.name} is not loaded yet ({route.problem or 'loading'}); "
+                                   "retry shortly")
         parts = await image_parts(request.headers, await read_body(request, self.limit))
         version, epoch = route.version, route.epoch  # this request's version, to its end
         route.inflight[version] += 1

@@ -109,7 +109,8 @@ def read_token(token_file: Path | None) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve.models import check_loadable
     from flows.serve.settings import options_from
-    from flows.serve.web import TOKEN_ENV, is_loopback_host, token_digest
+    from flows.local_ray import is_loopback_host
+    from flows.serve.web import TOKEN_ENV, token_digest
 
     token = read_token(args.token_file)
     if token is None and not is_loopback_host(args.host):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,16 +37,6 @@ class HTTPProblem(Exception):
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
         return JSONResponse({"error": self.message, **self.extra}, status_code=self.status, headers=headers)
-
-
-def is_loopback_host(host: str) -> bool:
-    """``127.0.0.1``, ``::1``, ``localhost``: an address only this machine reaches."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def token_digest(token: str) -> str:
@@ -137,4 +126,4 @@ async def image_parts(headers: Headers, body: bytes) -> list[tuple[str | None, b
 
 
 __all__ = ["HTTPProblem", "MIN_TOKEN_CHARS", "TOKEN_ENV", "authorize", "check_token", "env_token_digest",
-           "image_parts", "is_loopback_host", "read_body", "token_digest"]
+           "image_parts", "read_body", "token_digest"]

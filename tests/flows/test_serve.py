@@ -239,7 +239,8 @@ def test_answers_equal_mrkd_predict_alone_and_batched(service, tmp_path):
                              headers={"Content-Type": "image/jpeg" if name.endswith(".jpg") else "image/png"})
             assert r.status_code == 200, r.text
             body = r.json()
-            assert body["model"] == "obj_disc" and body["version"] == 1 and r.headers["X-Request-ID"] == body["request_id"]
+            assert (body["model"], body["version"]) == ("obj_disc", 1)
+            assert r.headers["X-Request-ID"] == body["request_id"]
             (result,) = body["results"]
             assert result["filename"] is None
             check(result, name)
@@ -435,7 +436,8 @@ def test_killed_replicas_come_back_and_the_record_loses_at_most_the_flush_window
     # Answers the killed gateway gave since its last flush are lost: at most FLUSH_SECONDS of them
     # (their clients may read them a moment after the kill, while the proxy passes them on).
     ok = {a[2]: a[0] for a in answers}
-    df = _recorded(service, {i for i, t in ok.items() if t > killed_gateway + 2 or t < killed_gateway - FLUSH_SECONDS - 1})
+    kept = {i for i, t in ok.items() if t > killed_gateway + 2 or t < killed_gateway - FLUSH_SECONDS - 1}
+    df = _recorded(service, kept)
     lost = {i: t for i, t in ok.items() if i not in set(df.request_id)}
     window = [i for i, t in ok.items() if killed_gateway - FLUSH_SECONDS - 1 <= t <= killed_gateway + 2]
     print(f"record: {len(lost)} of {len(ok)} answered requests lost with the gateway; {len(window)} were answered "

@@ -79,5 +79,6 @@ def test_the_readme_block_runs_as_written(tmp_path):
     proxy = {ip for name, ip, port in seen if port == 8000}
     assert proxy == {"127.0.0.1"}, seen
     assert wide_listeners(seen) == [], f"listening beyond loopback: {wide_listeners(seen)}"
-    left = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("ray::ServeReplica:mrkd:model-bracket")]
+    left = [p for p in psutil.process_iter(["name"])
+            if (p.info["name"] or "").startswith("ray::ServeReplica:mrkd:model-bracket")]
     assert left == []
