@@ -35,10 +35,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mrkd_core.checkpoint import CheckpointMode  # noqa: E402
 from mrkd_core.config import MRKDConfig  # noqa: E402
 from mrkd_core.data import get_dataset  # noqa: E402
 from mrkd_core.data.synthetic import make_synthetic_mvtec  # noqa: E402
 from mrkd_core.evaluate import evaluate  # noqa: E402
+from mrkd_core.layout import task_samples  # noqa: E402
 from mrkd_core.specs import load_spec, prepare_data  # noqa: E402
 from mrkd_core.storage import ArtifactStore  # noqa: E402
 from mrkd_core.train import train  # noqa: E402
@@ -92,8 +94,8 @@ def auroc_table(spec_name: str, root: str, epochs: int | None, device: str) -> N
     print("|---|" + "---|" * (len(VARIANTS) + 2))
     deltas = []
     for task in tasks:
-        ds = get_dataset(task.dataset)
-        train_s, test_s = ds.train_samples(task.data_root, task.category), ds.test_samples(task.data_root, task.category)
+        chosen = task_samples(task)  # what the engine trains and tests this task on
+        train_s, test_s = chosen.trained, chosen.test
         cells, image, rate = [], {}, {}
         for name, change in VARIANTS.items():
             cfg = task.config.replace(device=device, progress=False, **change)
@@ -125,7 +127,7 @@ def utilisation(root: str, n_images: int, epochs: int, device: str, backbone: st
             t0 = time.perf_counter()
             # As the product trains: a checkpoint after every epoch (CheckpointWriter).
             result = train(cfg, samples, "tex_grain", checkpoints=ArtifactStore(str(Path(root) / f"ckpt-{name}")),
-                           resume=False)
+                           mode=CheckpointMode.REPLACE)
         first = t0 + result.log[0]["seconds"] if result.log else t0
         print(f"| {name} | {result.log[-1]['images_per_second']:.0f} | {sampler.median_after(first):.0f} |",
               flush=True)

@@ -63,7 +63,7 @@ from mrkd_core.registry.tables import read_history
 from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.report import MapTriple, write_report
 from mrkd_core.report_maps import read_maps
-from mrkd_core.specs import ExperimentSpec, Task, load_spec
+from mrkd_core.specs import FAILED, SKIPPED, TRAINED, ExperimentSpec, Task, TaskOutcome, load_spec
 from mrkd_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -152,15 +152,13 @@ def _outcome(task: dict[str, Any], future: PrefectFuture, logger: logging.Logger
     try:
         return future.result()  # the task's own exception when it failed, a Ray error when it never ran
     except Exception as exc:  # noqa: BLE001 - one training's failure must not hide the others'
-        key = task["key"]
         error = _failure(exc)
-        logger.error("training %s failed: %s", key, error)
-        return {"key": key, "status": "failed", "dataset": task["dataset"], "category": task["category"],
-                "variant": task["variant"], "run_dir": None, "error": error}
+        logger.error("training %s failed: %s", task["key"], error)
+        return TaskOutcome.failure(task, error).to_dict()
 
 
 def first_failure(results: list[dict[str, Any]]) -> str | None:
-    failed = [r for r in results if r["status"] == "failed"]
+    failed = [r for r in results if r["status"] == FAILED]
     if not failed:
         return None
     return f"{len(failed)} of {len(results)} trainings failed; first: {failed[0]['key']}: {failed[0]['error']}"
@@ -273,14 +271,12 @@ def benchmark(
         trained = state.result(raise_on_failure=False)
         if isinstance(trained, BaseException):  # the subflow itself crashed: no record per training
             error = _failure(trained)
-            trained = [{"key": t["key"], "status": "failed", "dataset": t["dataset"],
-                        "category": t["category"], "variant": t["variant"], "run_dir": None, "error": error}
-                       for t in pending]
+            trained = [TaskOutcome.failure(t, error).to_dict() for t in pending]
         results += trained
 
-    ok = [r for r in results if r["status"] != "failed"]
+    ok = [r for r in results if r["status"] != FAILED]
     report = run_report(rid, ok) if ok else None
-    counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "skipped", "failed")}
+    counts = {s: sum(r["status"] == s for r in results) for s in (TRAINED, SKIPPED, FAILED)}
     logger.info("run %s: %s; report %s", rid, counts, report)
     publish(rid, loaded.name, results, report)
     failure = first_failure(results)

@@ -13,7 +13,8 @@ and is never shown as a training. Inputs are ``Task.to_dict()``, outputs small r
 While a training runs, each finished epoch writes a line to the task run's log (epoch/total,
 percent, loss, images/s, ETA: console, worker log, Ray dashboard, Prefect UI) and updates
 the task run's progress artifact ``progress-<dataset>-<category>-<variant>``, on Ray
-workers too (:class:`TrainingProgress`).
+workers too (:class:`TrainingProgress`, one of the training's epoch reporters,
+:mod:`mrkd_core.progress`). Outcomes travel as ``TaskOutcome.to_dict()``.
 
 Retries are declared here, not in the library. Prefect retries an exception twice, 5 s
 apart, inside the same Ray task (the GPU stays reserved), except errors of the input
@@ -34,7 +35,6 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -48,11 +48,12 @@ from flows.download import dataset_records, ensure_dataset
 from flows.ray_runner import assigned_gpu, node_info
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id, spec_path
+from mrkd_core.checkpoint import CheckpointMode
 from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError, DataError, DeviceError, WeightsError
+from mrkd_core.progress import EpochProgress, EpochReporter, ProgressBar
 from mrkd_core.registry.tracking import RegistryOptions
-from mrkd_core.specs import Task, load_spec
-from mrkd_core.train import EpochProgress
+from mrkd_core.specs import SKIPPED, Task, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +92,16 @@ def progress_key(task: dict[str, Any]) -> str:
     return artifact_key("progress", task["dataset"], task["category"], task["variant"])
 
 
-class _LibraryEpochLine(logging.Filter):
-    """Drops ``mrkd_core.train``'s own epoch line while :class:`TrainingProgress` logs a richer one."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name == "mrkd_core.train" and "epoch %d/%d" in str(record.msg))
-
-
 class TrainingProgress:
-    """``on_epoch`` of one training: a line in the task run's log and a progress artifact.
+    """A training's epoch reporter in a flow (:class:`mrkd_core.progress.EpochReporter`): a line in the
+    task run's log and a progress artifact; it takes the place of the library's own log line.
 
     After every epoch: ``epoch 3/200 (1.5 %), loss 0.12345, 41.2 img/s, ETA 1:23:45`` through
     the task run's logger (console, worker log, Ray dashboard's task logs and the task run in
     the Prefect API, which names the training), and the task run's progress artifact
     ``progress-<dataset>-<category>-<variant>`` is set to the percent done with the same
-    text. The library's own epoch line (which names the category only) is held back while
-    this reporter is active. Reporting must never cost the training: a failed API call is
-    logged once, and the artifact is not updated again.
+    text. Reporting must never cost the training: a failed API call is logged once, and the
+    artifact is not updated again.
     """
 
     def __init__(self, task: dict[str, Any]):
@@ -115,15 +109,7 @@ class TrainingProgress:
         self.label = f"{task['category']} ({task['dataset']}, {task['variant']})"
         self.artifact_id = None
         self.broken = False
-        self._filter = _LibraryEpochLine()
         self._call(self._create)
-
-    def __enter__(self) -> TrainingProgress:
-        logging.getLogger("mrkd_core.train").addFilter(self._filter)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger("mrkd_core.train").removeFilter(self._filter)
 
     def _create(self) -> None:
         from prefect.artifacts import create_progress_artifact
@@ -140,7 +126,7 @@ class TrainingProgress:
             log.warning("progress artifact %s: %s: %s (no more progress updates for this task)",
                         self.key, type(exc).__name__, exc)
 
-    def __call__(self, p: EpochProgress) -> None:
+    def report(self, p: EpochProgress) -> None:
         text = (f"epoch {p.epoch}/{p.epochs} ({100.0 * p.fraction:.1f} %), loss {p.loss:.5f}, "
                 f"{p.images_per_second:.1f} img/s, ETA {timedelta(seconds=round(p.eta_seconds))}")
         get_run_logger().info("%s", text)
@@ -152,27 +138,27 @@ class TrainingProgress:
         if self.artifact_id is not None:
             update_progress_artifact(self.artifact_id, round(100.0 * p.fraction, 2), description=f"{self.label}: {text}")
 
-
-def _summary(task: dict[str, Any], result: dict[str, Any], started: float, where: dict[str, Any]) -> dict[str, Any]:
-    finished = time.time()
-    return {
-        "key": result["key"], "status": result["status"], "run_dir": result["run_dir"],
-        "dataset": task["dataset"], "category": task["category"], "variant": task["variant"],
-        "rows": result.get("rows", []), "resumed_from_epoch": result.get("resumed_from_epoch"),
-        "registry": result.get("registry"),
-        "started": started, "finished": finished, "seconds": round(finished - started, 3), **where,
-    }
+    def close(self) -> None:
+        pass
 
 
 def _train_evaluate(task: dict[str, Any], run_id: str, force: bool,
-                    on_epoch: Callable[[EpochProgress], None] | None = None,
+                    reporters: list[EpochReporter] | None = None,
                     registry: dict[str, Any] | None = None) -> dict[str, Any]:
-    """:func:`mrkd_core.engine.train_evaluate` of a task record: where a record becomes a ``Task`` again.
+    """:func:`mrkd_core.engine.train_evaluate` of a task record: where a record becomes a ``Task`` again,
+    and the outcome a record, stamped with where and when it ran.
 
     ``registry``: ``RegistryOptions.to_dict()`` when the run registers its results (the model loop).
     """
+    started = time.time()
+    where = node_info()
     register = RegistryOptions.from_dict(registry) if registry is not None else None
-    return train_evaluate(Task.from_dict(task), open_store(), run_id, force, on_epoch=on_epoch, register=register)
+    mode = CheckpointMode.FORCED_RUN if force else CheckpointMode.RESUME
+    outcome = train_evaluate(Task.from_dict(task), open_store(), run_id, mode, reporters=reporters,
+                             register=register)
+    finished = time.time()
+    return outcome.replace(started=started, finished=finished, seconds=round(finished - started, 3),
+                           node=where).to_dict()
 
 
 @task(
@@ -189,14 +175,11 @@ def _train_evaluate(task: dict[str, Any], run_id: str, force: bool,
 def train_one(task: dict[str, Any], run_id: str, force: bool = False,
               dataset: dict[str, Any] | None = None, registry: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train + evaluate one task (or skip it when complete); returns a small summary record."""
-    started = time.time()
-    where = node_info()
     if dataset is not None:
         ensure_dataset(dataset)
-    # Ray's GPU for this task, freed for the next task of a reused worker
-    with TrainingProgress(task) as progress, assigned_gpu():
-        result = _train_evaluate(task, run_id, force, on_epoch=progress, registry=registry)
-    summary = _summary(task, result, started, where)
+    reporters = [TrainingProgress(task), ProgressBar(bool(task["config"].get("progress", True)))]
+    with assigned_gpu():  # Ray's GPU for this task, freed for the next task of a reused worker
+        summary = _train_evaluate(task, run_id, force, reporters, registry)
     get_run_logger().info("%s %s in %.1f s", summary["status"], summary["key"], summary["seconds"])
     return summary
 
@@ -205,11 +188,9 @@ def train_one(task: dict[str, Any], run_id: str, force: bool = False,
 def record_complete(task: dict[str, Any], run_id: str, force: bool = False,
                     registry: dict[str, Any] | None = None) -> State:
     """A key that is complete already: its stored rows join this run's tables; state *Skipped*."""
-    started = time.time()
-    result = _train_evaluate(task, run_id, force, registry=registry)
-    summary = _summary(task, result, started, node_info())
-    if result["status"] == "skipped":
-        return Completed(name="Skipped", message=f"complete in {result['run_dir']}: not trained again",
+    summary = _train_evaluate(task, run_id, force, registry=registry)
+    if summary["status"] == SKIPPED:
+        return Completed(name="Skipped", message=f"complete in {summary['run_dir']}: not trained again",
                          data=summary)
     return Completed(data=summary)  # it was not complete after all (removed meanwhile): trained here
 

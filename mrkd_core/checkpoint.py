@@ -8,7 +8,7 @@ newest is corrupt; the two newest are kept (``KEEP_CHECKPOINTS``). A checkpoint 
 another config (``resume_key``) is refused; one written by another training revision
 (``mrkd_core.revision``) is discarded, and training starts over; one trained on other
 data (``mrkd_core.lineage``) is discarded the same way, or refused with one line naming
-the way out (``on_other_data``).
+the way out (:class:`CheckpointMode`, decided once per task by the engine).
 
 Where checkpoints live is the caller's choice (a store or sub-store); the engine puts
 them under ``checkpoints/<dataset>/<category>/<config_hash>/`` (docs/storage.md).
@@ -21,6 +21,7 @@ import io
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
 
 import torch
 
@@ -34,6 +35,35 @@ from mrkd_core.storage import ArtifactStore
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "mrkd-checkpoint/1"
+
+
+class CheckpointMode(Enum):
+    """What a training does with the checkpoints it finds: decided once per task (``engine.train_evaluate``).
+
+    ``RESUME`` (the flows): continue the key's shared checkpoints when they were trained on
+    this data by this training revision; otherwise discard them and start from scratch.
+    ``REFUSE_OTHER_DATA`` (``mrkd train``): the same, but checkpoints of other data stop
+    the task with one line naming ``--no-resume``. ``REPLACE`` (``mrkd train --no-resume``):
+    train from scratch into the key's shared checkpoints, replacing them. ``FORCED_RUN``
+    (a forced flow run): train from scratch into a folder of the run's own, resumed if the
+    task is retried and removed once its run directory is complete. The last two ignore
+    complete results of other runs (:attr:`forced`).
+    """
+
+    RESUME = "resume"
+    REFUSE_OTHER_DATA = "refuse-other-data"
+    REPLACE = "replace"
+    FORCED_RUN = "forced-run"
+
+    @property
+    def forced(self) -> bool:
+        """Train again even when another run holds a complete result of the key."""
+        return self in (CheckpointMode.REPLACE, CheckpointMode.FORCED_RUN)
+
+    @property
+    def resumes(self) -> bool:
+        """Whether checkpoints already in the folder are continued (else replaced)."""
+        return self is not CheckpointMode.REPLACE
 KEEP_CHECKPOINTS = 2  # the latest and one fallback in case the latest is corrupt
 _CKPT_RE = re.compile(r"epoch-(\d{4,})\.pt$")
 
@@ -169,20 +199,18 @@ def resume_key(cfg: MRKDConfig) -> dict:
 
 
 def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerprint: str | None = None,
-                           on_other_data: str = "restart") -> dict | None:
+                           mode: CheckpointMode = CheckpointMode.RESUME) -> dict | None:
     """The newest checkpoint whose sha256 matches its sidecar; corrupt ones are reported and skipped.
 
     Raises ``StorageError`` when the newest readable checkpoint belongs to another config;
     returns None when there is no usable checkpoint. One written by another training
     revision can never be continued: every checkpoint of ``store`` is discarded and None
     returned, so training starts from scratch. One trained on other data (when
-    ``train_fingerprint`` is given) is discarded the same way with
-    ``on_other_data="restart"`` (the flows: the data changed, retrain), or refused with a
-    ``StorageError`` naming the way out with ``"refuse"`` (``mrkd train``: the user may
-    have pointed at the wrong folder, and the checkpoint is still good for its own data).
+    ``train_fingerprint`` is given) is discarded the same way, or refused with a
+    ``StorageError`` naming the way out in ``CheckpointMode.REFUSE_OTHER_DATA`` (``mrkd
+    train``: the user may have pointed at the wrong folder, and the checkpoint is still
+    good for its own data).
     """
-    if on_other_data not in ("restart", "refuse"):
-        raise ValueError(f"on_other_data must be 'restart' or 'refuse', not {on_other_data!r}")
     for epoch in checkpoint_epochs(store):
         name = checkpoint_name(epoch)
         try:
@@ -216,7 +244,8 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerpr
             )
         check = (TRAINING_REVISION_KEY, TRAIN_FINGERPRINT) if train_fingerprint else (TRAINING_REVISION_KEY,)
         stale = Lineage(cfg.config_hash(), train_fingerprint or "").stale_reason(state, check)
-        if stale is not None and on_other_data == "refuse" and stored_revision(state) == TRAINING_REVISION:
+        if (stale is not None and mode is CheckpointMode.REFUSE_OTHER_DATA
+                and stored_revision(state) == TRAINING_REVISION):
             raise StorageError(f"checkpoint {store.uri(name)} was {stale}: it cannot be resumed — train from "
                                "scratch without resuming (mrkd train --no-resume; its checkpoints are replaced) "
                                "or into another output folder")
@@ -237,16 +266,17 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerpr
 
 
 def resume_training(store: ArtifactStore, cfg: MRKDConfig, model: MRKD, optimizer: torch.optim.Optimizer,
-                    train_fingerprint: str | None = None, on_other_data: str = "restart") -> tuple[int, list[float]]:
+                    train_fingerprint: str | None = None,
+                    mode: CheckpointMode = CheckpointMode.RESUME) -> tuple[int, list[float]]:
     """Load the newest usable checkpoint of ``store`` into ``model``, ``optimizer`` and torch's RNG.
 
     Returns ``(completed epochs, their losses)``; ``(0, [])`` when there is none.
-    ``train_fingerprint`` and ``on_other_data`` as in :func:`load_latest_checkpoint`.
+    ``train_fingerprint`` and ``mode`` as in :func:`load_latest_checkpoint`.
     State dicts in an earlier naming load too (``MRKD.load_state_dict``). Raises
     ``StorageError`` when the checkpoint's weights do not fit the model, or is of other
-    data with ``on_other_data="refuse"``.
+    data in ``CheckpointMode.REFUSE_OTHER_DATA``.
     """
-    state = load_latest_checkpoint(store, cfg, train_fingerprint, on_other_data)
+    state = load_latest_checkpoint(store, cfg, train_fingerprint, mode)
     if state is None:
         return 0, []
     loaded = model.load_state_dict(state["model"], strict=False)

@@ -170,6 +170,7 @@ def _json_safe(value: Any) -> Any:
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, evaluate, calibrate and store one model per category: ``engine.train_evaluate``, as the flows run it."""
+    from mrkd_core.checkpoint import CheckpointMode
     from mrkd_core.engine import train_evaluate
     from mrkd_core.layout import resolve_run_id, run_dir
     from mrkd_core.registry.tracking import RegistryOptions
@@ -193,21 +194,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.info("training %s (config %s) → %s", cat, cfg.config_hash(), store.uri(run_dir(task, run_id)))
         # Refuse, rather than discard, checkpoints of the key trained on other images: the
         # user may have pointed at the wrong folder (mrkd_core.lineage; --no-resume replaces them).
-        result = train_evaluate(task, store, run_id, force=not args.resume, evaluate=args.evaluate,
-                                on_other_data="refuse", register=register)
-        done = result["run_dir"]
+        mode = CheckpointMode.REFUSE_OTHER_DATA if args.resume else CheckpointMode.REPLACE
+        result = train_evaluate(task, store, run_id, mode, evaluate=args.evaluate, register=register)
+        done = result.run_dir
         info = store.read_json(f"{done}/train.json")
-        main = result["rows"][0] if result["rows"] else {}  # the config's own fusion comes first
+        main = result.rows[0] if result.rows else {}  # the config's own fusion comes first
         models[cat] = {
-            "status": result["status"], "model": store.uri(f"{done}/model.pt"), "run_dir": store.uri(done),
+            "status": result.status, "model": store.uri(f"{done}/model.pt"), "run_dir": store.uri(done),
             "final_loss": info["epoch_losses"][-1] if info.get("epoch_losses") else None,
             "train_seconds": round(float(info.get("train_seconds") or 0.0), 2),
             "metrics": {m: main.get(m) for m in METRIC_COLUMNS} if main else None,
-            "calibration": result.get("calibration"),
+            "calibration": result.calibration,
         }
-        if result.get("registry"):
-            models[cat]["registry"] = result["registry"]
-        log.info("%s: %s model %s (score images with: mrkd predict %s IMAGES)", cat, result["status"],
+        if result.registry:
+            models[cat]["registry"] = result.registry
+        log.info("%s: %s model %s (score images with: mrkd predict %s IMAGES)", cat, result.status,
                  models[cat]["model"], models[cat]["model"])
     _out(json.dumps({"run_id": run_id, "store": store.uri(), "models": models}, indent=2))
     return 0
@@ -216,15 +217,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the newest stored model of each category on a test split; JSON + CSV under ``evaluations/``."""
     from mrkd_core.data.fingerprint import fingerprint_samples
-    from mrkd_core.data.subsample import subsample_test
-    from mrkd_core.device import place_model, resolve_device
-    from mrkd_core.evaluate import evaluate
     from mrkd_core.inference.calibration import verdict_columns
-    from mrkd_core.layout import EVALUATIONS, evaluation_dir, find_models, resolve_run_id
+    from mrkd_core.layout import EVALUATIONS, evaluation_dir, find_models, resolve_run_id, task_samples
     from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage
-    from mrkd_core.model_io import load_model_file
-    from mrkd_core.revision import EVALUATION_REVISION
+    from mrkd_core.model_io import evaluate_stored_model
     from mrkd_core.results import METRIC_COLUMNS, metrics_rows, score_rows, utcnow
+    from mrkd_core.revision import EVALUATION_REVISION
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
 
@@ -244,8 +242,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cats = _categories(ds, root, args.category or sorted(newest))
     out = ArtifactStore(args.output) if args.output else models
     evaluation_id = resolve_run_id(args.evaluation_id, "evaluate")
-    overrides = {k: getattr(args, k) for k in ("device", "num_workers", "flm_at_test", "eval_batch_size")
-                 if getattr(args, k, None) is not None}
+    runtime = {k: getattr(args, k) for k in ("device", "num_workers", "eval_batch_size")
+               if getattr(args, k, None) is not None}
     per_cat: dict[str, dict] = {}
     absent: dict[str, dict[str, str]] = {}
     for cat in cats:
@@ -253,14 +251,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if stored is None:
             raise DataError(f"--models {models.uri()}: no trained model for {args.dataset}/{cat} — "
                             f"train category {cat!r} first")
-        loaded = load_model_file(models, stored.model)
-        model, cfg = loaded.model, loaded.config
-        cfg = cfg.replace(progress=False, **overrides)
-        place_model(model, cfg, resolve_device(cfg.device))
-        samples = subsample_test(ds.test_samples(str(root), cat), cfg.test_subsample)  # the model's own test subset
+        variant = stored.manifest.get("variant", CLI_VARIANT)
         started = utcnow()
-        result = evaluate(model, cfg, samples)
-        task = Task(args.dataset, cat, stored.manifest.get("variant", CLI_VARIANT), cfg, str(root))
+        # The model's own test split (subsampled as its config says): the rule of layout.task_samples.
+        loaded, samples, result = evaluate_stored_model(
+            models, stored.model, runtime=runtime, flm_at_test=args.flm_at_test,
+            samples=lambda record: task_samples(Task(args.dataset, cat, variant, record.config, str(root)),
+                                                train=False).test)
+        cfg = loaded.config
+        task = Task(args.dataset, cat, variant, cfg, str(root))
         training = models.read_json(f"{stored.run_dir}/train.json")
         # What the model was trained on (its manifest; None for a model of before fingerprints),
         # this test split, and the code that scored it.

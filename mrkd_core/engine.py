@@ -17,19 +17,19 @@ A complete result is reused only if it was computed from the same inputs
 trained on, after the ``validation_fraction`` hold-out), test data (fingerprint), training
 revision and evaluation revision (``layout.task_inputs``). Otherwise the key is
 trained again, and the old run directory stays as history. The key's checkpoints are
-keyed the same way: ones trained on other data are discarded (``on_other_data=
-"restart"``, the flows: the data changed, retrain) or refused with one line naming
-``--no-resume`` (``"refuse"``, ``mrkd train``: the user may have pointed at the wrong
-folder, and the checkpoints are still good for their own data).
+keyed the same way: ones trained on other data are discarded (``CheckpointMode.
+RESUME``, the flows: the data changed, retrain) or refused with one line naming
+``--no-resume`` (``REFUSE_OTHER_DATA``, ``mrkd train``: the user may have pointed at the
+wrong folder, and the checkpoints are still good for their own data).
 
-``force`` means "train this key again, from scratch, in this run" (e.g. the nightly
+A forced mode means "train this key again, from scratch, in this run" (e.g. the nightly
 retraining that catches regressions in the code, or ``mrkd train --no-resume``):
 complete results of *other* runs and the key's shared checkpoints are ignored. A forced
-flow task's checkpoints go to a folder of its own (``checkpoints/<key>/forced/<run_id>/``),
-so a forced task that dies still resumes on retry, and are deleted once the run
-directory is complete; the key's shared checkpoints are left for later extension.
-``mrkd train --no-resume`` (force with ``on_other_data="refuse"``) is the way out of the
-refusal above, so it replaces the key's shared checkpoints instead: it trains from
+flow task (``FORCED_RUN``) keeps its checkpoints in a folder of its own
+(``checkpoints/<key>/forced/<run_id>/``), so a forced task that dies still resumes on
+retry, and deletes them once the run directory is complete; the key's shared checkpoints
+are left for later extension. ``mrkd train --no-resume`` (``REPLACE``) is the way out of
+the refusal above, so it replaces the key's shared checkpoints instead: it trains from
 scratch into them (discarded once the training images have decoded), and a later
 ``mrkd train`` resumes this training, not the refused one. A complete result of the
 *same* run still counts, so retrying a forced flow run does not redo finished keys.
@@ -46,24 +46,25 @@ run's ``history`` row; a trained result is registered while the key's claim is s
 
 Written here (the layout of ``mrkd_core.layout``, docs/storage.md): ``checkpoints/<key>/``,
 ``claims/<key>.json`` while training, ``runs/<run_id>/<key>/`` (``config.json model.pt
-metrics.parquet scores.parquet maps.npz train.json`` and ``manifest.json`` last) and the
-``tables/`` partitions.
+metrics.parquet scores.parquet maps.npz train.json`` and ``manifest.json`` last:
+``layout.write_run_directory``) and the ``tables/`` partitions. What became of the task
+is one :class:`~mrkd_core.specs.TaskOutcome`.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Sequence
 
 import pandas as pd
 
+from mrkd_core.checkpoint import CheckpointMode
 from mrkd_core.claims import KeyClaim
-from mrkd_core.data import Sample
 from mrkd_core.evaluate import evaluate
 from mrkd_core.inference.calibration import calibrate_after_training, verdict_columns
 from mrkd_core.layout import (
+    TaskInputs,
     check_no_collision,
     checkpoint_dir,
     find_complete,
@@ -71,10 +72,12 @@ from mrkd_core.layout import (
     run_dir,
     table_name,
     task_inputs,
+    write_run_directory,
 )
-from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage
-from mrkd_core.model_io import save_model
+from mrkd_core.lineage import TRAIN_FINGERPRINT
+from mrkd_core.model_io import model_bytes
 from mrkd_core.partitioned import METRICS_TABLE, SCORES_TABLE, check_run_id, conform
+from mrkd_core.progress import EpochReporter
 from mrkd_core.registry.tracking import RegistryOptions, track
 from mrkd_core.report_maps import maps_npz
 from mrkd_core.results import (
@@ -87,53 +90,49 @@ from mrkd_core.results import (
     score_rows,
     summary_rows,
     utcnow,
-    write_manifest,
 )
-from mrkd_core.specs import Task
-from mrkd_core.storage import ArtifactStore
-from mrkd_core.train import EpochProgress, train
+from mrkd_core.specs import SKIPPED, TRAINED, Task, TaskOutcome
+from mrkd_core.storage import ArtifactStore, json_bytes
+from mrkd_core.train import train
 
 log = logging.getLogger(__name__)
 
 __all__ = ["train_evaluate"]
 
+
 # --------------------------------------------------------------------------- the one path
-def train_evaluate(task: Task, store: ArtifactStore, run_id: str, force: bool = False, *, evaluate: bool = True,
-                   on_epoch: Callable[[EpochProgress], None] | None = None,
-                   on_other_data: str = "restart", register: RegistryOptions | None = None) -> dict[str, Any]:
+def train_evaluate(task: Task, store: ArtifactStore, run_id: str, mode: CheckpointMode = CheckpointMode.RESUME, *,
+                   evaluate: bool = True, reporters: Sequence[EpochReporter] | None = None,
+                   register: RegistryOptions | None = None) -> TaskOutcome:
     """Train, evaluate and store one task; skip it when its key is already complete for the same inputs.
 
-    Returns a JSON-safe record: ``{"key", "status": "trained"|"skipped", "run_dir",
-    "rows": [summary rows per fused scale set], "evaluated": bool}`` plus
-    ``"resumed_from_epoch"`` when it trained. ``on_epoch`` is passed to :func:`train`
-    (progress reports). ``on_other_data``: ``"restart"`` or ``"refuse"`` for checkpoints
-    of the key trained on other data (module docstring). While it trains, the task holds
-    the key's claim (``mrkd_core.claims``): a concurrent call for the same key waits,
-    then skips the key its holder completed. With ``register`` the evaluated result,
-    trained or reused, is tracked in the model registry (``mrkd_core.registry.tracking.
-    track``: a version, the promotion decision, the run's history row), reported under
-    ``"registry"``. Raises ``ConfigError`` for a run id that
-    cannot name a folder, ``DataError`` for bad input, ``StorageError`` for a config-hash
-    collision, a lost claim or a refused checkpoint; nothing stored before is changed
-    either way.
+    ``mode`` (:class:`~mrkd_core.checkpoint.CheckpointMode`, decided once by the caller: the
+    CLI's ``--no-resume``, the flows' ``force``) says what the key's checkpoints and the
+    complete results of other runs count for (module docstring). ``reporters`` receive each
+    finished epoch (:func:`mrkd_core.train.train`). While it trains, the task holds the
+    key's claim (``mrkd_core.claims``): a concurrent call for the same key waits, then
+    skips the key its holder completed. With ``register`` the evaluated result, trained or
+    reused, is tracked in the model registry (``mrkd_core.registry.tracking.track``: a
+    version, the promotion decision, the run's history row), reported in
+    ``TaskOutcome.registry``. Raises ``ConfigError`` for a run id that cannot name a
+    folder, ``DataError`` for bad input, ``StorageError`` for a config-hash collision, a
+    lost claim or a refused checkpoint; nothing stored before is changed either way.
     """
     check_run_id(run_id)
-    lineage, train_samples, test_samples = task_inputs(task, evaluate)
-    forced_run = run_id if force else None
-    done = find_complete(store, task, forced_run, evaluated=evaluate, lineage=lineage)
-    if done is not None:
-        return _skip(task, store, run_id, done, register, lineage, test_samples)
-    with KeyClaim(store, task.key, run_id) as claim:
-        # The holder we waited for may have finished it.
-        done = find_complete(store, task, forced_run, evaluated=evaluate, lineage=lineage)
-        if done is not None:
-            return _skip(task, store, run_id, done, register, lineage, test_samples)
-        return _train_and_store(task, store, run_id, force, evaluate, claim, on_epoch, on_other_data,
-                                lineage, train_samples, test_samples, register)
+    inputs = task_inputs(task, evaluate)
+    forced_run = run_id if mode.forced else None
+    done = find_complete(store, task, forced_run, evaluated=evaluate, lineage=inputs.lineage)
+    if done is None:
+        with KeyClaim(store, task.key, run_id) as claim:
+            # The holder we waited for may have finished it.
+            done = find_complete(store, task, forced_run, evaluated=evaluate, lineage=inputs.lineage)
+            if done is None:
+                return _train_and_store(task, store, run_id, mode, evaluate, claim, reporters, inputs, register)
+    return _skip(task, store, run_id, done, register, inputs)
 
 
 def _skip(task: Task, store: ArtifactStore, run_id: str, done: str, register: RegistryOptions | None,
-          lineage: Lineage, test_samples: list[Sample]) -> dict[str, Any]:
+          inputs: TaskInputs) -> TaskOutcome:
     manifest = store.read_json(f"{done}/{MANIFEST}")
     rows: list[dict] = []
     tracked = None
@@ -147,87 +146,76 @@ def _skip(task: Task, store: ArtifactStore, run_id: str, done: str, register: Re
         _write_tables(store, task, run_id, metrics, scores, done)
         rows = summary_rows(metrics, run_id)
         if register is not None:
-            tracked = track(store, task, run_id, done, metrics.iloc[0].to_dict(), lineage, test_samples, register,
-                            "skipped")
+            tracked = track(store, task, run_id, done, metrics.iloc[0].to_dict(), inputs.lineage,
+                            inputs.samples.test, register, SKIPPED)
     log.info("skip %s: complete in %s", task.key, store.uri(done))
-    return {"key": task.key, "status": "skipped", "run_dir": done, "rows": rows, "evaluated": is_evaluated(manifest),
-            **({"registry": tracked} if tracked else {})}
+    return TaskOutcome.of(task, SKIPPED, run_dir=done, rows=tuple(rows), evaluated=is_evaluated(manifest),
+                          registry=tracked)
 
 
-def _train_and_store(task: Task, store: ArtifactStore, run_id: str, force: bool, evaluate_test: bool,
-                     claim: KeyClaim, on_epoch: Callable[[EpochProgress], None] | None, on_other_data: str,
-                     lineage: Lineage, train_samples: list[Sample], test_samples: list[Sample],
-                     register: RegistryOptions | None = None) -> dict[str, Any]:
+def _train_and_store(task: Task, store: ArtifactStore, run_id: str, mode: CheckpointMode, evaluate_test: bool,
+                     claim: KeyClaim, reporters: Sequence[EpochReporter] | None, inputs: TaskInputs,
+                     register: RegistryOptions | None) -> TaskOutcome:
     # The test split was listed (and fingerprinted) before training by task_inputs, so
     # that a bad test split fails in seconds, not after it.
-    cfg = task.config
+    cfg, lineage, samples = task.config, inputs.lineage, inputs.samples
     directory = run_dir(task, run_id)
     check_no_collision(store, task, directory)
     started = utcnow()
-    # `mrkd train --no-resume` replaces the key's own checkpoints; a forced flow task uses its own folder.
-    replace_checkpoints = force and on_other_data == "refuse"
-    ckpt_dir = checkpoint_dir(task, run_id, force and not replace_checkpoints)
-    result = train(cfg, train_samples, task.category, checkpoints=store.sub(ckpt_dir),
-                   resume=not replace_checkpoints, on_epoch=on_epoch,
-                   train_fingerprint=lineage.train_fingerprint, on_other_data=on_other_data)
-    ev = (evaluate(result.model, cfg, test_samples, keep_maps=True, scale_sets=list(task.scale_sets) or None)
+    ckpt_dir = checkpoint_dir(task, run_id if mode is CheckpointMode.FORCED_RUN else None)
+    result = train(cfg, samples.trained, task.category, checkpoints=store.sub(ckpt_dir), mode=mode,
+                   reporters=reporters, train_fingerprint=lineage.train_fingerprint)
+    ev = (evaluate(result.model, cfg, samples.test, keep_maps=True, scale_sets=list(task.scale_sets) or None)
           if evaluate_test else None)
-    # Policy auto (docs/inference.md): the false-alarm rate on held-out train/good when
+    # Policy auto (docs/inference.md): the false-alarm rate on the held-out train/good when
     # validation_fraction holds images out, else F1 on the test split reusing these maps
     # (the calibration records that it was chosen there); None, with a warning, when
     # there is nothing to calibrate on.
-    calibration = calibrate_after_training(result.model, cfg, train_samples, test_samples, task.category,
+    calibration = calibrate_after_training(result.model, cfg, samples.held_out, samples.test, task.category,
                                            evaluation=ev)
     cal_dict = calibration.to_dict() if calibration is not None else None
     finished = utcnow()
     training = {"n_train": result.n_train, "train_seconds": result.train_seconds,
                 "images_per_second": result.images_per_second, "device": result.device}
 
-    files: dict[str, bytes] = {}
+    provenance = {"dataset": task.dataset, "category": task.category, "run_id": run_id,
+                  "data_root": task.data_root, TRAIN_FINGERPRINT: lineage.train_fingerprint}
+    files: dict[str, bytes] = {
+        "config.json": json_bytes(cfg.to_dict()),
+        "model.pt": model_bytes(result.model, cfg, extra=provenance, calibration=cal_dict),
+    }
     rows: list[dict] = []
     scores: list[dict] = []
     if ev is not None:
         rows = metrics_rows(task, run_id, ev, training, started, finished, lineage)
         scores = score_rows(task, run_id, ev, verdict_columns(cal_dict, [s["score"] for s in ev.scores]))
-        files = {"metrics.parquet": parquet_bytes(rows, METRICS_SCHEMA),
-                 "scores.parquet": parquet_bytes(scores, SCORES_SCHEMA),
-                 "maps.npz": maps_npz(ev, cfg.image_size)}
-    claim.check()  # a task whose claim was taken over writes nothing
-    # A manifest here is stale (find_complete rejected it): drop it before rewriting the
-    # files it lists, so that no reader takes the directory for complete meanwhile.
-    store.remove(f"{directory}/{MANIFEST}")
-    store.write_json(f"{directory}/config.json", cfg.to_dict())
-    save_model(result.model, cfg, store, f"{directory}/model.pt",
-               extra={"dataset": task.dataset, "category": task.category, "run_id": run_id,
-                      "data_root": task.data_root, TRAIN_FINGERPRINT: lineage.train_fingerprint},
-               calibration=cal_dict)
-    for name, data in files.items():
-        store.write_bytes(f"{directory}/{name}", data)
-    store.write_json(f"{directory}/train.json", {
+        files["metrics.parquet"] = parquet_bytes(rows, METRICS_SCHEMA)
+        files["scores.parquet"] = parquet_bytes(scores, SCORES_SCHEMA)
+        files["maps.npz"] = maps_npz(ev, cfg.image_size)
+    files["train.json"] = json_bytes({
         **training, "epoch_losses": result.epoch_losses, "log": result.log,
         "resumed_from_epoch": result.resumed_from_epoch, "eval_seconds": ev.seconds if ev is not None else None,
         "host": platform.node(), "data_root": task.data_root, TRAIN_FINGERPRINT: lineage.train_fingerprint,
     })
-    claim.check()
-    write_manifest(store, directory, ["model.pt", *files, "config.json", "train.json"],
-                   extra={"key": task.key, "run_id": run_id, "variant": task.variant, **lineage.record()})
+    claim.check()  # a task whose claim was taken over writes nothing
+    write_run_directory(store, directory, files, {"key": task.key, "run_id": run_id, "variant": task.variant,
+                                                  **lineage.record()}, before_commit=claim.check)
     tracked = None
     if ev is not None:
         _write_tables(store, task, run_id, pd.DataFrame(rows), pd.DataFrame(scores), directory)
         if register is not None:  # still under the key's claim: a concurrent trainer of it waits, then skips
-            tracked = track(store, task, run_id, directory, rows[0], lineage, test_samples, register, "trained")
-    if force and not replace_checkpoints:
+            tracked = track(store, task, run_id, directory, rows[0], lineage, samples.test, register, TRAINED)
+    if mode is CheckpointMode.FORCED_RUN:
         # Only a crash of this run needed them; the run directory now holds model.pt.
         store.remove(ckpt_dir, recursive=True)
     if ev is not None:
         log.info("done %s: %s", task.key, {k: round(v, 4) for k, v in ev.metrics.items() if v == v})
     else:
         log.info("done %s (not evaluated): %s", task.key, store.uri(f"{directory}/model.pt"))
-    return {"key": task.key, "status": "trained", "run_dir": directory,
-            "rows": summary_rows(pd.DataFrame(rows), run_id) if rows else [], "evaluated": ev is not None,
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "calibration": calibration.summary() if calibration is not None else None,
-            **({"registry": tracked} if tracked else {})}
+    return TaskOutcome.of(task, TRAINED, run_dir=directory,
+                          rows=tuple(summary_rows(pd.DataFrame(rows), run_id)) if rows else (),
+                          evaluated=ev is not None, resumed_from_epoch=result.resumed_from_epoch,
+                          calibration=calibration.summary() if calibration is not None else None, registry=tracked)
 
 
 def _write_tables(store: ArtifactStore, task: Task, run_id: str, metrics: pd.DataFrame, scores: pd.DataFrame,

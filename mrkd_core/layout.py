@@ -7,6 +7,7 @@ Every path of the engine, the CLI and the flows is derived here from ``Task.key`
                                   train.json manifest.json (written last)
     checkpoints/<key>/            epoch-NNNN.pt (+ .sha256.json), shared by the key's runs
     checkpoints/<key>/forced/<run_id>/   a forced run's own checkpoints (removed when done)
+                                  (which folder a task uses: checkpoint.CheckpointMode)
     claims/<key>.json             while a process trains the key (mrkd_core.claims)
     evaluations/<run_id>/<key>/   metrics.json scores.csv of ``mrkd evaluate``
     tables/{metrics,scores}/dataset=<d>/run_id=<r>/<table_name>   (mrkd_core.results)
@@ -22,8 +23,10 @@ directory stays as history. Nothing here trains or imports torch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from mrkd_core.data import Sample, get_dataset
 from mrkd_core.data.fingerprint import HashCache, fingerprint_samples
@@ -32,7 +35,7 @@ from mrkd_core.data.subsample import subsample_test, subsample_train
 from mrkd_core.errors import ConfigError, StorageError
 from mrkd_core.lineage import Lineage
 from mrkd_core.partitioned import check_run_id
-from mrkd_core.results import MANIFEST, is_complete
+from mrkd_core.results import MANIFEST, is_complete, write_manifest
 from mrkd_core.revision import EVALUATION_REVISION, TRAINING_REVISION, stored_revision
 from mrkd_core.specs import Task
 from mrkd_core.storage import ArtifactStore
@@ -77,9 +80,9 @@ def evaluation_dir(task: Task, run_id: str) -> str:
     return f"{EVALUATIONS}/{run_id}/{task.key}"
 
 
-def checkpoint_dir(task: Task, run_id: str, force: bool = False) -> str:
-    """``checkpoints/<key>``, shared by every run of the key; a forced run's own ``…/forced/<run_id>``."""
-    return f"checkpoints/{task.key}" + (f"/forced/{run_id}" if force else "")
+def checkpoint_dir(task: Task, forced_run: str | None = None) -> str:
+    """``checkpoints/<key>``, shared by every run of the key; a forced run's own ``…/forced/<forced_run>``."""
+    return f"checkpoints/{task.key}" + (f"/forced/{forced_run}" if forced_run is not None else "")
 
 
 def table_name(task: Task) -> str:
@@ -109,34 +112,65 @@ def is_evaluated(manifest: dict) -> bool:
     return "metrics.parquet" in manifest.get("files", {})
 
 
-def task_inputs(task: Task, evaluated: bool = True) -> tuple[Lineage, list[Sample], list[Sample]]:
-    """The task's training and test splits and the :class:`Lineage` they make with its config.
+@dataclass(frozen=True)
+class TaskSamples:
+    """The images one task sees, decided in one place (:func:`task_samples`).
 
-    The training fingerprint covers the images trained on: train/good less the
-    ``validation_fraction`` held out for calibration (``data.holdout``); the returned
-    ``train_samples`` are all of train/good (``train`` and the calibration split them the
-    same way). The lineage names this code's evaluation revision (every stored result is
-    scored or calibrated by it). Both splits are fingerprinted with one hash cache of the dataset root (only files
-    whose size or mtime changed are read). ``evaluated=False`` (a run that does not
-    evaluate; its dataset may have no test split) lists no test split: the lineage then
-    names no test data and the test list is empty. Raises ``DataError`` for unreadable data.
+    ``trained``: train/good (subsampled when the config says so) less ``held_out``, the
+    ``validation_fraction`` kept for calibration (``data.holdout``); ``test``: the test
+    split (subsampled likewise; empty for a task that does not evaluate).
+    """
+
+    trained: tuple[Sample, ...]
+    held_out: tuple[Sample, ...]
+    test: tuple[Sample, ...]
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """:class:`TaskSamples` and the :class:`Lineage` they make with the task's config (:func:`task_inputs`)."""
+
+    lineage: Lineage
+    samples: TaskSamples
+
+
+def task_samples(task: Task, evaluated: bool = True, train: bool = True) -> TaskSamples:
+    """What ``task`` trains on, holds out and is tested on: the one rule (training, calibration,
+    ``mrkd evaluate`` and ``mrkd calibrate`` take what it decides and split nothing).
+
+    A declared subsample (config ``train_subsample``/``test_subsample``, ``data.subsample``)
+    is the data of the task. ``evaluated=False`` (a run that does not evaluate; its dataset
+    may have no test split) lists no test split; ``train=False`` (evaluating a stored model)
+    no training split. Raises ``DataError`` for unreadable data.
     """
     cfg = task.config
     ds = get_dataset(task.dataset)
-    # A declared subsample (config train_subsample/test_subsample, data.subsample) is the
-    # data of this task: trained on, evaluated on and fingerprinted.
-    train_samples = subsample_train(ds.train_samples(task.data_root, task.category), cfg.train_subsample)
-    test_samples = (subsample_test(ds.test_samples(task.data_root, task.category), cfg.test_subsample)
-                    if evaluated else [])
-    # What training sees: train/good less the validation_fraction held out for calibration
-    # (the same split ``train`` makes; all of it at the paper's fraction 0).
-    trained = holdout_split(train_samples, cfg.validation_fraction, cfg.seed)[0]
+    trained: list[Sample] = []
+    held_out: list[Sample] = []
+    if train:
+        train_good = subsample_train(ds.train_samples(task.data_root, task.category), cfg.train_subsample)
+        trained, held_out = holdout_split(train_good, cfg.validation_fraction, cfg.seed)
+    test = (subsample_test(ds.test_samples(task.data_root, task.category), cfg.test_subsample)
+            if evaluated else [])
+    return TaskSamples(tuple(trained), tuple(held_out), tuple(test))
+
+
+def task_inputs(task: Task, evaluated: bool = True) -> TaskInputs:
+    """The task's samples (:func:`task_samples`) and their :class:`Lineage`.
+
+    The training fingerprint covers the images trained on, the test fingerprint the test
+    split; the lineage names this code's evaluation revision (every stored result is
+    scored or calibrated by it). Both are fingerprinted with one hash cache of the dataset
+    root (only files whose size or mtime changed are read). Without a test split
+    (``evaluated=False``) the lineage names no test data.
+    """
+    samples = task_samples(task, evaluated)
     cache = HashCache(task.data_root)
-    lineage = Lineage(cfg.config_hash(), fingerprint_samples(trained, task.data_root, cache).digest,
-                      fingerprint_samples(test_samples, task.data_root, cache).digest if evaluated else None,
+    lineage = Lineage(task.config.config_hash(), fingerprint_samples(samples.trained, task.data_root, cache).digest,
+                      fingerprint_samples(samples.test, task.data_root, cache).digest if evaluated else None,
                       evaluation_revision=EVALUATION_REVISION)
     cache.save()
-    return lineage, train_samples, test_samples
+    return TaskInputs(lineage, samples)
 
 
 def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None, evaluated: bool = True,
@@ -163,13 +197,30 @@ def find_complete(store: ArtifactStore, task: Task, run_id: str | None = None, e
         check_no_collision(store, task, d)
         if evaluated and not is_evaluated(manifest):
             continue
-        lineage = lineage or task_inputs(task, evaluated)[0]
+        lineage = lineage or task_inputs(task, evaluated).lineage
         stale = lineage.stale_reason(manifest)
         if stale is not None:
             log.info("not reusing %s: %s", store.uri(d), stale)
             continue
         return d
     return None
+
+
+def write_run_directory(store: ArtifactStore, directory: str, files: Mapping[str, bytes], manifest: Mapping[str, Any],
+                        before_commit: Callable[[], None] = lambda: None) -> None:
+    """The run-directory contract: a result becomes visible only complete.
+
+    A manifest already there is stale (``find_complete`` rejected it) and goes first, so
+    that no reader takes the directory for complete while its files are rewritten; then
+    every file of ``files`` (name → bytes, in order); then ``before_commit`` (the engine
+    checks that it still holds the key's claim); then ``manifest.json``, listing every file
+    with its size and sha256 plus ``manifest``'s entries, last.
+    """
+    store.remove(f"{directory}/{MANIFEST}")
+    for name, data in files.items():
+        store.write_bytes(f"{directory}/{name}", data)
+    before_commit()
+    write_manifest(store, directory, list(files), extra=dict(manifest))
 
 
 def check_no_collision(store: ArtifactStore, task: Task, directory: str) -> None:

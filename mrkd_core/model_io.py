@@ -8,6 +8,11 @@ reads it, and nothing in it can execute code.
 It may also hold a calibration (``mrkd_core.inference.calibration``: thresholds, their
 normalisation and how they were obtained) as a plain dict; recalibrating rewrites the
 file with the new one and keeps the previous ones in ``calibration_history``.
+
+One loader (:func:`load_model_file`: the record, or the network built, loaded and placed
+with a command's runtime overrides) and one "evaluate a stored model"
+(:func:`evaluate_stored_model`: what ``mrkd evaluate``, the registry's champion
+re-evaluation and ``mrkd calibrate`` run).
 """
 
 from __future__ import annotations
@@ -15,14 +20,17 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from mrkd_core.config import MRKDConfig
-from mrkd_core.device import place_model
-from mrkd_core.errors import MRKDError, StorageError, unpickle_error
+from mrkd_core.config import RUNTIME_FIELDS, MRKDConfig
+from mrkd_core.data.base import Sample
+from mrkd_core.device import place_model, resolve_device
+from mrkd_core.errors import ConfigError, MRKDError, StorageError, unpickle_error
+from mrkd_core.evaluate import EvalResult, evaluate
 from mrkd_core.model import MRKD, build_mrkd
 from mrkd_core.results import update_manifest_entry
 from mrkd_core.revision import TRAINING_REVISION, stored_revision
@@ -100,20 +108,28 @@ def _model_file(state: dict, source: str) -> ModelFile:
     )
 
 
-def load_model_bytes(data: bytes, source: str, device: str | torch.device = "cpu") -> tuple[MRKD, MRKDConfig]:
-    """(model in eval mode on ``device``, its config) from a model file's bytes; ``MRKDError`` naming ``source``.
+def load_model_file(location: str | ArtifactStore, rel_path: str | None = None, *,
+                    runtime: Mapping[str, Any] | None = None, build: bool = True) -> ModelFile:
+    """The model file at a path/URI (or ``rel_path`` inside a store): the one loader.
 
-    State dicts in an earlier naming load too (``bottleneck.*`` → ``ocbe.*``, ``MRKD.load_state_dict``).
+    ``build=False`` reads config, calibration and records only (no weights built).
+    Otherwise the config is the stored one with ``runtime`` applied (fields of
+    ``config.RUNTIME_FIELDS`` only, e.g. ``{"device": "cuda", "eval_batch_size": 4}``: they
+    change where and how fast, never what is computed) and progress bars off; the network is
+    built, loaded in eval mode and placed on that config's device in its memory layout.
+    State dicts in an earlier naming load too (``bottleneck.*`` → ``ocbe.*``,
+    ``MRKD.load_state_dict``). Raises ``MRKDError`` naming the file when it is missing or
+    not a model file, ``ConfigError`` for an override that is not a runtime field.
     """
-    loaded = load_model_file_bytes(data, source, device)
-    return loaded.model, loaded.config
-
-
-def load_model_file_bytes(data: bytes, source: str, device: str | torch.device = "cpu",
-                          build: bool = True) -> ModelFile:
-    """The model file in ``data``; ``build=False`` reads config, calibration and records only."""
+    data, source = _model_file_data(location, rel_path)
     state = _read_state(data, source)
     record = _model_file(state, source)
+    overrides = dict(runtime or {})
+    not_runtime = sorted(set(overrides) - RUNTIME_FIELDS)
+    if not_runtime:
+        raise ConfigError(f"{source}: {not_runtime} change what the model computes; only runtime fields "
+                          f"({', '.join(sorted(RUNTIME_FIELDS))}) can be set when loading it")
+    record.config = record.config.replace(**overrides).replace(progress=False)
     if not build:
         return record
     cfg = record.config
@@ -123,22 +139,27 @@ def load_model_file_bytes(data: bytes, source: str, device: str | torch.device =
         model.load_state_dict(state["state_dict"], strict=True)
     except RuntimeError as exc:
         raise MRKDError(f"{source}: weights do not match the {cfg.backbone} architecture ({exc})") from None
-    record.model = place_model(model, cfg, torch.device(device)).eval()
+    record.model = place_model(model, cfg, resolve_device(cfg.device)).eval()
     return record
 
 
-def load_model(location: str | ArtifactStore, rel_path: str | None = None,
-               device: str | torch.device = "cpu") -> tuple[MRKD, MRKDConfig]:
-    """Load a model from a path/URI, or from ``rel_path`` inside a store."""
-    loaded = load_model_file(location, rel_path, device)
-    return loaded.model, loaded.config
+def evaluate_stored_model(location: str | ArtifactStore, rel_path: str | None = None, *,
+                          samples: Callable[[ModelFile], Sequence[Sample]],
+                          runtime: Mapping[str, Any] | None = None, flm_at_test: bool | None = None,
+                          keep_maps: bool = False, metrics: bool = True) -> tuple[ModelFile, list[Sample], EvalResult]:
+    """Load a stored model (:func:`load_model_file` with ``runtime``) and evaluate it (Eq. 5-6 and metrics).
 
-
-def load_model_file(location: str | ArtifactStore, rel_path: str | None = None,
-                    device: str | torch.device = "cpu", build: bool = True) -> ModelFile:
-    """Network, config and calibration of a model file (path/URI, or ``rel_path`` in a store)."""
-    data, source = _model_file_data(location, rel_path)
-    return load_model_file_bytes(data, source, device, build=build)
+    ``samples`` chooses the images from the loaded file (its config and records: a test
+    split subsampled as the model's config says, the calibration images of its dataset).
+    ``flm_at_test`` overrides the test-time FLM of Sec. 3.4 (``mrkd evaluate
+    --no-flm-at-test``); ``keep_maps``/``metrics`` as in :func:`mrkd_core.evaluate.evaluate`.
+    Returns the loaded file (its config as evaluated), the samples and the evaluation.
+    """
+    record = load_model_file(location, rel_path, runtime=runtime)
+    if flm_at_test is not None:
+        record.config = record.config.replace(flm_at_test=flm_at_test)
+    chosen = list(samples(record))
+    return record, chosen, evaluate(record.model, record.config, chosen, keep_maps=keep_maps, metrics=metrics)
 
 
 def write_calibration(location: str, calibration: dict[str, Any]) -> str:

@@ -132,6 +132,74 @@ class Task:
         )
 
 
+# A task's outcome (TaskOutcome.status).
+TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What became of one task: the one record the engine returns and the flows pass on.
+
+    ``status``: ``trained`` (trained here, or resumed and finished), ``skipped`` (its key
+    was complete for the same inputs) or ``failed`` (:meth:`failure`: ``error`` says why,
+    ``Type: first line``). ``run_dir``: the run directory holding the result, relative to
+    the store (a skipped task's is the run that trained it). ``rows``: its summary rows,
+    one per fused scale set, the config's own fusion first (``results.summary_rows``).
+    ``resumed_from_epoch``: completed epochs taken from a checkpoint (trained tasks).
+    ``calibration``: the calibration's one-line summary (None: uncalibrated or not trained
+    here). ``registry``: what the model registry decided (``registry.tracking.track``) when
+    the run registers results. The flows add where and when it ran (``started``,
+    ``finished`` as Unix times, ``seconds``, ``node``: node id, pid, host, GPU ids).
+    """
+
+    key: str
+    dataset: str
+    category: str
+    variant: str
+    status: str
+    run_dir: str | None = None
+    rows: tuple[dict[str, Any], ...] = ()
+    evaluated: bool = False
+    resumed_from_epoch: int | None = None
+    calibration: str | None = None
+    registry: dict[str, Any] | None = None
+    error: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    seconds: float | None = None
+    node: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, task: Task, status: str, **fields: Any) -> "TaskOutcome":
+        """The outcome of ``task`` with ``status`` and the given fields."""
+        return cls(task.key, task.dataset, task.category, task.variant, status, **fields)
+
+    @classmethod
+    def failure(cls, task: Task | dict[str, Any], error: str) -> "TaskOutcome":
+        """A failed task (``task`` as a :class:`Task` or its ``to_dict`` record) with its error line."""
+        if isinstance(task, Task):
+            return cls.of(task, FAILED, error=error)
+        return cls(task["key"], task["dataset"], task["category"], task["variant"], FAILED, error=error)
+
+    def replace(self, **changes: Any) -> "TaskOutcome":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe record (what Prefect and Ray carry): the node's entries at the top level."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "node"}
+        d["rows"] = [dict(r) for r in self.rows]
+        return {**d, **self.node}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TaskOutcome":
+        """The inverse of :meth:`to_dict`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs["rows"] = tuple(dict(r) for r in d.get("rows") or ())
+        kwargs["node"] = {k: v for k, v in d.items() if k not in names}
+        return cls(**kwargs)
+
+
 @dataclass(frozen=True)
 class ExperimentSpec:
     """A parsed spec: datasets × variants (base config + each variant's overrides), plus narrowing.

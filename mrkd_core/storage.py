@@ -120,6 +120,11 @@ def _split_protocol(uri: str) -> tuple[str, str]:
     return "file", uri
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the store writes JSON files: indented, sorted keys, anything else as ``str``."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+
 class ArtifactStore:
     """Reads and writes objects under one root URI.
 
@@ -270,7 +275,7 @@ class ArtifactStore:
                     os.remove(tmp)
 
     def write_json(self, rel: str, obj: Any) -> None:
-        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+        self.write_bytes(rel, json_bytes(obj))
 
     @contextmanager
     def open_write(self, rel: str) -> Iterator[IO[bytes]]:

@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -40,15 +40,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from mrkd_core.checkpoint import CheckpointWriter, checkpoint_epochs, discard_checkpoints, resume_training
+from mrkd_core.checkpoint import (
+    CheckpointMode,
+    CheckpointWriter,
+    checkpoint_epochs,
+    discard_checkpoints,
+    resume_training,
+)
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
 from mrkd_core.data.fingerprint import fingerprint_samples
-from mrkd_core.data.holdout import holdout_split
 from mrkd_core.data.ilm_dataset import ILMTrainDataset, TrainItem, close_loader, decode_train_images, make_loader
 from mrkd_core.data.torch_datasets import normalize
 from mrkd_core.device import autocast_context, cpu_heap_reuse, place_model, resolve_device
 from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
+from mrkd_core.progress import EpochProgress, EpochReporter, default_reporters
 from mrkd_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -67,8 +73,7 @@ class TrainResult:
     ran). ``device``: where it trained, e.g. ``'cpu'`` or ``'cuda:0'``.
     ``resumed_from_epoch``: completed epochs taken from a checkpoint (0 = from scratch).
     ``log``: one ``{"epoch", "loss", "seconds", "images_per_second"}`` dict per epoch run here.
-    ``n_train``: the images trained on; ``held_out``: the ``cfg.validation_fraction`` of the
-    samples held out for calibration. ``train_fingerprint``: of the images trained on
+    ``n_train``: the images trained on. ``train_fingerprint``: of the images trained on
     (``mrkd_core.data.fingerprint``): given, or computed when checkpoints are kept; None
     without checkpoints.
     """
@@ -80,33 +85,27 @@ class TrainResult:
     device: str
     resumed_from_epoch: int = 0
     log: list[dict] = field(default_factory=list)
-    n_train: int = 0  # images trained on (train/good less the held-out ones)
-    held_out: list[Sample] = field(default_factory=list)  # cfg.validation_fraction of train/good
+    n_train: int = 0  # images trained on
     train_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
-class EpochProgress:
-    """What ``train`` reports after each finished epoch (to ``on_epoch`` and the log).
+class EpochRecord:
+    """One finished epoch as ``train.json`` keeps it: 1-based ``epoch``, mean loss of Eq. 4,
+    wall ``seconds`` and ``images`` seen."""
 
-    ``epoch`` is 1-based and counts finished epochs out of ``epochs`` (a resumed run
-    starts past 0); ``loss`` is the epoch's mean loss of Eq. 4; ``seconds`` the epoch's
-    wall time; ``eta_seconds`` the remaining epochs times this run's mean epoch time.
-    """
-
-    category: str
     epoch: int
-    epochs: int
     loss: float
     seconds: float
-    images_per_second: float
-    elapsed_seconds: float
-    eta_seconds: float
+    images: int
 
     @property
-    def fraction(self) -> float:
-        """Finished share of the training, in [0, 1]."""
-        return self.epoch / self.epochs if self.epochs else 1.0
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"epoch": self.epoch, "loss": self.loss, "seconds": self.seconds,
+                "images_per_second": self.images_per_second}
 
 
 # --------------------------------------------------------------------------- where f_T,n comes from
@@ -239,9 +238,13 @@ def build_optimizer(model: MRKD, cfg: MRKDConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None)
 
 
-def _train_epoch(model: MRKD, optimizer: torch.optim.Optimizer, loader: DataLoader, teacher: TeacherFeatures,
-                 cfg: MRKDConfig, device: torch.device, epoch: int, category: str) -> tuple[float, int]:
-    """One epoch (0-based ``epoch``); returns the mean loss of Eq. 4 over its batches and the images seen."""
+def train_epoch(model: MRKD, optimizer: torch.optim.Optimizer, loader: DataLoader, teacher: TeacherFeatures,
+                cfg: MRKDConfig, device: torch.device, epoch: int, category: str) -> EpochRecord:
+    """One epoch (0-based ``epoch``): the mean loss of Eq. 4 over its batches, its time and the images seen.
+
+    Raises ``FloatingPointError`` when the loss is not finite.
+    """
+    started = time.perf_counter()
     model.train()
     flm_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + epoch) if cfg.flm else None
     loader.sampler.set_epoch(epoch)
@@ -254,125 +257,113 @@ def _train_epoch(model: MRKD, optimizer: torch.optim.Optimizer, loader: DataLoad
     mean_loss = total.item() / max(batches, 1)  # the epoch's only host-device sync
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"loss became {mean_loss} in epoch {epoch + 1} of {category}; lower lr or use fp32")
-    return mean_loss, seen
+    return EpochRecord(epoch + 1, mean_loss, time.perf_counter() - started, seen)
 
 
 # --------------------------------------------------------------------------- the run
 def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
-          checkpoints: ArtifactStore | None = None, resume: bool = True,
-          teacher_cache: bool | None = None,
-          on_epoch: Callable[[EpochProgress], None] | None = None,
-          train_fingerprint: str | None = None, on_other_data: str = "restart") -> TrainResult:
-    """Train MRKD on the defect-free ``samples`` of one category.
+          checkpoints: ArtifactStore | None = None, mode: CheckpointMode = CheckpointMode.RESUME,
+          teacher_cache: bool | None = None, reporters: Sequence[EpochReporter] | None = None,
+          train_fingerprint: str | None = None) -> TrainResult:
+    """Train MRKD on the defect-free ``samples`` of one category: the images trained on, as
+    ``layout.task_inputs`` decided (train/good less the ``validation_fraction`` hold-out).
 
     ``checkpoints``: a store (folder or s3 prefix) for ``epoch-NNNN.pt`` every
-    ``cfg.checkpoint_every`` epochs; with ``resume`` the newest valid one is continued
-    (``on_other_data``: see :func:`mrkd_core.checkpoint.load_latest_checkpoint`);
-    without, the store's checkpoints are replaced (kept, their higher epochs would
-    shadow the new ones).
-    ``teacher_cache``: reuse the clean images' teacher features (None: when they fit in
-    ``teacher_cache_limit``; False: never; True: always).
-    ``on_epoch``: called with an :class:`EpochProgress` after every epoch (the flows turn
-    it into Prefect progress artifacts); it runs in the training loop, so keep it cheap.
-    ``cfg.validation_fraction`` of the samples is held out (``data.holdout.holdout_split``)
-    and returned in ``TrainResult.held_out`` for calibration.
-    ``train_fingerprint``: the fingerprint of the images trained on (``samples`` less the
-    held-out ones), recorded in checkpoints and compared on resume (a checkpoint of other
-    data is not continued); None = computed from them when ``checkpoints`` is given
-    (names relative to the folder they share; the engine passes the one relative to the
-    dataset root, ``layout.task_inputs``).
+    ``cfg.checkpoint_every`` epochs; ``mode`` (:class:`~mrkd_core.checkpoint.CheckpointMode`)
+    says whether the newest valid one is continued or the store's checkpoints are replaced
+    (kept, their higher epochs would shadow the new ones), and what checkpoints of other
+    data do. ``teacher_cache``: reuse the clean images' teacher features (None: when they
+    fit in ``teacher_cache_limit``; False: never; True: always). ``reporters`` receive every
+    finished epoch (:mod:`mrkd_core.progress`; default: the log line and, with
+    ``cfg.progress``, a progress bar); they run in the training loop, so keep them cheap.
+    ``train_fingerprint``: the fingerprint of ``samples``, recorded in checkpoints and
+    compared on resume (a checkpoint of other data is not continued); None = computed from
+    them when ``checkpoints`` is given (names relative to the folder they share; the engine
+    passes the one relative to the dataset root, ``layout.task_inputs``).
     Raises ``DataError`` for bad training images, ``StorageError`` for checkpoints of
-    another config (or of other data with ``on_other_data="refuse"``),
+    another config (or of other data in ``CheckpointMode.REFUSE_OTHER_DATA``),
     ``FloatingPointError`` when the loss diverges.
     """
-    samples, held_out = holdout_split(samples, cfg.validation_fraction, cfg.seed)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = place_model(build_mrkd(cfg), cfg, device)
     optimizer = build_optimizer(model, cfg)
-    start_epoch, losses = 0, []
     # Decoded before any checkpoint is read or replaced: a bad image fails with its name
     # and leaves the stored checkpoints as they are.
     images = decode_train_images(samples, cfg.image_size, category)
     if checkpoints is not None and train_fingerprint is None:
         train_fingerprint = fingerprint_samples(samples).digest
-    if checkpoints is not None and not resume and checkpoint_epochs(checkpoints):
-        log.info("not resuming: the checkpoints in %s are replaced by this training", checkpoints.uri())
-        discard_checkpoints(checkpoints)
-    if checkpoints is not None and resume:
-        start_epoch, losses = resume_training(checkpoints, cfg, model, optimizer, train_fingerprint, on_other_data)
-        if start_epoch:
-            log.info("resuming %s from epoch %d (%s)", category, start_epoch, checkpoints.uri())
+    start_epoch, losses = _starting_point(checkpoints, mode, cfg, model, optimizer, train_fingerprint, category)
+    reporters = default_reporters(cfg.progress) if reporters is None else reporters
 
-    history: list[dict] = []
-    n_images = 0
+    history: list[EpochRecord] = []
     t0 = time.perf_counter()
     with cpu_heap_reuse(device):  # CPU: step n+1 reuses the pages of step n
         teacher = (choose_teacher_features(model, images, cfg, device, teacher_cache)
                    if start_epoch < cfg.epochs else TeacherPass(cfg.ilm))
         dataset = ILMTrainDataset(images, cfg, category, with_normal=teacher.needs_normal_images)
         loader = make_loader(dataset, cfg, start_epoch, pin_memory=device.type == "cuda")
-        progress = _progress(cfg, category, start_epoch)
         writer = CheckpointWriter(checkpoints, train_fingerprint) if checkpoints is not None else None
         try:
             for epoch in range(start_epoch, cfg.epochs):
-                t_epoch = time.perf_counter()
-                mean_loss, seen = _train_epoch(model, optimizer, loader, teacher, cfg, device, epoch, category)
-                n_images += seen
-                losses.append(mean_loss)
-                seconds = time.perf_counter() - t_epoch
-                rate = seen / seconds if seconds > 0 else float("nan")
-                history.append({"epoch": epoch + 1, "loss": mean_loss, "seconds": seconds, "images_per_second": rate})
-                elapsed = time.perf_counter() - t0
-                done = epoch + 1 - start_epoch
-                report = EpochProgress(category, epoch + 1, cfg.epochs, mean_loss, seconds, rate, elapsed,
-                                       elapsed / done * (cfg.epochs - epoch - 1))
-                log.info("%s epoch %d/%d loss %.5f %.1f img/s, ETA %s", category, report.epoch, report.epochs,
-                         mean_loss, rate, _hms(report.eta_seconds))
-                if on_epoch is not None:
-                    on_epoch(report)
-                progress.update(1)
-                progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
-                if writer is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-                    writer.save(model, optimizer, cfg, epoch + 1, losses)
+                record = train_epoch(model, optimizer, loader, teacher, cfg, device, epoch, category)
+                history.append(record)
+                losses.append(record.loss)
+                progress = _progress(category, record, cfg.epochs, time.perf_counter() - t0, len(history))
+                for reporter in reporters:
+                    reporter.report(progress)
+                if writer is not None and (record.epoch % cfg.checkpoint_every == 0 or record.epoch == cfg.epochs):
+                    writer.save(model, optimizer, cfg, record.epoch, losses)
             if writer is not None:
                 writer.wait()  # the last checkpoint is stored (or its error raised) before train returns
         finally:
-            progress.close()
+            for reporter in reporters:
+                reporter.close()
             close_loader(loader)
             if writer is not None:
                 writer.close()
             del teacher, dataset, images  # the feature cache is freed before the heap is trimmed
     elapsed = time.perf_counter() - t0
     model.eval()
+    seen = sum(r.images for r in history)
     return TrainResult(
         model=model,
         epoch_losses=losses,
         train_seconds=elapsed,
-        images_per_second=n_images / elapsed if elapsed > 0 and n_images else float("nan"),
+        images_per_second=seen / elapsed if elapsed > 0 and seen else float("nan"),
         device=str(device),
         resumed_from_epoch=start_epoch,
-        log=history,
+        log=[r.to_dict() for r in history],
         n_train=len(samples),
-        held_out=held_out,
         train_fingerprint=train_fingerprint,
     )
 
 
-def _hms(seconds: float) -> str:
-    """'1:02:03' for an ETA in log lines."""
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+def _starting_point(checkpoints: ArtifactStore | None, mode: CheckpointMode, cfg: MRKDConfig, model: MRKD,
+                    optimizer: torch.optim.Optimizer, train_fingerprint: str | None,
+                    category: str) -> tuple[int, list[float]]:
+    """(completed epochs, their losses) to continue from: the checkpoints' per ``mode``, else (0, [])."""
+    if checkpoints is None:
+        return 0, []
+    if not mode.resumes:
+        if checkpoint_epochs(checkpoints):
+            log.info("not resuming: the checkpoints in %s are replaced by this training", checkpoints.uri())
+            discard_checkpoints(checkpoints)
+        return 0, []
+    start_epoch, losses = resume_training(checkpoints, cfg, model, optimizer, train_fingerprint, mode)
+    if start_epoch:
+        log.info("resuming %s from epoch %d (%s)", category, start_epoch, checkpoints.uri())
+    return start_epoch, losses
 
 
-def _progress(cfg: MRKDConfig, category: str, start_epoch: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {category}", unit="epoch",
-                disable=not cfg.progress, leave=False)
+def _progress(category: str, record: EpochRecord, epochs: int, elapsed: float, done: int) -> EpochProgress:
+    """What the reporters get for ``record``: ETA = the epochs left × this run's mean epoch time."""
+    return EpochProgress(category, record.epoch, epochs, record.loss, record.seconds, record.images_per_second,
+                         elapsed, elapsed / done * (epochs - record.epoch))
 
 
 __all__ = [
-    "CachedTeacherFeatures", "EpochProgress", "TeacherFeatures", "TeacherPass", "TrainResult", "build_optimizer",
-    "choose_teacher_features", "teacher_cache_limit", "teacher_feature_cache", "train", "train_step",
+    "CachedTeacherFeatures", "EpochProgress", "EpochRecord", "TeacherFeatures", "TeacherPass", "TrainResult",
+    "build_optimizer", "choose_teacher_features", "teacher_cache_limit", "teacher_feature_cache", "train",
+    "train_epoch", "train_step",
 ]

@@ -16,3 +16,15 @@ def tiny_category(tmp_path_factory, name: str, *, n_train: int, n_test_good: int
     make_synthetic_mvtec(root, categories=("obj_disc",), n_train=n_train, n_test_good=n_test_good,
                          n_test_defect=n_test_defect, size=TINY_CFG.image_size, seed=seed)
     return root
+
+
+class EpochRecorder(list):
+    """An epoch reporter (``mrkd_core.progress.EpochReporter``) that keeps every ``EpochProgress`` it is given."""
+
+    closed = False
+
+    def report(self, progress) -> None:
+        self.append(progress)
+
+    def close(self) -> None:
+        self.closed = True

@@ -66,8 +66,8 @@ class TorchBackend:
     """PyTorch eager on the model file's network (``mrkd_core.evaluate.infer``, Eq. 5-6)."""
 
     def __init__(self, location: str, device: str = "auto"):
-        dev = resolve_device(device)
-        record = load_model_file(location, device=dev)
+        record = load_model_file(location, runtime={"device": device})
+        dev = resolve_device(record.config.device)
         self.model = record.model
         self.device = dev
         cfg = record.config.replace(device=dev.type)

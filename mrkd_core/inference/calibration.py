@@ -12,8 +12,8 @@ obtained, so that a model file alone gives verdicts and masks at the line. Two p
   images and for pixels. The engineer's usual case: no defect images yet.
 
 Where the calibration images come from (``calibration_set``): the held-out
-``validation_fraction`` of train/good, an explicit folder of defect-free images, or the
-test split. A calibration chosen on the test split is flagged
+``validation_fraction`` of train/good (which images, ``layout.task_samples`` decides), an
+explicit folder of defect-free images, or the test split. A calibration chosen on the test split is flagged
 ``on_evaluation_images``, because ``mrkd evaluate`` and the flows report on those
 images too: its thresholds are then not tested on images they were not chosen on.
 
@@ -37,7 +37,6 @@ import numpy as np
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import IMAGE_EXTENSIONS, Sample, find_images
-from mrkd_core.data.holdout import holdout_split
 from mrkd_core.errors import ConfigError, DataError
 from mrkd_core.evaluate import EvalResult, evaluate
 from mrkd_core.inference.thresholds import (
@@ -182,13 +181,14 @@ def folder_samples(folder: str | Path, category: str = "") -> list[Sample]:
     return [Sample(str(p), None, 0, "good", category) for p in paths]
 
 
-def calibration_set(cfg: MRKDConfig, policy: str, *, train_samples: Sequence[Sample] = (),
+def calibration_set(cfg: MRKDConfig, policy: str, *, held_out: Sequence[Sample] = (),
                     test_samples: Sequence[Sample] = (), good_folder: str | Path | None = None,
                     category: str = "") -> tuple[str, CalibrationSet]:
     """(resolved policy, images) for ``policy`` in POLICIES.
 
-    ``auto``: held-out train/good when ``cfg.validation_fraction > 0`` or a good folder is
-    given (false-alarm rate); else ``f1`` on the test split when it has defective images;
+    ``held_out``: the train/good images held out of training (``cfg.validation_fraction``,
+    as ``layout.task_samples`` chose them). ``auto``: the held-out images or a good folder
+    when given (false-alarm rate); else ``f1`` on the test split when it has defective images;
     else the false-alarm rate on the test split's good images. ``f1`` needs the test split
     with defective images; ``false_alarm_rate`` takes the good folder, else the held-out
     images, else the test split's good images. A missing source is a ``DataError`` saying
@@ -196,9 +196,7 @@ def calibration_set(cfg: MRKDConfig, policy: str, *, train_samples: Sequence[Sam
     """
     if policy not in POLICIES:
         raise ConfigError(f"calibration policy {policy!r}: choose one of {', '.join(POLICIES)}")
-    held: list[Sample] = []
-    if cfg.validation_fraction > 0 and train_samples:
-        held = holdout_split(train_samples, cfg.validation_fraction, cfg.seed)[1]
+    held = list(held_out)
     has_defects = any(s.label == 1 for s in test_samples)
     test_good = [s for s in test_samples if s.label == 0]
     if policy == "auto":
@@ -320,7 +318,7 @@ def from_evaluation(result: EvalResult, labels: Sequence[int] | None = None) -> 
 
 def calibrate_model(model: MRKD, cfg: MRKDConfig, *, policy: str = "auto",
                     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-                    train_samples: Sequence[Sample] = (), test_samples: Sequence[Sample] = (),
+                    held_out: Sequence[Sample] = (), test_samples: Sequence[Sample] = (),
                     good_folder: str | Path | None = None, category: str = "",
                     evaluation: EvalResult | None = None) -> Calibration:
     """Choose the calibration images (``calibration_set``), score them, calibrate.
@@ -329,7 +327,7 @@ def calibrate_model(model: MRKD, cfg: MRKDConfig, *, policy: str = "auto",
     ``cfg.score_scales`` (the flows have one); calibrating on the test split then reuses
     its maps instead of a second pass.
     """
-    resolved, cset = calibration_set(cfg, policy, train_samples=train_samples, test_samples=test_samples,
+    resolved, cset = calibration_set(cfg, policy, held_out=held_out, test_samples=test_samples,
                                      good_folder=good_folder, category=category)
     if evaluation is not None and cset.source == SOURCE_TEST:
         data = from_evaluation(evaluation, labels=(0, 1) if resolved == "f1" else (0,))
@@ -338,7 +336,7 @@ def calibrate_model(model: MRKD, cfg: MRKDConfig, *, policy: str = "auto",
     return calibrate(data, resolved, cset, false_alarm_rate)
 
 
-def calibrate_after_training(model: MRKD, cfg: MRKDConfig, train_samples: Sequence[Sample],
+def calibrate_after_training(model: MRKD, cfg: MRKDConfig, held_out: Sequence[Sample],
                              test_samples: Sequence[Sample], category: str = "",
                              evaluation: EvalResult | None = None) -> Calibration | None:
     """The default calibration at the end of ``mrkd train`` and the flows (policy ``auto``).
@@ -346,7 +344,7 @@ def calibrate_after_training(model: MRKD, cfg: MRKDConfig, train_samples: Sequen
     None, with a warning naming ``mrkd calibrate``, when there is nothing to calibrate on.
     """
     try:
-        return calibrate_model(model, cfg, train_samples=train_samples, test_samples=test_samples,
+        return calibrate_model(model, cfg, held_out=held_out, test_samples=test_samples,
                                category=category, evaluation=evaluation)
     except DataError as exc:
         log.warning("%s: not calibrated (%s); the model predicts scores only until `mrkd calibrate` runs",

@@ -77,19 +77,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- calibrate
-def _calibration_data(args: argparse.Namespace, extra: dict, cfg) -> tuple[list, list, str]:
-    """(train samples, test samples, category) of the dataset the model is calibrated on."""
+def _calibration_data(args: argparse.Namespace, extra: dict, cfg) -> tuple[tuple, tuple, str]:
+    """(held-out train/good samples, test samples, category) of the dataset the model is calibrated
+    on, as ``layout.task_samples`` chose them when it was trained."""
     from mrkd_core.data import get_dataset
+    from mrkd_core.layout import task_samples
+    from mrkd_core.specs import Task
 
     if args.data_root is None:
-        return [], [], args.category or str(extra.get("category", ""))
+        return (), (), args.category or str(extra.get("category", ""))
     root = Path(args.data_root)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found — pass the dataset root the model was trained on")
     category = args.category or extra.get("category")
     if category and not (root / category).is_dir() and root.name == category:
         root = root.parent  # DATA_ROOT is the category folder itself
-    ds = get_dataset(args.dataset or extra.get("dataset") or "folder")
+    dataset = args.dataset or extra.get("dataset") or "folder"
+    ds = get_dataset(dataset)
     available = ds.categories(str(root))
     if not category:
         if len(available) != 1:
@@ -98,35 +102,41 @@ def _calibration_data(args: argparse.Namespace, extra: dict, cfg) -> tuple[list,
         category = available[0]
     if category not in available:
         raise DataError(f"{root}: category {category!r} not found; available: {', '.join(available) or 'none'}")
-    train = ds.train_samples(str(root), category) if cfg.validation_fraction > 0 else []
+    task = Task(dataset, category, "", cfg, str(root))
     try:
-        test = ds.test_samples(str(root), category)
+        samples = task_samples(task)
     except DataError:
-        if args.good_dir is None and not train:
+        # No usable test split: enough when the images come from a folder or the hold-out.
+        if args.good_dir is None and cfg.validation_fraction == 0:
             raise
-        test = []
-    return train, test, category
+        samples = task_samples(task, evaluated=False)
+    return samples.held_out, samples.test, category
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from mrkd_core.device import place_model, resolve_device
     from mrkd_core.inference.backends import is_onnx
-    from mrkd_core.inference.calibration import calibrate_model
-    from mrkd_core.model_io import load_model_file, write_calibration
+    from mrkd_core.inference.calibration import calibrate, calibration_set, from_evaluation
+    from mrkd_core.model_io import evaluate_stored_model, write_calibration
 
     model = model_location(args.model)
     if is_onnx(model):
         raise MRKDError(f"{model}: calibrate the model.pt, then export it again (an export is read-only)")
     if args.data_root is None and args.good_dir is None:
         raise MRKDError("pass DATA_ROOT (the dataset the model was trained on) or --good-dir FOLDER")
-    record = load_model_file(model)
-    overrides = {k: getattr(args, k) for k in ("device", "num_workers", "eval_batch_size")
-                 if getattr(args, k, None) is not None}
-    cfg = record.config.replace(progress=False, **overrides)
-    place_model(record.model, cfg, resolve_device(cfg.device))
-    train, test, category = _calibration_data(args, record.extra, cfg)
-    cal = calibrate_model(record.model, cfg, policy=args.policy, false_alarm_rate=args.false_alarm_rate,
-                          train_samples=train, test_samples=test, good_folder=args.good_dir, category=category)
+    runtime = {k: getattr(args, k) for k in ("device", "num_workers", "eval_batch_size")
+               if getattr(args, k, None) is not None}
+    chosen: dict = {}
+
+    def calibration_images(record) -> list:
+        held_out, test, category = _calibration_data(args, record.extra, record.config)
+        chosen["policy"], chosen["set"] = calibration_set(record.config, args.policy, held_out=held_out,
+                                                          test_samples=test, good_folder=args.good_dir,
+                                                          category=category)
+        return chosen["set"].samples
+
+    _, _, result = evaluate_stored_model(model, samples=calibration_images, runtime=runtime, keep_maps=True,
+                                         metrics=False)
+    cal = calibrate(from_evaluation(result), chosen["policy"], chosen["set"], args.false_alarm_rate)
     uri = write_calibration(model, cal.to_dict())
     summary = {k: v for k, v in cal.to_dict().items() if k != "images"}
     _out(json.dumps({"model": uri, "calibration": summary}, indent=2))
@@ -140,8 +150,14 @@ def model_info(location: str) -> dict:
 
     if is_onnx(location):
         from mrkd_core.inference.export import (
-            KEY_CALIBRATION, KEY_CONFIG, KEY_EVALUATION_REVISION, KEY_EXTRA, KEY_FORMAT, KEY_PREPROCESSING,
-            KEY_TRAINING_REVISION, onnx_metadata,
+            KEY_CALIBRATION,
+            KEY_CONFIG,
+            KEY_EVALUATION_REVISION,
+            KEY_EXTRA,
+            KEY_FORMAT,
+            KEY_PREPROCESSING,
+            KEY_TRAINING_REVISION,
+            onnx_metadata,
         )
 
         path = Path(location)
@@ -190,7 +206,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".onnx":
         raise MRKDError(f"-o {out}: name the file *.onnx")
     model = model_location(args.model)
-    record = load_model_file(model, device="cpu")
+    record = load_model_file(model, runtime={"device": "cpu"})
     if record.calibration is None:
         log.warning("%s has no calibration: the export will give scores only — run `mrkd calibrate` first",
                     model)

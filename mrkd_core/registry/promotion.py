@@ -168,14 +168,10 @@ def evaluate_version(store: ArtifactStore, record: Mapping[str, Any], task: Task
     The task's runtime settings (device, workers, evaluation batch size) are used, as for
     the candidate it is compared with.
     """
-    from mrkd_core.device import place_model, resolve_device
-    from mrkd_core.evaluate import evaluate
-    from mrkd_core.model_io import load_model
+    from mrkd_core.model_io import evaluate_stored_model
 
-    model, cfg = load_model(store, record["model"])
-    cfg = cfg.replace(**{f: getattr(task.config, f) for f in RUNTIME_FIELDS}).replace(progress=False)
-    place_model(model, cfg, resolve_device(cfg.device))
-    ev = evaluate(model, cfg, list(test_samples))
+    _, _, ev = evaluate_stored_model(store, record["model"], samples=lambda _record: test_samples,
+                                     runtime={f: getattr(task.config, f) for f in RUNTIME_FIELDS})
     return metric_values({m: (None if m in ev.absent else ev.metrics.get(m)) for m in METRIC_COLUMNS})
 
 

@@ -195,7 +195,7 @@ def test_spec_tasks_run_through_the_engine(fake_package, tmp_path):
     assert [(t.dataset, t.category) for t in tasks] == [("elpv", "mono"), ("elpv", "poly")]
     assert tasks[0].data_root == str(tmp_path / "data" / "elpv")
     store = ArtifactStore(tmp_path / "store")
-    assert train_evaluate(tasks[1], store, "r1")["status"] == "trained"
+    assert train_evaluate(tasks[1], store, "r1").status == "trained"
     row = read_metrics(store, "r1").iloc[0]
     assert row["dataset"] == "elpv" and row["n_test_anomalous"] == COUNTS[("poly", 3)]
     assert row[ABSENT_COLUMN] and np.isnan(row["pixel_auroc"]) and 0.0 <= row["image_auroc"] <= 1.0
@@ -243,7 +243,7 @@ def test_the_demo_spec_on_elpv_lookalikes(tmp_path, monkeypatch):
         runs = {}
         for task in tasks[:1]:  # the baseline differs only in its config
             task = dataclasses.replace(task, config=task.config.replace(num_workers=0, eval_batch_size=50))
-            runs[task.variant] = train_evaluate(task, store, "demo")["run_dir"]
+            runs[task.variant] = train_evaluate(task, store, "demo").run_dir
         metrics = read_metrics(store, "demo")
         assert set(metrics["n_train"]) == {96} and set(metrics["n_test"]) == {100}
         triples = read_maps(store, runs["mrkd"])

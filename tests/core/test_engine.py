@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mrkd_core.checkpoint import CheckpointMode
 from mrkd_core.data import get_dataset
 from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import StorageError
@@ -22,6 +23,7 @@ from mrkd_core.results import METRICS_SCHEMA, verify_manifest
 from mrkd_core.revision import EVALUATION_REVISION, TRAINING_REVISION
 from mrkd_core.storage import ArtifactStore
 from tests.datagen import train_smoke_key, write_image
+from tests.tiny import EpochRecorder
 
 
 def _copied(store: ArtifactStore, folder, *prefixes: str) -> ArtifactStore:
@@ -40,7 +42,7 @@ def setup(tmp_path_factory):
 
 def test_outputs_and_manifest(setup):
     store, task, first = setup
-    assert first["status"] == "trained"
+    assert first.status == "trained"
     d = run_dir(task, "r1")
     manifest = store.read_json(f"{d}/manifest.json")
     assert set(manifest["files"]) == {"model.pt", "metrics.parquet", "scores.parquet", "maps.npz",
@@ -62,7 +64,7 @@ def test_second_run_skips_and_reports(setup):
     store, task, _ = setup
     rid = "0002 essai-été"  # any text naming a folder; its partition reads back as written
     again = train_evaluate(task, store, rid)
-    assert again["status"] == "skipped" and again["run_dir"] == run_dir(task, "r1")
+    assert again.status == "skipped" and again.run_dir == run_dir(task, "r1")
     assert len(read_metrics(store, rid)) == 1 and len(read_scores(store, rid)) == 6
     assert set(read_metrics(store)["run_id"]) == {"r1", rid}
     assert store.exists("tables/metrics/dataset=folder/run_id=0002%20essai-%C3%A9t%C3%A9")
@@ -118,7 +120,7 @@ def test_hash_collision_is_refused_and_nothing_overwritten(setup):
     forged = task.config.replace(flm_ratio=0.5).to_dict()
     store.write_json(f"{d}/config.json", forged)
     with pytest.raises(StorageError, match="hash collision"):
-        train_evaluate(task, store, "r3", force=True)
+        train_evaluate(task, store, "r3", CheckpointMode.FORCED_RUN)
     assert store.read_json(f"{d}/config.json") == forged
 
 
@@ -186,7 +188,7 @@ def _checkpoint(store: ArtifactStore, task) -> dict:
 
 def test_inputs_are_recorded_with_model_checkpoint_manifest_and_metrics(setup):
     store, task, _ = setup
-    lineage = task_inputs(task)[0]
+    lineage = task_inputs(task).lineage
     d = run_dir(task, "r1")
     manifest = store.read_json(f"{d}/manifest.json")
     assert manifest["train_fingerprint"] == lineage.train_fingerprint and len(lineage.train_fingerprint) == 64
@@ -216,13 +218,13 @@ def test_a_changed_training_image_retrains_the_key_from_scratch(setup, tmp_path,
     assert "trained on other data" in caplog.text
 
     again = train_evaluate(moved, copy, "r-new-data")
-    assert again["status"] == "trained" and again["resumed_from_epoch"] == 0  # not r1's finished checkpoint
+    assert again.status == "trained" and again.resumed_from_epoch == 0  # not r1's finished checkpoint
     assert "training starts from scratch" in caplog.text
-    new_fp = task_inputs(moved)[0].train_fingerprint
+    new_fp = task_inputs(moved).lineage.train_fingerprint
     assert _checkpoint(copy, moved)["train_fingerprint"] == new_fp
-    assert copy.read_json(f"{again['run_dir']}/manifest.json")["train_fingerprint"] == new_fp
+    assert copy.read_json(f"{again.run_dir}/manifest.json")["train_fingerprint"] == new_fp
     assert verify_manifest(copy, run_dir(task, "r1")) == []  # the old result stays, as history
-    assert train_evaluate(moved, copy, "r-unchanged")["status"] == "skipped"  # unchanged: nothing trains
+    assert train_evaluate(moved, copy, "r-unchanged").status == "skipped"  # unchanged: nothing trains
     fps = read_metrics(copy).set_index("run_id")["train_fingerprint"]
     assert fps["r-new-data"] == fps["r-unchanged"] == new_fp
 
@@ -276,20 +278,20 @@ def test_without_a_test_split_a_model_is_stored_unevaluated_then_evaluated_when_
         train_evaluate(task, store, "r0")
     assert not store.exists("runs") and not store.exists("checkpoints")  # failed before training: nothing stored
 
-    progress = []
-    first = train_evaluate(task, store, "r1", evaluate=False, on_epoch=progress.append)
-    assert first["status"] == "trained" and not first["evaluated"] and first["rows"] == []
+    progress = EpochRecorder()
+    first = train_evaluate(task, store, "r1", evaluate=False, reporters=[progress])
+    assert first.status == "trained" and not first.evaluated and first.rows == ()
     assert [(p.epoch, p.epochs) for p in progress] == [(1, 1)]
-    assert set(store.read_json(f"{first['run_dir']}/manifest.json")["files"]) == {"model.pt", "config.json",
+    assert set(store.read_json(f"{first.run_dir}/manifest.json")["files"]) == {"model.pt", "config.json",
                                                                                   "train.json"}
-    assert train_evaluate(task, store, "r2", evaluate=False)["status"] == "skipped"
+    assert train_evaluate(task, store, "r2", evaluate=False).status == "skipped"
     assert find_complete(store, task) is None  # not a result for callers that need metrics
 
     for part in ("test", "ground_truth"):
         shutil.copytree(tmp_path / "full" / "obj_disc" / part, tmp_path / "data" / "obj_disc" / part)
     again = train_evaluate(task, store, "r3")
-    assert again["status"] == "trained" and again["evaluated"] and again["resumed_from_epoch"] == 1
-    assert again["rows"] and 0.0 <= again["rows"][0]["image_auroc"] <= 1.0
+    assert again.status == "trained" and again.evaluated and again.resumed_from_epoch == 1
+    assert again.rows and 0.0 <= again.rows[0]["image_auroc"] <= 1.0
     assert [m.run_id for m in find_models(store, "folder", "obj_disc")] == ["r3"]  # newest of the key
 
 
@@ -316,23 +318,25 @@ def test_the_training_fingerprint_covers_the_images_trained_on_after_the_hold_ou
 
     _, task, _ = setup
     held_task = dataclasses.replace(task, config=task.config.replace(validation_fraction=0.5))
-    lineage, train_samples, _ = task_inputs(held_task)
-    trained, held = holdout_split(train_samples, 0.5, held_task.config.seed)
+    inputs = task_inputs(held_task)
+    lineage, trained, held = inputs.lineage, list(inputs.samples.trained), list(inputs.samples.held_out)
+    train_samples = get_dataset(task.dataset).train_samples(task.data_root, task.category)
+    assert (trained, held) == holdout_split(train_samples, 0.5, held_task.config.seed)  # the seeded hold-out
     assert held and len(trained) + len(held) == len(train_samples)
     assert lineage.train_fingerprint == fingerprint_samples(trained, task.data_root).digest
-    assert lineage.train_fingerprint != task_inputs(task)[0].train_fingerprint  # all of train/good
+    assert lineage.train_fingerprint != task_inputs(task).lineage.train_fingerprint  # all of train/good
 
     store = ArtifactStore(tmp_path / "store")
     result = train_evaluate(held_task, store, "r-held")
-    assert result["status"] == "trained" and "held-out train/good" in result["calibration"]
-    d = result["run_dir"]
+    assert result.status == "trained" and "held-out train/good" in result.calibration
+    d = result.run_dir
     assert store.read_json(f"{d}/manifest.json")["train_fingerprint"] == lineage.train_fingerprint
     assert store.read_json(f"{d}/train.json")["n_train"] == len(trained)
     model = torch.load(io.BytesIO(store.read_bytes(f"{d}/model.pt")), weights_only=True)
     assert model["extra"]["train_fingerprint"] == lineage.train_fingerprint
     assert _checkpoint(store, held_task)["train_fingerprint"] == lineage.train_fingerprint
     assert read_metrics(store, "r-held").iloc[0]["train_fingerprint"] == lineage.train_fingerprint
-    assert train_evaluate(held_task, store, "r-again")["status"] == "skipped"
+    assert train_evaluate(held_task, store, "r-again").status == "skipped"
     # thresholds from held-out images: the scores say so, and the report has nothing to flag
     assert not read_scores(store, "r-held")["on_evaluation_images"].eq(True).any()
     from mrkd_core.report import threshold_note

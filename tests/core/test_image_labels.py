@@ -25,13 +25,13 @@ from mrkd_core.errors import DataError
 from mrkd_core.evaluate import has_pixel_ground_truth
 from mrkd_core.layout import run_dir
 from mrkd_core.metrics import NO_PIXEL_GROUND_TRUTH, PIXEL_METRICS, absent_metrics, compute_all
+from mrkd_core.paper_tables import ABSENT_MARK
 from mrkd_core.partitioned import read_metrics, read_scores
 from mrkd_core.report import write_report
 from mrkd_core.report_maps import read_maps
 from mrkd_core.results import ABSENT_COLUMN
 from mrkd_core.specs import parse_spec
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.paper_tables import ABSENT_MARK
 from tests import datagen
 
 FAST = datagen.FAST_CLI
@@ -129,7 +129,7 @@ def test_engine_parquet_and_report_show_absent_metrics(data_root, tmp_path):
     store = ArtifactStore(tmp_path / "store")
     tasks = spec.tasks(str(tmp_path))
     for task in tasks:
-        assert train_evaluate(task, store, "r1")["status"] == "trained"
+        assert train_evaluate(task, store, "r1").status == "trained"
     image_only = read_metrics(store, "r1").iloc[0]
     assert image_only[ABSENT_COLUMN] == NO_PIXEL_GROUND_TRUTH and 0.0 <= image_only["image_auroc"] <= 1.0
     assert all(np.isnan(image_only[m]) for m in PIXEL_METRICS)
@@ -141,7 +141,7 @@ def test_engine_parquet_and_report_show_absent_metrics(data_root, tmp_path):
     assert all(table.column(m).null_count == 1 for m in PIXEL_METRICS)
     assert table.column("image_auroc").null_count == 0
     # a rerun (skip) copies the stored row into the new run's tables: still null with the reason
-    assert train_evaluate(tasks[0], store, "r2")["status"] == "skipped"
+    assert train_evaluate(tasks[0], store, "r2").status == "skipped"
     again = read_metrics(store, "r2")
     assert again[ABSENT_COLUMN].tolist() == [NO_PIXEL_GROUND_TRUTH] and again["pixel_auroc"].isna().all()
 
@@ -184,7 +184,7 @@ def test_calibration_without_masks_takes_the_pixel_threshold_from_good_pixels(da
     }, "test")
     store = ArtifactStore(tmp_path / "store")
     (task,) = spec.tasks(str(tmp_path))
-    assert train_evaluate(task, store, "r1")["status"] == "trained"
+    assert train_evaluate(task, store, "r1").status == "trained"
     model_pt = f"{run_dir(task, 'r1')}/model.pt"
     loaded = load_model_file(store, model_pt)
     cal = loaded.calibration

@@ -16,7 +16,14 @@ from mrkd_core.data.ilm_dataset import TrainItem
 from mrkd_core.device import place_model
 from mrkd_core.errors import ConfigError, WeightsError
 from mrkd_core.model import (
-    MRKD, OCBE, GenerationModules, build_mrkd, build_student, build_teacher, flm_mask, mrkd_loss,
+    MRKD,
+    OCBE,
+    GenerationModules,
+    build_mrkd,
+    build_student,
+    build_teacher,
+    flm_mask,
+    mrkd_loss,
 )
 from mrkd_core.model.flm import flm_test_mask, flm_test_masks
 from mrkd_core.model.summary import model_summary
@@ -123,11 +130,11 @@ def _old_naming(state: dict) -> dict:
     return {("bottleneck." + k[len("ocbe."):] if k.startswith("ocbe.") else k): v for k, v in state.items()}
 
 
-def test_a_model_file_of_the_old_naming_still_loads():
+def test_a_model_file_of_the_old_naming_still_loads(tmp_path):
     """model.pt files written while OCBE was ``Bottleneck`` (attribute ``.bottleneck``) load unchanged."""
     import io
 
-    from mrkd_core.model_io import MODEL_FORMAT, load_model_bytes
+    from mrkd_core.model_io import MODEL_FORMAT, load_model_file
 
     cfg = _cfg()
     torch.manual_seed(4)
@@ -136,7 +143,8 @@ def test_a_model_file_of_the_old_naming_still_loads():
     assert any(k.startswith("bottleneck.") for k in old) and not any(k.startswith("ocbe.") for k in old)
     buf = io.BytesIO()
     torch.save({"format": MODEL_FORMAT, "config": cfg.to_json(), "state_dict": old, "extra": {}}, buf)
-    loaded, _ = load_model_bytes(buf.getvalue(), "old model.pt")
+    (tmp_path / "old model.pt").write_bytes(buf.getvalue())
+    loaded = load_model_file(str(tmp_path / "old model.pt")).model
     want, got = model.state_dict(), loaded.state_dict()
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(RuntimeError, match="Missing key"):  # the mapping renames, it does not invent keys

@@ -93,8 +93,8 @@ def test_old_store_is_extended_by_a_new_run(old_store, tmp_path):
     (task,) = spec.tasks(str(tmp_path / "data"))
     assert read_history(old_store).empty and read_promotions(old_store).empty  # no registry before
     result = train_evaluate(task, old_store, "0003", register=RegistryOptions())  # the flows' default
-    assert result["status"] == "trained"  # the old result is not complete (no model.pt) and has no fingerprints
-    assert (result["registry"]["model"], result["registry"]["decision"]) == ("smoke-mrkd/folder/obj_disc", "first")
+    assert result.status == "trained"  # the old result is not complete (no model.pt) and has no fingerprints
+    assert (result.registry["model"], result.registry["decision"]) == ("smoke-mrkd/folder/obj_disc", "first")
     _check_reads(old_store, old_rows=4, new_runs={"0003"})
     both = read_metrics(old_store)
     assert len(both) == 5 and both.set_index("run_id").loc["0003", "category"] == "obj_disc"

@@ -21,13 +21,13 @@ import torch
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data import get_dataset
+from mrkd_core.data.ilm_dataset import ILMTrainDataset, epoch_order, make_loader
 from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.data.torch_datasets import normalize
 from mrkd_core.device import CPU_CHANNELS_LAST_MIN_SIZE, _glibc, place_model, use_channels_last
 from mrkd_core.errors import ConfigError
 from mrkd_core.model import build_mrkd, mrkd_loss
-from mrkd_core.model_io import load_model_bytes, model_bytes
-from mrkd_core.data.ilm_dataset import ILMTrainDataset, epoch_order, make_loader
+from mrkd_core.model_io import load_model_file, model_bytes
 from mrkd_core.train import build_optimizer, teacher_feature_cache, train
 
 TINY = dict(backbone="resnet18", teacher_weights="none", image_size=64, batch_size=4, num_workers=0,
@@ -200,7 +200,7 @@ def test_memory_format_is_runtime_only_and_validated():
 
 
 @pytest.mark.parametrize("legacy, expected", [(True, "channels_last"), (False, "contiguous")])
-def test_configs_stored_with_the_old_channels_last_field_still_load(legacy, expected):
+def test_configs_stored_with_the_old_channels_last_field_still_load(legacy, expected, tmp_path):
     """Models written before ``memory_format`` existed keep loading with the layout they ran in."""
     data = {k: v for k, v in MRKDConfig(**TINY).to_dict().items() if k != "memory_format"}
     cfg = MRKDConfig.from_dict({**data, "channels_last": legacy})
@@ -212,7 +212,9 @@ def test_configs_stored_with_the_old_channels_last_field_still_load(legacy, expe
     state["config"] = json.dumps({**data, "channels_last": legacy})  # as an old model.pt holds it
     buf = io.BytesIO()
     torch.save(state, buf)
-    model, loaded = load_model_bytes(buf.getvalue(), "old/model.pt")
+    (tmp_path / "model.pt").write_bytes(buf.getvalue())
+    record = load_model_file(str(tmp_path / "model.pt"))
+    model, loaded = record.model, record.config
     assert loaded.memory_format == expected and model.channels_last == legacy
 
 

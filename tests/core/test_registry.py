@@ -357,13 +357,13 @@ def test_changed_test_data_trains_nothing_and_compares_on_the_new_data(tmp_path)
     from tests.datagen import train_smoke_key
 
     store, task, first = train_smoke_key(tmp_path)
-    assert "registry" not in first  # the engine tracks only when asked
+    assert first.registry is None  # the engine tracks only when asked
     first = train_evaluate(task, store, "r1", register=OPTIONS)  # registers the complete result
-    assert (first["status"], first["registry"]["decision"]) == ("skipped", "first")
+    assert (first.status, first.registry["decision"]) == ("skipped", "first")
     Path(get_dataset(task.dataset).test_samples(task.data_root, task.category)[0].path).unlink()
     again = train_evaluate(dataclasses.replace(task), store, "r2", register=OPTIONS)
-    assert again["status"] == "trained" and again["resumed_from_epoch"] == task.config.epochs  # 0 epochs trained
-    out = again["registry"]
+    assert again.status == "trained" and again.resumed_from_epoch == task.config.epochs  # 0 epochs trained
+    out = again.registry
     assert (out["version"], out["decision"], out["champion_reevaluated"]) == (2, "promoted", True)
     row = read_promotions(store).iloc[-1]
     for m in ("image_auroc", "pixel_auroc"):  # the same weights on the same new test data

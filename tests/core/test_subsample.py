@@ -64,7 +64,7 @@ def test_a_subsampled_run_trains_and_tests_on_the_subsample(tmp_path):
                      num_workers=0, progress=False, device="cpu", train_subsample=3, test_subsample=5)
     store = ArtifactStore(str(tmp_path / "store"))
     out = train_evaluate(Task("folder", "obj_disc", "mrkd", cfg, str(root)), store, "r1")
-    info = store.read_json(f"{out['run_dir']}/train.json")
+    info = store.read_json(f"{out.run_dir}/train.json")
     assert info["n_train"] == 3
-    scores = read_parquet_bytes(store.read_bytes(f"{out['run_dir']}/scores.parquet")).to_pandas()
+    scores = read_parquet_bytes(store.read_bytes(f"{out.run_dir}/scores.parquet")).to_pandas()
     assert len(scores) == 5 and set(scores["defect_type"]) == {"good", "missing", "blob", "scratch"}

@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 import torch
 
+from mrkd_core.checkpoint import load_latest_checkpoint, write_checkpoint
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data import get_dataset
+from mrkd_core.data.ilm_dataset import ILMTrainDataset, epoch_order
 from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.errors import StorageError
 from mrkd_core.evaluate import evaluate
 from mrkd_core.model import build_mrkd
-from mrkd_core.model_io import load_model, save_model
-from mrkd_core.storage import ArtifactStore
+from mrkd_core.model_io import load_model_file, save_model
 from mrkd_core.revision import TRAINING_REVISION
-from mrkd_core.checkpoint import load_latest_checkpoint, write_checkpoint
-from mrkd_core.data.ilm_dataset import ILMTrainDataset, epoch_order
+from mrkd_core.storage import ArtifactStore
 from mrkd_core.train import TeacherPass, train
+from tests.tiny import EpochRecorder
 
 TINY = dict(backbone="resnet18", teacher_weights="none", image_size=64, batch_size=4, num_workers=0,
             progress=False, device="cpu")
@@ -67,14 +68,15 @@ def test_resume_is_bit_exact(samples, tmp_path):
     assert all(torch.equal(ps[k], pr[k]) for k in ps), "resumed weights differ from the uninterrupted run"
 
 
-def test_on_epoch_reports_each_epoch(samples):
-    reports = []
-    result = train(MRKDConfig(epochs=3, **TINY), samples[0], "tex_stripes", on_epoch=reports.append)
+def test_reporters_get_each_epoch(samples):
+    reports = EpochRecorder()
+    result = train(MRKDConfig(epochs=3, **TINY), samples[0], "tex_stripes", reporters=[reports])
     assert [r.epoch for r in reports] == [1, 2, 3] and all(r.epochs == 3 for r in reports)
     assert [r.loss for r in reports] == result.epoch_losses
     assert reports[-1].fraction == 1.0 and reports[-1].eta_seconds == 0.0
     assert all(r.images_per_second > 0 and r.category == "tex_stripes" for r in reports)
     assert reports[0].eta_seconds > 0
+    assert reports.closed  # told once the training ended
 
 
 def test_checkpoint_of_another_config_is_refused(samples, tmp_path):
@@ -171,7 +173,8 @@ def test_evaluate_is_repeatable_and_model_roundtrips(samples, tmp_path):
     assert r1.metrics_by_scales["1,2,3"] == r1.metrics
     store = ArtifactStore(tmp_path)
     save_model(result.model, cfg, store)
-    loaded, cfg2 = load_model(store.uri("model.pt"))
+    record = load_model_file(store.uri("model.pt"))
+    loaded, cfg2 = record.model, record.config
     assert cfg2 == cfg
     r3 = evaluate(loaded, cfg2, samples[1])
     np.testing.assert_allclose([s["score"] for s in r3.scores], [s["score"] for s in r1.scores], rtol=1e-6)

@@ -110,11 +110,11 @@ def test_failed_training_is_retried_and_a_lost_one_does_not_sink_the_report(pref
     real = fte.train_evaluate
     calls: dict[str, int] = {}
 
-    def flaky(task, store, run_id, force=False, on_epoch=None, register=None):
+    def flaky(task, store, run_id, mode, reporters=None, register=None):
         calls[task.category] = calls.get(task.category, 0) + 1
         if task.category == "tex_stripes" or calls[task.category] == 1:
             raise RuntimeError(f"simulated failure {calls[task.category]} of {task.category}")
-        return real(task, store, run_id, force, on_epoch=on_epoch, register=register)
+        return real(task, store, run_id, mode, reporters=reporters, register=register)
 
     monkeypatch.setattr(fte, "train_evaluate", flaky)
     monkeypatch.setattr(fb, "train_one", train_one.with_options(retry_delay_seconds=0))

@@ -162,7 +162,7 @@ def test_ray_worker_killed_mid_epoch_is_retried_resumes_and_equals_an_uninterrup
     # Equal to an uninterrupted run of the same task and seed (fresh store, one thread).
     ref_store = ArtifactStore(tmp_path / "reference-store")
     ref = train_evaluate(task, ref_store, "reference")
-    assert ref["status"] == "trained" and ref["resumed_from_epoch"] == 0
+    assert ref.status == "trained" and ref.resumed_from_epoch == 0
     assert_same_result(store, d, Reference(ref_store, run_dir(task, "reference"), ref))
     print(f"flow with a killed Ray worker: {seconds:.1f} s; pid {killer.pid} killed, the re-run started "
           f"{record['started'] - killer.killed_at:.1f} s later and resumed from epoch {record['resumed_from_epoch']}")

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from flows.settings import spec_path
+from mrkd_core.checkpoint import CheckpointMode
 from mrkd_core.config import MRKDConfig
 from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError, StorageError
@@ -69,7 +70,7 @@ def test_a_write_in_flight_is_invisible_to_listings_and_parquet_readers(tmp_path
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     store, task, first = train_smoke_key(tmp_path_factory.mktemp("integrity"))
-    assert first["status"] == "trained"
+    assert first.status == "trained"
     return store, task
 
 
@@ -133,15 +134,15 @@ def test_force_retrains_from_scratch_and_a_retry_of_the_forced_run_skips(trained
     shared_before = {p: store.read_bytes(p) for p in store.list(shared) if p.endswith(".pt")}
     assert shared_before  # the first run left its checkpoint for later extension
 
-    forced = train_evaluate(task, store, "r2-forced", force=True)
-    assert forced["status"] == "trained" and forced["run_dir"] == run_dir(task, "r2-forced")
-    assert forced["resumed_from_epoch"] == 0  # not the finished epoch of r1's checkpoint
-    assert verify_manifest(store, forced["run_dir"]) == []
+    forced = train_evaluate(task, store, "r2-forced", CheckpointMode.FORCED_RUN)
+    assert forced.status == "trained" and forced.run_dir == run_dir(task, "r2-forced")
+    assert forced.resumed_from_epoch == 0  # not the finished epoch of r1's checkpoint
+    assert verify_manifest(store, forced.run_dir) == []
     assert not store.exists(f"{shared}/forced/r2-forced")  # its own checkpoints, removed when done
     assert {p: store.read_bytes(p) for p in store.list(shared) if p.endswith(".pt")} == shared_before
 
-    again = train_evaluate(task, store, "r2-forced", force=True)
-    assert again["status"] == "skipped" and again["run_dir"] == run_dir(task, "r2-forced")
+    again = train_evaluate(task, store, "r2-forced", CheckpointMode.FORCED_RUN)
+    assert again.status == "skipped" and again.run_dir == run_dir(task, "r2-forced")
     assert find_complete(store, task) == run_dir(task, "r2-forced")  # newest complete run first
     assert set(read_metrics(store)["run_id"]) >= {"r1", "r2-forced"}
 

@@ -53,7 +53,7 @@ def reference(task3, tmp_path_factory) -> Reference:
     """The uninterrupted run every crash test must reproduce exactly (fresh store, same seed)."""
     store = ArtifactStore(tmp_path_factory.mktemp("rel-reference") / "store")
     result = train_evaluate(task3, store, "reference")
-    assert result["status"] == "trained" and result["resumed_from_epoch"] == 0
+    assert result.status == "trained" and result.resumed_from_epoch == 0
     return Reference(store, run_dir(task3, "reference"), result)
 
 

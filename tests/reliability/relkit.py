@@ -24,7 +24,7 @@ import torch
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.results import METRIC_COLUMNS, read_parquet_bytes
-from mrkd_core.specs import Task
+from mrkd_core.specs import Task, TaskOutcome
 from mrkd_core.storage import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def make_task(data_root: Path, epochs: int = 1, category: str = CATEGORY, **over
 class Reference:
     store: ArtifactStore
     run_dir: str
-    result: dict
+    result: TaskOutcome
 
 
 # --------------------------------------------------------------------------- comparisons

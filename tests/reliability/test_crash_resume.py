@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from mrkd_core.checkpoint import load_latest_checkpoint
+from mrkd_core.checkpoint import CheckpointMode, load_latest_checkpoint
 from mrkd_core.engine import train_evaluate
 from mrkd_core.layout import find_complete, run_dir
 from mrkd_core.results import verify_manifest
@@ -75,10 +75,10 @@ def test_corrupt_newest_checkpoint_is_detected_and_training_falls_back_end_to_en
     store.write_bytes(newest, data[: len(data) // 2])
 
     with caplog.at_level("INFO", logger="mrkd_core"):
-        result = train_evaluate(task3, store, "rerun", force=force)
+        result = train_evaluate(task3, store, "rerun", CheckpointMode.FORCED_RUN if force else CheckpointMode.RESUME)
     assert "corrupt or truncated" in caplog.text and "epoch-0003.pt" in caplog.text
     assert f"resuming {task3.category} from epoch 2" in caplog.text
-    assert result["status"] == "trained" and result["resumed_from_epoch"] == 2
+    assert result.status == "trained" and result.resumed_from_epoch == 2
     d = run_dir(task3, "rerun")
     assert verify_manifest(store, d) == []
     assert_same_result(store, d, reference)

@@ -151,8 +151,8 @@ def test_outage_fails_fast_with_one_clear_line_and_nothing_counts_as_complete(ou
 def test_rerun_after_the_server_returns_completes_from_the_checkpoint(outage):
     r = outage.result
     d = run_dir(outage.task, RUN)
-    assert r["status"] == "trained" and r["run_dir"] == d
-    assert r["resumed_from_epoch"] == 1  # the checkpoint written before the outage, not a retraining
+    assert r.status == "trained" and r.run_dir == d
+    assert r.resumed_from_epoch == 1  # the checkpoint written before the outage, not a retraining
     assert verify_manifest(outage.store, d) == [] and find_complete(outage.store, outage.task) == d
     assert len(read_metrics(outage.store, RUN)) == 1
     assert not outage.store.exists(f"claims/{outage.task.key}.json")

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mrkd_core.checkpoint import load_latest_checkpoint
 from mrkd_core.cli import main
 from mrkd_core.errors import MRKDError, WeightsError
-from mrkd_core.model_io import load_model
+from mrkd_core.model_io import load_model_file
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.checkpoint import load_latest_checkpoint
 from tests.reliability.relkit import ROOT, make_task
 
 SOURCE_DIRS = ("mrkd_core", "flows", "deployments", "infra")
@@ -59,7 +59,7 @@ def test_malicious_model_file_is_refused_and_its_payload_never_runs(tmp_path, ca
     model = tmp_path / "model.pt"
     model.write_bytes(_malicious(marker, {"format": "mrkd-model/1"}))
     with pytest.raises(MRKDError) as err:
-        load_model(str(model))
+        load_model_file(str(model))
     _assert_refused(str(err.value), marker)
     assert str(model) in str(err.value)
     # the user-facing path: `mrkd predict`

@@ -30,6 +30,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)  # the same as the reference run: bit-equal results on CPU
+    from mrkd_core.checkpoint import CheckpointMode
     from mrkd_core.engine import train_evaluate
     from mrkd_core.specs import Task
     from mrkd_core.storage import ArtifactStore
@@ -37,10 +38,11 @@ def main() -> int:
     with open(args.task) as fh:
         task = Task.from_dict(json.load(fh))
     logging.getLogger("worker").info("pid %d starts %s run %s", os.getpid(), task.key, args.run_id)
-    result = train_evaluate(task, ArtifactStore(args.store), args.run_id, force=args.force)
+    mode = CheckpointMode.FORCED_RUN if args.force else CheckpointMode.RESUME
+    result = train_evaluate(task, ArtifactStore(args.store), args.run_id, mode)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(result, fh, default=str)
+        json.dump(result.to_dict(), fh, default=str)
     os.replace(tmp, args.out)
     return 0
 
