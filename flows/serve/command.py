@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from flows.local_ray import LOOPBACK
 from flows.serve.options import DEFAULT_HOST, DEFAULT_PORT, DEFAULTS, ENGINES, NO_RECORD, STORE_ENV, ServeOptions
 from mrkd_core.console import out
 from mrkd_core.errors import ConfigError, MRKDError
@@ -167,7 +168,7 @@ def run_service(options: ServeOptions, host: str, port: int, token: str | None) 
                 except RuntimeError as exc:
                     raise MRKDError(f"the service did not start: {_deploy_error(str(exc))}") from None
                 url = f"http://{host}:{port}"
-                client = _Client(url, token)
+                client = _Client(host, port, token)
                 models = client.wait_ready(stop.event)
                 if options.record:
                     log.info("every answer is recorded in %s/tables/inspections", options.record.rstrip("/"))
@@ -217,8 +218,10 @@ def _deploy_error(text: str) -> str:
 class _Client:
     """The command's own requests to the service (with the token when it has one)."""
 
-    def __init__(self, url: str, token: str | None):
-        self.url = url.replace("0.0.0.0", "127.0.0.1")
+    def __init__(self, host: str, port: int, token: str | None):
+        # A wildcard address (every interface) is reached here through loopback.
+        unspecified = host in ("", "::") or host.count(".") == 3 and set(host) <= {"0", "."}
+        self.url = f"http://{LOOPBACK if unspecified else host}:{port}"
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
