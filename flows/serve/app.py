@@ -36,7 +36,7 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -207,7 +207,6 @@ class Route:
     info: dict[str, Any] | None = None
     ready: bool = False
     problem: str | None = None
-    inflight: collections.Counter = field(default_factory=collections.Counter)
 
 
 class Gateway:
@@ -318,12 +317,8 @@ class Gateway:
                                    "retry shortly")
         parts = await image_parts(request.headers, await read_body(request, self.limit))
         version, epoch = route.version, route.epoch  # this request's version, to its end
-        route.inflight[version] += 1
-        try:
-            results = await asyncio.gather(*[self._score(route.model.name, version, epoch, filename, data,
-                                                         mask == "png", started) for filename, data in parts])
-        finally:
-            route.inflight[version] -= 1
+        results = await asyncio.gather(*[self._score(route.model.name, version, epoch, filename, data,
+                                                     mask == "png", started) for filename, data in parts])
         for result in results:
             if "error" in result:
                 raise HTTPProblem(400, result["error"])
