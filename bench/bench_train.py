@@ -71,13 +71,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_ilm import texture_image  # noqa: E402 - a smooth colour texture with fine noise
 from mrkd_core.config import MRKDConfig  # noqa: E402
-from mrkd_core.data.torch_datasets import normalize  # noqa: E402
+from mrkd_core.data.torch_datasets import (
+    TrainItem,  # noqa: E402
+    normalize,  # noqa: E402
+)
 from mrkd_core.device import cpu_heap_reuse, place_model, use_channels_last  # noqa: E402
 from mrkd_core.evaluate import infer  # noqa: E402
+from mrkd_core.ilm import get_preset, ilm_pair, synthesize  # noqa: E402
 from mrkd_core.model import build_mrkd, mrkd_loss  # noqa: E402
 from mrkd_core.score import fuse_maps, image_score  # noqa: E402
-from mrkd_core.ilm import get_preset, ilm_pair, synthesize  # noqa: E402
-from mrkd_core.data.ilm_dataset import TrainItem  # noqa: E402
 from mrkd_core.train import (  # noqa: E402
     CachedTeacherFeatures,
     TeacherPass,
@@ -339,8 +341,8 @@ def bench_shape(key: str, paths: list[str], steps: int, repeats: int, device: to
 # --------------------------------------------------------------------------- inference
 def official_inference(model, x, cfg: MRKDConfig, gen) -> float:
     """The official test loop for one image: masks, an unused loss, float64 numpy maps, scipy blur."""
-    from scipy.ndimage import gaussian_filter
     import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
 
     with torch.no_grad():
         f_t = model.teacher(x)
@@ -411,7 +413,7 @@ def bench_loader(size: int, batch: int, n_images: int, workers: int) -> dict[str
 
     from mrkd_core.data import get_dataset
     from mrkd_core.data.synthetic import make_synthetic_mvtec
-    from mrkd_core.data.ilm_dataset import ILMTrainDataset, make_loader
+    from mrkd_core.data.torch_datasets import ILMTrainDataset, make_loader
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -442,8 +444,8 @@ def bench_loader(size: int, batch: int, n_images: int, workers: int) -> dict[str
 # --------------------------------------------------------------------------- report
 def bench_checkpoint(key: str, device: torch.device, repeats: int = 2) -> list[dict]:
     """Seconds the loop is blocked per checkpoint: in the loop vs ``CheckpointWriter`` (+ its thread's time)."""
-    from mrkd_core.storage import ArtifactStore
     from mrkd_core.checkpoint import CheckpointWriter, save_checkpoint
+    from mrkd_core.storage import ArtifactStore
 
     backbone, size, _ = SHAPES[key]
     cfg = MRKDConfig(backbone=backbone, teacher_weights="none", image_size=size, device=device.type, progress=False)

@@ -39,7 +39,7 @@ from md_table import markdown as bench_markdown  # noqa: E402
 
 from mrkd_core.cli import main as mrkd  # noqa: E402
 from mrkd_core.data import get_dataset  # noqa: E402
-from mrkd_core.data.ilm_dataset import decode_train_images  # noqa: E402
+from mrkd_core.data.torch_datasets import decode_train_images  # noqa: E402
 from mrkd_core.evaluate import scales_key  # noqa: E402
 from mrkd_core.ilm import describe_preset  # noqa: E402
 from mrkd_core.ilm.auto import estimate_background, estimate_preset  # noqa: E402

@@ -62,7 +62,7 @@ from mrkd_core.partitioned import read_metrics, read_scores
 from mrkd_core.registry.tables import read_history
 from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.report import MapTriple, write_report
-from mrkd_core.report_maps import read_maps
+from mrkd_core.results import read_maps
 from mrkd_core.specs import FAILED, SKIPPED, TRAINED, ExperimentSpec, Task, TaskOutcome, load_spec
 from mrkd_core.storage import ArtifactStore
 

@@ -51,7 +51,7 @@ from flows.settings import open_store, resolve_run_id, spec_path
 from mrkd_core.checkpoint import CheckpointMode
 from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError, DataError, DeviceError, WeightsError
-from mrkd_core.progress import EpochProgress, EpochReporter, ProgressBar
+from mrkd_core.progress import EpochProgress, EpochReporter
 from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.specs import SKIPPED, Task, load_spec
 
@@ -177,9 +177,8 @@ def train_one(task: dict[str, Any], run_id: str, force: bool = False,
     """Train + evaluate one task (or skip it when complete); returns a small summary record."""
     if dataset is not None:
         ensure_dataset(dataset)
-    reporters = [TrainingProgress(task), ProgressBar(bool(task["config"].get("progress", True)))]
     with assigned_gpu():  # Ray's GPU for this task, freed for the next task of a reused worker
-        summary = _train_evaluate(task, run_id, force, reporters, registry)
+        summary = _train_evaluate(task, run_id, force, [TrainingProgress(task)], registry)
     get_run_logger().info("%s %s in %.1f s", summary["status"], summary["key"], summary["seconds"])
     return summary
 

@@ -15,8 +15,8 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, fields
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from mrkd_core.errors import ConfigError
@@ -72,7 +72,7 @@ class MRKDConfig:
     image_size: int = 256
     normalize_mean: tuple[float, float, float] = IMAGENET_MEAN
     normalize_std: tuple[float, float, float] = IMAGENET_STD
-    # At most this many training / test images, a seeded choice (mrkd_core.data.subsample;
+    # At most this many training / test images, a seeded choice (mrkd_core.data.selection;
     # the test choice keeps every defect type); 0 = all. A subsample is other data, so it
     # is part of the hash; specs set it per dataset (datasets[].subsample).
     train_subsample: int = 0

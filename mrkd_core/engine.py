@@ -79,11 +79,11 @@ from mrkd_core.model_io import model_bytes
 from mrkd_core.partitioned import METRICS_TABLE, SCORES_TABLE, check_run_id, conform
 from mrkd_core.progress import EpochReporter
 from mrkd_core.registry.tracking import RegistryOptions, track
-from mrkd_core.report_maps import maps_npz
 from mrkd_core.results import (
     MANIFEST,
     METRICS_SCHEMA,
     SCORES_SCHEMA,
+    maps_npz,
     metrics_rows,
     parquet_bytes,
     read_parquet_bytes,

@@ -30,8 +30,7 @@ from typing import Any
 
 from mrkd_core.data import Sample, get_dataset
 from mrkd_core.data.fingerprint import HashCache, fingerprint_samples
-from mrkd_core.data.holdout import holdout_split
-from mrkd_core.data.subsample import subsample_test, subsample_train
+from mrkd_core.data.selection import holdout_split, subsample_test, subsample_train
 from mrkd_core.errors import ConfigError, StorageError
 from mrkd_core.lineage import Lineage
 from mrkd_core.partitioned import check_run_id
@@ -117,7 +116,7 @@ class TaskSamples:
     """The images one task sees, decided in one place (:func:`task_samples`).
 
     ``trained``: train/good (subsampled when the config says so) less ``held_out``, the
-    ``validation_fraction`` kept for calibration (``data.holdout``); ``test``: the test
+    ``validation_fraction`` kept for calibration (``data.selection``); ``test``: the test
     split (subsampled likewise; empty for a task that does not evaluate).
     """
 
@@ -138,7 +137,7 @@ def task_samples(task: Task, evaluated: bool = True, train: bool = True) -> Task
     """What ``task`` trains on, holds out and is tested on: the one rule (training, calibration,
     ``mrkd evaluate`` and ``mrkd calibrate`` take what it decides and split nothing).
 
-    A declared subsample (config ``train_subsample``/``test_subsample``, ``data.subsample``)
+    A declared subsample (config ``train_subsample``/``test_subsample``, ``data.selection``)
     is the data of the task. ``evaluated=False`` (a run that does not evaluate; its dataset
     may have no test split) lists no test split; ``train=False`` (evaluating a stored model)
     no training split. Raises ``DataError`` for unreadable data.

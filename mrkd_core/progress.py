@@ -1,10 +1,10 @@
 """How a training tells the world about each finished epoch: one channel, a list of reporters.
 
 ``train`` builds an :class:`EpochProgress` after every epoch and hands it to each
-reporter of its list; nothing else reports epochs. The library's reporters are a log
-line (:class:`EpochLog`) and a terminal progress bar (:class:`ProgressBar`); the flows
-add their own (a line in the task run's log and a Prefect progress artifact,
-``flows.train_evaluate.TrainingProgress``) in place of the log line. A reporter runs in
+reporter of its list; nothing else reports epochs. The list is the caller's reporters
+(default: the log line, :class:`EpochLog`; the flows pass theirs instead, a line in the
+task run's log and a Prefect progress artifact, ``flows.train_evaluate.TrainingProgress``)
+and the terminal progress bar (:class:`ProgressBar`) that ``cfg.progress`` asks for. A reporter runs in
 the training loop: it must be cheap and must never fail the training.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 log = logging.getLogger("mrkd_core.train")  # the training's own log, as before the reporters existed
 
-__all__ = ["EpochLog", "EpochProgress", "EpochReporter", "ProgressBar", "default_reporters", "hms"]
+__all__ = ["EpochLog", "EpochProgress", "EpochReporter", "ProgressBar", "epoch_reporters", "hms"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class ProgressBar:
             self._bar = None
 
 
-def default_reporters(progress_bar: bool = True) -> Sequence[EpochReporter]:
-    """The library's reporters: the log line, and the progress bar when ``progress_bar`` (``cfg.progress``)."""
-    return (EpochLog(), ProgressBar(progress_bar))
+def epoch_reporters(given: Sequence[EpochReporter] | None, progress_bar: bool) -> list[EpochReporter]:
+    """The reporters of one training: ``given`` (None: the log line), then the progress bar
+    when ``progress_bar`` (``cfg.progress``)."""
+    return [*(given if given is not None else (EpochLog(),)), ProgressBar(progress_bar)]

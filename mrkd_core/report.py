@@ -32,9 +32,9 @@ from matplotlib.figure import Figure
 
 from mrkd_core.figures import png, slug
 from mrkd_core.history_report import HISTORY_KEY, history_section
-from mrkd_core.report_maps import IMAGE_LABELLED_ORDER
-from mrkd_core.storage import ArtifactStore
 from mrkd_core.paper_tables import ABSENT_MARK, MVTEC_CATEGORIES, build_all, build_table, main_setting_rows
+from mrkd_core.results import IMAGE_LABELLED_ORDER
+from mrkd_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 

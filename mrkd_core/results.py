@@ -1,4 +1,6 @@
-"""Result tables (explicit pyarrow schemas), the rows that fill them, and run manifests.
+"""What a run directory holds: result tables (explicit pyarrow schemas), the rows that fill
+them, the report's qualitative maps (Fig. 7: ``maps_npz`` writes them, ``read_maps`` reads
+them back), and run manifests.
 
 The metrics and per-image score rows are built here, next to their schemas
 (``metrics_rows``, ``score_rows``), by every path that writes them: the engine's run
@@ -10,6 +12,7 @@ written last and lists every object with its size and sha256. Readers ignore run
 directories without a valid manifest, so a crash or a storage outage mid-write never
 yields a half-written result in a report.
 """
+
 
 from __future__ import annotations
 
@@ -23,10 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mrkd_core.config import MRKDConfig
+from mrkd_core.data.io import load_image
 from mrkd_core.errors import StorageError
 from mrkd_core.metrics import PIXEL_METRICS
 from mrkd_core.storage import ArtifactStore
@@ -324,3 +329,60 @@ def is_complete(store: ArtifactStore, run_dir: str, max_hash_bytes: int | None =
     objects; raises ``StorageError`` only when the store itself fails.
     """
     return not verify_manifest(store, run_dir, max_hash_bytes)
+
+
+# --------------------------------------------------------------------------- the report's maps (Fig. 7)
+MAPS_PER_CATEGORY = 6  # test images whose maps are kept for the report's Fig. 7 grid
+
+
+def maps_npz(ev: EvalResult, image_size: int) -> bytes:
+    """``maps.npz`` of a run: the first ``MAPS_PER_CATEGORY - 2`` anomalous and the first 2 normal test
+    images of ``ev``, each at ``image_size``, with its mask and map (float32); ``has_masks`` False
+    when the masks are zeros standing in for no pixel ground truth."""
+    labels = np.array([s["label"] for s in ev.scores])
+    order = list(np.flatnonzero(labels == 1)[: MAPS_PER_CATEGORY - 2]) + list(np.flatnonzero(labels == 0)[:2])
+    images = np.stack([load_image(ev.scores[i]["path"], image_size) for i in order]) if order else np.zeros((0,))
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        images=images,
+        has_masks=np.array(not ev.absent),  # False: the masks are zeros standing in for no ground truth
+        masks=ev.masks[order] if order else np.zeros((0,)),
+        maps=ev.maps[order].astype(np.float32) if order else np.zeros((0,)),
+        paths=np.array([ev.scores[i]["path"] for i in order]),
+        labels=labels[order] if order else np.zeros((0,)),
+    )
+    return buf.getvalue()
+
+
+def read_maps(store: ArtifactStore, run_directory: str) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """(image, mask, map) triples kept for the report (Fig. 7); mask None without pixel ground truth.
+
+    Order: anomalous test images first, then normal ones (as the engine keeps them). Without
+    pixel ground truth a figure has no mask to show where the defect is, so there the
+    first three are two anomalous images and then a normal one (``IMAGE_LABELLED_ORDER``):
+    the heatmaps, on one colour scale, show the contrast. FileNotFoundError without
+    ``maps.npz``. Files written before ``has_masks`` existed had masks.
+    """
+    with np.load(io.BytesIO(store.read_bytes(f"{run_directory}/maps.npz"))) as z:
+        if z["images"].ndim != 4:
+            return []
+        has_masks = bool(z["has_masks"]) if "has_masks" in z.files else True
+        order = list(range(z["images"].shape[0]))
+        if not has_masks and "labels" in z.files:
+            order = image_labelled_order(z["labels"].astype(int).tolist())
+        return [(z["images"][i], z["masks"][i] if has_masks else None, z["maps"][i]) for i in order]
+
+
+#: Labels of the first rows of an image-labelled figure (1 = anomalous): see ``read_maps``.
+IMAGE_LABELLED_ORDER = (1, 1, 0)
+
+
+def image_labelled_order(labels: list[int]) -> list[int]:
+    """Indices of ``labels`` with the first rows following ``IMAGE_LABELLED_ORDER`` where the labels allow."""
+    pools = {0: [i for i, lab in enumerate(labels) if lab == 0], 1: [i for i, lab in enumerate(labels) if lab == 1]}
+    first = []
+    for want in IMAGE_LABELLED_ORDER:
+        if pools[want]:
+            first.append(pools[want].pop(0))
+    return first + [i for i in range(len(labels)) if i not in first]

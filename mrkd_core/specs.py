@@ -49,7 +49,7 @@ class DatasetEntry:
     dataset (sorted key/value pairs, hashable), None for a real one. ``subsample``: at
     most this many ``train`` / ``test`` images per category (sorted pairs), set as the
     config fields ``train_subsample`` / ``test_subsample`` of this dataset's tasks, so a
-    subsample is keyed apart from the whole data (``mrkd_core.data.subsample``).
+    subsample is keyed apart from the whole data (``mrkd_core.data.selection``).
     """
 
     name: str

@@ -1,7 +1,7 @@
 """One MRKD training run (Algorithm 1, training stage) from a frozen config: the loop.
 
 The step (``train_step``) reads like Algorithm 1, lines 5-10: the batch arrives with ILM
-already applied (x_a, in DataLoader workers, ``mrkd_core.data.ilm_dataset``); the run's
+already applied (x_a, in DataLoader workers, ``mrkd_core.data.torch_datasets``); the run's
 teacher-feature source gives f_T,n and f_T,a (Eq. 1); OCBE + student + FLM generation
 restore f_G from f_T,a (Eq. 1-3); the loss of Eq. 4; backward; Adam step. Checkpoints
 (state, writer, resume) are ``mrkd_core.checkpoint``.
@@ -50,11 +50,17 @@ from mrkd_core.checkpoint import (
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
 from mrkd_core.data.fingerprint import fingerprint_samples
-from mrkd_core.data.ilm_dataset import ILMTrainDataset, TrainItem, close_loader, decode_train_images, make_loader
-from mrkd_core.data.torch_datasets import normalize
+from mrkd_core.data.torch_datasets import (
+    ILMTrainDataset,
+    TrainItem,
+    close_loader,
+    decode_train_images,
+    make_loader,
+    normalize,
+)
 from mrkd_core.device import autocast_context, cpu_heap_reuse, place_model, resolve_device
 from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
-from mrkd_core.progress import EpochProgress, EpochReporter, default_reporters
+from mrkd_core.progress import EpochProgress, EpochReporter, epoch_reporters
 from mrkd_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -274,8 +280,8 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     (kept, their higher epochs would shadow the new ones), and what checkpoints of other
     data do. ``teacher_cache``: reuse the clean images' teacher features (None: when they
     fit in ``teacher_cache_limit``; False: never; True: always). ``reporters`` receive every
-    finished epoch (:mod:`mrkd_core.progress`; default: the log line and, with
-    ``cfg.progress``, a progress bar); they run in the training loop, so keep them cheap.
+    finished epoch (:mod:`mrkd_core.progress`; default: the log line), and so does a
+    progress bar when ``cfg.progress``; they run in the training loop, so keep them cheap.
     ``train_fingerprint``: the fingerprint of ``samples``, recorded in checkpoints and
     compared on resume (a checkpoint of other data is not continued); None = computed from
     them when ``checkpoints`` is given (names relative to the folder they share; the engine
@@ -294,7 +300,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     if checkpoints is not None and train_fingerprint is None:
         train_fingerprint = fingerprint_samples(samples).digest
     start_epoch, losses = _starting_point(checkpoints, mode, cfg, model, optimizer, train_fingerprint, category)
-    reporters = default_reporters(cfg.progress) if reporters is None else reporters
+    reporters = epoch_reporters(reporters, cfg.progress)
 
     history: list[EpochRecord] = []
     t0 = time.perf_counter()

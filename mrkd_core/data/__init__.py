@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from mrkd_core.data.base import DatasetLayout, Problem, Sample
+from mrkd_core.data.catalog import DATASETS, catalogued, discover, get_dataset
 from mrkd_core.data.io import load_image, load_mask
-from mrkd_core.data.catalog import DATASETS, discover, get_dataset, catalogued
 
 discover()
 

@@ -11,9 +11,9 @@ The zip wraps the products in one folder; download() finds them inside it.
 
 from __future__ import annotations
 
+from mrkd_core.data.catalog import catalogued
 from mrkd_core.data.download import DownloadableMixin, DownloadInfo
 from mrkd_core.data.mvtec import MVTecLayout
-from mrkd_core.data.catalog import catalogued
 
 BTAD_PRODUCTS: tuple[str, ...] = ("01", "02", "03")
 

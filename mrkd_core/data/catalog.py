@@ -24,8 +24,8 @@ DATASETS: dict[str, DatasetLayout] = {}
 
 # Modules of this package that hold no dataset (never imported by discover()).
 _INFRASTRUCTURE = frozenset(
-    {"base", "catalog", "io", "download", "validate", "synthetic", "torch_datasets", "ilm_dataset", "split",
-     "subsample", "fingerprint", "holdout"}
+    {"base", "catalog", "io", "download", "validate", "synthetic", "torch_datasets", "split",
+     "selection", "fingerprint"}
 )
 _discovered = False
 

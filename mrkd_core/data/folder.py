@@ -11,8 +11,8 @@ download.
 
 from __future__ import annotations
 
-from mrkd_core.data.mvtec import MVTecLayout
 from mrkd_core.data.catalog import catalogued
+from mrkd_core.data.mvtec import MVTecLayout
 
 
 @catalogued("folder")

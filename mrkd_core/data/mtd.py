@@ -31,8 +31,8 @@ from mrkd_core.data.base import (
     name_key,
     require_root,
 )
-from mrkd_core.data.download import DownloadableMixin, DownloadInfo
 from mrkd_core.data.catalog import catalogued
+from mrkd_core.data.download import DownloadableMixin, DownloadInfo
 from mrkd_core.data.split import DEFAULT_SPLIT_SEED, TRAIN_FRACTION, HoldoutSplit, SplitFile, draw_split, split_problems
 from mrkd_core.data.split import load_or_create_split as _load_split
 from mrkd_core.data.validate import check_image, check_mask

@@ -34,8 +34,8 @@ from mrkd_core.data.base import (
     name_key,
     require_root,
 )
-from mrkd_core.data.download import DownloadableMixin, DownloadInfo
 from mrkd_core.data.catalog import catalogued
+from mrkd_core.data.download import DownloadableMixin, DownloadInfo
 from mrkd_core.data.validate import check_image, check_mask
 from mrkd_core.errors import DataError
 

@@ -1,19 +1,33 @@
-"""PyTorch views of a list of ``Sample`` records.
+"""What the network is fed: PyTorch views of ``Sample`` records, for training and for the test stage.
 
-They open files lazily in ``__getitem__`` so that DataLoader workers share the decoding
-work and a Ray task ships only paths. Bad files raise ``DataError`` naming the file.
+Test images (``TestDataset``) open their files lazily in ``__getitem__``, so that DataLoader
+workers share the decoding work and a Ray task ships only paths; bad files raise
+``DataError`` naming the file.
+
+The training data of Algorithm 1: ``ILMTrainDataset`` yields one ``TrainItem`` per
+training image: its index, the clean image x_n and the synthetic anomalous image
+x_a = ILM(x_n) (Sec. 3.2). ILM runs here, i.e. in DataLoader workers, so synthesis never
+stalls the model. ``EpochSampler`` and ``make_loader`` give one loader for the whole run
+whose shuffling and ILM draws are pure functions of ``(cfg.seed, epoch, index)``, so a
+resumed run continues exactly as the uninterrupted one (``mrkd_core.train``).
 """
+
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
 from mrkd_core.data.io import load_image, load_pair
+from mrkd_core.errors import DataError
+from mrkd_core.ilm import ILMPreset, ilm_pair, resolve_preset
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -68,3 +82,149 @@ class TrainImages(Dataset):
 
     def __getitem__(self, idx: int) -> np.ndarray:
         return load_image(self.samples[idx].path, self.image_size)
+
+
+_EMPTY = torch.empty(0)
+
+
+class TrainItem(NamedTuple):
+    """One training image, or (after the DataLoader's collation) one batch of them.
+
+    ``index``: int64, the image's position in the dataset (B after collation); it picks
+    the rows of a per-run teacher-feature cache. ``normal``: x_n, float32 3×S×S (B×3×S×S),
+    normalised; empty when the run does not need it (``with_normal=False``).
+    ``synthetic``: x_a = ILM(x_n), same shape; empty without ILM (then x_a = x_n and the
+    training step reuses x_n's teacher features).
+
+    The same three fields in every item of every run, so nothing in the training loop
+    changes type between iterations.
+    """
+
+    index: torch.Tensor
+    normal: torch.Tensor
+    synthetic: torch.Tensor
+
+    def to(self, device: torch.device) -> "TrainItem":
+        """The batch on ``device`` (asynchronous copies from pinned memory)."""
+        return TrainItem(*(t.to(device, non_blocking=True) for t in self))
+
+
+def decode_train_images(samples: Sequence[Sample], image_size: int, category: str) -> list[np.ndarray]:
+    """Every training image decoded and resized once (uint8 S×S×3), in ``samples`` order.
+
+    Up front, so that a bad file fails here with its name before any training time is
+    spent, and 200 epochs do not decode each PNG 200 times; DataLoader workers share the
+    arrays copy-on-write. Raises ``DataError`` when ``samples`` is empty or a file is bad.
+    """
+    if not samples:
+        raise DataError(
+            f"category '{category}' has no training images — add defect-free images to its train/good folder"
+        )
+    files = TrainImages(list(samples), image_size)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(files.__getitem__, range(len(files))))
+
+
+class ILMTrainDataset(Dataset):
+    """``TrainItem(index, x_n, x_a)`` for Eq. 1 from decoded training images.
+
+    ``with_normal=False`` (chosen by the training run when the clean images' teacher
+    features are cached) leaves x_n out: it would only be normalised, shipped from the
+    worker and dropped. Items are drawn by index (epoch from ``set_epoch``) or by an
+    ``(epoch, index)`` key from ``EpochSampler``; the ILM patches of an image depend on
+    ``(cfg.seed, epoch, index)`` only.
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], cfg: MRKDConfig, category: str, *, with_normal: bool = True):
+        self.images = list(images)
+        self.cfg = cfg
+        # cfg.ilm_preset for this category; "auto" is estimated from these very images.
+        self.preset: ILMPreset | None = resolve_preset(cfg.ilm_preset, category, self.images) if cfg.ilm else None
+        self.with_normal = bool(with_normal)
+        self.epoch = 0
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[Sample], cfg: MRKDConfig, category: str, *,
+                     with_normal: bool = True) -> "ILMTrainDataset":
+        """Decode ``samples`` (``decode_train_images``) and build the dataset on them."""
+        return cls(decode_train_images(samples, cfg.image_size, category), cfg, category, with_normal=with_normal)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch used for plain integer indices (``EpochSampler`` passes it with each index)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> TrainItem:
+        """``key`` = an index (epoch from ``set_epoch``) or an ``(epoch, index)`` pair."""
+        epoch, idx = key if isinstance(key, tuple) else (self.epoch, key)
+        cfg = self.cfg
+        image = self.images[idx]
+        index = torch.tensor(idx, dtype=torch.int64)
+        normal = normalize(image, cfg.normalize_mean, cfg.normalize_std) if self.with_normal else _EMPTY
+        if not cfg.ilm:
+            return TrainItem(index, normal, _EMPTY)
+        rng = np.random.default_rng([cfg.seed, epoch, idx])
+        source = None
+        if cfg.ilm_source == "other" and len(self.images) > 1:
+            other = int(rng.integers(len(self.images) - 1))
+            source = self.images[other if other < idx else other + 1]
+        synthetic, _ = ilm_pair(
+            image, self.preset, rng, fraction=cfg.ilm_fraction, source=source, blend=cfg.ilm_blend
+        )
+        return TrainItem(index, normal, normalize(synthetic, cfg.normalize_mean, cfg.normalize_std))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffling of one epoch, a pure function of (seed, epoch) so that resume is exact."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` in ``epoch_order``; ``set_epoch`` before iterating.
+
+    The epoch travels with every index, so DataLoader workers can live for the whole
+    run (``persistent_workers``) and still draw each image's ILM patches from
+    ``(seed, epoch, index)``: re-forking workers every epoch would stall a GPU for the
+    first batches of each epoch, which are most of an epoch on a small category.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0):
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        return epoch_order(self.n, self.seed, self.epoch)
+
+    def __iter__(self):
+        return iter([(self.epoch, i) for i in self.order()])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def make_loader(dataset: ILMTrainDataset, cfg: MRKDConfig, epoch: int = 0, pin_memory: bool = False) -> DataLoader:
+    """One loader of ``TrainItem`` batches for the whole run; ``loader.sampler.set_epoch(e)`` before each epoch."""
+    workers = cfg.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=EpochSampler(len(dataset), cfg.seed, epoch),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=False,  # the official code keeps the last partial batch
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def close_loader(loader: DataLoader) -> None:
+    """Stop persistent DataLoader workers now (a failed run may keep the loader alive in its traceback)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mrkd_core.data.base import Problem
-from mrkd_core.data.io import open_image
 from mrkd_core.data.catalog import get_dataset
+from mrkd_core.data.io import open_image
 from mrkd_core.errors import DataError
 
 log = logging.getLogger(__name__)

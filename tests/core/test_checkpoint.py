@@ -9,11 +9,11 @@ import threading
 import pytest
 import torch
 
+from mrkd_core.checkpoint import CheckpointWriter, load_latest_checkpoint, save_checkpoint
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import StorageError
 from mrkd_core.model import build_mrkd, mrkd_loss
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.checkpoint import CheckpointWriter, load_latest_checkpoint, save_checkpoint
 from mrkd_core.train import build_optimizer
 
 CFG = MRKDConfig(backbone="resnet18", teacher_weights="none", image_size=32, batch_size=2, num_workers=0,

@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 
 from mrkd_core.data import DATASETS, Sample, get_dataset
 from mrkd_core.data.base import DatasetLayout
+from mrkd_core.data.catalog import catalogued
 from mrkd_core.data.io import load_image, load_mask, load_pair
 from mrkd_core.data.mtd import MTD, draw_split, load_or_create_split
-from mrkd_core.data.catalog import catalogued
 from mrkd_core.data.torch_datasets import TestDataset, TrainImages
 from mrkd_core.data.validate import PROBLEM_KINDS, check_dataset, format_problems
 from mrkd_core.errors import ConfigError, DataError

@@ -224,7 +224,7 @@ def test_the_demo_spec_on_elpv_lookalikes(tmp_path, monkeypatch):
     declares, keyed apart from the whole data, and reported with the subsample named and real-cell heatmaps."""
     from mrkd_core.partitioned import read_scores
     from mrkd_core.report import write_report
-    from mrkd_core.report_maps import read_maps
+    from mrkd_core.results import read_maps
     from mrkd_core.specs import load_spec
 
     counts = {("mono", 0): 130, ("mono", 3): 80, ("poly", 0): 5, ("poly", 3): 2}  # 104 train, 26 + 80 test

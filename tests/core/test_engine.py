@@ -18,8 +18,7 @@ from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import StorageError
 from mrkd_core.layout import find_complete, run_dir, task_inputs
 from mrkd_core.partitioned import read_metrics, read_scores
-from mrkd_core.report_maps import read_maps
-from mrkd_core.results import METRICS_SCHEMA, verify_manifest
+from mrkd_core.results import METRICS_SCHEMA, read_maps, verify_manifest
 from mrkd_core.revision import EVALUATION_REVISION, TRAINING_REVISION
 from mrkd_core.storage import ArtifactStore
 from tests.datagen import train_smoke_key, write_image
@@ -314,7 +313,7 @@ def test_the_training_fingerprint_covers_the_images_trained_on_after_the_hold_ou
     fingerprint (manifest, model, checkpoint, metrics row) is that of the images trained on,
     and a rerun with the same inputs reuses the result."""
     from mrkd_core.data.fingerprint import fingerprint_samples
-    from mrkd_core.data.holdout import holdout_split
+    from mrkd_core.data.selection import holdout_split
 
     _, task, _ = setup
     held_task = dataclasses.replace(task, config=task.config.replace(validation_fraction=0.5))

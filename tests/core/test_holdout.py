@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mrkd_core.data.base import Sample
-from mrkd_core.data.holdout import holdout_split
+from mrkd_core.data.selection import holdout_split
 from mrkd_core.errors import ConfigError
 
 

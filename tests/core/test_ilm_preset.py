@@ -9,8 +9,8 @@ import pytest
 
 from mrkd_core.config import HASH_NEUTRAL_DEFAULTS, MRKDConfig
 from mrkd_core.data import get_dataset
-from mrkd_core.data.ilm_dataset import ILMTrainDataset, decode_train_images
 from mrkd_core.data.synthetic import make_synthetic_mvtec
+from mrkd_core.data.torch_datasets import ILMTrainDataset, decode_train_images
 from mrkd_core.errors import ConfigError
 from mrkd_core.ilm import (
     PRESETS,

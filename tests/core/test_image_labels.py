@@ -28,8 +28,7 @@ from mrkd_core.metrics import NO_PIXEL_GROUND_TRUTH, PIXEL_METRICS, absent_metri
 from mrkd_core.paper_tables import ABSENT_MARK
 from mrkd_core.partitioned import read_metrics, read_scores
 from mrkd_core.report import write_report
-from mrkd_core.report_maps import read_maps
-from mrkd_core.results import ABSENT_COLUMN
+from mrkd_core.results import ABSENT_COLUMN, read_maps
 from mrkd_core.specs import parse_spec
 from mrkd_core.storage import ArtifactStore
 from tests import datagen
@@ -173,8 +172,7 @@ def test_calibration_without_masks_takes_the_pixel_threshold_from_good_pixels(da
     pixels are used for neither. Verdicts reach the scores table, masks the predictions."""
     from mrkd_core.evaluate import evaluate
     from mrkd_core.inference import predict_images
-    from mrkd_core.inference.calibration import DEFAULT_FALSE_ALARM_RATE
-    from mrkd_core.inference.thresholds import false_alarm_threshold
+    from mrkd_core.inference.calibration import DEFAULT_FALSE_ALARM_RATE, false_alarm_threshold
     from mrkd_core.model_io import load_model_file
 
     spec = parse_spec({

@@ -20,16 +20,18 @@ from mrkd_core.data.io import load_image, load_image_bytes
 from mrkd_core.errors import DataError
 from mrkd_core.evaluate import evaluate
 from mrkd_core.inference import Calibration, Predictor, calibrate_model, predict_images
-from mrkd_core.inference.calibration import CalibrationData, CalibrationSet, calibrate
-from mrkd_core.inference.images import read_image
-from mrkd_core.inference.overlays import mask_png, overlay
-from mrkd_core.inference.thresholds import (
+from mrkd_core.inference.calibration import (
+    CalibrationData,
+    CalibrationSet,
+    calibrate,
     expected_false_alarm_rate,
     f1_threshold,
     false_alarm_threshold,
     normalize,
     rate_above,
 )
+from mrkd_core.inference.images import read_image
+from mrkd_core.inference.overlays import mask_png, overlay
 from mrkd_core.metrics import f1_max_image
 from mrkd_core.model import build_mrkd
 from mrkd_core.model_io import load_model_file, save_model, write_calibration

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from mrkd_core.lineage import EVALUATION_REVISION_KEY, TEST_FINGERPRINT, TRAIN_FINGERPRINT, TRAINING_REVISION_KEY, Lineage
+from mrkd_core.lineage import (
+    EVALUATION_REVISION_KEY,
+    TEST_FINGERPRINT,
+    TRAIN_FINGERPRINT,
+    TRAINING_REVISION_KEY,
+    Lineage,
+)
 from mrkd_core.revision import EVALUATION_REVISION, TRAINING_REVISION
 
 TODAY = Lineage("0123456789abcdef", "a" * 64, "b" * 64)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mrkd_core.config import MRKDConfig
-from mrkd_core.data.ilm_dataset import TrainItem
+from mrkd_core.data.torch_datasets import TrainItem
 from mrkd_core.device import place_model
 from mrkd_core.errors import ConfigError, WeightsError
 from mrkd_core.model import (

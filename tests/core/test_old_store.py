@@ -20,7 +20,7 @@ from mrkd_core.partitioned import METRICS_TABLE, SCORES_TABLE, read_metrics, rea
 from mrkd_core.registry.tables import read_history, read_promotions
 from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.report import write_report
-from mrkd_core.report_maps import read_maps
+from mrkd_core.results import read_maps
 from mrkd_core.specs import load_spec, prepare_data
 from mrkd_core.storage import ArtifactStore
 from tests import readers

@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 
 from mrkd_core.config import MRKDConfig
-from mrkd_core.published import load_published, published_value
 from mrkd_core.paper_tables import (
     MVTEC_CATEGORIES,
     TABLE_KEYS,
     build_all,
     build_table,
 )
+from mrkd_core.published import load_published, published_value
 
 METRICS = ("image_auroc", "pixel_auroc", "au_pro", "au_pro_per_image", "f1_max_image", "f1_max_pixel")
 T0 = datetime(2026, 11, 28, 2, 0, tzinfo=timezone.utc)

@@ -21,9 +21,8 @@ import torch
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data import get_dataset
-from mrkd_core.data.ilm_dataset import ILMTrainDataset, epoch_order, make_loader
 from mrkd_core.data.synthetic import make_synthetic_mvtec
-from mrkd_core.data.torch_datasets import normalize
+from mrkd_core.data.torch_datasets import ILMTrainDataset, epoch_order, make_loader, normalize
 from mrkd_core.device import CPU_CHANNELS_LAST_MIN_SIZE, _glibc, place_model, use_channels_last
 from mrkd_core.errors import ConfigError
 from mrkd_core.model import build_mrkd, mrkd_loss

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from mrkd_core.paper_tables import MVTEC_CATEGORIES, TABLE_KEYS, build_table
 from mrkd_core.report import format_cell, table_to_markdown, write_report
 from mrkd_core.storage import ArtifactStore
-from mrkd_core.paper_tables import MVTEC_CATEGORIES, TABLE_KEYS, build_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ import pytest
 
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
-from mrkd_core.data.subsample import subsample_test, subsample_train
+from mrkd_core.data.selection import subsample_test, subsample_train
 from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.engine import train_evaluate
 from mrkd_core.errors import ConfigError

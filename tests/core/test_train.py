@@ -11,8 +11,8 @@ import torch
 from mrkd_core.checkpoint import load_latest_checkpoint, write_checkpoint
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data import get_dataset
-from mrkd_core.data.ilm_dataset import ILMTrainDataset, epoch_order
 from mrkd_core.data.synthetic import make_synthetic_mvtec
+from mrkd_core.data.torch_datasets import ILMTrainDataset, epoch_order
 from mrkd_core.errors import StorageError
 from mrkd_core.evaluate import evaluate
 from mrkd_core.model import build_mrkd

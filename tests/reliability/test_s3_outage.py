@@ -29,8 +29,7 @@ from mrkd_core.errors import StorageError
 from mrkd_core.layout import find_complete, run_dir
 from mrkd_core.partitioned import read_metrics, read_scores
 from mrkd_core.report import write_report
-from mrkd_core.report_maps import read_maps
-from mrkd_core.results import verify_manifest
+from mrkd_core.results import read_maps, verify_manifest
 from mrkd_core.storage import ArtifactStore
 from tests.reliability.relkit import ROOT, S3Env
 
