@@ -166,7 +166,7 @@ def run_service(options: ServeOptions, host: str, port: int, token: str | None) 
                     serve.run(build_app(options, env=forwarded_env()), name=APP_NAME, route_prefix="/",
                               blocking=False)
                 except RuntimeError as exc:
-                    raise MRKDError(f"the service did not start: {_deploy_error(str(exc))}") from None
+                    raise MRKDError(f"the service did not start: {_deploy_error(_deploy_report(str(exc)))}") from None
                 url = f"http://{host}:{port}"
                 client = _Client(host, port, token)
                 models = client.wait_ready(stop.event)
@@ -202,6 +202,20 @@ def _fit_to_cluster(options: ServeOptions, resources: dict[str, float], own_ray:
                           f"--cpus-per-replica {options.cpus_per_replica:g} = {need:g} CPUs, but this Ray has "
                           f"{resources.get('CPU', 0):g}: lower --cpus-per-replica (e.g. 0.5)")
     return replace(options, gpus_per_replica=gpus, max_replicas=ceiling)
+
+
+def _deploy_report(summary: str) -> str:
+    """Serve's summary of a failed deployment, with each deployment's own message (the replica's error)."""
+    from ray import serve
+
+    from flows.serve.app import APP_NAME
+
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # noqa: BLE001 - the summary alone still says that it failed
+        return summary
+    messages = [d.message for d in (app.deployments.values() if app else []) if d.message]
+    return "\n".join([summary, *messages])
 
 
 def _deploy_error(text: str) -> str:

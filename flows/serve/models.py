@@ -204,11 +204,15 @@ UNCALIBRATED = ("the model is uncalibrated, so it gives scores without a verdict
 
 
 def check_loadable(model: ServedModel) -> None:
-    """Fail now, with one line, when ``model`` names nothing that exists (before Ray starts)."""
+    """Fail now, with one line, when ``model``'s file is missing or not a model (before Ray starts).
+
+    A ``model.pt``'s records are read as ``mrkd predict`` reads them (weights-only unpickling,
+    no network built), so a broken file is the library's one-line error, not a failed deployment.
+    """
+    from mrkd_core.model_io import load_model_file
     from mrkd_core.storage import open_uri
 
     _, uri = current_version(model)
-
     try:
         open_uri(uri, "rb").close()
     except FileNotFoundError:
@@ -216,6 +220,8 @@ def check_loadable(model: ServedModel) -> None:
                         "`mrkd export` or a registered model (NAME@champion)") from None
     except OSError as exc:
         raise MRKDError(f"{uri}: cannot read ({type(exc).__name__}: {exc})") from None
+    if not is_onnx(uri):
+        load_model_file(uri, build=False)
 
 
 __all__ = ["LoadedModel", "NAME_PATTERN", "ServedModel", "UNCALIBRATED", "check_loadable",

@@ -43,13 +43,14 @@ def test_refusals_are_one_line_and_exit_2(capsys, tmp_path, store, monkeypatch):
     monkeypatch.delenv("MRKD_SERVE_TOKEN", raising=False)
     monkeypatch.delenv("MRKD_STORE", raising=False)
     model = tmp_path / "bracket.pt"
-    model.write_bytes(b"not read before Ray starts")
+    model.write_bytes(b"not a model file")
     err = _error(capsys, str(model), "--host", "0.0.0.0")
     assert "--host 0.0.0.0" in err and "MRKD_SERVE_TOKEN" in err and "--token-file" in err
     (short := tmp_path / "token").write_text("abc\n")
     assert "at least 16 characters" in _error(capsys, str(model), "--host", "0.0.0.0", "--token-file", str(short))
     assert "cannot read it" in _error(capsys, str(model), "--token-file", str(tmp_path / "nope"))
     assert "model file not found" in _error(capsys, str(tmp_path / "missing.pt"), "--record", "none")
+    assert "bracket.pt: not a readable MRKD model file" in _error(capsys, str(model), "--record", "none")
     assert "--record URI" in _error(capsys, str(model))  # a file and no store: where would the record go?
     assert "--replicas '0'" in _error(capsys, str(model), "--record", "none", "--replicas", "0")
     assert "two models would be served as 'bracket'" in _error(capsys, str(model), str(model), "--record", "none")
