@@ -23,7 +23,7 @@ p99 at most twice p50. Both sides use the same number of threads: the replica re
 uses as many. The in-process path runs in a process of its own, scheduled as a replica is
 (a session of its own and Ray's worker niceness, +15): on a shared Linux machine every
 session gets an equal share of the CPU, so the same code measured in this script's session
-and in the replica's can differ by 1.7× for that reason alone (measured here). On a shared
+and in the replica's differed by up to 1.7× here for that reason alone. On a shared
 machine, say so with the figures.
 """
 
