@@ -404,6 +404,26 @@ def add_models_group(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
     return models.add_subparsers(dest="models_command", required=True)
 
 
+PLUGIN_GROUP = "mrkd.commands"
+
+
+def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands that packages above the library add (``mrkd serve`` from ``flows``, which may import Ray).
+
+    Each entry point of the ``mrkd.commands`` group (``pyproject.toml``) is a function that
+    registers its subcommand on ``sub``; the library itself never imports them.
+    """
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ImportError as exc:
+            log.warning("`mrkd %s` is not available: %s (%s)", entry.name, exc, entry.value)
+            continue
+        register(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mrkd_core.inference.commands import add_commands as add_inference_commands
     from mrkd_core.registry.commands import add_registry_commands
@@ -482,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", "-c", action="append", help="category (repeatable; default: every one with a model)")
     p.add_argument("--device", help="auto, cpu or cuda (default: the model's)")
     p.set_defaults(func=cmd_ad2_submission)
+
+    add_plugin_commands(sub)  # mrkd serve (flows)
 
     p = sub.add_parser("model-summary", help="parameter counts and forward GFLOPs per component, as JSON")
     p.add_argument("--backbone", default="wide_resnet50_2")

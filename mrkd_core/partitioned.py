@@ -209,12 +209,14 @@ class PartitionedTable:
         return any(path.rsplit("/", 1)[-1].startswith(marker) for path in store.list(self.root))
 
     def write(self, store: ArtifactStore, rows: Sequence[Mapping[str, Any]], file_name: str,
-              source_run_dir: str) -> str:
+              source_run_dir: str | None) -> str:
         """Store ``rows`` (all of one partition) as one file; returns its path.
 
         The same ``file_name`` in the same partition replaces the earlier file (a
         retried task writes its rows once). In the plain layout, unless the table is in
-        the hive layout already (:meth:`is_hive`).
+        the hive layout already (:meth:`is_hive`). ``source_run_dir``: the run directory the
+        rows come from (readers skip them once it loses its manifest); None for rows of no
+        run (the service's ``inspections``).
         """
         if not rows:
             raise ValueError(f"table {self.name}: no rows to write")
@@ -226,7 +228,9 @@ class PartitionedTable:
         table = to_table([dict(r) for r in rows], self.schema)
         if hive:  # pyarrow refuses a column that is both in the path and in the file
             table = table.drop_columns(list(self.partition_by))
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source_run_dir.encode()})
+        if source_run_dir is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   SOURCE_KEY: source_run_dir.encode()})
         buf = io.BytesIO()
         pq.write_table(table, buf)
         path = f"{self.partition_dir(values, hive)}/{safe_file_name(file_name)}"

@@ -48,6 +48,27 @@ def write_image(path: str | Path, width: int, height: int, gray: bool = False, s
     return path
 
 
+def save_16bit(path: str | Path, pic: np.ndarray) -> Path:
+    """The 16-bit save (v · 257) of an 8-bit picture: RGB via OpenCV, grey via PIL (mode I;16); PNG or TIFF."""
+    import cv2
+
+    wide = pic.astype(np.uint16) * 257
+    if pic.ndim == 3:
+        assert cv2.imwrite(str(path), wide[..., ::-1])  # cv2 writes BGR, 16-bit RGB PNG/TIFF
+    else:
+        Image.fromarray(wide).save(path)
+    return Path(path)
+
+
+def save_rotated_jpeg(path: str | Path, pic: np.ndarray) -> Path:
+    """Pixels stored rotated, with EXIF orientation 6 ('rotate 90° clockwise to display')."""
+    stored = Image.fromarray(pic).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, exif=exif, quality=98, subsampling=0)
+    return Path(path)
+
+
 def write_mask(path: str | Path, width: int, height: int, box: tuple[int, int, int, int] | None = None) -> Path:
     """0/255 mask with the rectangle ``box`` = (x0, y0, x1, y1) filled (default: central quarter)."""
     path = Path(path)

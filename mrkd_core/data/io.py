@@ -17,6 +17,7 @@ official code's ``convert('RGB')``.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -44,8 +45,8 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _cannot_read(path: str, why: str) -> DataError:
-    return DataError(f"{path}: cannot read image ({why}) — {_FIX}")
+def _cannot_read(path: str, why: str, fix: str = _FIX) -> DataError:
+    return DataError(f"{path}: cannot read image ({why}) — {fix}")
 
 
 def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
@@ -65,23 +66,39 @@ def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
         raise _cannot_read(p, _one_line(exc)) from None
     if size_bytes == 0:
         raise _cannot_read(p, "the file is empty, 0 bytes")
+    return _decode(p, p, max_pixels, _FIX)
+
+
+def open_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
+                     fix: str = "send a PNG, JPEG, BMP or TIFF image") -> Image.Image:
+    """:func:`open_image` for an encoded image in memory (an HTTP body): the same decoding and
+    checks, errors naming ``name`` and ending with ``fix``."""
+    if not data:
+        raise _cannot_read(name, "it is empty, 0 bytes", fix)
+    return _decode(io.BytesIO(data), name, max_pixels, fix)
+
+
+def _decode(source: str | io.BytesIO, p: str, max_pixels: int, fix: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # Our own limit below replaces Pillow's global warning threshold.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(p)
+            img = Image.open(source)
     except Image.DecompressionBombError as exc:
         raise DataError(
-            f"{p}: image too large to decode safely ({_one_line(exc)}) — {_FIX} (decompression-bomb guard)"
+            f"{p}: image too large to decode safely ({_one_line(exc)}) — {fix} (decompression-bomb guard)"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise _cannot_read(p, _one_line(exc)) from None
+        # Pillow names a file by its path but bytes by their buffer's repr: say what it means instead.
+        why = ("UnidentifiedImageError: not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError)
+               and not isinstance(source, str) else _one_line(exc))
+        raise _cannot_read(p, why, fix) from None
     width, height = img.size
     if width * height > max_pixels:
         img.close()
         raise DataError(
             f"{p}: image is {width}×{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-            f"(decompression-bomb guard) — {_FIX}, or shrink it"
+            f"(decompression-bomb guard) — {fix}, or shrink it"
         )
     try:
         img.load()
@@ -89,7 +106,7 @@ def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
         ImageOps.exif_transpose(img, in_place=True)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         img.close()
-        raise _cannot_read(p, _one_line(exc)) from None
+        raise _cannot_read(p, _one_line(exc), fix) from None
     return img
 
 
@@ -162,6 +179,14 @@ def load_image(path: str | os.PathLike[str], size: int | None,
         return _image_array(raw, size)
 
 
+def load_image_bytes(data: bytes, name: str, size: int | None = None,
+                     max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """:func:`load_image` of an encoded image in memory (PNG, JPEG, BMP, TIFF bytes): the same pixels
+    as the same bytes read from a file; errors name ``name``."""
+    with open_image_bytes(data, name, max_pixels) as raw:
+        return _image_array(raw, size)
+
+
 def load_mask(path: str | os.PathLike[str], size: int | None,
               image_size: tuple[int, int] | None = None, image_path: str | os.PathLike[str] | None = None,
               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -216,4 +241,11 @@ def load_pair(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[s
 def save_png(path: Path, array: np.ndarray) -> None:
     """Write uint8 H×W or H×W×3 as PNG (fast compression: test and demo data is throwaway)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=1)
+    path.write_bytes(png_bytes(array))
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 H×W or H×W×3 encoded as PNG (fast compression), in memory."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()

@@ -76,6 +76,11 @@ class Prediction:
     def row(self) -> dict:
         return {f.name: getattr(self, f.name) for f in PREDICTIONS_SCHEMA}
 
+    @property
+    def defect_area_fraction(self) -> float | None:
+        """Share of the image's pixels in the defect mask, in [0, 1]; None without a mask (uncalibrated)."""
+        return None if self.mask is None else float(np.count_nonzero(self.mask)) / self.mask.size
+
 
 class Predictor:
     """Scores images with one model file (``model.pt`` or ``.onnx``) and its calibration.
@@ -148,7 +153,20 @@ class Predictor:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"expected an H×W×3 uint8 RGB image, got {arr.dtype} {arr.shape}")
-        return next(self._run([(path, arr, to_network_size(arr, self.image_size))]))
+        return self.predict_decoded([(path, arr)])[0]
+
+    def predict_decoded(self, images: Sequence[tuple[str, np.ndarray]]) -> list[Prediction]:
+        """One Prediction per (name, H×W×3 uint8 RGB image) already decoded, in order.
+
+        The decoded image is what ``data.io.load_image(path, None)`` (or ``load_image_bytes``
+        for bytes in memory, the HTTP service's door) returns, so the result equals
+        :meth:`predict` on the same file. Forward passes of up to ``batch_size`` images.
+        """
+        out: list[Prediction] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            out.extend(self._run([(name, arr, to_network_size(arr, self.image_size)) for name, arr in chunk]))
+        return out
 
     def _run(self, items: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> Iterator[Prediction]:
         if not items:

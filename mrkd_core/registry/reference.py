@@ -17,7 +17,8 @@ import logging
 import re
 from dataclasses import dataclass
 
-from mrkd_core.registry.records import MODELS, REFERENCE_SEPARATOR, EntryKey, read_index, read_version
+from mrkd_core.registry.records import (MODELS, REFERENCE_SEPARATOR, EntryKey, list_entries, read_index,
+                                        read_version)
 from mrkd_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,36 @@ def resolve(ref: ModelReference) -> ResolvedModel:
     return ResolvedModel(ref, version, store.uri(record["model"]), record)
 
 
+def expand_reference(text: str, store_root: str | None) -> str:
+    """A reference written relative to a store → the full reference; anything else unchanged.
+
+    With ``store_root`` (``mrkd serve --store``), ``<name>/<dataset>/<category>@<selector>``
+    is ``<store_root>/models/<name>/<dataset>/<category>@<selector>``, and ``<name>@<selector>``
+    names the one entry registered under ``name`` (an ``MRKDError`` lists the entries when
+    there are several, or says none exists). Full references, paths and URIs are returned as
+    they are.
+    """
+    from mrkd_core.errors import MRKDError
+
+    name, sep, selector = str(text).rpartition(REFERENCE_SEPARATOR)
+    if not store_root or not sep or not name or "://" in name or parse_reference(text) is not None:
+        return str(text)
+    parts = name.split("/")
+    if len(parts) == 3:
+        return f"{store_root.rstrip('/')}/{MODELS}/{name}{REFERENCE_SEPARATOR}{selector}"
+    if len(parts) != 1:
+        return str(text)
+    store = ArtifactStore(store_root)
+    entries = list_entries(store, name)
+    if len(entries) != 1:
+        found = ", ".join(f"{k}{REFERENCE_SEPARATOR}{selector}" for k in entries)
+        raise MRKDError(f"{text}: " + (f"{name} names {len(entries)} registered models in {store.uri()}; name one: "
+                                       f"{found}" if entries else
+                                       f"no registered model {name!r} in {store.uri()} — `mrkd models list --store "
+                                       f"{store_root}` shows them"))
+    return f"{store_root.rstrip('/')}/{entries[0].path}{REFERENCE_SEPARATOR}{selector}"
+
+
 def resolve_model_location(location: str) -> str:
     """A model reference → the URI of its ``model.pt``; any other location is returned as it is.
 
@@ -96,4 +127,5 @@ def resolve_model_location(location: str) -> str:
     return resolved.uri
 
 
-__all__ = ["ModelReference", "ResolvedModel", "parse_entry", "parse_reference", "resolve", "resolve_model_location"]
+__all__ = ["ModelReference", "ResolvedModel", "expand_reference", "parse_entry", "parse_reference", "resolve",
+           "resolve_model_location"]

@@ -36,6 +36,7 @@ COMPOSE = INFRA / "compose" / "compose.yaml"
 ENV_EXAMPLE = INFRA / "compose" / ".env.example"
 K8S = INFRA / "k8s"
 RAYCLUSTER = K8S / "raycluster.yaml"
+RAYSERVICE = K8S / "rayservice.yaml"
 JOB_TEMPLATE = K8S / "prefect" / "base-job-template.json"
 WORKER_VALUES = K8S / "prefect" / "worker-values.yaml"
 SERVER_VALUES = K8S / "prefect" / "server-values.yaml"
@@ -177,7 +178,7 @@ YAML_FILES = sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml")
 
 
 def test_infra_has_the_expected_files():
-    for path in (DOCKERFILE, DOCKERIGNORE, COMPOSE, ENV_EXAMPLE, RAYCLUSTER, JOB_TEMPLATE,
+    for path in (DOCKERFILE, DOCKERIGNORE, COMPOSE, ENV_EXAMPLE, RAYCLUSTER, RAYSERVICE, JOB_TEMPLATE,
                  WORKER_VALUES, SERVER_VALUES, RAY_VM, RAY_VM_ENV, K8S / "kustomization.yaml",
                  K8S / "secret.example.yaml", DEPLOY_DOC):
         assert path.is_file(), path
@@ -208,6 +209,12 @@ def _image_slots() -> dict[str, str]:
     for group in rc["spec"]["workerGroupSpecs"]:
         for c in group["template"]["spec"]["containers"]:
             slots[f"RayCluster {group['groupName']} {c['name']}"] = c["image"]
+    cluster = load_yaml(RAYSERVICE)["spec"]["rayClusterConfig"]
+    for c in cluster["headGroupSpec"]["template"]["spec"]["containers"]:
+        slots[f"RayService head {c['name']}"] = c["image"]
+    for group in cluster["workerGroupSpecs"]:
+        for c in group["template"]["spec"]["containers"]:
+            slots[f"RayService {group['groupName']} {c['name']}"] = c["image"]
     tmpl = json.loads(JOB_TEMPLATE.read_text())
     slots["k8s work pool image default"] = tmpl["variables"]["properties"]["image"]["default"]
     img = load_yaml(WORKER_VALUES)["worker"]["image"]
@@ -530,7 +537,8 @@ def test_compose_variables_are_all_documented_in_env_example():
 def test_compose_env_file_is_git_ignored():
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    for live in ("infra/compose/.env", "infra/ray/node/mrkd.env", "infra/k8s/s3.env", "infra/k8s/auth_token"):
+    for live in ("infra/compose/.env", "infra/ray/node/mrkd.env", "infra/k8s/s3.env", "infra/k8s/auth_token",
+                 "infra/k8s/token"):
         ignored = subprocess.run(["git", "check-ignore", "-q", live], cwd=ROOT).returncode == 0
         assert ignored, f"{live} would hold live credentials but is not git-ignored"
     for committed in ("infra/compose/.env.example", "infra/ray/node/mrkd.env.example", "infra/k8s/secret.example.yaml"):
@@ -674,6 +682,44 @@ def test_raycluster_ports_env_and_secrets(raycluster, k8s_config):
     assert spec["authOptions"] == {"mode": "token", "secretName": "mrkd-ray-auth"}
 
 
+def test_rayservice_serves_the_application_on_gpu_replicas_with_a_token(raycluster, k8s_config):
+    """The RayService runs flows.serve.app:build with mrkd serve's options, one model replica per GPU pod,
+    the cluster settings of the trainings' RayCluster, and the token from its Secret."""
+    doc = load_yaml(RAYSERVICE)
+    assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayService")
+    cluster = doc["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == _pin("ray") and cluster["authOptions"] == raycluster["spec"]["authOptions"]
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    assert serve_config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    (app,) = serve_config["applications"]
+    module, _, builder = app["import_path"].partition(":")
+    assert (module, builder, app["route_prefix"]) == ("flows.serve.app", "build", "/")
+    from flows.serve.command import add_command  # every arg is one of mrkd serve's options
+
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_command(parser.add_subparsers())
+    options = {a.dest for a in parser._subparsers._group_actions[0].choices["serve"]._actions}
+    assert set(app["args"]) <= options - {"help", "host", "port", "token_file"}, set(app["args"]) - options
+    assert app["args"]["gpus_per_replica"] == 1 and app["args"]["device"] == "cuda"
+    (group,) = cluster["workerGroupSpecs"]
+    (worker,) = group["template"]["spec"]["containers"]
+    assert int(worker["resources"]["limits"]["nvidia.com/gpu"]) == 1 == int(group["rayStartParams"]["num-gpus"])
+    assert group["minReplicas"] >= 1, "a service keeps one GPU replica up"
+    assert float(app["args"]["cpus_per_replica"]) <= float(worker["resources"]["limits"]["cpu"])
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    for c in (head, worker):
+        refs = [(k, v["name"]) for ref in c["envFrom"] for k, v in ref.items()]
+        assert refs == [("configMapRef", k8s_config["metadata"]["name"]), ("secretRef", "mrkd-s3")]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["MRKD_SERVE_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mrkd-serve-token", "key": "token"}
+        assert 8000 in {p["containerPort"] for p in c["ports"]}
+    secrets = {d["metadata"]["name"]: d for d in load_yaml_all(K8S / "secret.example.yaml")}
+    assert set(secrets["mrkd-serve-token"]["stringData"]) == {"token"}
+    assert "rayservice.yaml" in load_yaml(K8S / "kustomization.yaml")["resources"]
+
+
 def test_k8s_configmap_holds_the_runtime_environment_and_no_secret(k8s_config):
     data = k8s_config["data"]
     missing = (set(RUNTIME_ENV) | {"MRKD_S3_ENDPOINT_URL"}) - set(data)
@@ -777,7 +823,7 @@ def test_kustomize_builds_the_manifests():
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "ConfigMap", "Namespace", "RayCluster"], kinds
+    assert kinds == ["ConfigMap", "ConfigMap", "Namespace", "RayCluster", "RayService"], kinds
     for d in docs:
         if d["kind"] != "Namespace":
             assert d["metadata"]["namespace"] == "mrkd", d["metadata"]
@@ -964,6 +1010,7 @@ def test_deploy_doc_paths_exist():
     assert len(paths) >= 8
     optional = {"deployments/prefect.yaml"}  # written by the flows side
     # Files the reader creates from an example (git-ignored) are named, not shipped.
-    created = {"infra/compose/.env", "infra/ray/node/mrkd.env", "infra/k8s/s3.env", "infra/k8s/auth_token"}
+    created = {"infra/compose/.env", "infra/ray/node/mrkd.env", "infra/k8s/s3.env", "infra/k8s/auth_token",
+               "infra/k8s/token"}
     missing = sorted(p for p in paths - optional - created if not (ROOT / p).exists())
     assert not missing, f"docs/deploy.md names missing files: {missing}"
