@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Variables forwarded to Ray workers when set in the driver.
+from mrkd_core.data.catalog import override_variables
+
+# Variables forwarded to Ray workers when set in the driver; with every catalogued
+# dataset's download overrides (MRKD_<NAME>_URL, MRKD_<NAME>_SHA256), see forwarded_env.
 FORWARDED_ENV = (
     "MRKD_STORE", "MRKD_DATA_ROOT", "MRKD_S3_ENDPOINT_URL", "MRKD_TEACHER_WEIGHTS",
-    "MRKD_MVTEC_URL", "MRKD_BTAD_URL", "MRKD_MTD_URL",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
     "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
     "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING",
@@ -32,7 +34,7 @@ CODE_ROOT = str(Path(__file__).resolve().parent.parent)
 def forwarded_env() -> dict[str, str]:
     """The driver's variables of :data:`FORWARDED_ENV` and :data:`SHARED_SETTINGS` that are set,
     and a ``PYTHONPATH`` that starts with :data:`CODE_ROOT`."""
-    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env = {k: os.environ[k] for k in (*FORWARDED_ENV, *override_variables()) if os.environ.get(k)}
     # Workers import flows.* by name; from a checkout that is not pip-installed the code
     # is found only through PYTHONPATH (in the image it is installed, and this is a no-op).
     paths = [CODE_ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != CODE_ROOT]]

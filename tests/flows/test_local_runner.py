@@ -99,6 +99,14 @@ def test_worker_env_carries_store_settings_but_only_what_is_set(monkeypatch):
     assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
 
 
+def test_worker_env_carries_every_datasets_download_overrides(monkeypatch):
+    """A worker that downloads a dataset (ensure_dataset on its node) sees the driver's mirror and hash."""
+    monkeypatch.setenv("MRKD_VISA_URL", "/mirror/VisA_20220922.tar")
+    monkeypatch.setenv("MRKD_MVTEC_LOCO_SHA256", "ab" * 32)
+    env = worker_env("s3://b/p", "/data/datasets", None)
+    assert env["MRKD_VISA_URL"] == "/mirror/VisA_20220922.tar" and env["MRKD_MVTEC_LOCO_SHA256"] == "ab" * 32
+
+
 @pytest.mark.slow
 def test_failed_training_is_retried_and_a_lost_one_does_not_sink_the_report(prefect_api, local_store, monkeypatch):
     """Prefect retries a failing training (the runner resumes it); one that keeps failing
