@@ -72,7 +72,7 @@ def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
             img = Image.open(p)
     except Image.DecompressionBombError as exc:
         raise DataError(
-            f"{p}: image too large to decode safely ({_one_line(exc)}) — {_FIX} (decompression-bomb guard)"
+            f"{p}: image too large to decode safely ({_one_line(exc)}; decompression-bomb guard) — {_FIX}"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise _cannot_read(p, _one_line(exc)) from None
@@ -91,6 +91,55 @@ def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
         img.close()
         raise _cannot_read(p, _one_line(exc)) from None
     return img
+
+
+# EXIF orientations that turn a picture a quarter (its width and height swap when it is made upright).
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+
+
+def header_size(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of ``path`` upright, from its header, without decoding its pixels; else a DataError.
+
+    What can be known about a file without decoding it, in a fraction of :func:`open_image`'s
+    time: that it exists, is not empty, is an image, is not over the decompression-bomb
+    limit, and its size as :func:`open_image` gives it (a quarter-turn EXIF orientation
+    swaps width and height). A PNG is also checked chunk by chunk (``verify``: the CRC of
+    every chunk up to ``IEND``, no decompression), so a truncated or damaged PNG fails here;
+    other formats are only decoded when used. The errors are :func:`open_image`'s lines.
+    """
+    p = os.fspath(path)
+    try:
+        size_bytes = os.stat(p).st_size
+    except FileNotFoundError:
+        raise DataError(f"{p}: file not found — restore it or run `mrkd data check` on the dataset") from None
+    except OSError as exc:
+        raise _cannot_read(p, _one_line(exc)) from None
+    if size_bytes == 0:
+        raise _cannot_read(p, "the file is empty, 0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                width, height = img.size
+                # A PNG's EXIF is in its header only when stored before the pixels (reading a later one decodes).
+                if img.format != "PNG" or "exif" in img.info:
+                    if img.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
+                        width, height = height, width
+                if width * height <= max_pixels and img.format == "PNG":
+                    img.verify()
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"{p}: image too large to decode safely ({_one_line(exc)}; decompression-bomb guard) — {_FIX}"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise _cannot_read(p, _one_line(exc)) from None
+    if width * height > max_pixels:
+        raise DataError(
+            f"{p}: image is {width}×{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            f"(decompression-bomb guard) — {_FIX}, or shrink it"
+        )
+    return width, height
 
 
 def image_size(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
