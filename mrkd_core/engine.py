@@ -3,7 +3,7 @@
 ``train_evaluate(task, store, run_id)`` is what ``mrkd train`` runs per category and what
 every Prefect task of the flows runs: train (resuming from the key's checkpoints),
 evaluate the test split, write the run directory with its manifest last, and copy the
-rows into the hive-partitioned tables. Paths and the skip rule are ``mrkd_core.layout``
+rows into the partitioned tables. Paths and the skip rule are ``mrkd_core.layout``
 (where ``mrkd evaluate`` also finds the models it scores, ``find_models``); rows are
 built by ``mrkd_core.results`` next to their schemas.
 
@@ -16,11 +16,17 @@ A complete result is reused only if it was computed from the same inputs
 (:mod:`mrkd_core.lineage`): the same config, training data (fingerprint of the images
 trained on, after the ``validation_fraction`` hold-out), test data (fingerprint), training
 revision and evaluation revision (``layout.task_inputs``). Otherwise the key is
-trained again, and the old run directory stays as history. The key's checkpoints are
-keyed the same way: ones trained on other data are discarded (``CheckpointMode.
-RESUME``, the flows: the data changed, retrain) or refused with one line naming
-``--no-resume`` (``REFUSE_OTHER_DATA``, ``mrkd train``: the user may have pointed at the
-wrong folder, and the checkpoints are still good for their own data).
+trained again, and the old run directory stays as it is. The key's checkpoints are
+keyed the same way: ones trained on other data are discarded (``CheckpointMode.RESUME``,
+``mrkd train`` and the flows: the images changed, so a new model is trained on them),
+and the training says what changed since the result it replaces (``layout.replaced_result``).
+Before anything is trained or stored, the task's images pass the header checks of
+``mrkd data check`` (``data.validate.require_trainable``).
+
+Nothing stored is rewritten (docs/storage.md, "Stored results never change"): a result
+is recorded under the run id, or under ``<run_id>.<n>`` when that run already holds
+another result of the key (``layout.record_run_id``, decided under the key's claim); a
+complete run directory and a table file are written once, history rows appended.
 
 A forced mode means "train this key again, from scratch, in this run" (e.g. the nightly
 retraining that catches regressions in the code, or ``mrkd train --no-resume``):
@@ -28,11 +34,11 @@ complete results of *other* runs and the key's shared checkpoints are ignored. A
 flow task (``FORCED_RUN``) keeps its checkpoints in a folder of its own
 (``checkpoints/<key>/forced/<run_id>/``), so a forced task that dies still resumes on
 retry, and deletes them once the run directory is complete; the key's shared checkpoints
-are left for later extension. ``mrkd train --no-resume`` (``REPLACE``) is the way out of
-the refusal above, so it replaces the key's shared checkpoints instead: it trains from
-scratch into them (discarded once the training images have decoded), and a later
-``mrkd train`` resumes this training, not the refused one. A complete result of the
-*same* run still counts, so retrying a forced flow run does not redo finished keys.
+are left for later extension. ``mrkd train --no-resume`` (``REPLACE``) replaces the key's
+shared checkpoints instead: it trains from scratch into them (discarded once the training
+images have decoded), and a later ``mrkd train`` of the same images resumes this training.
+A complete result of the *same* run (or its ``<run_id>.<n>``) still counts, so retrying a
+forced flow run does not redo finished keys.
 
 ``evaluate=False`` (``mrkd train --no-evaluate``: a dataset without a test split) stores
 the model and its training record only; such a run directory satisfies later calls that
@@ -43,6 +49,8 @@ With ``register`` (the flows' model loop, ``mrkd train --register``), every eval
 trained here or reused, is then tracked in the model registry (``mrkd_core.registry``): a
 version of the registered model, its promotion decision against the champion, and this
 run's ``history`` row; a trained result is registered while the key's claim is still held.
+The manifest records whether this run registers (``registering_run``): a result of a run
+that did not is never registered by a later one (``registry.tracking.track``).
 
 Written here (the layout of ``mrkd_core.layout``, docs/storage.md): ``checkpoints/<key>/``,
 ``claims/<key>.json`` while training, ``runs/<run_id>/<key>/`` (``config.json model.pt

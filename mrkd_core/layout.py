@@ -4,7 +4,8 @@ Every path of the engine, the CLI and the flows is derived here from ``Task.key`
 ``<dataset>/<category>/<config_hash>`` and a run id (docs/storage.md)::
 
     runs/<run_id>/<key>/          config.json model.pt metrics.parquet scores.parquet maps.npz
-                                  train.json manifest.json (written last)
+                                  train.json manifest.json (written last; then never written again)
+    runs/<run_id>.<n>/<key>/      run <run_id>'s result when <run_id> already held another (record_run_id)
     checkpoints/<key>/            epoch-NNNN.pt (+ .sha256.json), shared by the key's runs
     checkpoints/<key>/forced/<run_id>/   a forced run's own checkpoints (removed when done)
                                   (which folder a task uses: checkpoint.CheckpointMode)
@@ -17,7 +18,8 @@ this training revision; complete ones are what ``mrkd evaluate`` loads models fr
 rerun skips to a complete one only when it was computed from the same inputs
 (``mrkd_core.lineage``: config, training and test data fingerprints, training and
 evaluation revisions; ``task_inputs``); otherwise the key is trained again and the old run
-directory stays as history. Nothing here trains or imports torch.
+directory stays as it is (:func:`replaced_result` says what changed). Nothing here trains
+or imports torch.
 """
 
 from __future__ import annotations

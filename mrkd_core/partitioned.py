@@ -20,6 +20,11 @@ partitioned table (``metrics``, ``scores``, the registry's ``promotions`` and
   reads both layouts; the calls in docs/storage.md that pass the table's schema read
   them as strings), and a table that has hive folders is appended to in the hive layout:
   one table never mixes the two, which DuckDB refuses and plain pandas would type wrongly.
+* **Files are written once.** Rows that record a run's result (``metrics``, ``scores``, a
+  run's promotion decision) go to a file named by the task, written once
+  (:meth:`PartitionedTable.write`); rows that record events (``history``, a person's
+  decisions) each get a file of their own (:meth:`PartitionedTable.append`). Nothing
+  stored is replaced.
 * **Files differ in schema.** A newer version adds columns; pyarrow takes a dataset's
   schema from the first file it finds. Files are never rewritten: readers of a store
   written by several versions pass the current schema (pandas/pyarrow: ``schema=``;
@@ -299,8 +304,8 @@ class PartitionedTable:
 
         Both layouts; the partition values come from the path (a plain folder is named by
         its value). Files of every schema version are conformed to ``schema`` (old rows get
-        nulls in newer columns). A file whose source run directory has no manifest (deleted, or
-        being rewritten by a forced rerun) is left out with a warning.
+        nulls in newer columns). A file whose source run directory has no manifest (deleted)
+        is left out with a warning.
         """
         wanted = {k: v for k, v in equals.items() if v is not None}
         unknown = set(wanted) - set(self.partition_by)

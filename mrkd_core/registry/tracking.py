@@ -8,8 +8,13 @@ evaluated result, trained in this run or reused from an earlier one (the skip ru
 2. for a new version, compare it with the champion on the same test data (re-evaluating
    the champion's stored model when the test data changed) and apply the promotion rule
    (:mod:`mrkd_core.registry.promotion`); the decision is a ``promotions`` row;
-3. one ``history`` row for this run: the result's metrics, the champion's, the decision and
-   whether the category regressed (worse than the champion beyond the tolerance).
+3. one ``history`` row for this run, appended (a re-run adds its own): the result's metrics,
+   the champion's, the decision and whether the category regressed (worse than the
+   champion beyond the tolerance).
+
+A result trained by a run that did not register is never registered here (``not-registered``:
+``register_models=false`` keeps the registry clean); a reused result's files are checked
+before it becomes a version, and the version records them (``files``).
 
 A reused result that is not the champion is compared again, so a nightly whose config
 stays worse than the model in use keeps saying so. Returns a JSON-safe outcome that the
