@@ -48,15 +48,8 @@ def _cannot_read(path: str, why: str) -> DataError:
     return DataError(f"{path}: cannot read image ({why}) — {_FIX}")
 
 
-def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open and fully decode ``path``, upright; any failure is a DataError naming the file.
-
-    Decoding here (``load()``) rather than lazily means a truncated file fails now, with
-    its name, and not later in a resize or tensor conversion. An EXIF orientation (phone
-    and camera JPEGs) is applied, so the image, its size and its mask's expected size are
-    those of the picture as every viewer shows it.
-    """
-    p = os.fspath(path)
+def _open_lazily(p: str, max_pixels: int) -> Image.Image:
+    """``Image.open`` of ``p`` (its header read, no pixel decoded) within the bomb guard; else a DataError."""
     try:
         size_bytes = os.stat(p).st_size
     except FileNotFoundError:
@@ -83,6 +76,19 @@ def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
             f"{p}: image is {width}×{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
             f"(decompression-bomb guard) — {_FIX}, or shrink it"
         )
+    return img
+
+
+def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open and fully decode ``path``, upright; any failure is a DataError naming the file.
+
+    Decoding here (``load()``) rather than lazily means a truncated file fails now, with
+    its name, and not later in a resize or tensor conversion. An EXIF orientation (phone
+    and camera JPEGs) is applied, so the image, its size and its mask's expected size are
+    those of the picture as every viewer shows it.
+    """
+    p = os.fspath(path)
+    img = _open_lazily(p, max_pixels)
     try:
         img.load()
         # In place: no copy when there is nothing to rotate (the usual case).
@@ -109,36 +115,17 @@ def header_size(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS
     other formats are only decoded when used. The errors are :func:`open_image`'s lines.
     """
     p = os.fspath(path)
-    try:
-        size_bytes = os.stat(p).st_size
-    except FileNotFoundError:
-        raise DataError(f"{p}: file not found — restore it or run `mrkd data check` on the dataset") from None
-    except OSError as exc:
-        raise _cannot_read(p, _one_line(exc)) from None
-    if size_bytes == 0:
-        raise _cannot_read(p, "the file is empty, 0 bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
-                width, height = img.size
-                # A PNG's EXIF is in its header only when stored before the pixels (reading a later one decodes).
-                if img.format != "PNG" or "exif" in img.info:
-                    if img.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
-                        width, height = height, width
-                if width * height <= max_pixels and img.format == "PNG":
-                    img.verify()
-    except Image.DecompressionBombError as exc:
-        raise DataError(
-            f"{p}: image too large to decode safely ({_one_line(exc)}; decompression-bomb guard) — {_FIX}"
-        ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise _cannot_read(p, _one_line(exc)) from None
-    if width * height > max_pixels:
-        raise DataError(
-            f"{p}: image is {width}×{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-            f"(decompression-bomb guard) — {_FIX}, or shrink it"
-        )
+    with _open_lazily(p, max_pixels) as img:
+        try:
+            width, height = img.size
+            # A PNG's EXIF is in its header only when stored before the pixels (reading a later one decodes).
+            if img.format != "PNG" or "exif" in img.info:
+                if img.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
+                    width, height = height, width
+            if img.format == "PNG":
+                img.verify()
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise _cannot_read(p, _one_line(exc)) from None
     return width, height
 
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from mrkd_core.cli import main
-from mrkd_core.data.synthetic import make_synthetic_mvtec
-from tests.reliability.relkit import CATEGORY, tree
+from tests.reliability.relkit import CATEGORY, make_data, tree
 
 FAST = ["--backbone", "resnet18", "--teacher-weights", "none", "--image-size", "32", "--epochs", "1",
         "--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu"]
@@ -56,9 +55,7 @@ def _replace_training_images(data: Path, donor: Path, n: int) -> list[str]:
 @pytest.fixture(scope="module")
 def donor(tmp_path_factory) -> Path:
     """Other pictures under the same names (another seed), to replace training images with."""
-    root = tmp_path_factory.mktemp("donor")
-    make_synthetic_mvtec(root, categories=(CATEGORY,), n_train=4, n_test_good=2, n_test_defect=2, size=32, seed=8)
-    return root
+    return make_data(tmp_path_factory.mktemp("donor"), seed=8)
 
 
 @pytest.fixture(scope="module")
