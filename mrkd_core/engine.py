@@ -69,10 +69,10 @@ import pandas as pd
 
 from mrkd_core.checkpoint import CheckpointMode
 from mrkd_core.claims import KeyClaim
-from mrkd_core.evaluate import evaluate
-from mrkd_core.inference.calibration import calibrate_after_training, verdict_columns
 from mrkd_core.data.base import evaluation_inputs
 from mrkd_core.data.validate import require_trainable
+from mrkd_core.evaluate import evaluate
+from mrkd_core.inference.calibration import calibrate_after_training, verdict_columns
 from mrkd_core.layout import (
     TRAIN_FILES,
     TRAIN_RECORD,

@@ -34,7 +34,13 @@ from typing import Any
 
 from mrkd_core.data import Sample, get_dataset
 from mrkd_core.data.base import EvaluationProtocol, evaluation_inputs
-from mrkd_core.data.fingerprint import FileChanges, FileEntry, HashCache, file_changes, fingerprint_samples
+from mrkd_core.data.fingerprint import (
+    FileChanges,
+    FileEntry,
+    HashCache,
+    file_changes,
+    fingerprint_samples,
+)
 from mrkd_core.data.selection import holdout_split, subsample_test, subsample_train
 from mrkd_core.errors import ConfigError, StorageError
 from mrkd_core.lineage import TRAIN_FINGERPRINT, Lineage

@@ -50,7 +50,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mrkd_core.errors import ConfigError, StorageError
-from mrkd_core.results import MANIFEST, METRICS_SCHEMA, SCORES_SCHEMA, read_parquet_bytes, to_table, utcnow
+from mrkd_core.results import (
+    MANIFEST,
+    METRICS_SCHEMA,
+    SCORES_SCHEMA,
+    read_parquet_bytes,
+    to_table,
+    utcnow,
+)
 from mrkd_core.storage import ArtifactStore
 
 if TYPE_CHECKING:
