@@ -57,7 +57,7 @@ from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id, run_flow_command, spec_path
 from flows.train_evaluate import record_complete, train_one
 from mrkd_core.layout import find_complete
-from mrkd_core.partitioned import read_metrics, read_scores
+from mrkd_core.partitioned import read_run
 from mrkd_core.registry.tables import read_history
 from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.report import MapTriple, write_report
@@ -116,8 +116,11 @@ def run_report(run_id: str, results: list[dict[str, Any]]) -> str:
     registry's ``history`` table when the run tracked its results.
     """
     store = open_store()
-    metrics = read_metrics(store, run_id)
-    scores = read_scores(store, run_id)
+    # A task whose result this run recorded under <run_id>.<n> (the run id held another result of it: a
+    # re-run after its inputs changed, layout.record_run_id) is reported from there.
+    elsewhere = {(r["dataset"], r["category"], r["variant"], r["key"].rsplit("/", 1)[-1]): r["run_id"]
+                 for r in results if r.get("run_id") not in (None, run_id)}
+    metrics, scores = read_run(store, run_id, elsewhere)
     history = read_history(store) if any(r.get("registry") for r in results) else None
     report = write_report(store, run_id, metrics, scores, maps_provider(store, results), history_df=history)
     return store.uri(report["html"])

@@ -196,15 +196,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     for cat in cats:
         task = Task(args.dataset, cat, CLI_VARIANT, cfg, str(root))
         log.info("training %s (config %s) → %s", cat, cfg.config_hash(), store.uri(run_dir(task, run_id)))
-        # Refuse, rather than discard, checkpoints of the key trained on other images: the
-        # user may have pointed at the wrong folder (mrkd_core.lineage; --no-resume replaces them).
-        mode = CheckpointMode.REFUSE_OTHER_DATA if args.resume else CheckpointMode.REPLACE
+        # Images changed since the key's checkpoints: a new model of the new images, in a run
+        # directory of its own (the old model stays); --no-resume also retrains unchanged images.
+        mode = CheckpointMode.RESUME if args.resume else CheckpointMode.REPLACE
         result = train_evaluate(task, store, run_id, mode, evaluate=args.evaluate, register=register)
         done = result.run_dir
         info = store.read_json(f"{done}/train.json")
         main = result.rows[0] if result.rows else {}  # the config's own fusion comes first
         models[cat] = {
             "status": result.status, "model": store.uri(f"{done}/model.pt"), "run_dir": store.uri(done),
+            "run_id": result.run_id,
             "final_loss": info["epoch_losses"][-1] if info.get("epoch_losses") else None,
             "train_seconds": round(float(info.get("train_seconds") or 0.0), 2),
             "metrics": {m: main.get(m) for m in METRIC_COLUMNS} if main else None,
@@ -212,6 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         if result.registry:
             models[cat]["registry"] = result.registry
+        if result.replaces:
+            models[cat]["replaces"] = result.replaces
         log.info("%s: %s model %s (score images with: mrkd predict %s IMAGES)", cat, result.status,
                  models[cat]["model"], models[cat]["model"])
     _out(json.dumps({"run_id": run_id, "store": store.uri(), "models": models}, indent=2))
@@ -439,7 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "store it in the artifact store layout the flows use (docs/storage.md): "
                                    "<output>/runs/<run_id>/<dataset>/<category>/<config_hash>/model.pt. "
                                    "Prints where each model is. A category already trained with the same "
-                                   "config and images is not trained again (see --no-resume).")
+                                   "config and images is not trained again (see --no-resume); after its images "
+                                   "changed, a new model is trained and what changed is printed. A stored model "
+                                   "is never overwritten: when the run id already holds one of other images, "
+                                   "the new one is stored as run <run_id>.2 (.3, ...).")
     p.add_argument("data_root", help="dataset root (MVTec AD layout: <root>/<category>/train/good ...)")
     p.add_argument("--output", "-o", help="artifact store (folder or s3:// URI) for models, checkpoints and "
                                           "metrics (default: MRKD_STORE)")
@@ -449,14 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     "{date} {time} allowed)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse a complete model of the same config and images, else continue from the newest "
-                        "valid checkpoint of the same config and training images (default: on); --no-resume "
-                        "trains again from scratch and replaces the checkpoints")
+                        "valid checkpoint of the same config and training images (default: on; after the images "
+                        "changed, a new model is trained and the old one kept); --no-resume trains again from "
+                        "scratch and replaces the checkpoints")
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate on the test split after training (default: on); --no-evaluate for a dataset "
                         "without test images")
     p.add_argument("--register", metavar="NAME",
                    help="register each category's model as a version of the registered model NAME and promote "
-                        "it to champion when it is not worse than the champion (docs/storage.md)")
+                        "it to champion when it is not worse than the champion (docs/storage.md); a model "
+                        "trained without --register is never registered later (train it again with --no-resume "
+                        "--register NAME)")
     add_config_options(p)
     p.set_defaults(func=cmd_train)
 

@@ -408,11 +408,11 @@ def tree_files(src: str | Path, prefix: str = "") -> dict[str, bytes]:
     return {prefix + p.relative_to(src).as_posix(): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
 
 
-def train_smoke_key(base: str | Path, run_id: str = "r1"):
+def train_smoke_key(base: str | Path, run_id: str = "r1", register=None):
     """Generate the smoke data under ``base/data`` and train its obj_disc key at 32 px into ``base/store``.
 
     Returns (store, task, result of ``engine.train_evaluate``): what engine and store
-    tests inspect, rewrite or damage.
+    tests inspect, rewrite or damage. ``register``: the ``RegistryOptions`` of a run that registers.
     """
     from mrkd_core.engine import train_evaluate
     from mrkd_core.specs import load_spec, prepare_data
@@ -424,7 +424,7 @@ def train_smoke_key(base: str | Path, run_id: str = "r1"):
     prepare_data(spec, str(base / "data"))
     task = spec.tasks(str(base / "data"))[0]
     store = ArtifactStore(base / "store")
-    return store, task, train_evaluate(task, store, run_id)
+    return store, task, train_evaluate(task, store, run_id, register=register)
 
 
 # --------------------------------------------------------------------------- result tables

@@ -49,15 +49,8 @@ def _cannot_read(path: str, why: str, fix: str = _FIX) -> DataError:
     return DataError(f"{path}: cannot read image ({why}) — {fix}")
 
 
-def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open and fully decode ``path``, upright; any failure is a DataError naming the file.
-
-    Decoding here (``load()``) rather than lazily means a truncated file fails now, with
-    its name, and not later in a resize or tensor conversion. An EXIF orientation (phone
-    and camera JPEGs) is applied, so the image, its size and its mask's expected size are
-    those of the picture as every viewer shows it.
-    """
-    p = os.fspath(path)
+def _open_lazily(p: str, max_pixels: int) -> Image.Image:
+    """``Image.open`` of ``p`` (its header read, no pixel decoded) within the bomb guard; else a DataError."""
     try:
         size_bytes = os.stat(p).st_size
     except FileNotFoundError:
@@ -75,10 +68,11 @@ def open_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
     checks, errors naming ``name`` and ending with ``fix``."""
     if not data:
         raise _cannot_read(name, "it is empty, 0 bytes", fix)
-    return _decode(io.BytesIO(data), name, max_pixels, fix)
+    return _load(_decode(io.BytesIO(data), name, max_pixels, fix), name, fix)
 
 
 def _decode(source: str | io.BytesIO, p: str, max_pixels: int, fix: str) -> Image.Image:
+    """``Image.open`` of ``source`` (header only) within the bomb guard; errors name ``p`` and end with ``fix``."""
     try:
         with warnings.catch_warnings():
             # Our own limit below replaces Pillow's global warning threshold.
@@ -86,7 +80,7 @@ def _decode(source: str | io.BytesIO, p: str, max_pixels: int, fix: str) -> Imag
             img = Image.open(source)
     except Image.DecompressionBombError as exc:
         raise DataError(
-            f"{p}: image too large to decode safely ({_one_line(exc)}) — {fix} (decompression-bomb guard)"
+            f"{p}: image too large to decode safely ({_one_line(exc)}; decompression-bomb guard) — {fix}"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         # Pillow names a file by its path but bytes by their buffer's repr: say what it means instead.
@@ -100,6 +94,23 @@ def _decode(source: str | io.BytesIO, p: str, max_pixels: int, fix: str) -> Imag
             f"{p}: image is {width}×{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
             f"(decompression-bomb guard) — {fix}, or shrink it"
         )
+    return img
+
+
+def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open and fully decode ``path``, upright; any failure is a DataError naming the file.
+
+    Decoding here (``load()``) rather than lazily means a truncated file fails now, with
+    its name, and not later in a resize or tensor conversion. An EXIF orientation (phone
+    and camera JPEGs) is applied, so the image, its size and its mask's expected size are
+    those of the picture as every viewer shows it.
+    """
+    p = os.fspath(path)
+    return _load(_open_lazily(p, max_pixels), p, _FIX)
+
+
+def _load(img: Image.Image, p: str, fix: str) -> Image.Image:
+    """Decode the pixels of a lazily opened ``img`` and make it upright; errors name ``p``."""
     try:
         img.load()
         # In place: no copy when there is nothing to rotate (the usual case).
@@ -108,6 +119,36 @@ def _decode(source: str | io.BytesIO, p: str, max_pixels: int, fix: str) -> Imag
         img.close()
         raise _cannot_read(p, _one_line(exc), fix) from None
     return img
+
+
+# EXIF orientations that turn a picture a quarter (its width and height swap when it is made upright).
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+
+
+def header_size(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of ``path`` upright, from its header, without decoding its pixels; else a DataError.
+
+    What can be known about a file without decoding it, in a fraction of :func:`open_image`'s
+    time: that it exists, is not empty, is an image, is not over the decompression-bomb
+    limit, and its size as :func:`open_image` gives it (a quarter-turn EXIF orientation
+    swaps width and height). A PNG is also checked chunk by chunk (``verify``: the CRC of
+    every chunk up to ``IEND``, no decompression), so a truncated or damaged PNG fails here;
+    other formats are only decoded when used. The errors are :func:`open_image`'s lines.
+    """
+    p = os.fspath(path)
+    with _open_lazily(p, max_pixels) as img:
+        try:
+            width, height = img.size
+            # A PNG's EXIF is in its header only when stored before the pixels (reading a later one decodes).
+            if img.format != "PNG" or "exif" in img.info:
+                if img.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
+                    width, height = height, width
+            if img.format == "PNG":
+                img.verify()
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise _cannot_read(p, _one_line(exc)) from None
+    return width, height
 
 
 def image_size(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:

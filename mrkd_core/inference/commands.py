@@ -138,7 +138,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     _, _, result = evaluate_stored_model(model, samples=calibration_images, runtime=runtime, keep_maps=True,
                                          metrics=False)
     cal = calibrate(from_evaluation(result), chosen["policy"], chosen["set"], args.false_alarm_rate)
-    uri = write_calibration(model, cal.to_dict())
+    uri = write_calibration(model, cal.to_dict(), args.output)
     summary = {k: v for k, v in cal.to_dict().items() if k != "images"}
     _out(json.dumps({"model": uri, "calibration": summary}, indent=2))
     return 0
@@ -245,9 +245,12 @@ def add_commands(sub: argparse._SubParsersAction, add_config_options,
                         "if any was skipped")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("calibrate", help="choose image and pixel thresholds and store them in the model file")
-    p.add_argument("model", help="model.pt written by `mrkd train` (rewritten with the calibration),"
+    p = sub.add_parser("calibrate", help="choose image and pixel thresholds; write the model with them to a new file")
+    p.add_argument("model", help="model.pt written by `mrkd train` (never changed),"
                                  " or a registered model (<store>/models/<name>/<dataset>/<category>@champion)")
+    p.add_argument("--output", "-o", required=True,
+                   help="FILE.pt to write the recalibrated model to (the same weights; the model's earlier "
+                        "calibrations kept in its calibration_history); not a file of a run directory")
     p.add_argument("data_root", nargs="?",
                    help="dataset root the model was trained on (or its category folder)")
     p.add_argument("--dataset", help="dataset kind (default: the one the model was trained on, else folder)")

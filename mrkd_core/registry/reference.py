@@ -8,7 +8,8 @@ What ``mrkd predict`` (and anything else that takes a model) accepts besides a p
 ``<store>`` is the artifact store's root (a folder or ``s3://bucket/prefix``); the part
 after ``@`` names the version in use (``champion``), the newest (``latest``) or a number.
 :func:`resolve_model_location` is the one function callers use: a reference is resolved
-through the registry's index, anything else is returned unchanged.
+through the registry's index, and the version's files are checked against the sha256 it
+was registered with before anything is served; anything else is returned unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from mrkd_core.registry.records import (MODELS, REFERENCE_SEPARATOR, EntryKey, list_entries, read_index,
-                                        read_version)
+                                        read_version, verify_version)
 from mrkd_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,12 @@ class ResolvedModel:
 
 
 def resolve(ref: ModelReference) -> ResolvedModel:
-    """Look the reference up in its store's registry; ``MRKDError`` naming what exists when it is not there."""
+    """Look the reference up in its store's registry and check its files; the one resolution every server uses.
+
+    ``MRKDError`` naming what exists when the version is not there; ``StorageError``
+    naming the file when one of the version's files is missing or not the one it was
+    registered with (:func:`~mrkd_core.registry.records.verify_version`): nothing is served.
+    """
     from mrkd_core.errors import MRKDError
 
     store = ArtifactStore(ref.store)
@@ -81,6 +87,7 @@ def resolve(ref: ModelReference) -> ResolvedModel:
                         f"{ref.store}` shows the registered models")
     version = model.resolve(ref.selector)
     record = read_version(store, ref.key, version)
+    verify_version(store, ref.key, record)
     return ResolvedModel(ref, version, store.uri(record["model"]), record)
 
 

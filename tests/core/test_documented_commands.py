@@ -240,8 +240,8 @@ def test_options_named_beside_mrkd_commands_exist():
 @pytest.mark.parametrize("line, fragment", [
     ("mrkd train --no-calibrate DATA", "no option --no-calibrate"),
     ("mrkd trian DATA -o models", "invalid choice: 'trian'"),
-    ("mrkd calibrate MODEL DATA --policy best", "invalid choice: 'best'"),
-    ("mrkd calibrate MODEL DATA [--policy auto|f2]", "invalid choice: 'f2'"),
+    ("mrkd calibrate MODEL DATA -o OUT.pt --policy best", "invalid choice: 'best'"),
+    ("mrkd calibrate MODEL DATA -o OUT.pt [--policy auto|f2]", "invalid choice: 'f2'"),
     ("mrkd predict MODEL IMAGES --batch-siz 4", "no option --batch-siz"),
     ("mrkd models lst", "invalid choice: 'lst'"),
     ("mrkd export MODEL", "required: --output"),

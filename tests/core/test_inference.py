@@ -301,7 +301,7 @@ def test_recalibrating_keeps_the_weights_and_the_previous_calibration(model_file
     store = ArtifactStore(tmp_path)
     path = save_model(src.model, src.config, store, "model.pt", extra=src.extra, calibration=src.calibration)
     new = {**src.calibration, "image_threshold": 123.0}
-    write_calibration(path, new)
+    write_calibration(path, new, path)  # a model file of no run directory may be recalibrated in place
     again = load_model_file(path)
     assert again.calibration["image_threshold"] == 123.0
     assert again.calibration_history == [src.calibration]
