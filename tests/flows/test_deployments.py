@@ -127,6 +127,11 @@ def readme_command(prefix: str) -> str:
     raise AssertionError(f"deployments/README.md has no line starting with {prefix!r}")
 
 
+def _text(path: Path) -> str:
+    """A log file's text so far ('' before the shell created it)."""
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def start_as_documented(prefix: str, env: dict[str, str], cwd: Path, log: Path) -> BackgroundJob:
     """deployments/README.md's ``<command> > LOG 2>&1 &`` (the venv's bin first on PATH, as after
     ``. .venv/bin/activate``), in a non-interactive shell: how the README (or a script) starts it."""
@@ -213,10 +218,14 @@ def test_on_demand_through_prefect_deploy_and_a_process_worker(deployed, user_en
     assert night.concurrency_options.collision_strategy.value == "CANCEL_NEW"
 
     log_path = tmp_path / "worker.log"
-    worker = start_as_documented("python -m flows.worker", env, tmp_path, log_path)
+    worker = start_as_documented("python -m flows.worker", env, ROOT, log_path)  # README: from the repository root
     watch = ListenerWatch(lambda: worker.pid)  # the flow-run process and its Ray are the worker's children
     watch.start()
     try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while "started!" not in _text(log_path):  # polling its pool; fail fast if it died
+            assert worker.alive() and time.monotonic() < deadline, _text(log_path)[-3000:]
+            time.sleep(0.5)
         started = time.perf_counter()
         run = _run(env, "spec=smoke", "run_id=worker-run")
         seconds = time.perf_counter() - started
