@@ -35,7 +35,7 @@ from uuid import UUID
 log = logging.getLogger(__name__)
 
 STATE_API_TIMEOUT_S = 10
-FLUSH_TIMEOUT_S = 5  # Prefect's own flush of its log worker waits this long
+FLUSH_TIMEOUT_S = 5  # as long as Prefect's own flush of its log worker waits
 DEATH_RECORD_WAIT_S = 5  # Ray records a dead attempt about a second after its death
 
 # What Ray's error types of a dead attempt mean, for the task run's message.
@@ -164,19 +164,20 @@ def flush_to_api() -> None:
 
 
 def continue_after_death(task: Any, task_run_id: UUID, attempt: int, task_id: str | None) -> Any:
-    """In a Ray worker running attempt ``attempt`` (> 1) of a task: record why the earlier ones ended.
+    """In a Ray worker running attempt ``attempt`` (> 1) of a task: record why the one before ended.
 
-    Sets the task run's state to *Crashed* with the cause of each dead attempt and logs it
-    (WARNING) in the task run, then returns the task run as the API has it (``run_count``
-    of the attempts so far) for Prefect's engine to continue; None when Prefect never heard
-    of the task run (the engine then creates it) or the API did not answer.
+    Sets the task run's state to *Crashed* with the death of attempt ``attempt - 1`` as Ray
+    recorded it (``task_id``: this Ray task, hex; the attempts before it were recorded by
+    the re-runs that followed them) and logs it (WARNING) in the task run, then returns the
+    task run as the API has it (``run_count`` of the attempts so far) for Prefect's engine
+    to continue; None when Prefect never heard of the task run (the engine then creates
+    it) or the API did not answer.
     """
     from prefect import get_client
     from prefect.logging.loggers import task_run_logger
     from prefect.states import Crashed
 
-    # The attempts before the last one were recorded by the re-runs that followed them.
-    previous = dead_attempts(task_id, attempt - 1)[-1]
+    previous = dead_attempts(task_id, attempt - 1, DEATH_RECORD_WAIT_S)[-1]
     message = f"{previous.death()}; Ray runs the training again (attempt {attempt})"
     try:
         with get_client(sync_client=True) as client:

@@ -9,7 +9,8 @@ Four additions, each for something users saw go wrong:
 - **A task run's logs reach the Prefect API.** A Ray worker sends Prefect logs from a
   background thread every 2 s; the driver shuts Ray down (and the workers with it) as soon
   as the last training returns, which lost the last seconds of each task run's log. Each
-  task's logs are therefore drained in the worker before its result goes back.
+  task's logs (and its state events) are therefore sent from the worker before its result
+  goes back (:func:`flows.attempts.flush_to_api`).
 - **A task Ray re-ran is the same task run, one attempt further.** Ray re-runs a task whose
   worker process died; the new attempt records the death of the earlier ones in the task
   run (state *Crashed* with the cause, a warning in its log) and continues it, so that
@@ -24,10 +25,9 @@ from typing import Any
 
 from prefect_ray import RayTaskRunner
 
-from flows.attempts import continue_after_death, current_attempt
+from flows.attempts import continue_after_death, current_attempt, flush_to_api
 from flows.local_ray import ensure_token, loopback_only
 
-LOG_DRAIN_TIMEOUT_S = 10
 
 
 def _run_logger(fallback: Any) -> Any:
@@ -65,7 +65,7 @@ class LoggedRayTaskRunner(RayTaskRunner):
     def _run_prefect_task(*upstream: Any, task: Any, task_run_id: Any, context: dict[str, Any],
                           parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None) -> Any:
         """What runs in the Ray worker: the Prefect task (continuing its task run when Ray re-ran it),
-        then its logs sent to the API."""
+        then its logs and state events sent to the API."""
         try:
             attempt = current_attempt()
             if attempt == 1 or task.isasync:  # (no training task is async)
@@ -74,9 +74,7 @@ class LoggedRayTaskRunner(RayTaskRunner):
                                                        dependencies=dependencies)
             return _rerun_prefect_task(task, task_run_id, context, parameters, wait_for, dependencies, attempt)
         finally:
-            from prefect.logging.handlers import APILogWorker
-
-            APILogWorker.drain_all(timeout=LOG_DRAIN_TIMEOUT_S)
+            flush_to_api()
 
 
 def _rerun_prefect_task(task: Any, task_run_id: Any, context: dict[str, Any], parameters: dict[str, Any],
