@@ -2,14 +2,17 @@
 
 What an operator types, from the repository root, with the store in the worker's environment:
 ``prefect work-pool create``, ``prefect deploy --prefect-file deployments/prefect.yaml --name
-on-demand --name nightly``, ``prefect worker start --pool mrkd-process``, then ``prefect
-deployment run 'mrkd-benchmark/on-demand' --param spec=smoke``; and the other route,
-``python -m flows.nightly`` (serve, from the checkout) under the same names, attached to the
-long-lived local Ray head (``RAY_ADDRESS``). Results are read back from ``s3://`` with pandas,
-each training's progress from the Prefect API (log lines per epoch, a progress artifact at
-100 %). The worker's run is also the run whose listeners and Ray token are checked
-(``tests/flows/netwatch.py``). A run with a corrupt training image must end FAILED with the
-data error's text in the flow run's state message. The newer benchmarks (VisA, MVTec AD 2,
+on-demand --name nightly``, the worker line of deployments/README.md (``python -m
+flows.worker --pool mrkd-process --type process > LOG 2>&1 &``, in a shell without job
+control, as a script runs it), then ``prefect deployment run 'mrkd-benchmark/on-demand'
+--param spec=smoke`` and ``prefect flow-run logs <the id it printed>``; and the other route,
+the README's serve line (``python -m flows.nightly``, from the checkout) under the same
+names, attached to the long-lived local Ray head (``RAY_ADDRESS``). Each is stopped as the
+README says, with one SIGTERM. Results are read back from ``s3://`` with pandas, each
+training's progress from the Prefect API (log lines per epoch, a progress artifact at
+100 %). The worker's and serve's runs are also the runs whose listeners (and, for the
+worker's own Ray, Ray token) are checked (``tests/flows/netwatch.py``). A run with a corrupt
+training image must end FAILED with the data error's text in the flow run's state message. The newer benchmarks (VisA, MVTec AD 2,
 MVTec LOCO AD) run through the served deployment too: one run of a spec narrowed to their
 fixture archives, downloaded from a local HTTP server by the flow's download task
 (``MRKD_<NAME>_URL`` / ``MRKD_<NAME>_SHA256`` in the operator's environment), trained,
