@@ -437,6 +437,7 @@ def test_compose_services_listen_on_contract_ports(compose):
     assert PORTS["Prefect API"] in _listen_ports(s["prefect-server"])
     assert flag_value(_tokens(s["prefect-server"]), "--host") == "0.0.0.0"
     worker = _tokens(s["prefect-worker"])
+    assert worker[:3] == ["python", "-m", "flows.worker"], "the worker that stops on one SIGTERM (flows/worker.py)"
     assert flag_value(worker, "--pool") == CONTRACT["pools"]["process"]
     assert flag_value(worker, "--type") == "process"
 
@@ -886,6 +887,10 @@ def test_ray_vm_environment_file(ray_vm):
         assert values[key] == "", f"{key} must be empty in the example"
     script = (ROOT / local / "start-prefect-worker.sh").read_text()
     assert f"--pool {CONTRACT['pools']['process']}" in script and "RAY_ADDRESS=auto" in script
+    # Started with nohup … & (SIGINT ignored): only python -m flows.worker stops on its one SIGTERM.
+    commands = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert any(line.startswith("nohup python -m flows.worker --pool") for line in commands), script
+    assert not any("prefect worker start" in line for line in commands), script
 
 
 # ----------------------------------------------------------------------------- no secret literal committed
