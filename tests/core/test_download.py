@@ -5,10 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,69 +15,13 @@ from mrkd_core.data.download import DownloadInfo, download_dataset, fetch, resol
 from mrkd_core.data.mvtec import MVTecAD
 from mrkd_core.errors import DownloadError
 from tests import datagen
-
-
-class _State:
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        self.truncate_once: set[str] = set()
-        self.status: dict[str, int] = {}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Serves State.files with Range support; can cut a body short once or answer an error."""
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        state: _State = self.server.state  # type: ignore[attr-defined]
-        state.requests.append((self.path, self.headers.get("Range")))
-        if self.path in state.status:
-            self.send_error(state.status[self.path])
-            return
-        data = state.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = 0
-        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        if m:
-            start = int(m.group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.path in state.truncate_once:
-            state.truncate_once.discard(self.path)
-            self.wfile.write(body[: len(body) // 2])  # then the connection closes: a short body
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+from tests.http_server import refused_url, serving
 
 
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.state = _State()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield httpd.state, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serving() as (state, base):
+        yield state, base
 
 
 @pytest.fixture(scope="module")
@@ -240,12 +180,8 @@ def test_server_errors_are_retried_a_bounded_number_of_times(server, tmp_path):
 
 
 def test_unreachable_server_is_retried_then_reported(tmp_path):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now: connection refused
-    with pytest.raises(DownloadError) as e:
-        _download(_info(f"http://127.0.0.1:{port}", "/a", None), tmp_path / "mvtec", retries=1, timeout=2)
+    with pytest.raises(DownloadError) as e:  # nothing listens there: connection refused
+        _download(_info(refused_url(""), "/a", None), tmp_path / "mvtec", retries=1, timeout=2)
     assert "failed after 2 attempts" in str(e.value) and "Connection refused" in str(e.value)
     assert "partial file" not in str(e.value)  # nothing was received, nothing is kept
     assert not (tmp_path / "mvtec").exists()
