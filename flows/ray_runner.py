@@ -56,6 +56,8 @@ from typing import Any, Literal, Protocol
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.local_ray import LOOPBACK, is_loopback_address, port_free
+from mrkd_core.backbones import CATALOG
+from mrkd_core.model.weights import ENV_OFFLINE, ENV_STAGED, STAGED_FOLDER, weights_env_vars
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ RAY_NOSET_CUDA_ENV = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
 
 # Variables forwarded to Ray workers when set in the driver. Values are never logged.
 FORWARDED_ENV = (
-    "MRKD_STORE", "MRKD_DATA_ROOT", "MRKD_S3_ENDPOINT_URL", "MRKD_TEACHER_WEIGHTS",
+    "MRKD_STORE", "MRKD_DATA_ROOT", "MRKD_S3_ENDPOINT_URL", ENV_STAGED, ENV_OFFLINE, *weights_env_vars(CATALOG),
     "MRKD_MVTEC_URL", "MRKD_BTAD_URL", "MRKD_MTD_URL",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
     "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
@@ -260,15 +262,19 @@ def local_gpu_request() -> float:
 
 
 def worker_env(store_root: str, data_root: str, api_url: str | None) -> dict[str, str]:
-    """The environment every Ray worker gets: store, data root, S3 settings, Prefect API.
+    """The environment every Ray worker gets: store, data root, S3 settings, teacher weights, Prefect API.
 
     ``store_root`` and ``data_root`` are the driver's resolved absolute locations. The
     Prefect API URL matters: without one each Ray worker starts its own temporary Prefect
-    server (~10 s per worker) and the task runs land in throwaway databases.
+    server (~10 s per worker) and the task runs land in throwaway databases. Teacher
+    weights are read from ``<store_root>/weights`` (where the driver staged them,
+    ``flows.download``) unless the driver's ``MRKD_TEACHER_WEIGHTS`` names another folder.
     """
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     env["MRKD_STORE"] = store_root
     env["MRKD_DATA_ROOT"] = data_root
+    if store_root:
+        env.setdefault(ENV_STAGED, f"{store_root.rstrip('/')}/{STAGED_FOLDER}")
     if api_url:
         env["PREFECT_API_URL"] = api_url
     # Workers import flows.* by name; from a checkout that is not pip-installed the code
