@@ -193,7 +193,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     models: dict[str, dict] = {}
     for cat in cats:
         task = Task(args.dataset, cat, CLI_VARIANT, cfg, str(root))
-        log.info("training %s (config %s) → %s", cat, cfg.config_hash(), store.uri(run_dir(task, run_id)))
+        log.info("training %s (config %s, teacher %s, weights %s%s) → %s", cat, cfg.config_hash(), cfg.backbone,
+                 cfg.teacher_weights, ": not the paper's setting" if cfg.teacher_weights == "none" else "",
+                 store.uri(run_dir(task, run_id)))
         # Refuse, rather than discard, checkpoints of the key trained on other images: the
         # user may have pointed at the wrong folder (mrkd_core.lineage; --no-resume replaces them).
         with offline_mode(args.offline):

@@ -80,7 +80,8 @@ def load_teacher_weights(teacher: Teacher, weights: str, progress: bool = True) 
     """
     name = teacher.backbone.name
     if weights == "none":
-        log.info("teacher %s keeps random weights (teacher_weights=none): not the paper's setting", name)
+        # DEBUG: a stored model is built this way before its own weights are loaded (model_io).
+        log.debug("teacher %s: random weights (teacher_weights=none)", name)
         return
     location = imagenet_location(teacher.backbone, progress) if weights == "imagenet" else weights
     state = teacher.adapt_state_dict(read_state_dict(location))
