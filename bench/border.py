@@ -4,7 +4,8 @@ Trains one model on a generated texture (crops of a real photo in scikit-image's
 painted defects; ``mrkd_core.data.synthetic``) and reports, over its test images:
 
 - image and pixel AU-ROC;
-- how many maps peak within 8 px (at 128 px) of the image border, per fused map and per scale;
+- how many maps peak within 8 px (at 128 px) of the image border, per fused map and per scale,
+  and per scale at which edge (TensorFlow's "same" padding pads bottom and right only);
 - the mean of the map in the outer 1/16 band over its mean inside (1.0: no border excess);
 - the teacher's feature norm on the outermost feature row/column over the inside, per scale.
 
@@ -59,6 +60,26 @@ def peaks_near_border(maps: np.ndarray, pixels: float) -> int:
     flat = maps.reshape(n, -1).argmax(1)
     y, x = flat // w, flat % w
     return int((np.minimum.reduce([y, x, h - 1 - y, w - 1 - x]) < pixels).sum())
+
+
+def nearest_edges(maps: np.ndarray, pixels: float) -> dict[str, int]:
+    """Where the maxima of N×H×W maps are: the nearest edge when within ``pixels`` of it, else inside."""
+    n, h, w = maps.shape
+    counts = dict.fromkeys(("top", "bottom", "left", "right", "inside"), 0)
+    for flat in maps.reshape(n, -1).argmax(1):
+        y, x = divmod(int(flat), w)
+        distance = {"top": y, "bottom": h - 1 - y, "left": x, "right": w - 1 - x}
+        edge = min(distance, key=distance.get)
+        counts[edge if distance[edge] < pixels else "inside"] += 1
+    return counts
+
+
+def edge_strips(maps: np.ndarray, width: int = 4) -> dict[str, float]:
+    """Mean of N×H×W maps in the outer ``width`` rows/columns of each edge over the mean inside."""
+    inside = maps[:, 4 * width:-4 * width, 4 * width:-4 * width].mean()
+    strips = {"top": maps[:, :width], "bottom": maps[:, -width:], "left": maps[:, :, :width],
+              "right": maps[:, :, -width:]}
+    return {k: round(float(v.mean() / inside), 2) for k, v in strips.items()}
 
 
 def teacher_border_norms(features: list[torch.Tensor]) -> list[float]:
@@ -118,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "image_auroc": round(result.metrics["image_auroc"], 3), "pixel_auroc": round(result.metrics["pixel_auroc"], 3),
         "maps_peaking_within_8px_of_the_border": peaks_near_border(result.maps, near),
         "per_scale_peaking_within_8px": [peaks_near_border(per_scale[:, s], near) for s in range(3)],
+        "per_scale_maxima_by_edge": [nearest_edges(per_scale[:, s], near) for s in range(3)],
+        "per_scale_edge_strips_over_inside": [edge_strips(per_scale[:, s]) for s in range(3)],
         "border_over_inside_mean": round(edge_ratio(result.maps), 2),
         "per_scale_border_over_inside": [round(edge_ratio(per_scale[:, s]), 2) for s in range(3)],
         "teacher_norm_border_over_inside": teacher_border_norms(features),
