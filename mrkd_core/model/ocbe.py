@@ -5,8 +5,9 @@ f_T^2 through one, so both reach f_T^3's resolution; the three are concatenated 
 compressed by one residual stage with stride 2 (3 bottleneck blocks for ResNet50 /
 WideResNet50-2, 2 basic blocks for ResNet18 and the EfficientNet-Lite teachers) into the
 compact embedding f_B, as wide as the teacher's own stride-32 features would be, e.g.
-(2048, 8, 8) at 256 px for WRN50, (320, 8, 8) for EfficientNet-Lite0. The official code also builds a 1×1 conv + BN that
-it never calls (8.39 M parameters for WRN50, handed to Adam); it is left out here.
+(2048, 8, 8) at 256 px for WRN50, (320, 8, 8) for EfficientNet-Lite0. The official code
+also builds a 1×1 conv + BN that it never calls (8.39 M parameters for WRN50, handed to
+Adam); it is left out here.
 """
 
 from __future__ import annotations

@@ -167,6 +167,8 @@ def _download(backbone: Backbone, url: str, path: str, prefix: str, progress: bo
     except urllib.error.URLError as exc:
         raise WeightsError(f"cannot download ImageNet weights for {backbone.name} from {url}: {exc.reason} — "
                            f"{fix}") from None
+    except ValueError as exc:  # urllib's answer to something that is not a URL
+        raise WeightsError(f"{env or 'the weights URL'}={url}: not a URL ({exc}) — {fix}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise WeightsError(f"download of ImageNet weights for {backbone.name} from {url} broke off "
                            f"({type(exc).__name__}: {exc}) — {fix}") from None
