@@ -6,6 +6,8 @@
       ├─ (runner)             resolved once: Ray of this run, local Ray head, cluster, or local;
       │                       the Ray dashboard's URL is the flow run's first log lines
       ├─ prepare-dataset      per dataset of the spec, in the driver (download / generate, idempotent)
+      ├─ stage-teacher-weights per downloaded teacher (imagenet ResNets): once into <store>/weights/,
+      │                       where the Ray workers copy them from (MRKD_TEACHER_WEIGHTS)
       ├─ plan                 spec.tasks(data_root) → one Task per (dataset, category, variant)
       ├─ find-complete        keys with a valid manifest in any run are not trained again (unless force)
       ├─ record-complete      per complete key, in the driver: engine.train_evaluate copies the
@@ -52,7 +54,7 @@ from prefect.states import Completed, State
 import flows  # noqa: F401 - offline-safe environment defaults
 from flows.artifacts import publish, regression_text
 from flows.attempts import error_line, failure_message, settle_task_run
-from flows.download import dataset_records, prepare_dataset
+from flows.download import dataset_records, prepare_dataset, published_teachers, stage_teacher_weights
 from flows.ray_runner import RAY_MAX_RETRIES, RUNNERS, LocalRunner, RayRunner, check_runner, resolve_runner
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id, run_flow_command, spec_path
@@ -268,6 +270,8 @@ def benchmark(
     records = dataset_records(loaded, root)
     for record in records:
         prepare_dataset(record)
+    for backbone in published_teachers(loaded):
+        stage_teacher_weights(backbone)
     tasks = plan(loaded, root, registry)
     registry_record = registry.to_dict() if registry is not None else None
     done = find_done(tasks, rid if force else None)

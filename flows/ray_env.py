@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mrkd_core.backbones import CATALOG
 from mrkd_core.data.catalog import override_variables
+from mrkd_core.model.weights import ENV_OFFLINE, ENV_STAGED, weights_env_vars
 
-# Variables forwarded to Ray workers when set in the driver; with every catalogued
-# dataset's download overrides (MRKD_<NAME>_URL, MRKD_<NAME>_SHA256), see forwarded_env.
+# Variables forwarded to Ray workers when set in the driver (the teacher weights' staged
+# folder, offline mode and each catalogued backbone's mirror among them); with every
+# catalogued dataset's download overrides (MRKD_<NAME>_URL, MRKD_<NAME>_SHA256), see forwarded_env.
 FORWARDED_ENV = (
-    "MRKD_STORE", "MRKD_DATA_ROOT", "MRKD_S3_ENDPOINT_URL", "MRKD_TEACHER_WEIGHTS",
+    "MRKD_STORE", "MRKD_DATA_ROOT", "MRKD_S3_ENDPOINT_URL", ENV_STAGED, ENV_OFFLINE, *weights_env_vars(CATALOG),
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
     "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
     "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING",

@@ -56,6 +56,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.local_ray import LOOPBACK, is_loopback_address, port_free
 from flows.ray_env import forwarded_env
+from mrkd_core.model.weights import ENV_STAGED, STAGED_FOLDER
 
 log = logging.getLogger(__name__)
 
@@ -243,15 +244,19 @@ def local_gpu_request() -> float:
 
 
 def worker_env(store_root: str, data_root: str, api_url: str | None) -> dict[str, str]:
-    """The environment every Ray worker gets: store, data root, S3 settings, Prefect API.
+    """The environment every Ray worker gets: store, data root, S3 settings, teacher weights, Prefect API.
 
     ``store_root`` and ``data_root`` are the driver's resolved absolute locations. The
     Prefect API URL matters: without one each Ray worker starts its own temporary Prefect
-    server (~10 s per worker) and the task runs land in throwaway databases.
+    server (~10 s per worker) and the task runs land in throwaway databases. Teacher
+    weights are read from ``<store_root>/weights`` (where the driver staged them,
+    ``flows.download``) unless the driver's ``MRKD_TEACHER_WEIGHTS`` names another folder.
     """
     env = forwarded_env()
     env["MRKD_STORE"] = store_root
     env["MRKD_DATA_ROOT"] = data_root
+    if store_root:
+        env.setdefault(ENV_STAGED, f"{store_root.rstrip('/')}/{STAGED_FOLDER}")
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env

