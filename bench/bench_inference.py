@@ -3,6 +3,9 @@
     python bench/bench_inference.py [--shapes r18-256 wrn50-256] [--batches 1 16]
         [--repeats N] [--eval-images N] [--skip-engines] [--skip-eval] [--threads T]
 
+    # the teachers against each other (the lite teacher for CPU-only line PCs):
+    python bench/bench_inference.py --shapes lite0-256 r18-256 wrn50-256 --skip-eval
+
 1. Engines, CPU ms per image of the whole test path (normalised batch → anomaly map of
    Eq. 5 with the Gaussian → score of Eq. 6, fixed test-time masks):
    ``pytorch`` — eager PyTorch under ``torch.inference_mode`` as ``mrkd predict
@@ -48,7 +51,10 @@ from mrkd_core.score import fuse_maps, image_score  # noqa: E402
 from mrkd_core.storage import ArtifactStore  # noqa: E402
 
 SHAPES = {"r18-256": ("resnet18", 256), "wrn50-256": ("wide_resnet50_2", 256), "r18-128": ("resnet18", 128),
-          "wrn50-128": ("wide_resnet50_2", 128)}
+          "wrn50-128": ("wide_resnet50_2", 128),
+          # EfficientNet-Lite0 (beyond the paper): the pretrained teacher that installs with the package
+          "lite0-256": ("efficientnet_lite0", 256), "lite0-128": ("efficientnet_lite0", 128)}
+PAPER_TEACHER = "wide_resnet50_2"  # what the other backbones are compared with (the paper's default)
 
 
 def _ms_per_image(fns: dict, batch: int, repeats: int) -> dict[str, tuple[float, float]]:
@@ -145,6 +151,17 @@ def bench_eval(backbone: str, size: int, n: int, workdir: Path) -> list[dict]:
     return rows
 
 
+def backbone_rows(rows: list[dict]) -> list[dict]:
+    """Per (backbone, size, batch, engine): ms per image (minimum) and the paper teacher's ms ÷ this one's."""
+    keyed = {(SHAPES[r["shape"]][0], SHAPES[r["shape"]][1], r["batch"], r["engine"]): r["ms_min"] for r in rows}
+    out = []
+    for (backbone, size, batch, engine), ms in keyed.items():
+        ref = keyed.get((PAPER_TEACHER, size, batch, engine))
+        out.append({"backbone": backbone, "size": size, "batch": batch, "engine": engine, "ms_min": ms,
+                    f"ratio_vs_{PAPER_TEACHER}": ref / ms if ref else float("nan")})
+    return out
+
+
 def print_rows(rows: list[dict]) -> None:
     if not rows:
         return
@@ -171,8 +188,12 @@ def main() -> None:
         work = Path(tmp)
         if not args.skip_engines:
             print("\n## Engines: CPU ms per image (ratio = PyTorch ms / engine ms)")
+            engine_rows = []
             for shape in args.shapes:
-                bench_engines(shape, args.batches, args.repeats, args.threads, work / shape)
+                engine_rows += bench_engines(shape, args.batches, args.repeats, args.threads, work / shape)
+            if len({SHAPES[s][0] for s in args.shapes}) > 1:
+                print(f"\n## Backbones: CPU ms per image (minimum), ratio = {PAPER_TEACHER} ms / backbone ms")
+                print_rows(backbone_rows(engine_rows))
         if not args.skip_eval:
             print("\n## Evaluation: images/s, eval_batch_size 16 vs 1")
             for shape in args.eval_shapes:

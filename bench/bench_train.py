@@ -4,6 +4,9 @@
         [--paths straightforward ours ...] [--steps N] [--repeats R] [--quick]
         [--skip-inference] [--skip-data]
 
+    # the teachers against each other (the lite teacher for CPU-only line PCs):
+    python bench/bench_train.py --shapes lite0-256 r18-256 wrn50-256 --paths ours --skip-data --skip-checkpoint
+
 Training step (images/s, peak memory, loss of the first step), per shape, in one process:
 
 * ``straightforward`` — what the official MRKD code does (``main.py`` of yuxin-jiang/MRKD):
@@ -100,7 +103,11 @@ SHAPES = {
     "r18-128": ("resnet18", 128, 16),
     "wrn50-64": ("wide_resnet50_2", 64, 8),
     "r18-64": ("resnet18", 64, 8),
+    # EfficientNet-Lite0 (beyond the paper): the pretrained teacher that installs with the package
+    "lite0-256": ("efficientnet_lite0", 256, 16),
+    "lite0-128": ("efficientnet_lite0", 128, 16),
 }
+PAPER_TEACHER = "wide_resnet50_2"  # what the other backbones are compared with (the paper's default)
 QUICK = ["r18-128", "wrn50-64"]
 BIG = {"wrn50-256", "wrn50-128", "r18-256"}
 ALL_PATHS = ["straightforward", "ours", "ours-nocache", "ours-twice", "ours-layout", "ours-adam", "ours-mmap", "ours-bf16"]
@@ -481,6 +488,20 @@ def bench_checkpoint(key: str, device: torch.device, repeats: int = 2) -> list[d
              "ratio": ref / statistics.median(v) if not k.startswith(" ") else float("nan")} for k, v in rows.items()]
 
 
+def backbones_table(out, rows: list[dict], what: str, key: str, unit: str) -> None:
+    """Each backbone's ``key`` (a time) against the paper's teacher at the same image size, when both were measured."""
+    paper = {r["size"]: r[key] for r in rows if r["backbone"] == PAPER_TEACHER}
+    if len({r["backbone"] for r in rows}) < 2 or not paper:
+        return
+    out.write(f"\n# Backbones, {what}: ratio = {PAPER_TEACHER} {unit} ÷ backbone {unit} (same image size)\n")
+    out.write(f"| backbone | size | {unit} | ratio |\n|---|---|---|---|\n")
+    for r in rows:
+        ref = paper.get(r["size"])
+        ratio = f"{ref / r[key]:.1f}x" if ref else ""
+        out.write(f"| {r['backbone']} | {r['size']} | {r[key]:.3f} | {ratio} |\n")
+    out.flush()
+
+
 def machine(device: torch.device) -> str:
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -538,6 +559,7 @@ def main() -> int:
     out.write("\nratio: against `straightforward`, the official step on our modules, about 10 % slower than the "
               "official code itself (docs/performance.md); against the official code, ratios are about 10 % lower\n")
     out.write(f"load average after the training steps: {os.getloadavg()[0]:.1f}\n")
+    backbones_table(out, [r for r in work if r["path"] == "ours"], "training step (ours)", "step_s", "s/step")
     if work:
         peak = matmul_gflops(device)
         out.write(f"\n# Work per step against the fp32 matmul rate of this {device.type} ({peak:.0f} GFLOP/s, 4096² mm)\n")
@@ -564,10 +586,14 @@ def main() -> int:
     if not args.skip_inference:
         out.write(f"\n# Inference, batch 1, anomaly map (Eq. 5) + score (Eq. 6), median of {args.inference_images}\n")
         out.write("| shape | path | layout | ms/image | ratio |\n|---|---|---|---|---|\n")
+        ours_inference = []
         for key in shapes:
             for r in bench_inference(key, device, args.inference_images):
                 out.write(f"| {key} | {r['path']} | {r['layout']} | {r['ms']:.1f} | {r['ratio']:.2f}x |\n")
                 out.flush()
+                if r["path"] == "ours":
+                    ours_inference.append({**r, "backbone": SHAPES[key][0], "size": SHAPES[key][1]})
+        backbones_table(out, ours_inference, "inference, batch 1 (ours)", "ms", "ms/image")
 
     if not args.skip_data:
         out.write("\n# ILM synthesis per DataLoader worker (one core) against our training step rate\n")

@@ -7,6 +7,8 @@
 - ``flows.ray_runner``      the :class:`~flows.ray_runner.Runner` of a flow run: task runner, GPU
                             requests, the environment Ray workers get
 - ``flows.ray_task_runner`` prefect-ray's task runner as the fan-out uses it
+- ``flows.attempts``        every attempt of a training in its task run: Ray re-runs, deaths
+- ``flows.worker``          ``python -m flows.worker``: ``prefect worker start`` that stops on one SIGTERM
 - ``flows.local_ray``       Ray on one machine: loopback only, one token per machine
 - ``flows.ray_head``        the long-lived local Ray head (``python -m flows.ray_head start``)
 - ``flows.settings``        store / data root / run id resolution shared by the flows

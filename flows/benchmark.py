@@ -6,12 +6,14 @@
       ├─ (runner)             resolved once: Ray of this run, local Ray head, cluster, or local;
       │                       the Ray dashboard's URL is the flow run's first log lines
       ├─ prepare-dataset      per dataset of the spec, in the driver (download / generate, idempotent)
+      ├─ stage-teacher-weights per downloaded teacher (imagenet ResNets): once into <store>/weights/,
+      │                       where the Ray workers copy them from (MRKD_TEACHER_WEIGHTS)
       ├─ plan                 spec.tasks(data_root) → one Task per (dataset, category, variant)
       ├─ find-complete        keys with a valid manifest in any run are not trained again (unless force)
       ├─ record-complete      per complete key, in the driver: engine.train_evaluate copies the
       │                       stored rows into this run; state "Skipped"
-      ├─ mrkd-train-all       subflow on the runner: train-evaluate per pending key (num_gpus=1 each
-      │                       on a cluster); ends Failed, naming the first error, if any training failed
+      ├─ train-evaluate       per pending key, on the runner's task runner (num_gpus=1 each on a
+      │                       cluster): task runs of this flow run, so its log has every epoch line
       ├─ report               partitioned.read_metrics/read_scores(run_id) + registry history → report.write_report
       └─ (artifacts)          summary table, report link; a regressions warning when a category regressed
 
@@ -47,17 +49,18 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, State
 
 import flows  # noqa: F401 - offline-safe environment defaults
 from flows.artifacts import publish, regression_text
-from flows.download import dataset_records, prepare_dataset
-from flows.ray_runner import RUNNERS, LocalRunner, RayRunner, check_runner, resolve_runner
+from flows.attempts import error_line, failure_message, settle_task_run
+from flows.download import dataset_records, prepare_dataset, published_teachers, stage_teacher_weights
+from flows.ray_runner import RAY_MAX_RETRIES, RUNNERS, LocalRunner, RayRunner, check_runner, resolve_runner
 from flows.settings import data_root as default_data_root
 from flows.settings import open_store, resolve_run_id, run_flow_command, spec_path
-from flows.train_evaluate import record_complete, train_one
+from flows.train_evaluate import fail_progress, record_complete, run_name, train_one
 from mrkd_core.layout import find_complete
-from mrkd_core.partitioned import read_metrics, read_scores
+from mrkd_core.partitioned import read_run
 from mrkd_core.registry.tables import read_history
 from mrkd_core.registry.tracking import RegistryOptions
 from mrkd_core.report import MapTriple, write_report
@@ -116,8 +119,11 @@ def run_report(run_id: str, results: list[dict[str, Any]]) -> str:
     registry's ``history`` table when the run tracked its results.
     """
     store = open_store()
-    metrics = read_metrics(store, run_id)
-    scores = read_scores(store, run_id)
+    # A task whose result this run recorded under <run_id>.<n> (the run id held another result of it: a
+    # re-run after its inputs changed, layout.record_run_id) is reported from there.
+    elsewhere = {(r["dataset"], r["category"], r["variant"], r["key"].rsplit("/", 1)[-1]): r["run_id"]
+                 for r in results if r.get("run_id") not in (None, run_id)}
+    metrics, scores = read_run(store, run_id, elsewhere)
     history = read_history(store) if any(r.get("registry") for r in results) else None
     report = write_report(store, run_id, metrics, scores, maps_provider(store, results), history_df=history)
     return store.uri(report["html"])
@@ -139,19 +145,22 @@ def maps_provider(store: ArtifactStore, results: list[dict[str, Any]]) -> Callab
     return provide
 
 
-# --------------------------------------------------------------------------- fan-out subflow
-def _failure(exc: BaseException) -> str:
-    """``Type: first line`` of a training's error (Ray adds its traceback below the first line)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
+# --------------------------------------------------------------------------- fan-out
 def _outcome(task: dict[str, Any], future: PrefectFuture, logger: logging.LoggerAdapter) -> dict[str, Any]:
-    """The record of one submitted training: its summary, or a failure record with its own error."""
+    """The record of one submitted training: its summary, or a failure record with its own error.
+
+    A training whose every attempt died (Ray re-ran it until ``RAY_MAX_RETRIES``) has no
+    worker left to end its task run: it is ended *Failed* here, naming the cause of each
+    attempt, and so is its progress artifact.
+    """
     try:
         return future.result()  # the task's own exception when it failed, a Ray error when it never ran
     except Exception as exc:  # noqa: BLE001 - one training's failure must not hide the others'
-        error = _failure(exc)
+        ray_ref = getattr(future, "wrapped_future", None)
+        ray_task = ray_ref.task_id().hex() if hasattr(ray_ref, "task_id") else None  # None: runner=local
+        error = failure_message(exc, ray_task, RAY_MAX_RETRIES + 1)
+        if settle_task_run(train_one, future.task_run_id, run_name("train", task), error):
+            fail_progress(task, future.task_run_id, error)  # no attempt could end it
         logger.error("training %s failed: %s", task["key"], error)
         return TaskOutcome.failure(task, error).to_dict()
 
@@ -163,19 +172,25 @@ def first_failure(results: list[dict[str, Any]]) -> str | None:
     return f"{len(failed)} of {len(results)} trainings failed; first: {failed[0]['key']}: {failed[0]['error']}"
 
 
-@flow(name="mrkd-train-all")
 def train_all(tasks: list[dict[str, Any]], datasets: dict[str, dict[str, Any]], run_id: str, force: bool,
-              runner: LocalRunner | RayRunner, registry: dict[str, Any] | None = None) -> list[dict[str, Any]] | State:
-    """One ``train-evaluate`` per task on ``runner``; ends Failed (with every record) if any failed."""
+              runner: LocalRunner | RayRunner, registry: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One ``train-evaluate`` task run per task, on ``runner``'s task runner, in this flow run.
+
+    The trainings are task runs of the flow run itself (not of a subflow), so that their
+    logs are the flow run's: ``prefect flow-run logs <id>`` with the id ``prefect deployment
+    run`` printed shows every epoch line. The task runner (a Ray of this run, the local head,
+    a cluster, or a thread) is entered for the fan-out only: a Ray of this run is up while
+    the trainings last. Returns a record per task; a failed training's has its error.
+    """
     logger = get_run_logger()
-    with runner.submitting() as options:
+    with runner.task_runner() as task_runner, runner.submitting() as options:
         reuse = "" if "max_calls" not in options else (
             ", one Ray worker process per training" if options["max_calls"] == 1 else ", Ray workers reused")
         logger.info("%d training(s) on %s, %s GPU(s) each%s", len(tasks), runner.kind, options["num_gpus"], reuse)
-        futures = [train_one.submit(t, run_id, force, datasets[t["dataset"]], registry) for t in tasks]
-    results = [_outcome(t, f, logger) for t, f in zip(tasks, futures)]
-    failure = first_failure(results)
-    return Failed(message=failure, data=results) if failure else results
+        futures = [task_runner.submit(train_one, {"task": t, "run_id": run_id, "force": force,
+                                                  "dataset": datasets[t["dataset"]], "registry": registry})
+                   for t in tasks]
+        return [_outcome(t, f, logger) for t, f in zip(tasks, futures)]
 
 
 # --------------------------------------------------------------------------- the flow
@@ -255,6 +270,8 @@ def benchmark(
     records = dataset_records(loaded, root)
     for record in records:
         prepare_dataset(record)
+    for backbone in published_teachers(loaded):
+        stage_teacher_weights(backbone)
     tasks = plan(loaded, root, registry)
     registry_record = registry.to_dict() if registry is not None else None
     done = find_done(tasks, rid if force else None)
@@ -265,13 +282,12 @@ def benchmark(
     for t in (t for t, d in zip(tasks, done) if d):  # in the driver: copies the stored rows into this run
         results.append(record_complete(t, rid, force, registry_record, return_state=True).result())
     if pending:
-        state = train_all.with_options(task_runner=fan_out.task_runner())(
-            pending, by_name, rid, force, fan_out, registry_record, return_state=True)
-        trained = state.result(raise_on_failure=False)
-        if isinstance(trained, BaseException):  # the subflow itself crashed: no record per training
-            error = _failure(trained)
-            trained = [TaskOutcome.failure(t, error).to_dict() for t in pending]
-        results += trained
+        try:
+            results += train_all(pending, by_name, rid, force, fan_out, registry_record)
+        except Exception as exc:  # noqa: BLE001 - the fan-out itself failed (Ray did not start): no record per training
+            error = error_line(exc)
+            logger.error("the fan-out failed: %s", error)
+            results += [TaskOutcome.failure(t, error).to_dict() for t in pending]
 
     ok = [r for r in results if r["status"] != FAILED]
     report = run_report(rid, ok) if ok else None

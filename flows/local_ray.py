@@ -53,7 +53,11 @@ def is_loopback_address(address: str | None) -> bool:
     """``127.0.0.1:6379``, ``localhost:6379`` (not ``ray://``, ``auto`` or another host)."""
     if not address or "://" in address or address == "auto":
         return False
-    host = address.rsplit(":", 1)[0].strip("[]")
+    return is_loopback_host(address.rsplit(":", 1)[0].strip("[]"))
+
+
+def is_loopback_host(host: str) -> bool:
+    """``127.0.0.1``, ``::1``, ``localhost``: an address only this machine reaches."""
     if host == "localhost":
         return True
     try:

@@ -36,7 +36,7 @@ import yaml
 
 import flows  # noqa: F401 - offline-safe environment defaults
 from flows.benchmark import benchmark
-from flows.ray_runner import CODE_ROOT
+from flows.ray_env import CODE_ROOT
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment

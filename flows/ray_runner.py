@@ -50,12 +50,13 @@ import os
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.local_ray import LOOPBACK, is_loopback_address, port_free
+from flows.ray_env import forwarded_env
+from mrkd_core.model.weights import ENV_STAGED, STAGED_FOLDER
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +73,6 @@ ENV_REUSE_GPU_WORKERS = "MRKD_RAY_REUSE_GPU_WORKERS"
 # Read by Ray inside the worker before each task: when set, Ray does not narrow
 # CUDA_VISIBLE_DEVICES to the task's GPUs, and the task selects its device itself.
 RAY_NOSET_CUDA_ENV = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
-
-# Variables forwarded to Ray workers when set in the driver. Values are never logged.
-FORWARDED_ENV = (
-    "MRKD_STORE", "MRKD_DATA_ROOT", "MRKD_S3_ENDPOINT_URL", "MRKD_TEACHER_WEIGHTS",
-    "MRKD_MVTEC_URL", "MRKD_BTAD_URL", "MRKD_MTD_URL",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
-    "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-    "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING",
-    "TORCH_HOME", "MRKD_LOG_LEVEL",
-)
-# Settings of the flows package that a worker must share with its driver.
-SHARED_SETTINGS = ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", "PREFECT_SERVER_ANALYTICS_ENABLED",
-                   "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_LEVEL")
-
-# The folder that holds the `flows` and `mrkd_core` packages (a checkout, or site-packages).
-CODE_ROOT = str(Path(__file__).resolve().parent.parent)
-
 
 class Runner(Protocol):
     """The runner of one flow run, resolved once by :func:`resolve_runner`: where trainings execute.
@@ -260,24 +244,21 @@ def local_gpu_request() -> float:
 
 
 def worker_env(store_root: str, data_root: str, api_url: str | None) -> dict[str, str]:
-    """The environment every Ray worker gets: store, data root, S3 settings, Prefect API.
+    """The environment every Ray worker gets: store, data root, S3 settings, teacher weights, Prefect API.
 
     ``store_root`` and ``data_root`` are the driver's resolved absolute locations. The
     Prefect API URL matters: without one each Ray worker starts its own temporary Prefect
-    server (~10 s per worker) and the task runs land in throwaway databases.
+    server (~10 s per worker) and the task runs land in throwaway databases. Teacher
+    weights are read from ``<store_root>/weights`` (where the driver staged them,
+    ``flows.download``) unless the driver's ``MRKD_TEACHER_WEIGHTS`` names another folder.
     """
-    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env = forwarded_env()
     env["MRKD_STORE"] = store_root
     env["MRKD_DATA_ROOT"] = data_root
+    if store_root:
+        env.setdefault(ENV_STAGED, f"{store_root.rstrip('/')}/{STAGED_FOLDER}")
     if api_url:
         env["PREFECT_API_URL"] = api_url
-    # Workers import flows.* by name; from a checkout that is not pip-installed the code
-    # is found only through PYTHONPATH (in the image it is installed, and this is a no-op).
-    paths = [CODE_ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != CODE_ROOT]]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    for k in SHARED_SETTINGS:
-        if os.environ.get(k):
-            env[k] = os.environ[k]
     return env
 
 

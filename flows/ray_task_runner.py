@@ -1,6 +1,6 @@
 """prefect-ray's ``RayTaskRunner`` as the fan-out uses it (imports Ray: load it only for runner=ray).
 
-Three additions, each for something users saw go wrong:
+Four additions, each for something users saw go wrong:
 
 - **A Ray on this machine is locked down.** Before a local Ray starts, or the local head is
   joined, the machine's Ray token is made to exist and Ray's single-machine switch is on
@@ -9,7 +9,13 @@ Three additions, each for something users saw go wrong:
 - **A task run's logs reach the Prefect API.** A Ray worker sends Prefect logs from a
   background thread every 2 s; the driver shuts Ray down (and the workers with it) as soon
   as the last training returns, which lost the last seconds of each task run's log. Each
-  task's logs are therefore drained in the worker before its result goes back.
+  task's logs (and its state events) are therefore sent from the worker before its result
+  goes back (:func:`flows.attempts.flush_to_api`).
+- **A task Ray re-ran is the same task run, one attempt further.** Ray re-runs a task whose
+  worker process died; the new attempt records the death of the earlier ones in the task
+  run (state *Crashed* with the cause, a warning in its log) and continues it, so that
+  ``run_count`` counts every attempt (:mod:`flows.attempts`). Before, the re-run started
+  the task run afresh (*Completed*, ``run_count`` 1).
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from typing import Any
 
 from prefect_ray import RayTaskRunner
 
+from flows.attempts import continue_after_death, current_attempt, flush_to_api
 from flows.local_ray import ensure_token, loopback_only
 
-LOG_DRAIN_TIMEOUT_S = 10
 
 
 def _run_logger(fallback: Any) -> Any:
@@ -56,11 +62,34 @@ class LoggedRayTaskRunner(RayTaskRunner):
         return self
 
     @staticmethod
-    def _run_prefect_task(*args: Any, **kwargs: Any) -> Any:
-        """What runs in the Ray worker: the Prefect task, then its logs sent to the API."""
+    def _run_prefect_task(*upstream: Any, task: Any, task_run_id: Any, context: dict[str, Any],
+                          parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None) -> Any:
+        """What runs in the Ray worker: the Prefect task (continuing its task run when Ray re-ran it),
+        then its logs and state events sent to the API."""
         try:
-            return RayTaskRunner._run_prefect_task(*args, **kwargs)
+            attempt = current_attempt()
+            if attempt == 1 or task.isasync:  # (no training task is async)
+                return RayTaskRunner._run_prefect_task(*upstream, task=task, task_run_id=task_run_id, context=context,
+                                                       parameters=parameters, wait_for=wait_for,
+                                                       dependencies=dependencies)
+            return _rerun_prefect_task(task, task_run_id, context, parameters, wait_for, dependencies, attempt)
         finally:
-            from prefect.logging.handlers import APILogWorker
+            flush_to_api()
 
-            APILogWorker.drain_all(timeout=LOG_DRAIN_TIMEOUT_S)
+
+def _rerun_prefect_task(task: Any, task_run_id: Any, context: dict[str, Any], parameters: dict[str, Any],
+                        wait_for: Any, dependencies: Any, attempt: int) -> Any:
+    """Attempt ``attempt`` (> 1) of a task Ray re-ran because its worker died: prefect-ray's
+    ``_run_prefect_task`` with the task run continued (:func:`flows.attempts.continue_after_death`)."""
+    import ray
+    from prefect.task_engine import run_task_sync
+    from prefect.utilities.collections import visit_collection
+
+    def resolve(expr: Any) -> Any:
+        return ray.get(expr) if isinstance(expr, ray.ObjectRef) else expr
+
+    parameters = visit_collection(parameters, visit_fn=resolve, return_data=True)
+    task_run = continue_after_death(task, task_run_id, attempt, ray.get_runtime_context().get_task_id())
+    # A training task is synchronous (prefect-ray runs async tasks through run_task_async).
+    return run_task_sync(task=task, task_run_id=task_run_id, task_run=task_run, parameters=parameters,
+                         wait_for=wait_for, dependencies=dependencies, context=context, return_type="state")

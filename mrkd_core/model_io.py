@@ -6,8 +6,9 @@ network. It contains only tensors, strings and numbers: ``torch.load(weights_onl
 reads it, and nothing in it can execute code.
 
 It may also hold a calibration (``mrkd_core.inference.calibration``: thresholds, their
-normalisation and how they were obtained) as a plain dict; recalibrating rewrites the
-file with the new one and keeps the previous ones in ``calibration_history``.
+normalisation and how they were obtained) as a plain dict; recalibrating writes a new
+file with the new one and the previous ones in ``calibration_history`` (a stored
+``model.pt`` never changes: :func:`write_calibration`).
 
 One loader (:func:`load_model_file`: the record, or the network built, loaded and placed
 with a command's runtime overrides) and one "evaluate a stored model"
@@ -32,7 +33,7 @@ from mrkd_core.device import place_model, resolve_device
 from mrkd_core.errors import ConfigError, MRKDError, StorageError, unpickle_error
 from mrkd_core.evaluate import EvalResult, evaluate
 from mrkd_core.model import MRKD, build_mrkd
-from mrkd_core.results import update_manifest_entry
+from mrkd_core.results import MANIFEST
 from mrkd_core.revision import TRAINING_REVISION, stored_revision
 from mrkd_core.storage import ArtifactStore, open_uri
 
@@ -165,26 +166,29 @@ def evaluate_stored_model(location: str | ArtifactStore, rel_path: str | None = 
                                     protocol=protocol)
 
 
-def write_calibration(location: str, calibration: dict[str, Any]) -> str:
-    """Store ``calibration`` in the model file at ``location`` (path or URI), atomically.
+def write_calibration(location: str, calibration: dict[str, Any], output: str) -> str:
+    """Write the model file at ``location`` (path or URI) with ``calibration`` to ``output``, atomically.
 
     The weights and everything else stay as they are; the calibration the file held is
-    appended to ``calibration_history``, so recalibrating loses nothing. A run directory's
-    ``manifest.json`` beside the file that lists it is updated too, so the run stays
-    complete for the skip rule and for readers. Returns the URI.
+    appended to ``calibration_history``, so recalibrating loses nothing. ``output`` is a new
+    file: a file that a run directory's manifest lists (a stored result, which a registered
+    version may point at) is never written, ``location`` included, a ``StorageError`` naming
+    it and the fix. Returns the URI written.
     """
+    parent, name = posixpath.split(str(output).rstrip("/"))
+    store = ArtifactStore(parent or ".")
+    if store.exists(MANIFEST) and name in (store.read_json(MANIFEST).get("files") or {}):
+        raise StorageError(f"{store.uri(name)}: part of a complete run directory, whose files never change (a "
+                           "registered version may point at it) — write the recalibrated model elsewhere: "
+                           "-o FILE.pt")
     data, source = _model_file_data(location, None)
     state = _read_state(data, source)
     previous = state.get("calibration")
     if isinstance(previous, dict):
         state["calibration_history"] = [*list(state.get("calibration_history") or []), previous]
     state["calibration"] = dict(calibration)
-    parent, name = posixpath.split(str(location).rstrip("/"))
-    store = ArtifactStore(parent or ".")
-    new = _state_bytes(state)
-    store.write_bytes(name, new)
-    if update_manifest_entry(store, "", name, new):
-        log.info("%s: manifest updated for the recalibrated %s", store.uri(), name)
+    state["extra"] = {**dict(state.get("extra") or {}), "calibrated_from": source}  # where its weights come from
+    store.write_bytes(name, _state_bytes(state))
     return store.uri(name)
 
 

@@ -20,6 +20,11 @@ partitioned table (``metrics``, ``scores``, the registry's ``promotions`` and
   reads both layouts; the calls in docs/storage.md that pass the table's schema read
   them as strings), and a table that has hive folders is appended to in the hive layout:
   one table never mixes the two, which DuckDB refuses and plain pandas would type wrongly.
+* **Files are written once.** Rows that record a run's result (``metrics``, ``scores``, a
+  run's promotion decision) go to a file named by the task, written once
+  (:meth:`PartitionedTable.write`); rows that record events (``history``, a person's
+  decisions) each get a file of their own (:meth:`PartitionedTable.append`). Nothing
+  stored is replaced.
 * **Files differ in schema.** A newer version adds columns; pyarrow takes a dataset's
   schema from the first file it finds. Files are never rewritten: readers of a store
   written by several versions pass the current schema (pandas/pyarrow: ``schema=``;
@@ -35,6 +40,7 @@ from __future__ import annotations
 import io
 import logging
 import unicodedata
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,7 +50,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mrkd_core.errors import ConfigError, StorageError
-from mrkd_core.results import MANIFEST, METRICS_SCHEMA, SCORES_SCHEMA, read_parquet_bytes, to_table
+from mrkd_core.results import (
+    MANIFEST,
+    METRICS_SCHEMA,
+    SCORES_SCHEMA,
+    read_parquet_bytes,
+    to_table,
+    utcnow,
+)
 from mrkd_core.storage import ArtifactStore
 
 if TYPE_CHECKING:
@@ -209,27 +222,76 @@ class PartitionedTable:
         return any(path.rsplit("/", 1)[-1].startswith(marker) for path in store.list(self.root))
 
     def write(self, store: ArtifactStore, rows: Sequence[Mapping[str, Any]], file_name: str,
-              source_run_dir: str) -> str:
-        """Store ``rows`` (all of one partition) as one file; returns its path.
+              source_run_dir: str | None) -> str:
+        """Store ``rows`` (all of one partition) as one file, once; returns its path.
 
-        The same ``file_name`` in the same partition replaces the earlier file (a
-        retried task writes its rows once). In the plain layout, unless the table is in
-        the hive layout already (:meth:`is_hive`).
+        Files are written once and never replaced. The same ``file_name`` in the same
+        partition from the same ``source_run_dir`` is the same record written again (a
+        retried task, a re-run that reuses the result): nothing is written. From another
+        run directory it is a ``StorageError`` (the caller records another result under
+        another run id: ``layout.record_run_id``). For rows that record an event, each
+        write one more, use :meth:`append`. In the plain layout, unless the table is in
+        the hive layout already (:meth:`is_hive`). ``source_run_dir``: the run directory the rows
+        come from (readers skip them once it loses its manifest); None for rows of no run (the
+        service's ``inspections``, whose file names are unique).
         """
+        values, hive = self._values(rows), self.is_hive(store)
+        path = self._file(values, file_name, hive)
+        held = self._held_by(store, path)
+        if held is None:
+            return self._store(store, rows, path, source_run_dir, hive)
+        if held != (source_run_dir or ""):
+            raise StorageError(f"{store.uri(path)}: holds the rows of {held or 'an unrecorded run directory'}, not "
+                               f"of {source_run_dir}; table files are written once — record this result under "
+                               "another run id")
+        return path
+
+    def held_by(self, store: ArtifactStore, values: Mapping[str, str], file_name: str) -> str | None:
+        """The run directory whose rows the partition ``values``' file ``file_name`` holds ('' when it
+        records none); None when there is no such file (what :meth:`write` would write)."""
+        return self._held_by(store, self._file(values, file_name, self.is_hive(store)))
+
+    def _file(self, values: Mapping[str, str], file_name: str, hive: bool) -> str:
+        return f"{self.partition_dir(values, hive)}/{safe_file_name(file_name)}"
+
+    @staticmethod
+    def _held_by(store: ArtifactStore, path: str) -> str | None:
+        if not store.exists(path):
+            return None
+        source = (pq.read_schema(io.BytesIO(store.read_bytes(path))).metadata or {}).get(SOURCE_KEY)
+        return source.decode() if source is not None else ""
+
+    def append(self, store: ArtifactStore, rows: Sequence[Mapping[str, Any]], stem: str, source_run_dir: str) -> str:
+        """Store ``rows`` (all of one partition) as a new file ``<stem>-<UTC time>-<random>.parquet``.
+
+        For tables whose rows record what happened (``history``, a person's ``promotions``):
+        every call adds its rows, and no earlier file is touched (a re-run of a night adds
+        its own rows beside the first run's).
+        """
+        values, hive = self._values(rows), self.is_hive(store)
+        unique = f"{utcnow().strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}"
+        path = self._file(values, f"{stem}-{unique}.parquet", hive)
+        return self._store(store, rows, path, source_run_dir, hive)
+
+    def _values(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not rows:
             raise ValueError(f"table {self.name}: no rows to write")
         values = {col: rows[0][col] for col in self.partition_by}
         for r in rows:
             if any(r[col] != values[col] for col in self.partition_by):
                 raise ValueError(f"table {self.name}: rows of several partitions in one write ({values})")
-        hive = self.is_hive(store)
+        return values
+
+    def _store(self, store: ArtifactStore, rows: Sequence[Mapping[str, Any]], path: str, source_run_dir: str | None,
+               hive: bool) -> str:
         table = to_table([dict(r) for r in rows], self.schema)
         if hive:  # pyarrow refuses a column that is both in the path and in the file
             table = table.drop_columns(list(self.partition_by))
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source_run_dir.encode()})
+        if source_run_dir is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   SOURCE_KEY: source_run_dir.encode()})
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        path = f"{self.partition_dir(values, hive)}/{safe_file_name(file_name)}"
         store.write_bytes(path, buf.getvalue())
         return path
 
@@ -253,8 +315,8 @@ class PartitionedTable:
 
         Both layouts; the partition values come from the path (a plain folder is named by
         its value). Files of every schema version are conformed to ``schema`` (old rows get
-        nulls in newer columns). A file whose source run directory has no manifest (deleted, or
-        being rewritten by a forced rerun) is left out with a warning.
+        nulls in newer columns). A file whose source run directory has no manifest (deleted)
+        is left out with a warning.
         """
         wanted = {k: v for k, v in equals.items() if v is not None}
         unknown = set(wanted) - set(self.partition_by)
@@ -300,7 +362,7 @@ SCORES_TABLE = PartitionedTable("scores", SCORES_SCHEMA)
 
 __all__ = ["DUCKDB_OPTIONS", "METRICS_TABLE", "PARTITION_COLUMNS", "PartitionedTable", "SCORES_TABLE", "SOURCE_KEY",
            "check_partition_value", "check_run_id", "conform", "decode_value", "encode_folder", "encode_value",
-           "safe_file_name"]
+           "read_metrics", "read_run", "read_scores", "safe_file_name"]
 
 
 def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
@@ -314,3 +376,32 @@ def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFram
 def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
     """All per-image score rows (of one run, or all) from the partitioned tables; complete runs only."""
     return SCORES_TABLE.read(store, run_id=run_id)
+
+
+TaskRow = tuple[str, str, str, str]  # (dataset, category, variant, config_hash): one task's rows of a run
+
+
+def read_run(store: ArtifactStore, run_id: str,
+             recorded_elsewhere: Mapping[TaskRow, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics, scores) of run ``run_id``, with the tasks it recorded under another run id taken from there.
+
+    A run records a task's result under ``<run_id>.<n>`` when ``run_id`` already held another
+    result of it (``layout.record_run_id``): ``recorded_elsewhere`` maps those tasks to the run
+    id used, and their rows come from that partition instead of ``run_id``'s (what the
+    flows' report of a re-run shows).
+    """
+    import pandas as pd
+
+    moved = dict(recorded_elsewhere or {})
+    out = []
+    for read in (read_metrics, read_scores):
+        frames = [read(store, run_id)]
+        for rid in sorted(set(moved.values())):
+            frames.append(read(store, rid))
+        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        if moved:
+            keys = zip(df["dataset"], df["category"], df["variant"], df["config_hash"], df["run_id"])
+            df = df[[moved.get((d, c, v, h), run_id) == rid for d, c, v, h, rid in keys]].reset_index(drop=True)
+        out.append(df)
+    return out[0], out[1]
+

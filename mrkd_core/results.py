@@ -276,26 +276,6 @@ def write_manifest(store: ArtifactStore, run_dir: str, files: list[str], extra: 
     return manifest
 
 
-def update_manifest_entry(store: ArtifactStore, run_dir: str, rel: str, data: bytes) -> bool:
-    """Re-record ``rel``'s size and sha256 in ``run_dir``'s manifest after a deliberate rewrite
-    of it with ``data`` (a recalibrated ``model.pt``), so the run stays complete.
-
-    False, and nothing written, when ``run_dir`` has no manifest or the manifest does not
-    list ``rel``. The rewrite is recorded as ``updated``: ``{rel: time}``.
-    """
-    rel_manifest = f"{run_dir}/{MANIFEST}" if run_dir else MANIFEST
-    if not store.exists(rel_manifest):
-        return False
-    manifest = store.read_json(rel_manifest)
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or rel not in files:
-        return False
-    files[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    manifest["updated"] = {**dict(manifest.get("updated") or {}), rel: utcnow().isoformat()}
-    store.write_json(rel_manifest, manifest)
-    return True
-
-
 def verify_manifest(store: ArtifactStore, run_dir: str, max_hash_bytes: int | None = None) -> list[str]:
     """Problems of a run directory ([] = complete and intact).
 

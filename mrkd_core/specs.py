@@ -142,13 +142,16 @@ class TaskOutcome:
 
     ``status``: ``trained`` (trained here, or resumed and finished), ``skipped`` (its key
     was complete for the same inputs) or ``failed`` (:meth:`failure`: ``error`` says why,
-    ``Type: first line``). ``run_dir``: the run directory holding the result, relative to
+    ``Type: first line``). ``run_id``: the run id its rows are recorded under, the run's
+    own or ``<run id>.<n>`` when the run already held another result of the key
+    (``layout.record_run_id``). ``run_dir``: the run directory holding the result, relative to
     the store (a skipped task's is the run that trained it). ``rows``: its summary rows,
     one per fused scale set, the config's own fusion first (``results.summary_rows``).
     ``resumed_from_epoch``: completed epochs taken from a checkpoint (trained tasks).
     ``calibration``: the calibration's one-line summary (None: uncalibrated or not trained
     here). ``registry``: what the model registry decided (``registry.tracking.track``) when
-    the run registers results. The flows add where and when it ran (``started``,
+    the run registers results. ``replaces``: the key's earlier result a training could not
+    reuse, why, and which training images changed since (``layout.Replacement.to_dict``). The flows add where and when it ran (``started``,
     ``finished`` as Unix times, ``seconds``, ``node``: node id, pid, host, GPU ids).
     """
 
@@ -157,12 +160,14 @@ class TaskOutcome:
     category: str
     variant: str
     status: str
+    run_id: str | None = None
     run_dir: str | None = None
     rows: tuple[dict[str, Any], ...] = ()
     evaluated: bool = False
     resumed_from_epoch: int | None = None
     calibration: str | None = None
     registry: dict[str, Any] | None = None
+    replaces: dict[str, Any] | None = None
     error: str | None = None
     started: float | None = None
     finished: float | None = None

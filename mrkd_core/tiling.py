@@ -151,7 +151,7 @@ class Tiling:
     gaussian_sigma: float
 
     @classmethod
-    def of(cls, cfg: MRKDConfig) -> "Tiling | None":
+    def of(cls, cfg: MRKDConfig) -> Tiling | None:
         """The tiling of ``cfg``; None when it resizes whole images (``tile_size`` 0)."""
         if not cfg.tiled:
             return None

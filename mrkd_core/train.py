@@ -307,8 +307,8 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     ``checkpoints``: a store (folder or s3 prefix) for ``epoch-NNNN.pt`` every
     ``cfg.checkpoint_every`` epochs; ``mode`` (:class:`~mrkd_core.checkpoint.CheckpointMode`)
     says whether the newest valid one is continued or the store's checkpoints are replaced
-    (kept, their higher epochs would shadow the new ones), and what checkpoints of other
-    data do. ``teacher_cache``: reuse the clean images' teacher features (None: when they
+    (kept, their higher epochs would shadow the new ones); checkpoints of other data or
+    another training revision are never continued. ``teacher_cache``: reuse the clean images' teacher features (None: when they
     fit in ``teacher_cache_limit``; False: never; True: always). ``reporters`` receive every
     finished epoch (:mod:`mrkd_core.progress`; default: the log line), and so does a
     progress bar when ``cfg.progress``; they run in the training loop, so keep them cheap.
@@ -317,7 +317,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     them when ``checkpoints`` is given (names relative to the folder they share; the engine
     passes the one relative to the dataset root, ``layout.task_inputs``).
     Raises ``DataError`` for bad training images, ``StorageError`` for checkpoints of
-    another config (or of other data in ``CheckpointMode.REFUSE_OTHER_DATA``),
+    another config,
     ``TrainingDiverged`` when the loss, or the trained model's test-time pass, is not finite;
     ``ConfigError`` when a batch would hold one image that BatchNorm cannot train on
     (``data.torch_datasets.check_batches``).
@@ -390,7 +390,7 @@ def _starting_point(checkpoints: ArtifactStore | None, mode: CheckpointMode, cfg
             log.info("not resuming: the checkpoints in %s are replaced by this training", checkpoints.uri())
             discard_checkpoints(checkpoints)
         return 0, []
-    start_epoch, losses = resume_training(checkpoints, cfg, model, optimizer, train_fingerprint, mode)
+    start_epoch, losses = resume_training(checkpoints, cfg, model, optimizer, train_fingerprint)
     if start_epoch:
         log.info("resuming %s from epoch %d (%s)", category, start_epoch, checkpoints.uri())
     return start_epoch, losses

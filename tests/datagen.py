@@ -48,6 +48,27 @@ def write_image(path: str | Path, width: int, height: int, gray: bool = False, s
     return path
 
 
+def save_16bit(path: str | Path, pic: np.ndarray) -> Path:
+    """The 16-bit save (v · 257) of an 8-bit picture: RGB via OpenCV, grey via PIL (mode I;16); PNG or TIFF."""
+    import cv2
+
+    wide = pic.astype(np.uint16) * 257
+    if pic.ndim == 3:
+        assert cv2.imwrite(str(path), wide[..., ::-1])  # cv2 writes BGR, 16-bit RGB PNG/TIFF
+    else:
+        Image.fromarray(wide).save(path)
+    return Path(path)
+
+
+def save_rotated_jpeg(path: str | Path, pic: np.ndarray) -> Path:
+    """Pixels stored rotated, with EXIF orientation 6 ('rotate 90° clockwise to display')."""
+    stored = Image.fromarray(pic).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, exif=exif, quality=98, subsampling=0)
+    return Path(path)
+
+
 def write_mask(path: str | Path, width: int, height: int, box: tuple[int, int, int, int] | None = None) -> Path:
     """0/255 mask with the rectangle ``box`` = (x0, y0, x1, y1) filled (default: central quarter)."""
     path = Path(path)
@@ -387,11 +408,11 @@ def tree_files(src: str | Path, prefix: str = "") -> dict[str, bytes]:
     return {prefix + p.relative_to(src).as_posix(): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
 
 
-def train_smoke_key(base: str | Path, run_id: str = "r1"):
+def train_smoke_key(base: str | Path, run_id: str = "r1", register=None):
     """Generate the smoke data under ``base/data`` and train its obj_disc key at 32 px into ``base/store``.
 
     Returns (store, task, result of ``engine.train_evaluate``): what engine and store
-    tests inspect, rewrite or damage.
+    tests inspect, rewrite or damage. ``register``: the ``RegistryOptions`` of a run that registers.
     """
     from mrkd_core.engine import train_evaluate
     from mrkd_core.specs import load_spec, prepare_data
@@ -403,7 +424,7 @@ def train_smoke_key(base: str | Path, run_id: str = "r1"):
     prepare_data(spec, str(base / "data"))
     task = spec.tasks(str(base / "data"))[0]
     store = ArtifactStore(base / "store")
-    return store, task, train_evaluate(task, store, run_id)
+    return store, task, train_evaluate(task, store, run_id, register=register)
 
 
 # --------------------------------------------------------------------------- result tables

@@ -8,7 +8,9 @@ per path:
     state.truncate_always.add(path)   the same on every request (retries run out)
     state.drop_after[path] = n        send n bytes of the body, then reset the connection (RST) mid-file
 
-``state.requests`` records ``(path, Range header or None)`` of every request, in order.
+``state.requests`` records ``(path, Range header or None)`` of every request, in order
+(``state.paths_requested()``: the paths). ``refused_url()`` is a loopback URL where nothing
+listens (connection refused).
 Nothing leaves the machine: the server binds 127.0.0.1 on a free port and stops on exit.
 """
 
@@ -32,6 +34,9 @@ class FilesState:
     truncate_once: set[str] = field(default_factory=set)
     truncate_always: set[str] = field(default_factory=set)
     drop_after: dict[str, int] = field(default_factory=dict)
+
+    def paths_requested(self) -> list[str]:
+        return [path for path, _ in self.requests]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -94,3 +99,12 @@ def serve_files() -> Iterator[tuple[FilesState, str]]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+def refused_url(path: str = "/") -> str:
+    """A URL on 127.0.0.1 where nothing listens (the port was free a moment ago): connection refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}{path}"

@@ -257,6 +257,12 @@ class DatasetLayout(ABC):
     def test_samples(self, root: str | os.PathLike[str], category: str) -> list[Sample]:
         """Test images of ``category``: defect-free first, then each defect type."""
 
+    def validation_samples(self, root: str | os.PathLike[str], category: str) -> list[Sample]:
+        """A published defect-free validation split of ``category`` (MVTec AD 2's ``validation/good``):
+        images the model never trains on, where the benchmark chooses thresholds. Empty for the
+        datasets that publish none (then ``validation_fraction`` holds train/good images out)."""
+        return []
+
     @abstractmethod
     def check(self, root: str | os.PathLike[str], categories: list[str] | None = None) -> list[Problem]:
         """Every problem of the folder at once (used by ``validate.check_dataset``)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from mrkd_core.data.base import DatasetLayout
+from mrkd_core.data.download import sha256_env_var
 from mrkd_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,21 @@ def discover() -> None:
             continue
         importlib.import_module(f"{package.__name__}.{info.name}")
     _discovered = True
+
+
+def override_variables() -> tuple[str, ...]:
+    """Every catalogued dataset's download overrides: ``MRKD_<NAME>_URL`` and ``MRKD_<NAME>_SHA256``.
+
+    What a worker that may download a dataset must see of its driver's environment
+    (``flows.ray_env``); a new dataset adds its own by being catalogued.
+    """
+    discover()
+    found: list[str] = []
+    for name in sorted(DATASETS):
+        info = getattr(DATASETS[name], "download_info", None)
+        if info is not None:
+            found += [info.env_var, sha256_env_var(info)]
+    return tuple(dict.fromkeys(found))
 
 
 def get_dataset(name: str) -> DatasetLayout:

@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrkd_core.data.base import Sample, mask_files
@@ -68,16 +68,71 @@ def default_cache_path(root: str) -> Path:
     return cache_dir() / "fingerprints" / f"{hashlib.sha256(root.encode()).hexdigest()[:16]}.json"
 
 
+FileEntry = tuple[str, int, str]  # (path relative to the dataset root, size in bytes, sha256 hex)
+
+
 @dataclass(frozen=True)
 class DataFingerprint:
-    """``digest``: sha256 hex of the split's canonical listing; ``files``/``bytes``: what it covers."""
+    """``digest``: sha256 hex of the split's canonical listing; ``files``/``bytes``: what it covers.
+
+    ``entries``: each file it covers once, in the split's order, as (path relative to the
+    dataset root, size, sha256): what a run directory records of the images it trained on,
+    so that a later training can say what changed since (:func:`file_changes`).
+    """
 
     digest: str
     files: int
     bytes: int
+    entries: tuple[FileEntry, ...] = field(default=(), compare=False, repr=False)
 
     def __str__(self) -> str:
         return self.digest
+
+
+@dataclass(frozen=True)
+class FileChanges:
+    """What differs between two listings of :attr:`DataFingerprint.entries`, by relative path.
+
+    ``modified``: the same path with other bytes. Renamed files count as removed and
+    added; a listing that only changed order has no changes here (but another fingerprint).
+    """
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    modified: tuple[str, ...]
+    before: int
+    after: int
+
+    @property
+    def any(self) -> bool:
+        return bool(self.added or self.removed or self.modified)
+
+    def describe(self, noun: str = "training images", shown: int = 3) -> str:
+        """``20 of 40 training images modified (a.png, b.png, c.png and 17 more), 0 added, 0 removed``."""
+        def some(paths: tuple[str, ...]) -> str:
+            named = ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+            return f" ({named})" if paths else ""
+
+        if not self.any:
+            return f"the same {self.after} {noun}, in another order"
+        return (f"{len(self.modified)} of {self.before} {noun} modified{some(self.modified)}, "
+                f"{len(self.added)} added{some(self.added)}, {len(self.removed)} removed{some(self.removed)}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"added": list(self.added), "removed": list(self.removed), "modified": list(self.modified),
+                "before": self.before, "after": self.after}
+
+
+def file_changes(before: Sequence[Sequence[object]], after: Sequence[Sequence[object]]) -> FileChanges:
+    """The files added, removed and modified from listing ``before`` to ``after`` (:class:`FileEntry` rows).
+
+    Rows may come from JSON (lists); only path and sha256 are compared (a size change is a hash change).
+    """
+    old = {str(e[0]): str(e[2]) for e in before}
+    new = {str(e[0]): str(e[2]) for e in after}
+    return FileChanges(added=tuple(p for p in new if p not in old), removed=tuple(p for p in old if p not in new),
+                       modified=tuple(p for p in new if p in old and old[p] != new[p]), before=len(old),
+                       after=len(new))
 
 
 class HashCache:
@@ -220,7 +275,8 @@ def fingerprint_samples(samples: Sequence[Sample], root: str | os.PathLike[str] 
                 parts.append(f"{rels[f]}\t{msize}\t{mdigest}")
             mask = "\t".join(parts) or f"{_relative(s.mask_path, cache.root)}\t(empty folder)"
         listing.update(f"{rels[s.path]}\t{size}\t{digest}\t{s.label}\t{s.defect_type}\t{mask}\n".encode())
-    return DataFingerprint(listing.hexdigest(), len(set(paths)), total)
+    entries = tuple((rels[p], *hashed[p]) for p in dict.fromkeys(paths))
+    return DataFingerprint(listing.hexdigest(), len(set(paths)), total, entries)
 
 
 def _common_folder(paths: Iterable[str]) -> str:
@@ -228,4 +284,5 @@ def _common_folder(paths: Iterable[str]) -> str:
     return os.path.commonpath(folders) if folders else os.getcwd()
 
 
-__all__ = ["CACHE_FILE", "DataFingerprint", "HashCache", "cache_dir", "default_cache_path", "fingerprint_samples"]
+__all__ = ["CACHE_FILE", "DataFingerprint", "FileChanges", "FileEntry", "HashCache", "cache_dir", "default_cache_path",
+           "file_changes", "fingerprint_samples"]

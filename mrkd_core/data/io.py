@@ -17,6 +17,7 @@ official code's ``convert('RGB')``.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -44,8 +45,56 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _cannot_read(path: str, why: str) -> DataError:
-    return DataError(f"{path}: cannot read image ({why}) — {_FIX}")
+def _cannot_read(path: str, why: str, fix: str = _FIX) -> DataError:
+    return DataError(f"{path}: cannot read image ({why}) — {fix}")
+
+
+def _open_lazily(p: str, max_pixels: int) -> Image.Image:
+    """``Image.open`` of ``p`` (its header read, no pixel decoded) within the bomb guard; else a DataError."""
+    try:
+        size_bytes = os.stat(p).st_size
+    except FileNotFoundError:
+        raise DataError(f"{p}: file not found — restore it or run `mrkd data check` on the dataset") from None
+    except OSError as exc:
+        raise _cannot_read(p, _one_line(exc)) from None
+    if size_bytes == 0:
+        raise _cannot_read(p, "the file is empty, 0 bytes")
+    return _decode(p, p, max_pixels, _FIX)
+
+
+def open_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
+                     fix: str = "send a PNG, JPEG, BMP or TIFF image") -> Image.Image:
+    """:func:`open_image` for an encoded image in memory (an HTTP body): the same decoding and
+    checks, errors naming ``name`` and ending with ``fix``."""
+    if not data:
+        raise _cannot_read(name, "it is empty, 0 bytes", fix)
+    return _load(_decode(io.BytesIO(data), name, max_pixels, fix), name, fix)
+
+
+def _decode(source: str | io.BytesIO, p: str, max_pixels: int, fix: str) -> Image.Image:
+    """``Image.open`` of ``source`` (header only) within the bomb guard; errors name ``p`` and end with ``fix``."""
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below replaces Pillow's global warning threshold.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"{p}: image too large to decode safely ({_one_line(exc)}; decompression-bomb guard) — {fix}"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        # Pillow names a file by its path but bytes by their buffer's repr: say what it means instead.
+        why = ("UnidentifiedImageError: not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError)
+               and not isinstance(source, str) else _one_line(exc))
+        raise _cannot_read(p, why, fix) from None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise DataError(
+            f"{p}: image is {width}×{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            f"(decompression-bomb guard) — {fix}, or shrink it"
+        )
+    return img
 
 
 def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
@@ -57,40 +106,49 @@ def open_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
     those of the picture as every viewer shows it.
     """
     p = os.fspath(path)
-    try:
-        size_bytes = os.stat(p).st_size
-    except FileNotFoundError:
-        raise DataError(f"{p}: file not found — restore it or run `mrkd data check` on the dataset") from None
-    except OSError as exc:
-        raise _cannot_read(p, _one_line(exc)) from None
-    if size_bytes == 0:
-        raise _cannot_read(p, "the file is empty, 0 bytes")
-    try:
-        with warnings.catch_warnings():
-            # Our own limit below replaces Pillow's global warning threshold.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(p)
-    except Image.DecompressionBombError as exc:
-        raise DataError(
-            f"{p}: image too large to decode safely ({_one_line(exc)}) — {_FIX} (decompression-bomb guard)"
-        ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise _cannot_read(p, _one_line(exc)) from None
-    width, height = img.size
-    if width * height > max_pixels:
-        img.close()
-        raise DataError(
-            f"{p}: image is {width}×{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-            f"(decompression-bomb guard) — {_FIX}, or shrink it"
-        )
+    return _load(_open_lazily(p, max_pixels), p, _FIX)
+
+
+def _load(img: Image.Image, p: str, fix: str) -> Image.Image:
+    """Decode the pixels of a lazily opened ``img`` and make it upright; errors name ``p``."""
     try:
         img.load()
         # In place: no copy when there is nothing to rotate (the usual case).
         ImageOps.exif_transpose(img, in_place=True)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         img.close()
-        raise _cannot_read(p, _one_line(exc)) from None
+        raise _cannot_read(p, _one_line(exc), fix) from None
     return img
+
+
+# EXIF orientations that turn a picture a quarter (its width and height swap when it is made upright).
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+
+
+def header_size(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of ``path`` upright, from its header, without decoding its pixels; else a DataError.
+
+    What can be known about a file without decoding it, in a fraction of :func:`open_image`'s
+    time: that it exists, is not empty, is an image, is not over the decompression-bomb
+    limit, and its size as :func:`open_image` gives it (a quarter-turn EXIF orientation
+    swaps width and height). A PNG is also checked chunk by chunk (``verify``: the CRC of
+    every chunk up to ``IEND``, no decompression), so a truncated or damaged PNG fails here;
+    other formats are only decoded when used. The errors are :func:`open_image`'s lines.
+    """
+    p = os.fspath(path)
+    with _open_lazily(p, max_pixels) as img:
+        try:
+            width, height = img.size
+            # A PNG's EXIF is in its header only when stored before the pixels (reading a later one decodes).
+            if img.format != "PNG" or "exif" in img.info:
+                if img.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
+                    width, height = height, width
+            if img.format == "PNG":
+                img.verify()
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise _cannot_read(p, _one_line(exc)) from None
+    return width, height
 
 
 def image_size(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
@@ -162,6 +220,14 @@ def load_image(path: str | os.PathLike[str], size: int | None,
         return _image_array(raw, size)
 
 
+def load_image_bytes(data: bytes, name: str, size: int | None = None,
+                     max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """:func:`load_image` of an encoded image in memory (PNG, JPEG, BMP, TIFF bytes): the same pixels
+    as the same bytes read from a file; errors name ``name``."""
+    with open_image_bytes(data, name, max_pixels) as raw:
+        return _image_array(raw, size)
+
+
 def load_mask(path: str | os.PathLike[str], size: int | None,
               image_size: tuple[int, int] | None = None, image_path: str | os.PathLike[str] | None = None,
               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -216,4 +282,11 @@ def load_pair(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[s
 def save_png(path: Path, array: np.ndarray) -> None:
     """Write uint8 H×W or H×W×3 as PNG (fast compression: test and demo data is throwaway)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=1)
+    path.write_bytes(png_bytes(array))
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 H×W or H×W×3 encoded as PNG (fast compression), in memory."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()

@@ -5,6 +5,11 @@ is cheaper to learn about *all* of them in one pass, so each dataset's ``check``
 layout and collects ``Problem`` records instead of raising. Every image and mask is fully
 decoded (a truncated PNG has a valid header), so a check of the full MVTec AD takes a
 minute or two.
+
+Before a training, the engine runs the part of these checks that headers answer on the
+task's own images (:func:`require_trainable`: readable, not empty, within the bomb guard,
+masks of their image's size, PNGs intact), so a mis-sized mask stops ``mrkd train`` and
+the flows before the first epoch, not at the evaluation after it.
 """
 
 from __future__ import annotations
@@ -12,22 +17,20 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-from PIL import Image
 
 from mrkd_core.data.base import Problem, Sample, mask_files
 from mrkd_core.data.catalog import get_dataset
-from mrkd_core.data.io import open_image
+from mrkd_core.data.io import header_size, open_image
 from mrkd_core.errors import DataError
 from mrkd_core.metrics import IMAGE_METRICS, METRIC_NAMES
 from mrkd_core.tiling import Tiling
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Problem", "PROBLEM_KINDS", "check_dataset", "computed_metrics", "describe_dataset", "format_problems",
-           "check_image", "check_mask", "frame_sizes", "resolution_note"]
+__all__ = ["Problem", "PROBLEM_KINDS", "check_dataset", "check_samples", "computed_metrics", "describe_dataset",
+           "format_problems", "check_image", "check_mask", "frame_sizes", "require_trainable", "resolution_note"]
 
 # Stable codes of Problem.kind, with what each means.
 PROBLEM_KINDS: dict[str, str] = {
@@ -85,6 +88,62 @@ def check_mask(mask: Path, image: Path, image_size: tuple[int, int] | None, prob
             ))
 
 
+def check_samples(samples: Iterable[Sample]) -> list[Problem]:
+    """Every problem of these samples that their files' headers show, without decoding a pixel.
+
+    The check the engine runs on a task's images before it trains (:func:`require_trainable`):
+    each image and mask exists, is not empty, is an image within the decompression-bomb
+    limit, and each mask has its image's size (:func:`mrkd_core.data.io.header_size`; a PNG
+    is also checked chunk by chunk, so a truncated PNG is found). Sizes are what a header
+    holds, so this takes milliseconds per image where ``mrkd data check`` decodes each one.
+    """
+    problems: list[Problem] = []
+    sizes: dict[str, tuple[int, int] | None] = {}
+
+    def size(path: str, what: str) -> tuple[int, int] | None:
+        if path not in sizes:
+            try:
+                sizes[path] = header_size(path)
+            except DataError as exc:
+                reason = str(exc).split(": ", 1)[-1].split(" — ")[0]
+                problems.append(Problem(path, "empty_file" if "0 bytes" in reason else "unreadable", reason,
+                                        f"a readable {what}; replace or remove the file"))
+                sizes[path] = None
+        return sizes[path]
+
+    for sample in samples:
+        image = size(sample.path, "image")
+        if sample.mask_path is None:
+            continue
+        files = mask_files(sample.mask_path)
+        if not files:
+            problems.append(Problem(sample.mask_path, "missing_mask", "mask folder holds no mask image",
+                                    f"one PNG per defect of {sample.path} in {sample.mask_path}"))
+        for file in files:
+            mask = size(str(file), "mask")
+            if mask is not None and image is not None and mask != image:
+                problems.append(Problem(str(file), "mask_size",
+                                        f"mask is {mask[0]}×{mask[1]} but its image {sample.path} is "
+                                        f"{image[0]}×{image[1]}",
+                                        f"a mask of {image[0]}×{image[1]} pixels, the size of its image"))
+    return problems
+
+
+def require_trainable(samples: Iterable[Sample], dataset: str, root: str, category: str) -> None:
+    """:func:`check_samples`, as one ``DataError`` line naming the first problem's file and the fix.
+
+    When there are several, the line counts them and gives the ``mrkd data check`` command
+    that lists them all. Nothing is stored before or by it: the engine calls it before it
+    takes the key's claim.
+    """
+    problems = check_samples(samples)
+    if not problems:
+        return
+    more = (f" (and {len(problems) - 1} more problem(s): mrkd data check {root} --dataset {dataset} -c {category} "
+            "lists them all)" if len(problems) > 1 else "")
+    raise DataError(f"{problems[0]}{more}; nothing was trained")
+
+
 def check_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[str] | None = None) -> list[Problem]:
     """All problems of dataset ``name`` under ``root`` (empty list = good to train on).
 
@@ -121,14 +180,13 @@ SHRINK_WARNING = 2.0
 
 
 def frame_sizes(samples: Sequence[Sample]) -> Counter:
-    """(width, height) → count over ``samples``, from the file headers (nothing decoded; unreadable
-    files are left to the problems)."""
+    """(width, height) → count over ``samples``, from the file headers (:func:`header_size`: nothing
+    decoded, EXIF orientation applied; unreadable files are left to the problems)."""
     sizes: Counter = Counter()
     for sample in samples:
         try:
-            with Image.open(sample.path) as img:
-                sizes[img.size] += 1
-        except (OSError, ValueError, Image.DecompressionBombError):
+            sizes[header_size(sample.path)] += 1
+        except DataError:
             continue
     return sizes
 

@@ -55,6 +55,7 @@ MIN_IMAGES = 2  # a spread (max − min) needs two scores
 
 # Where calibration images come from (Calibration.source).
 SOURCE_HELD_OUT = "held-out train/good"
+SOURCE_VALIDATION = "dataset's validation split"  # a published defect-free validation set (MVTec AD 2)
 SOURCE_TEST = "test split"
 SOURCE_FOLDER = "folder"
 
@@ -154,7 +155,7 @@ class Calibration:
     achieved_pixel_false_alarm_rate: float | None  # good calibration pixels above pixel_threshold
     image_f1: float | None  # on the calibration images (f1 policy)
     pixel_f1: float | None
-    source: str  # SOURCE_HELD_OUT, SOURCE_TEST or SOURCE_FOLDER
+    source: str  # SOURCE_HELD_OUT, SOURCE_VALIDATION, SOURCE_TEST or SOURCE_FOLDER
     source_detail: str
     on_evaluation_images: bool  # chosen on the images the evaluation reports on
     n_good: int
@@ -250,13 +251,14 @@ def folder_samples(folder: str | Path, category: str = "") -> list[Sample]:
     return [Sample(str(p), None, 0, "good", category) for p in paths]
 
 
-def calibration_set(cfg: MRKDConfig, policy: str, *, held_out: Sequence[Sample] = (),
+def calibration_set(cfg: MRKDConfig, policy: str, *, held_out: Sequence[Sample] = (), held_out_from: str = "",
                     test_samples: Sequence[Sample] = (), good_folder: str | Path | None = None,
                     category: str = "") -> tuple[str, CalibrationSet]:
     """(resolved policy, images) for ``policy`` in POLICIES.
 
-    ``held_out``: the train/good images held out of training (``cfg.validation_fraction``,
-    as ``layout.task_samples`` chose them). ``auto``: the held-out images or a good folder
+    ``held_out``: defect-free images held out of training, as ``layout.task_samples`` chose
+    them (``cfg.validation_fraction`` of train/good, a dataset's validation split), and
+    ``held_out_from`` where they come from. ``auto``: the held-out images or a good folder
     when given (false-alarm rate); else ``f1`` on the test split when it has defective images;
     else the false-alarm rate on the test split's good images. ``f1`` needs the test split
     with defective images; ``false_alarm_rate`` takes the good folder, else the held-out
@@ -279,8 +281,8 @@ def calibration_set(cfg: MRKDConfig, policy: str, *, held_out: Sequence[Sample] 
     if good_folder is not None:
         return policy, CalibrationSet(folder_samples(good_folder, category), SOURCE_FOLDER, str(good_folder))
     if held:
-        return policy, CalibrationSet(held, SOURCE_HELD_OUT,
-                                      f"validation_fraction {cfg.validation_fraction:g} of train/good, seed {cfg.seed}")
+        source = SOURCE_HELD_OUT if cfg.validation_fraction > 0 else SOURCE_VALIDATION
+        return policy, CalibrationSet(held, source, held_out_from or "held out of training")
     if test_good:
         return policy, CalibrationSet(test_good, SOURCE_TEST, "the test split's good images",
                                       on_evaluation_images=True)
@@ -387,7 +389,7 @@ def from_evaluation(result: EvalResult, labels: Sequence[int] | None = None) -> 
 
 def calibrate_model(model: MRKD, cfg: MRKDConfig, *, policy: str = "auto",
                     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-                    held_out: Sequence[Sample] = (), test_samples: Sequence[Sample] = (),
+                    held_out: Sequence[Sample] = (), held_out_from: str = "", test_samples: Sequence[Sample] = (),
                     good_folder: str | Path | None = None, category: str = "",
                     evaluation: EvalResult | None = None) -> Calibration:
     """Choose the calibration images (``calibration_set``), score them, calibrate.
@@ -396,7 +398,8 @@ def calibrate_model(model: MRKD, cfg: MRKDConfig, *, policy: str = "auto",
     ``cfg.score_scales`` (the flows have one); calibrating on the test split then reuses
     its maps instead of a second pass.
     """
-    resolved, cset = calibration_set(cfg, policy, held_out=held_out, test_samples=test_samples,
+    resolved, cset = calibration_set(cfg, policy, held_out=held_out, held_out_from=held_out_from,
+                                     test_samples=test_samples,
                                      good_folder=good_folder, category=category)
     if evaluation is not None and cset.source == SOURCE_TEST:
         data = from_evaluation(evaluation, labels=(0, 1) if resolved == "f1" else (0,))
@@ -406,14 +409,14 @@ def calibrate_model(model: MRKD, cfg: MRKDConfig, *, policy: str = "auto",
 
 
 def calibrate_after_training(model: MRKD, cfg: MRKDConfig, held_out: Sequence[Sample],
-                             test_samples: Sequence[Sample], category: str = "",
+                             test_samples: Sequence[Sample], category: str = "", held_out_from: str = "",
                              evaluation: EvalResult | None = None) -> Calibration | None:
     """The default calibration at the end of ``mrkd train`` and the flows (policy ``auto``).
 
     None, with a warning naming ``mrkd calibrate``, when there is nothing to calibrate on.
     """
     try:
-        return calibrate_model(model, cfg, held_out=held_out, test_samples=test_samples,
+        return calibrate_model(model, cfg, held_out=held_out, held_out_from=held_out_from, test_samples=test_samples,
                                category=category, evaluation=evaluation)
     except DataError as exc:
         log.warning("%s: not calibrated (%s); the model predicts scores only until `mrkd calibrate` runs",

@@ -77,15 +77,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- calibrate
-def _calibration_data(args: argparse.Namespace, extra: dict, cfg) -> tuple[tuple, tuple, str]:
-    """(held-out train/good samples, test samples, category) of the dataset the model is calibrated
-    on, as ``layout.task_samples`` chose them when it was trained."""
+def _calibration_data(args: argparse.Namespace, extra: dict, cfg):
+    """(``layout.TaskSamples``, category): the images of the dataset the model is calibrated on, as
+    ``layout.task_samples`` chose them when it was trained (held out, test split)."""
     from mrkd_core.data import get_dataset
-    from mrkd_core.layout import task_samples
+    from mrkd_core.layout import TaskSamples, task_samples
     from mrkd_core.specs import Task
 
     if args.data_root is None:
-        return (), (), args.category or str(extra.get("category", ""))
+        return TaskSamples((), (), ()), args.category or str(extra.get("category", ""))
     root = Path(args.data_root)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found — pass the dataset root the model was trained on")
@@ -110,7 +110,7 @@ def _calibration_data(args: argparse.Namespace, extra: dict, cfg) -> tuple[tuple
         if args.good_dir is None and cfg.validation_fraction == 0:
             raise
         samples = task_samples(task, evaluated=False)
-    return samples.held_out, samples.test, category
+    return samples, category
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -128,16 +128,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     chosen: dict = {}
 
     def calibration_images(record) -> list:
-        held_out, test, category = _calibration_data(args, record.extra, record.config)
-        chosen["policy"], chosen["set"] = calibration_set(record.config, args.policy, held_out=held_out,
-                                                          test_samples=test, good_folder=args.good_dir,
+        samples, category = _calibration_data(args, record.extra, record.config)
+        chosen["policy"], chosen["set"] = calibration_set(record.config, args.policy, held_out=samples.held_out,
+                                                          held_out_from=samples.held_out_from,
+                                                          test_samples=samples.test, good_folder=args.good_dir,
                                                           category=category)
         return chosen["set"].samples
 
     _, _, result = evaluate_stored_model(model, samples=calibration_images, runtime=runtime, keep_maps=True,
                                          metrics=False)
     cal = calibrate(from_evaluation(result), chosen["policy"], chosen["set"], args.false_alarm_rate)
-    uri = write_calibration(model, cal.to_dict())
+    uri = write_calibration(model, cal.to_dict(), args.output)
     summary = {k: v for k, v in cal.to_dict().items() if k != "images"}
     _out(json.dumps({"model": uri, "calibration": summary}, indent=2))
     return 0
@@ -246,9 +247,12 @@ def add_commands(sub: argparse._SubParsersAction, add_config_options,
                         "if any was skipped")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("calibrate", help="choose image and pixel thresholds and store them in the model file")
-    p.add_argument("model", help="model.pt written by `mrkd train` (rewritten with the calibration),"
+    p = sub.add_parser("calibrate", help="choose image and pixel thresholds; write the model with them to a new file")
+    p.add_argument("model", help="model.pt written by `mrkd train` (never changed),"
                                  " or a registered model (<store>/models/<name>/<dataset>/<category>@champion)")
+    p.add_argument("--output", "-o", required=True,
+                   help="FILE.pt to write the recalibrated model to (the same weights; the model's earlier "
+                        "calibrations kept in its calibration_history); not a file of a run directory")
     p.add_argument("data_root", nargs="?",
                    help="dataset root the model was trained on (or its category folder)")
     p.add_argument("--dataset", help="dataset kind (default: the one the model was trained on, else folder)")

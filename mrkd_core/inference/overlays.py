@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mrkd_core.data.io import save_png
+from mrkd_core.data.io import png_bytes, save_png
 
 
 def overlay(image: np.ndarray, normalized_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -30,6 +30,16 @@ def write_overlay(path: Path, image: np.ndarray, normalized_map: np.ndarray) -> 
     save_png(path, overlay(image, normalized_map))
 
 
+def mask_image(mask: np.ndarray) -> np.ndarray:
+    """A {0, 1} mask as the 0/255 uint8 grey image that mask PNGs hold."""
+    return (np.asarray(mask) > 0).astype(np.uint8) * 255
+
+
 def write_mask(path: Path, mask: np.ndarray) -> None:
     """A {0, 1} mask as a 0/255 grey PNG."""
-    save_png(path, (np.asarray(mask) > 0).astype(np.uint8) * 255)
+    save_png(path, mask_image(mask))
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """The PNG bytes :func:`write_mask` writes (for answers sent over the network)."""
+    return png_bytes(mask_image(mask))

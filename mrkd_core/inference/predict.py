@@ -77,6 +77,11 @@ class Prediction:
     def row(self) -> dict:
         return {f.name: getattr(self, f.name) for f in PREDICTIONS_SCHEMA}
 
+    @property
+    def defect_area_fraction(self) -> float | None:
+        """Share of the image's pixels in the defect mask, in [0, 1]; None without a mask (uncalibrated)."""
+        return None if self.mask is None else float(np.count_nonzero(self.mask)) / self.mask.size
+
 
 class Predictor:
     """Scores images with one model file (``model.pt`` or ``.onnx``) and its calibration.
@@ -141,7 +146,7 @@ class Predictor:
                 yield Prediction(path=p, error=str(exc))
                 continue
             pending.append((p, original, net))
-            inputs += len(self.tiling.grid(*original.shape[:2])) if self.tiling else 1
+            inputs += self._inputs(original)
             if inputs >= self.batch_size:  # a large frame is scored alone, whatever its tile count
                 yield from self._run(pending)
                 pending, inputs = [], 0
@@ -154,7 +159,31 @@ class Predictor:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"expected an H×W×3 uint8 RGB image, got {arr.dtype} {arr.shape}")
-        return next(self._run([(path, arr, None if self.tiling else to_network_size(arr, self.image_size))]))
+        return self.predict_decoded([(path, arr)])[0]
+
+    def predict_decoded(self, images: Sequence[tuple[str, np.ndarray]]) -> list[Prediction]:
+        """One Prediction per (name, H×W×3 uint8 RGB image) already decoded, in order.
+
+        The decoded image is what ``data.io.load_image(path, None)`` (or ``load_image_bytes``
+        for bytes in memory, the HTTP service's door) returns, so the result equals
+        :meth:`predict` on the same file. Forward passes of up to ``batch_size`` network inputs
+        (images, or a tiled model's tiles, any frame size).
+        """
+        out: list[Prediction] = []
+        pending: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        inputs = 0
+        for name, arr in images:
+            pending.append((name, arr, None if self.tiling else to_network_size(arr, self.image_size)))
+            inputs += self._inputs(arr)
+            if inputs >= self.batch_size:
+                out.extend(self._run(pending))
+                pending, inputs = [], 0
+        out.extend(self._run(pending))
+        return out
+
+    def _inputs(self, image: np.ndarray) -> int:
+        """Network inputs ``image`` takes: one, or a tiled model's tile count for its size."""
+        return len(self.tiling.grid(*image.shape[:2])) if self.tiling else 1
 
     def _run(self, items: Sequence[tuple[str, np.ndarray, np.ndarray | None]]) -> Iterator[Prediction]:
         """Predictions of (path, decoded image, its network input; None for a tiled model) in order."""

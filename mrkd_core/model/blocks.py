@@ -71,6 +71,10 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+# The catalog names a backbone's residual block (``Backbone.block``); this is its class.
+BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
 def make_stage(block: type, cin: int, planes: int, blocks: int, stride: int, base_width: int,
                reverse: bool) -> nn.Sequential:
     """A ResNet stage; the first block changes resolution (stride 2 down, or 2×2 deconv up)."""

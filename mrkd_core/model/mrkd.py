@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mrkd_core.backbones import get_backbone
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import ConfigError
 from mrkd_core.model.flm import GenerationModules, flm_test_masks
@@ -145,9 +146,12 @@ class MRKD(nn.Module):
 
 
 def build_mrkd(cfg: MRKDConfig) -> MRKD:
-    """The network of ``cfg`` on the CPU in NCHW (``mrkd_core.device.place_model`` moves it and picks the layout)."""
-    teacher = build_teacher(cfg.backbone, cfg.teacher_weights)
-    generation = GenerationModules(teacher.channels, cfg.flm_ratio) if cfg.flm else None
-    model = MRKD(teacher, OCBE(cfg.backbone), Student(cfg.backbone), generation,
-                 flm_test_seed=cfg.flm_test_seed)
-    return model
+    """The network of ``cfg`` on the CPU in NCHW (``mrkd_core.device.place_model`` moves it and picks the layout).
+
+    Every part is built from the backbone's catalog record (``mrkd_core.backbones``), in
+    the order that fixes which random numbers each draws: teacher, generation, OCBE, student.
+    """
+    backbone = get_backbone(cfg.backbone)
+    teacher = build_teacher(backbone, cfg.teacher_weights, progress=cfg.progress)
+    generation = GenerationModules(backbone.channels, cfg.flm_ratio) if cfg.flm else None
+    return MRKD(teacher, OCBE(backbone), Student(backbone), generation, flm_test_seed=cfg.flm_test_seed)

@@ -1,32 +1,34 @@
-"""The teacher T (Sec. 3.2): an ImageNet ResNet truncated after layer3, frozen.
+"""The teacher T (Sec. 3.2): an ImageNet network truncated after its stride-16 stage, frozen.
 
-Eq. 1 takes f_T^1..3 from the first three residual stages; layer4 and the classifier
-are never built. θ_T is frozen, and the teacher stays in eval mode even when the
-whole model is put in training mode, so its BatchNorm keeps the ImageNet running
-statistics (a batched pass then equals separate passes, see ``MRKD.forward_train``).
+Eq. 1 takes f_T^1..3 from the stages that end at strides 4, 8 and 16 (a ResNet's layer1-3;
+the paper's Table 8 backbones). What comes after (ResNet layer4 and the classifier) is
+never built. θ_T is frozen, and the teacher stays in eval mode even when the whole model
+is put in training mode, so its BatchNorm keeps the ImageNet running statistics (a
+batched pass then equals separate passes, see ``MRKD.forward_train``).
 
-Weights are an explicit choice, never fetched behind the caller's back:
-``imagenet`` reads torchvision's file from the local torch cache only, a path/URI
-reads a state dict, ``none`` keeps the random initialisation (recorded in every
-result, because it is not the paper's setting).
+One class per architecture family, built from the backbone's catalog record
+(``mrkd_core.backbones``): :class:`ResNetTeacher` (torchvision) here, the
+EfficientNet-Lite teacher (timm) in ``mrkd_core.model.lite``. Weights are an explicit
+choice (``mrkd_core.model.weights``): ``imagenet`` (checked file, downloaded once where
+the backbone's weights are published), a path/URI to a state dict, or ``none`` (random
+initialisation; recorded in every result, because it is not the paper's setting).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
-import torch
 import torchvision
 from torch import Tensor, nn
 
-from mrkd_core.errors import WeightsError, unpickle_error
-from mrkd_core.model.specs import backbone_spec
+from mrkd_core.backbones import Backbone, get_backbone
+from mrkd_core.errors import WeightsError
+from mrkd_core.model.teacher_base import Teacher
+from mrkd_core.model.weights import imagenet_location, read_state_dict
+
+__all__ = ["ResNetTeacher", "Teacher", "build_teacher", "load_teacher_weights"]
 
 log = logging.getLogger(__name__)
-
-# Keys of a full torchvision state dict that the truncated teacher does not use.
-_IGNORED_PREFIXES = ("layer4.", "fc.")
 
 
 def _out_channels(stage: nn.Sequential) -> int:
@@ -35,26 +37,21 @@ def _out_channels(stage: nn.Sequential) -> int:
     return norms[-1].num_features
 
 
-class Teacher(nn.Module):
-    """Frozen feature extractor returning [layer1, layer2, layer3] (f_T^1..3 of Eq. 1)."""
+class ResNetTeacher(Teacher):
+    """torchvision's ResNet stem and layer1..3: f_T^1..3 of Eq. 1 (the paper's teachers)."""
 
-    def __init__(self, backbone: str):
-        super().__init__()
-        backbone_spec(backbone)  # ConfigError naming the field for an unknown backbone
-        full = torchvision.models.get_model(backbone, weights=None)
+    unused_prefixes = ("layer4.", "fc.")  # of a full torchvision state dict
+    weights_kind = "a torchvision ResNet state dict"
+
+    def __init__(self, backbone: Backbone):
+        super().__init__(backbone)
+        full = torchvision.models.get_model(backbone.architecture, weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = full.conv1, full.bn1, full.relu, full.maxpool
         self.layer1, self.layer2, self.layer3 = full.layer1, full.layer2, full.layer3
-        self.backbone = backbone
-        self.channels: tuple[int, int, int] = (
-            _out_channels(self.layer1), _out_channels(self.layer2), _out_channels(self.layer3)
-        )
-        for p in self.parameters():
-            p.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> "Teacher":
-        # Always eval: θ_T is frozen (Sec. 3.2), BatchNorm included.
-        return super().train(False)
+        built = (_out_channels(self.layer1), _out_channels(self.layer2), _out_channels(self.layer3))
+        if built != backbone.channels:
+            raise ValueError(f"catalog record {backbone.name}: channels {backbone.channels}, torchvision builds {built}")
+        self.freeze()
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -64,61 +61,31 @@ class Teacher(nn.Module):
         return [f1, f2, f3]
 
 
-def imagenet_weights_path(backbone: str) -> str:
-    """Where torchvision caches the ImageNet weights the official code uses (IMAGENET1K_V1).
+def _teacher_class(backbone: Backbone) -> type[Teacher]:
+    if backbone.family == "resnet":
+        return ResNetTeacher
+    if backbone.family == "efficientnet_lite":
+        from mrkd_core.model.lite import EfficientNetLiteTeacher  # imports timm (1-2 s): only when asked for
 
-    Same rule as ``torch.hub.load_state_dict_from_url``: ``$TORCH_HOME/hub/checkpoints/``
-    plus the file name of the weights' URL (e.g. ``wide_resnet50_2-95faca4d.pth``).
-    """
-    backbone_spec(backbone)
-    weights = torchvision.models.get_model_weights(backbone).IMAGENET1K_V1
-    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-
-
-def _read_state_dict(location: str) -> dict[str, Tensor]:
-    from mrkd_core.storage import open_uri
-
-    try:
-        with open_uri(location, "rb") as fh:
-            state = torch.load(fh, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"teacher weights {location}: file not found — pass an existing path/URI, "
-                           "'imagenet' or 'none'") from None
-    except Exception as exc:  # noqa: BLE001 - any failure to read/unpickle is a bad weights file
-        raise WeightsError(f"teacher weights {location}: cannot load ({unpickle_error(exc)})") from None
-    # Training checkpoints often wrap the weights one level down.
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsError(f"teacher weights {location}: not a state dict of tensors "
-                           f"(got {type(state).__name__}); save one with torch.save(model.state_dict(), path)")
-    return state
+        return EfficientNetLiteTeacher
+    raise ValueError(f"catalog record {backbone.name}: unknown family {backbone.family!r}")
 
 
-def load_teacher_weights(teacher: Teacher, weights: str) -> None:
+def load_teacher_weights(teacher: Teacher, weights: str, progress: bool = True) -> None:
     """Fill ``teacher`` from ``weights`` ('imagenet', 'none' or a path/URI).
 
-    A full torchvision state dict is accepted (layer4/fc are ignored, a DataParallel
-    ``module.`` prefix is stripped); any other missing, extra or mis-shaped key is a
-    ``WeightsError`` naming the first offenders.
+    A full network's state dict is accepted (the parts the truncated teacher does not
+    build are ignored, a DataParallel ``module.`` prefix is stripped); any other missing,
+    extra or mis-shaped key is a ``WeightsError`` naming the first offenders.
     """
+    name = teacher.backbone.name
     if weights == "none":
-        log.info("teacher %s keeps random weights (teacher_weights=none): not the paper's setting", teacher.backbone)
+        # DEBUG: a stored model is built this way before its own weights are loaded (model_io).
+        log.debug("teacher %s: random weights (teacher_weights=none)", name)
         return
-    if weights == "imagenet":
-        location = imagenet_weights_path(teacher.backbone)
-        if not os.path.isfile(location):
-            raise WeightsError(
-                f"ImageNet weights for {teacher.backbone} are not in the local torch cache: copy "
-                f"{os.path.basename(location)} to {location} (or set TORCH_HOME), or pass "
-                "teacher_weights=PATH|URI to a state dict"
-            )
-    else:
-        location = weights
-    state = _read_state_dict(location)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    kept = {k: v for k, v in state.items() if not k.startswith(_IGNORED_PREFIXES)}
+    location = imagenet_location(teacher.backbone, progress) if weights == "imagenet" else weights
+    state = teacher.adapt_state_dict(read_state_dict(location))
+    kept = {k: v for k, v in state.items() if not k.startswith(teacher.unused_prefixes)}
     own = teacher.state_dict()
     missing = [k for k in own if k not in kept]
     extra = [k for k in kept if k not in own]
@@ -132,16 +99,16 @@ def load_teacher_weights(teacher: Teacher, weights: str) -> None:
             parts.append(f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})")
         if shapes:
             parts.append(f"{len(shapes)} of wrong shape (e.g. {'; '.join(shapes[:2])})")
-        raise WeightsError(
-            f"teacher weights {location} do not fit {teacher.backbone}: {'; '.join(parts)} — "
-            f"pass a torchvision {teacher.backbone} state dict"
-        )
+        raise WeightsError(f"teacher weights {location} do not fit {name}: {'; '.join(parts)} — "
+                           f"pass {teacher.weights_kind} of {name}")
     teacher.load_state_dict(kept, strict=True)
-    log.info("teacher %s: loaded weights from %s", teacher.backbone, location)
+    log.info("teacher %s: loaded weights from %s", name, location)
 
 
-def build_teacher(backbone: str, weights: str = "imagenet") -> Teacher:
-    """The frozen teacher with its weights loaded (see ``load_teacher_weights``)."""
-    teacher = Teacher(backbone)
-    load_teacher_weights(teacher, weights)
+def build_teacher(backbone: Backbone | str, weights: str = "imagenet", progress: bool = True) -> Teacher:
+    """The frozen teacher of ``backbone`` (a catalog record or its name) with its weights loaded."""
+    record = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    teacher = _teacher_class(record)(record)
+    load_teacher_weights(teacher, weights, progress)
     return teacher
+

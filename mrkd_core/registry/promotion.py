@@ -40,6 +40,7 @@ from mrkd_core.registry.records import (
     entry_claim,
     read_index,
     read_version,
+    verify_version,
     write_index,
 )
 from mrkd_core.registry.tables import PROMOTIONS_TABLE
@@ -193,6 +194,7 @@ def metrics_on(store: ArtifactStore, key: EntryKey, record: Mapping[str, Any], t
             return dict(cached["metrics"]), True
     log.info("%s: re-evaluating champion v%s on today's test data (%s, was %s)", key, record["version"],
              test_fingerprint[:12], str(record.get("test_fingerprint"))[:12])
+    verify_version(store, key, dict(record))  # the weights it was registered with, or a StorageError
     metrics = evaluate_version(store, record, task, test_samples)
     store.write_json(rel, {"version": record["version"], "test_fingerprint": test_fingerprint,
                            "evaluation_revision": evaluation_revision, "metrics": metrics,
@@ -285,8 +287,15 @@ def promotion_row(key: EntryKey, run_id: str, decision: str, reason: str, record
 
 
 def write_promotion(store: ArtifactStore, row: Mapping[str, Any], record: Mapping[str, Any], manual: bool) -> str:
-    """Store one promotions row in its run's partition (a retried run's decision replaces its own file)."""
-    name = f"{row['category']}-{row['model_name']}-v{row['version']}" + (f"-{row['decision']}" if manual else "")
+    """Store one promotions row in its run's partition; nothing stored is replaced.
+
+    A run decides about a version once (the version is new), in a file of its own name: a
+    retried task that registers the same version again (its index was never committed)
+    finds that file and adds nothing. A person's decisions are appended, each a file.
+    """
+    name = f"{row['category']}-{row['model_name']}-v{row['version']}"
+    if manual:
+        return PROMOTIONS_TABLE.append(store, [row], f"{name}-{row['decision']}", record["run_dir"])
     return PROMOTIONS_TABLE.write(store, [row], f"{name}.parquet", record["run_dir"])
 
 
@@ -317,6 +326,7 @@ def _manual(store: ArtifactStore, key: EntryKey, decision: str, target: int | No
         if version == before:
             return {"model": str(key), "champion": before, "changed": False}
         record = read_version(store, key, version)
+        verify_version(store, key, record)  # never make a version whose files changed the champion
         champion_metrics = None
         if before is not None:
             previous = read_version(store, key, before)

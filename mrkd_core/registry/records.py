@@ -23,6 +23,7 @@ on one machine or on S3 from several Ray nodes — never hand out the same numbe
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from typing import Any
 from mrkd_core.claims import KeyClaim
 from mrkd_core.errors import ConfigError, MRKDError, StorageError
 from mrkd_core.partitioned import check_partition_value
-from mrkd_core.results import utcnow
+from mrkd_core.results import MANIFEST, utcnow
 from mrkd_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,50 @@ def write_version(store: ArtifactStore, key: EntryKey, record: dict[str, Any]) -
     store.write_json(key.version_path(int(record["version"])), {"format": VERSION_FORMAT, **record})
 
 
+def version_files(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What a version records of its run directory's files: name → ``{"size", "sha256"}``, from the manifest."""
+    return {name: {"size": meta["size"], "sha256": meta["sha256"]}
+            for name, meta in sorted((manifest.get("files") or {}).items())}
+
+
+def verify_version(store: ArtifactStore, key: EntryKey, record: dict[str, Any]) -> None:
+    """Check that version ``record`` of ``key`` still points at the files it was registered with.
+
+    Every file the record lists (``files``: the run directory's manifest entries at
+    registration) must have its size and sha256; a record of before file hashes is checked
+    against its run directory's manifest, which must still name the training data it was
+    registered with. Called before a version is served (:mod:`mrkd_core.registry.reference`),
+    promoted or rolled back to (:mod:`mrkd_core.registry.promotion`), and before a reused
+    result is registered. Raises ``StorageError``, one line naming the file and the fix.
+    Reads every listed file (a WRN50 ``model.pt`` is ~0.5 GB).
+    """
+    run_dir, version = record["run_dir"], record["version"]
+    what = f"version {version} of {key}"
+    fix = ("restore it from a backup of the store, or serve another version (`mrkd models list` shows them, "
+           "`mrkd models promote REF@N` makes one the champion)")
+    files = record.get("files")
+    if files is None:  # registered before versions recorded their files: the manifest must still be theirs
+        rel = f"{run_dir}/{MANIFEST}"
+        if not store.exists(rel):
+            raise StorageError(f"{store.uri(rel)}: the run directory of {what} has no manifest any more — {fix}")
+        manifest = store.read_json(rel)
+        if manifest.get("train_fingerprint") != record.get("train_fingerprint"):
+            raise StorageError(f"{store.uri(rel)}: the run directory of {what} was rewritten (training data "
+                               f"{str(manifest.get('train_fingerprint'))[:12]}…, registered with "
+                               f"{str(record.get('train_fingerprint'))[:12]}…) — {fix}")
+        files = version_files(manifest)
+    for name, meta in sorted(files.items()):
+        path = f"{run_dir}/{name}"
+        try:
+            data = store.read_bytes(path)
+        except FileNotFoundError:
+            raise StorageError(f"{store.uri(path)}: missing, but {what} was registered with it — {fix}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != meta["size"] or digest != meta["sha256"]:
+            raise StorageError(f"{store.uri(path)}: sha256 {digest[:12]}… differs from the {meta['sha256'][:12]}… "
+                               f"{what} was registered with (the file changed since) — {fix}")
+
+
 def list_entries(store: ArtifactStore, name: str | None = None) -> list[EntryKey]:
     """Every registered model in the store (with a ``model.json``), optionally of one name; sorted."""
     found = []
@@ -223,4 +268,4 @@ def entry_claim(store: ArtifactStore, key: EntryKey, run_id: str) -> Iterator[Ke
 
 __all__ = ["CHAMPION", "EntryKey", "INDEX", "LATEST", "MODELS", "REFERENCE_SEPARATOR",
            "RegisteredModel", "check_model_name", "entry_claim", "list_entries", "read_index", "read_version",
-           "write_index", "write_version"]
+           "verify_version", "version_files", "write_index", "write_version"]

@@ -8,7 +8,8 @@ What ``mrkd predict`` (and anything else that takes a model) accepts besides a p
 ``<store>`` is the artifact store's root (a folder or ``s3://bucket/prefix``); the part
 after ``@`` names the version in use (``champion``), the newest (``latest``) or a number.
 :func:`resolve_model_location` is the one function callers use: a reference is resolved
-through the registry's index, anything else is returned unchanged.
+through the registry's index, and the version's files are checked against the sha256 it
+was registered with before anything is served; anything else is returned unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import logging
 import re
 from dataclasses import dataclass
 
-from mrkd_core.registry.records import MODELS, REFERENCE_SEPARATOR, EntryKey, read_index, read_version
+from mrkd_core.registry.records import (MODELS, REFERENCE_SEPARATOR, EntryKey, list_entries, read_index,
+                                        read_version, verify_version)
 from mrkd_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,12 @@ class ResolvedModel:
 
 
 def resolve(ref: ModelReference) -> ResolvedModel:
-    """Look the reference up in its store's registry; ``MRKDError`` naming what exists when it is not there."""
+    """Look the reference up in its store's registry and check its files; the one resolution every server uses.
+
+    ``MRKDError`` naming what exists when the version is not there; ``StorageError``
+    naming the file when one of the version's files is missing or not the one it was
+    registered with (:func:`~mrkd_core.registry.records.verify_version`): nothing is served.
+    """
     from mrkd_core.errors import MRKDError
 
     store = ArtifactStore(ref.store)
@@ -80,7 +87,38 @@ def resolve(ref: ModelReference) -> ResolvedModel:
                         f"{ref.store}` shows the registered models")
     version = model.resolve(ref.selector)
     record = read_version(store, ref.key, version)
+    verify_version(store, ref.key, record)
     return ResolvedModel(ref, version, store.uri(record["model"]), record)
+
+
+def expand_reference(text: str, store_root: str | None) -> str:
+    """A reference written relative to a store → the full reference; anything else unchanged.
+
+    With ``store_root`` (``mrkd serve --store``), ``<name>/<dataset>/<category>@<selector>``
+    is ``<store_root>/models/<name>/<dataset>/<category>@<selector>``, and ``<name>@<selector>``
+    names the one entry registered under ``name`` (an ``MRKDError`` lists the entries when
+    there are several, or says none exists). Full references, paths and URIs are returned as
+    they are.
+    """
+    from mrkd_core.errors import MRKDError
+
+    name, sep, selector = str(text).rpartition(REFERENCE_SEPARATOR)
+    if not store_root or not sep or not name or "://" in name or parse_reference(text) is not None:
+        return str(text)
+    parts = name.split("/")
+    if len(parts) == 3:
+        return f"{store_root.rstrip('/')}/{MODELS}/{name}{REFERENCE_SEPARATOR}{selector}"
+    if len(parts) != 1:
+        return str(text)
+    store = ArtifactStore(store_root)
+    entries = list_entries(store, name)
+    if len(entries) != 1:
+        found = ", ".join(f"{k}{REFERENCE_SEPARATOR}{selector}" for k in entries)
+        raise MRKDError(f"{text}: " + (f"{name} names {len(entries)} registered models in {store.uri()}; name one: "
+                                       f"{found}" if entries else
+                                       f"no registered model {name!r} in {store.uri()} — `mrkd models list --store "
+                                       f"{store_root}` shows them"))
+    return f"{store_root.rstrip('/')}/{entries[0].path}{REFERENCE_SEPARATOR}{selector}"
 
 
 def resolve_model_location(location: str) -> str:
@@ -96,4 +134,5 @@ def resolve_model_location(location: str) -> str:
     return resolved.uri
 
 
-__all__ = ["ModelReference", "ResolvedModel", "parse_entry", "parse_reference", "resolve", "resolve_model_location"]
+__all__ = ["ModelReference", "ResolvedModel", "expand_reference", "parse_entry", "parse_reference", "resolve",
+           "resolve_model_location"]

@@ -4,15 +4,23 @@ Both are partitioned like the metrics (folders ``<dataset>/<run_id>``, the value
 each file, read back as strings by any reader: :mod:`mrkd_core.partitioned`; stores written
 before issue 25 keep a table's ``dataset=<d>/run_id=<r>`` hive folders)::
 
-    tables/promotions/<d>/<r>/<category>-<model name>-v<N>[-<decision>].parquet
-    tables/history/<d>/<r>/<category>-<variant>-<config_hash>.parquet
+    tables/promotions/<d>/<r>/<category>-<model name>-v<N>.parquet                      a run's decision
+    tables/promotions/<d>/<r>/<category>-<model name>-v<N>-<decision>-<time>-<id>.parquet   a person's
+    tables/history/<d>/<r>/<category>-<variant>-<config_hash>-<time>-<id>.parquet
+
+Both record what happened, so neither is ever rewritten: every history row and every
+person's decision is a file of its own (``PartitionedTable.append``: a re-run of a night
+adds its rows beside the first run's), and a run's decision about a version, made once
+when the version is registered, is written once (``PartitionedTable.write``).
 
 ``promotions``: one row per decision about a registered model — ``first`` (its first
 version becomes champion), ``promoted``/``kept`` (a new version against the champion, on
 the same test data), ``promote``/``rollback`` (a person, ``mrkd models promote|rollback``) —
 with the reason, both sets of metrics and the tolerance. ``history``: one row per task of
-every run that tracked its result in the registry, trained or reused: the run's metrics,
-the champion's on the same test data, the decision and whether the category regressed.
+every run (and re-run) that tracked its result in the registry, trained or reused: the
+run's metrics, the champion's on the same test data, the decision and whether the
+category regressed (``not-registered``, version null: a result of a run that did not
+register, met by one that does).
 Metrics are fractions in [0, 1] like the metrics table; tolerances are percentage points.
 """
 
@@ -69,9 +77,9 @@ HISTORY_SCHEMA = pa.schema([
     pa.field("spec", pa.string()),
     pa.field("status", pa.string()),       # trained | skipped (reused a complete result)
     pa.field("run_dir", pa.string()),      # where the result lives (an earlier run's for a skipped task)
-    pa.field("version", pa.int64()),
+    pa.field("version", pa.int64()),       # null when not-registered
     pa.field("champion_version", pa.int64()),  # after this run's decision
-    pa.field("decision", pa.string()),     # first | promoted | kept | unchanged (registered before)
+    pa.field("decision", pa.string()),     # first | promoted | kept | unchanged (registered before) | not-registered
     pa.field("regressed", pa.bool_()),
     pa.field("regression", pa.string()),   # what got worse, by how much, against which tolerance
     *_metric_fields(""),                   # this run's result

@@ -8,8 +8,13 @@ evaluated result, trained in this run or reused from an earlier one (the skip ru
 2. for a new version, compare it with the champion on the same test data (re-evaluating
    the champion's stored model when the test data changed) and apply the promotion rule
    (:mod:`mrkd_core.registry.promotion`); the decision is a ``promotions`` row;
-3. one ``history`` row for this run: the result's metrics, the champion's, the decision and
-   whether the category regressed (worse than the champion beyond the tolerance).
+3. one ``history`` row for this run, appended (a re-run adds its own): the result's metrics,
+   the champion's, the decision and whether the category regressed (worse than the
+   champion beyond the tolerance).
+
+A result trained by a run that did not register is never registered here (``not-registered``:
+``register_models=false`` keeps the registry clean); a reused result's files are checked
+before it becomes a version, and the version records them (``files``).
 
 A reused result that is not the champion is compared again, so a nightly whose config
 stays worse than the model in use keeps saying so. Returns a JSON-safe outcome that the
@@ -44,11 +49,14 @@ from mrkd_core.registry.records import (
     entry_claim,
     read_index,
     read_version,
+    verify_version,
+    version_files,
     write_index,
     write_version,
 )
 from mrkd_core.registry.tables import HISTORY_TABLE
 from mrkd_core.results import ABSENT_COLUMN, MANIFEST, METRIC_COLUMNS, utcnow
+from mrkd_core.specs import TRAINED
 from mrkd_core.storage import ArtifactStore
 
 if TYPE_CHECKING:
@@ -58,6 +66,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "{spec}-{variant}"
+# The manifest entry saying whether the run that trained a result registers its results (written by
+# the engine); a result whose run did not is never registered later (``track``).
+REGISTERING_RUN = "registering_run"
+NOT_REGISTERED = "not-registered"  # the decision (and history row) of such a result met by a registering run
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,8 @@ def _version_record(store: ArtifactStore, task: Task, key: EntryKey, version: in
         # the code that trained it (its metrics row says so; a reused result keeps its own)
         "code_version": {"mrkd_version": _text(row.get("mrkd_version")), "git_revision": _text(row.get("git_revision"))},
         "trained_in_run": manifest.get("run_id"), "registered_at": utcnow().isoformat(),
+        # what it points at, checked before it is served, promoted or rolled back to (records.verify_version)
+        "files": version_files(manifest),
     }
 
 
@@ -143,22 +157,38 @@ def _regression_text(version: int, found: Standing) -> str | None:
 
 def track(store: ArtifactStore, task: Task, run_id: str, run_dir: str, row: Mapping[str, Any], lineage: Lineage,
           test_samples: Sequence[Sample], options: RegistryOptions, status: str) -> dict[str, Any]:
-    """Register the result in ``run_dir`` (once), decide about a new version, write this run's history row.
+    """Register the result in ``run_dir`` (once), decide about a new version, append this run's history row.
 
     ``row`` is the result's main metrics row (the config's own fusion); ``lineage`` what
     it was computed from; ``test_samples`` the split it was evaluated on (to re-evaluate
     the champion when the champion was evaluated on other test data); ``status`` is
-    ``trained`` or ``skipped``. Returns ``{"model_name", "model", "version", "champion",
-    "decision", "reason", "regressed", "regression", "champion_reevaluated"}``.
+    ``trained`` or ``skipped``. A result trained by a run that did not register
+    (``registering_run`` false in its manifest) is never registered here: its decision is
+    ``not-registered`` and the reason names how to register the category (train it again
+    in a run that registers). A reused result's files are checked before it is registered
+    (:func:`~mrkd_core.registry.records.verify_version`). Returns ``{"model_name", "model",
+    "version", "champion", "decision", "reason", "regressed", "regression",
+    "champion_reevaluated"}``.
     """
     key = EntryKey(options.name_for(task), task.dataset, task.category)
     manifest = store.read_json(f"{run_dir}/{MANIFEST}")
+    found = Standing(None, None, False, None)
     with entry_claim(store, key, run_id):
         model = read_index(store, key)
         version = model.version_of_run_dir(run_dir)
-        if version is None:
+        if version is None and manifest.get(REGISTERING_RUN) is False:
+            record = {"metrics": metric_values(row), "pixel_metrics_absent": _text(row.get(ABSENT_COLUMN))}
+            outcome = NOT_REGISTERED
+            reason = (f"{run_dir} was trained by run {manifest.get('run_id')}, which did not register its results "
+                      "(register_models=false, or mrkd train without --register): a result is registered only by "
+                      "the run that trains it — to register this category, train it again in a run that registers "
+                      "(force=true; mrkd train --no-resume --register NAME)")
+            log.warning("%s: not registered — %s", key, reason)
+        elif version is None:
             version = model.next_version
             record = _version_record(store, task, key, version, run_id, run_dir, row, lineage, manifest)
+            if status != TRAINED:  # stored earlier: its files must still be the manifest's before they are registered
+                verify_version(store, key, record)
             write_version(store, key, record)  # before the index, which commits it
             found = standing(store, model, record, task, test_samples, options.policy)
             decision = decide(version, found)
@@ -183,7 +213,7 @@ def track(store: ArtifactStore, task: Task, run_id: str, run_dir: str, row: Mapp
             outcome = summary.get("decision", "unchanged") if summary.get("run_id") == run_id else "unchanged"
             reason = (f"v{version} registered by run {summary.get('run_id')}; champion v{model.champion}"
                       if outcome == "unchanged" else "decided by this run before a retry")
-    regression = _regression_text(version, found)
+    regression = _regression_text(version, found) if version is not None else None
     if regression:
         log.warning("%s: regression — %s", key, regression)
     history = {
@@ -197,10 +227,11 @@ def track(store: ArtifactStore, task: Task, run_id: str, run_dir: str, row: Mapp
         "test_fingerprint": lineage.test_fingerprint, "training_revision": lineage.training_revision,
         "recorded_at": utcnow(),
     }
-    HISTORY_TABLE.write(store, [history], table_name(task), run_dir)
+    # Appended: a re-run of the same night adds its own row beside the first run's (docs/storage.md).
+    HISTORY_TABLE.append(store, [history], table_name(task).removesuffix(".parquet"), run_dir)
     return {"model_name": key.name, "model": str(key), "version": version, "champion": model.champion,
             "decision": outcome, "reason": reason, "regressed": found.regressed, "regression": regression,
             "champion_reevaluated": found.reevaluated}
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "RegistryOptions", "stored_calibration", "track"]
+__all__ = ["DEFAULT_MODEL_NAME", "NOT_REGISTERED", "REGISTERING_RUN", "RegistryOptions", "stored_calibration", "track"]

@@ -29,6 +29,7 @@ from mrkd_core.data import get_dataset
 from mrkd_core.data.base import COMPLETION_MARKER
 from mrkd_core.data.validate import computed_metrics
 from mrkd_core.metrics import METRIC_NAMES, PROTOCOL_METRICS
+from mrkd_core.model_io import load_model_file
 from tests import datagen
 from tests.http_files import serve_files
 
@@ -148,3 +149,14 @@ def test_ad2_submission_is_in_the_servers_layout(run):
             assert amap.dtype == np.float16 and amap.shape == (height, width)  # the image's own size
             assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
             assert ((amap.astype(np.float32) >= record["threshold"]) == (mask == 255)).mean() > 0.99
+
+
+def test_an_ad2_model_is_calibrated_on_the_validation_split_not_the_test_images(run):
+    """MVTec AD 2's protocol chooses thresholds on validation/good: so does the model's stored calibration
+    (what `mrkd predict` gives verdicts with), never on the test_public images it is evaluated on."""
+    (model,) = (run["store"] / "runs" / RUN / "mvtec_ad2" / CATEGORIES["mvtec_ad2"]).glob("*/model.pt")
+    cal = load_model_file(str(model), build=False).calibration
+    assert cal["source"] == "dataset's validation split" and not cal["on_evaluation_images"]
+    assert cal["policy"] == "false_alarm_rate" and cal["n_defective"] == 0
+    assert cal["images"] and all("/validation/good/" in p for p in cal["images"])
+    assert "mvtec_ad2 validation split" in cal["source_detail"]

@@ -96,7 +96,10 @@ def test_the_store_defaults_to_mrkd_store_and_is_required(data_root, tmp_path, m
     assert len(err.splitlines()) == 1 and "no complete 'folder' model" in err and str(tmp_path / "store") in err
 
 
-def test_train_refuses_a_checkpoint_of_other_images_and_no_resume_replaces_it(data_root, tmp_path, capsys):
+def test_train_after_an_image_changed_trains_a_new_model_from_scratch_and_a_bad_image_changes_nothing(
+        data_root, tmp_path, capsys):
+    """The same `mrkd train` after a training image changed: not refused, not resumed from the old images'
+    checkpoints, a new model (issue 25 item 4; the run directories: tests/reliability/test_stored_results.py)."""
     import torch
 
     data = tmp_path / "data"
@@ -104,29 +107,30 @@ def test_train_refuses_a_checkpoint_of_other_images_and_no_resume_replaces_it(da
     out = tmp_path / "models"
     args = ["train", str(data), "-o", str(out), "-c", "obj_disc", *FAST]
     assert main([*args, "--run-id", "r1"]) == 0
+    first = json.loads(capsys.readouterr().out)["models"]["obj_disc"]
     (key_checkpoints,) = (out / "checkpoints" / "folder" / "obj_disc").iterdir()  # checkpoints/<key>
     checkpoint = key_checkpoints / "epoch-0001.pt"
+    old_checkpoint = checkpoint.read_bytes()
     image = sorted((data / "obj_disc" / "train" / "good").iterdir())[1]
     write_image(image, 64, 64, seed=77)  # one training image changed
+    changed = image.read_bytes()
+    image.write_bytes(b"")  # a bad image fails before anything is replaced
     capsys.readouterr()
-    assert main([*args, "--run-id", "r2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "trained on other data" in err and "--no-resume" in err
-    assert checkpoint.is_file()  # nothing stored was lost
-    good = image.read_bytes()
-    image.write_bytes(b"")  # a bad image fails before --no-resume replaces anything
-    assert main([*args, "--no-resume", "--run-id", "r2"]) == 2 and "the file is empty" in capsys.readouterr().err
-    assert checkpoint.is_file()
-    image.write_bytes(good)
+    assert main([*args, "--run-id", "r2"]) == 2 and "the file is empty" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == old_checkpoint and not (out / "runs" / "r2").exists()
+    image.write_bytes(changed)
 
-    assert main([*args, "--no-resume", "--run-id", "r2"]) == 0
-    done = Path(json.loads(capsys.readouterr().out)["models"]["obj_disc"]["run_dir"])
+    assert main([*args, "--run-id", "r2"]) == 0
+    printed = json.loads(capsys.readouterr().out)["models"]["obj_disc"]
+    done = Path(printed["run_dir"])
+    assert printed["status"] == "trained" and done != Path(first["run_dir"])
+    assert printed["replaces"]["changes"]["modified"] == [f"obj_disc/train/good/{image.name}"]
     state = torch.load(io.BytesIO(checkpoint.read_bytes()), weights_only=True)
     info = json.loads((done / "train.json").read_text())
     assert state["train_fingerprint"] == info["train_fingerprint"] and info["resumed_from_epoch"] == 0
     assert main([*args, "--run-id", "r3"]) == 0  # the same images again: r2's model is reused
     assert json.loads(capsys.readouterr().out)["models"]["obj_disc"]["status"] == "skipped"
-    (done / "manifest.json").unlink()  # without it, the replaced checkpoint resumes (nothing left to train)
+    (done / "manifest.json").unlink()  # without it, the checkpoint of these images resumes (nothing left to train)
     assert main([*args, "--run-id", "r4"]) == 0
     assert json.loads((out / "runs" / "r4" / "folder" / "obj_disc" / done.name / "train.json").read_text())[
         "resumed_from_epoch"] == 1
@@ -200,11 +204,20 @@ def test_train_holds_out_and_calibrates_then_calibrate_and_models_info(data_root
     assert info["thresholds"] == {"image": cal["image_threshold"], "pixel": cal["pixel_threshold"],
                                   "normalized_image": 0.5}
     assert info["config"]["validation_fraction"] == 0.5 and info["calibration_history"] == 0
-    # recalibrate on the labelled test split: F1, and the report says where it was chosen
-    assert main(["calibrate", model, str(data_root), "--policy", "f1", "--num-workers", "0", "--device", "cpu"]) == 0
-    out = json.loads(capsys.readouterr().out)["calibration"]
-    assert out["policy"] == "f1" and out["on_evaluation_images"] and out["source"] == "test split"
-    assert main(["models", "info", model]) == 0
+    # recalibrate on the labelled test split: F1, and the report says where it was chosen; into a new
+    # file, never over the stored model.pt (a registered version may point at it)
+    stored = Path(model).read_bytes()
+    calibrate = ["calibrate", model, str(data_root), "--policy", "f1", "--num-workers", "0", "--device", "cpu"]
+    assert main([*calibrate, "-o", model]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "part of a complete run directory" in err and "-o FILE.pt" in err, err
+    recalibrated = tmp_path / "recalibrated.pt"
+    assert main([*calibrate, "-o", str(recalibrated)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == str(recalibrated) and Path(model).read_bytes() == stored
+    assert out["calibration"]["policy"] == "f1" and out["calibration"]["on_evaluation_images"]
+    assert out["calibration"]["source"] == "test split"
+    assert main(["models", "info", str(recalibrated)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["calibration"]["policy"] == "f1" and info["calibration_history"] == 1
 
@@ -231,8 +244,8 @@ def test_predict_skip_unreadable_exits_3_and_lists_the_reason(data_root, tmp_pat
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["calibrate", "{tmp}/missing.pt", "{root}"], "model file not found"),
-    (["calibrate", "{tmp}/m.onnx", "{root}"], "export it again"),
+    (["calibrate", "{tmp}/missing.pt", "{root}", "-o", "{tmp}/out.pt"], "model file not found"),
+    (["calibrate", "{tmp}/m.onnx", "{root}", "-o", "{tmp}/out.pt"], "export it again"),
     (["export", "{tmp}/missing.pt", "-o", "{tmp}/x.onnx"], "model file not found"),
     (["predict", "{tmp}/missing.onnx", "{root}"], "file not found"),
     (["models", "info", "{tmp}/missing.pt"], "model file not found"),

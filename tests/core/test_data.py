@@ -272,6 +272,34 @@ def test_mask_of_other_size_names_both_sizes(mvtec):
     _one_line_error(e, s.mask_path, "20×10", "40×32", s.path)
 
 
+def test_the_check_before_training_reads_headers_only_and_names_every_problem(mvtec, monkeypatch, tmp_path):
+    """What the engine checks before the first epoch (validate.require_trainable): sizes and PNG integrity
+    from the files' headers and chunks, no pixel decoded."""
+    from PIL import ImageFile
+
+    from mrkd_core.data import io as data_io
+    from mrkd_core.data.validate import check_samples, require_trainable
+
+    samples = get_dataset("mvtec").test_samples(mvtec, "bottle")
+    wrong = next(s for s in samples if s.label)
+    datagen.plant_wrong_size_mask(wrong.mask_path, 20, 10)
+    cut = datagen.plant_truncated(samples[0].path, keep=0.5)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a pixel was decoded")
+
+    monkeypatch.setattr(data_io, "open_image", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    problems = check_samples(samples)
+    assert [(p.path, p.kind) for p in problems] == [(str(cut), "unreadable"), (wrong.mask_path, "mask_size")]
+    assert "mask is 20×10 but its image" in problems[1].message and "40×32" in problems[1].message
+    with pytest.raises(DataError) as e:
+        require_trainable(samples, "mvtec", str(mvtec), "bottle")
+    _one_line_error(e, str(cut), "cannot read image (", "and 1 more problem(s): mrkd data check",
+                    "nothing was trained")
+    assert check_samples(get_dataset("mvtec").test_samples(mvtec, "grid")) == []
+
+
 # --------------------------------------------------------------------------- torch datasets
 def test_test_dataset_items_and_batches(mvtec):
     samples = get_dataset("mvtec").test_samples(mvtec, "grid")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from mrkd_core.data.io import image_size, load_image, load_mask, load_pair
+from mrkd_core.data.io import image_size, load_image, load_image_bytes, load_mask, load_pair
+from mrkd_core.errors import DataError
 from mrkd_core.data.validate import check_image
+from tests.datagen import save_16bit, save_rotated_jpeg
 
 W, H = 48, 40  # not square: a rotation that is not undone changes the shape
 
@@ -33,15 +34,6 @@ def _picture(grey: bool, dark: bool = False) -> np.ndarray:
     return np.stack([r, g, b], axis=-1).astype(np.uint8)
 
 
-def _save_16bit(path: Path, pic: np.ndarray) -> Path:
-    wide = pic.astype(np.uint16) * 257  # the 16-bit save of an 8-bit picture
-    if pic.ndim == 3:
-        assert cv2.imwrite(str(path), wide[..., ::-1])  # cv2 writes BGR, 16-bit RGB PNG/TIFF
-    else:
-        Image.fromarray(wide).save(path)  # PIL writes 16-bit grey PNG/TIFF (mode I;16)
-    return path
-
-
 def _save_palette(path: Path, pic: np.ndarray) -> Path:
     flat = pic.reshape(-1, 3) if pic.ndim == 3 else np.repeat(pic.reshape(-1, 1), 3, axis=1)
     colours, index = np.unique(flat, axis=0, return_inverse=True)
@@ -52,25 +44,16 @@ def _save_palette(path: Path, pic: np.ndarray) -> Path:
     return path
 
 
-def _save_rotated_jpeg(path: Path, pic: np.ndarray) -> Path:
-    """Pixels stored rotated, with EXIF orientation 6 ('rotate 90° clockwise to display')."""
-    stored = Image.fromarray(pic).transpose(Image.Transpose.ROTATE_90)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    stored.save(path, exif=exif, quality=98, subsampling=0)
-    return path
-
-
 def _saves(tmp_path: Path, pic: np.ndarray, tag: str) -> dict[str, Path]:
     Image.fromarray(pic).save(ref := tmp_path / f"{tag}-8bit.png")
     Image.fromarray(pic).save(bmp := tmp_path / f"{tag}.bmp")
     return {
         "8-bit PNG": ref,
-        "16-bit PNG": _save_16bit(tmp_path / f"{tag}-16bit.png", pic),
-        "16-bit TIFF": _save_16bit(tmp_path / f"{tag}-16bit.tif", pic),
+        "16-bit PNG": save_16bit(tmp_path / f"{tag}-16bit.png", pic),
+        "16-bit TIFF": save_16bit(tmp_path / f"{tag}-16bit.tif", pic),
         "palette PNG": _save_palette(tmp_path / f"{tag}-palette.png", pic),
         "BMP": bmp,
-        "JPEG, EXIF rotation": _save_rotated_jpeg(tmp_path / f"{tag}-rotated.jpg", pic),
+        "JPEG, EXIF rotation": save_rotated_jpeg(tmp_path / f"{tag}-rotated.jpg", pic),
     }
 
 
@@ -93,6 +76,20 @@ def test_same_picture_decodes_alike_in_every_format(tmp_path, grey, dark, size):
             assert diff.max() == 0, (fmt, diff.max())
 
 
+def test_bytes_in_memory_decode_as_the_same_file(tmp_path):
+    """The HTTP service's door (load_image_bytes) gives the pixels mrkd predict reads from the file."""
+    files = _saves(tmp_path, _picture(grey=False), "pic")
+    Image.fromarray(np.dstack([_picture(grey=False), np.full((H, W), 200, np.uint8)])).save(rgba := tmp_path / "a.png")
+    for fmt, path in {**files, "RGBA PNG": rgba}.items():
+        np.testing.assert_array_equal(load_image_bytes(path.read_bytes(), "body"), load_image(path, None), fmt)
+    with pytest.raises(DataError, match=r"^body: cannot read image \(it is empty, 0 bytes\) — send a PNG"):
+        load_image_bytes(b"", "body")
+    with pytest.raises(DataError, match=r"^part\.png: cannot read image \(UnidentifiedImageError: not an image format"):
+        load_image_bytes(b"not an image", "part.png")
+    with pytest.raises(DataError, match="cannot read image"):
+        load_image_bytes(files["8-bit PNG"].read_bytes()[:200], "cut.png")
+
+
 def test_sixteen_bit_values_scale_by_the_format_not_the_content(tmp_path):
     """A dark 16-bit image is as dark as its 8-bit save (the old rule scaled only when max > 255)."""
     for v8 in (0, 1, 60, 128, 255):
@@ -109,7 +106,7 @@ def test_sixteen_bit_values_scale_by_the_format_not_the_content(tmp_path):
 
 def test_exif_orientation_sets_the_size_everything_checks_against(tmp_path):
     pic = _picture(grey=False)
-    jpeg = _save_rotated_jpeg(tmp_path / "rot.jpg", pic)
+    jpeg = save_rotated_jpeg(tmp_path / "rot.jpg", pic)
     assert Image.open(jpeg).size == (H, W)  # stored rotated
     assert image_size(jpeg) == (W, H)  # decoded upright
     problems: list = []

@@ -46,6 +46,7 @@ class DocCommand:
     line: int
     text: str
     in_block: bool  # a line of a code block (typed as shown), not a span in a sentence
+    tokens: tuple[str, ...] = ()  # the command as the shell splits it (quotes resolved)
 
     def __str__(self) -> str:
         return f"{self.doc}:{self.line}: {self.text}"
@@ -84,14 +85,14 @@ def _code(text: str) -> list[tuple[int, str, bool, int]]:
 
 
 def _segments(code: str) -> list[list[str]]:
-    """The shell commands of a line (split at ``&&``, ``;`` and pipes), tokenised; comments dropped."""
+    """The shell commands of a line (split at ``&&``, ``;``, pipes and ``&``), tokenised; comments dropped."""
     try:
         tokens = shlex.split(code, comments=True)
     except ValueError:  # an unbalanced quote: prose, not a command
         return []
     segments, current = [], []
     for token in tokens:
-        if token in ("&&", ";", "|", "||"):
+        if token in ("&&", ";", "|", "||", "&"):
             segments.append(current)
             current = []
         else:
@@ -118,7 +119,7 @@ def documented_commands() -> tuple[list[DocCommand], dict[tuple[str, int], list[
         for number, code, in_block, paragraph in _code(doc.read_text(encoding="utf-8")):
             for tokens in _segments(code):
                 if _mrkd_argv(tokens) is not None:
-                    cmd = DocCommand(name, number, " ".join(tokens), in_block)
+                    cmd = DocCommand(name, number, shlex.join(tokens), in_block, tuple(tokens))
                     commands.append(cmd)
                     by_paragraph.setdefault((name, paragraph), []).append(cmd)
             if not in_block and re.fullmatch(r"--?[a-z][a-z0-9-]*(\s.*)?", code):
@@ -188,7 +189,8 @@ def _parse_error(parser: argparse.ArgumentParser, argv: list[str]) -> str | None
 
 def check(parser: argparse.ArgumentParser, cmd: DocCommand) -> list[str]:
     """What is wrong with one documented command (empty when it is right)."""
-    argv = _mrkd_argv(next(t for t in _segments(cmd.text) if _mrkd_argv(t) is not None))
+    tokens = list(cmd.tokens) or next(t for t in _segments(cmd.text) if _mrkd_argv(t) is not None)
+    argv = _mrkd_argv(tokens)
     problems = []
     expansions, elided = _expand(argv)
     for concrete in expansions:
@@ -197,9 +199,17 @@ def check(parser: argparse.ArgumentParser, cmd: DocCommand) -> list[str]:
         if unknown and not (error and "invalid choice" in error):  # else: a subcommand that does not exist
             problems.append(f"{cmd}: no option {', '.join(unknown)} in `mrkd {' '.join(concrete[:2])}`")
         elif error and not ((elided or not cmd.in_block) and "arguments are required" in error) \
-                and not (elided and "expected one argument" in error):  # "-o …": the value elided
+                and not (elided and "expected one argument" in error) \
+                and not _placeholder_value(error):  # "-o …": the value elided; "--port N": a placeholder
             problems.append(f"{cmd}: `mrkd {' '.join(concrete)}` → {error}")
     return problems
+
+
+def _placeholder_value(error: str) -> bool:
+    """argparse refused a synopsis's placeholder (``--gpus-per-replica N``, ``--engine E``) as a value:
+    the option exists; what the user puts there is named, not shown."""
+    m = re.search(r"invalid (?:choice|\w+ value): '([^']*)'", error)
+    return bool(m and re.fullmatch(r"[A-Z][A-Z0-9_]*", m.group(1)))
 
 
 def all_options(parser: argparse.ArgumentParser) -> set[str]:
@@ -230,11 +240,12 @@ def test_options_named_beside_mrkd_commands_exist():
 @pytest.mark.parametrize("line, fragment", [
     ("mrkd train --no-calibrate DATA", "no option --no-calibrate"),
     ("mrkd trian DATA -o models", "invalid choice: 'trian'"),
-    ("mrkd calibrate MODEL DATA --policy best", "invalid choice: 'best'"),
-    ("mrkd calibrate MODEL DATA [--policy auto|f2]", "invalid choice: 'f2'"),
+    ("mrkd calibrate MODEL DATA -o OUT.pt --policy best", "invalid choice: 'best'"),
+    ("mrkd calibrate MODEL DATA -o OUT.pt [--policy auto|f2]", "invalid choice: 'f2'"),
     ("mrkd predict MODEL IMAGES --batch-siz 4", "no option --batch-siz"),
     ("mrkd models lst", "invalid choice: 'lst'"),
     ("mrkd export MODEL", "required: --output"),
+    ("mrkd serve MODEL --engine tensorrt", "invalid choice: 'tensorrt'"),
 ])
 def test_the_checker_catches_what_it_is_for(line, fragment):
     problems = check(build_parser(), DocCommand("x.md", 1, line, in_block=True))
@@ -248,6 +259,9 @@ def test_the_checker_catches_what_it_is_for(line, fragment):
     "mrkd evaluate -o …",
     ".venv/bin/mrkd models list --store s3://mrkd/prod",
     "MRKD_STORE=/data/x mrkd evaluate DATA",
+    "mrkd serve bracket@champion --store models --follow-seconds 5 &",
+    "mrkd models promote models/m/folder/c@2 --reason '5 epochs'",
+    "mrkd serve MODEL --engine E --cpus-per-replica 1 --gpus-per-replica N",
 ])
 def test_the_checker_reads_the_docs_synopsis_conventions(line):
     assert check(build_parser(), DocCommand("x.md", 1, line, in_block=True)) == []

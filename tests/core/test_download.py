@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from mrkd_core.data.download import (
 from mrkd_core.data.mvtec import MVTEC_DOWNLOAD, MVTecAD
 from mrkd_core.errors import DownloadError
 from tests import datagen
-from tests.http_files import serve_files
+from tests.http_files import refused_url, serve_files
 
 
 @pytest.fixture
@@ -187,12 +186,8 @@ def test_server_errors_are_retried_a_bounded_number_of_times(server, tmp_path):
 
 
 def test_unreachable_server_is_retried_then_reported(tmp_path):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now: connection refused
-    with pytest.raises(DownloadError) as e:
-        _download(_info(f"http://127.0.0.1:{port}", "/a", None), tmp_path / "mvtec", retries=1, timeout=2)
+    with pytest.raises(DownloadError) as e:  # nothing listens there: connection refused
+        _download(_info(refused_url(""), "/a", None), tmp_path / "mvtec", retries=1, timeout=2)
     assert "failed after 2 attempts" in str(e.value) and "Connection refused" in str(e.value)
     assert "partial file" not in str(e.value)  # nothing was received, nothing is kept
     assert not (tmp_path / "mvtec").exists()

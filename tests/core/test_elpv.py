@@ -255,8 +255,8 @@ def test_the_demo_spec_on_elpv_lookalikes(tmp_path, monkeypatch):
         if real is not None:
             sys.modules["elpv_dataset"] = real
     md = store.read_bytes("reports/demo/measured.md").decode()
-    assert ("elpv/mono: 96 training images (train_subsample=96), 100 test images (test_subsample=100)" in md
-            and "teacher_weights=none" in md)
+    assert "elpv/mono: 96 training images (train_subsample=96), 100 test images (test_subsample=100)" in md
+    assert "| efficientnet_lite0 |" in md and "| imagenet |" in md and "teacher_weights=none" not in md
     assert any(p.endswith("heatmaps_elpv_mono.png") for p in out["figures"])
     page = store.read_bytes(out["html"]).decode()
     assert "rows, where the test set has them: anomalous, anomalous, normal" in page

@@ -294,18 +294,23 @@ def test_without_a_test_split_a_model_is_stored_unevaluated_then_evaluated_when_
     assert [m.run_id for m in find_models(store, "folder", "obj_disc")] == ["r3"]  # newest of the key
 
 
-def test_recalibrating_a_stored_model_keeps_its_run_complete(setup, tmp_path):
-    """`mrkd calibrate` on a run directory's model.pt updates the manifest: the run stays complete."""
+def test_recalibrating_a_stored_model_writes_a_new_file_and_never_changes_the_run(setup, tmp_path):
+    """A run directory's model.pt is never rewritten: the recalibrated model is a new file."""
+    from mrkd_core.errors import StorageError
     from mrkd_core.model_io import load_model_file, write_calibration
 
     store, task, _ = setup
     d = run_dir(task, "r1")
     copy = _copied(store, tmp_path, d)
+    before = copy.read_bytes(f"{d}/model.pt")
     cal = load_model_file(copy, f"{d}/model.pt", build=False).calibration
-    write_calibration(copy.uri(f"{d}/model.pt"), {**cal, "image_threshold": 9.0})
-    assert verify_manifest(copy, d) == [] and find_complete(copy, task) == d
-    assert "model.pt" in copy.read_json(f"{d}/manifest.json")["updated"]
-    assert load_model_file(copy, f"{d}/model.pt", build=False).calibration["image_threshold"] == 9.0
+    with pytest.raises(StorageError, match="part of a complete run directory"):
+        write_calibration(copy.uri(f"{d}/model.pt"), {**cal, "image_threshold": 9.0}, copy.uri(f"{d}/model.pt"))
+    out = write_calibration(copy.uri(f"{d}/model.pt"), {**cal, "image_threshold": 9.0}, str(tmp_path / "line.pt"))
+    assert copy.read_bytes(f"{d}/model.pt") == before and verify_manifest(copy, d) == []
+    again = load_model_file(out, build=False)
+    assert again.calibration["image_threshold"] == 9.0 and again.calibration_history == [cal]
+    assert again.extra["calibrated_from"] == copy.uri(f"{d}/model.pt")
 
 
 def test_the_training_fingerprint_covers_the_images_trained_on_after_the_hold_out(setup, tmp_path):

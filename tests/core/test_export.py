@@ -23,25 +23,38 @@ torch.set_num_threads(2)
 CFG = TINY_CFG
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(model.pt, model.onnx, test image paths) of a calibrated tiny model."""
-    base = tmp_path_factory.mktemp("export")
+def _export(base, cfg) -> tuple[str, object, list[str]]:
+    """(model.pt, model.onnx, test image paths) of a calibrated tiny model of ``cfg``, exported by `mrkd export`."""
     make_synthetic_mvtec(base / "data", categories=("obj_disc",), n_train=2, n_test_good=3, n_test_defect=3,
                          size=64, seed=2)
     samples = get_dataset("folder").test_samples(str(base / "data"), "obj_disc")
     torch.manual_seed(1)
-    model = build_mrkd(CFG).eval()
-    cal = calibrate_model(model, CFG, test_samples=samples)
-    pt = save_model(model, CFG, ArtifactStore(base), "model.pt", extra={"category": "obj_disc"},
+    model = build_mrkd(cfg).eval()
+    cal = calibrate_model(model, cfg, test_samples=samples)
+    pt = save_model(model, cfg, ArtifactStore(base), "model.pt", extra={"category": "obj_disc"},
                     calibration=cal.to_dict())
     onnx_path = base / "model.onnx"
     assert main(["-q", "export", pt, "--format", "onnx", "-o", str(onnx_path)]) == 0
     return pt, onnx_path, [s.path for s in samples]
 
 
-def test_onnx_maps_equal_pytorch_within_1e_4_at_any_batch_size(exported):
-    pt, onnx_path, paths = exported
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("export"), CFG)
+
+
+@pytest.fixture(scope="module", params=["resnet18", "efficientnet_lite0"])
+def exported_family(request, exported, tmp_path_factory):
+    """Each teacher family's export: the ResNet18 one above, and EfficientNet-Lite0 with its ImageNet weights
+    (timm's TF "same" padding and depthwise convolutions in the graph)."""
+    if request.param == "resnet18":
+        return exported
+    return _export(tmp_path_factory.mktemp("export-lite"), CFG.replace(backbone=request.param,
+                                                                       teacher_weights="imagenet"))
+
+
+def test_onnx_maps_equal_pytorch_within_1e_4_at_any_batch_size(exported_family):
+    pt, onnx_path, paths = exported_family
     torch_pred = Predictor.load(pt, device="cpu", batch_size=3)
     for b in (1, 3, 6):
         onnx_pred = Predictor.load(str(onnx_path), batch_size=b)

@@ -17,7 +17,8 @@ START = datetime(2026, 11, 1, 2, tzinfo=timezone.utc)
 
 
 def _night(store: ArtifactStore, night: int, category: str, version: int, champion: int, pixel: float,
-           champion_pixel: float, decision: str, regression: str | None = None, model: str = "nightly-mrkd") -> None:
+           champion_pixel: float, decision: str, regression: str | None = None, model: str = "nightly-mrkd",
+           status: str = "trained", later: int = 0) -> None:
     run_id = f"nightly-2026110{night}"
     source = f"runs/{run_id}/folder/{category}/h{version}"
     store.write_json(f"{source}/manifest.json", {"format": "mrkd-manifest/1"})
@@ -26,8 +27,8 @@ def _night(store: ArtifactStore, night: int, category: str, version: int, champi
                     regression=regression, image_auroc=1.0, pixel_auroc=pixel, champion_image_auroc=1.0,
                     champion_pixel_auroc=champion_pixel, pixel_metrics_absent=None,
                     tolerance='{"image_auroc": 0.5, "pixel_auroc": 0.5}',
-                    recorded_at=START + timedelta(days=night, minutes=len(category)))
-    HISTORY_TABLE.write(store, [row], f"{category}-mrkd-h{version}.parquet", source)
+                    status=status, recorded_at=START + timedelta(days=night, minutes=len(category), hours=later))
+    HISTORY_TABLE.append(store, [row], f"{category}-mrkd-h{version}", source)
 
 
 def _three_nights(store: ArtifactStore) -> None:
@@ -77,3 +78,23 @@ def test_a_night_without_regressions_has_no_banner_and_later_nights_are_not_show
     assert set(third["model_name"]) == {"nightly-mrkd", "someone-else"} and len(third) == 7
     assert history_view(history, "a-run-without-history").empty
     assert write_report(store, "plain", None, None, history_df=history)["regressions"] == []
+
+
+def test_a_re_run_of_a_night_adds_rows_and_the_view_shows_what_the_night_did(tmp_path):
+    """The history table is appended to: a re-run of night 2 (its result reused, champion changed meanwhile)
+    adds rows; the view shows night 2 once, trained, with its own decision and the latest comparison."""
+    store = ArtifactStore(tmp_path)
+    _three_nights(store)
+    _night(store, 2, "obj_disc", 2, 3, 0.20, 0.80, "unchanged", "v2 worse than champion v3: pixel_auroc 80.0 → 20.0 "
+           "(-60.0 points, tolerance 0.5)", status="skipped", later=20)
+    history = read_history(store)
+    assert len(history[history["run_id"] == "nightly-20261102"]) == 3  # both runs' rows are there
+    view = history_view(history, "nightly-20261103")
+    night2 = view[(view["run_id"] == "nightly-20261102") & (view["category"] == "obj_disc")]
+    (row,) = night2.to_dict("records")
+    assert (row["status"], row["decision"], row["runs"]) == ("trained", "kept", 2)
+    assert (row["champion_version"], row["champion_pixel_auroc"]) == (3, 0.80)  # its latest comparison
+    assert list(view["run_id"]) == sorted(view["run_id"])  # nights in order, one row per night and category
+    write_report(store, "nightly-20261103", None, None, history_df=history)
+    table = pd.read_parquet(store.uri(f"reports/nightly-20261103/{HISTORY_KEY}.parquet"))
+    assert len(table) == len(view) and list(table["runs"]).count(2) == 1

@@ -6,6 +6,7 @@ inference path, not about how well the model detects.
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from PIL import Image
 
 from mrkd_core.data import get_dataset
-from mrkd_core.data.io import load_image
+from mrkd_core.data.io import load_image, load_image_bytes
 from mrkd_core.errors import DataError
 from mrkd_core.evaluate import evaluate
 from mrkd_core.inference import Calibration, Predictor, calibrate_model, predict_images
@@ -30,7 +31,7 @@ from mrkd_core.inference.calibration import (
     rate_above,
 )
 from mrkd_core.inference.images import read_image
-from mrkd_core.inference.overlays import overlay
+from mrkd_core.inference.overlays import mask_png, overlay
 from mrkd_core.metrics import f1_max_image
 from mrkd_core.model import build_mrkd
 from mrkd_core.model_io import load_model_file, save_model, write_calibration
@@ -215,7 +216,23 @@ def test_one_image_costs_one_image_whatever_the_batch_size(model_files, test_sam
     list(predictor.predict(paths[:1]))
     list(predictor.predict(paths[:7]))
     predictor.predict_array(np.zeros((40, 50, 3), dtype=np.uint8))
-    assert seen == [1, 3, 3, 1, 1]
+    predictor.predict_decoded([(p, load_image(p, None)) for p in paths[:4]])
+    assert seen == [1, 3, 3, 1, 1, 3, 1]
+
+
+def test_images_decoded_in_memory_get_the_outputs_of_their_files(model_files, test_samples, tmp_path):
+    """The HTTP service's door: bytes → load_image_bytes → predict_decoded equals predict on the files."""
+    paths = [s.path for s in test_samples[:5]]
+    predictor = Predictor.load(model_files[1], device="cpu")
+    from_files = list(predictor.predict(paths))
+    decoded = predictor.predict_decoded([(p, load_image_bytes(Path(p).read_bytes(), p)) for p in paths])
+    report = predict_images(predictor, paths, tmp_path / "out")
+    for a, b, row in zip(from_files, decoded, report.predictions):
+        assert (a.path, a.width, a.height, a.score, a.verdict) == (b.path, b.width, b.height, b.score, b.verdict)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert b.defect_area_fraction == pytest.approx(float(b.mask.mean()))
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(mask_png(b.mask)))),
+                                      np.asarray(Image.open(row.mask_path)))
 
 
 def test_predict_and_evaluate_give_the_same_scores_and_maps(model_files, test_samples):
@@ -284,7 +301,7 @@ def test_recalibrating_keeps_the_weights_and_the_previous_calibration(model_file
     store = ArtifactStore(tmp_path)
     path = save_model(src.model, src.config, store, "model.pt", extra=src.extra, calibration=src.calibration)
     new = {**src.calibration, "image_threshold": 123.0}
-    write_calibration(path, new)
+    write_calibration(path, new, path)  # a model file of no run directory may be recalibrated in place
     again = load_model_file(path)
     assert again.calibration["image_threshold"] == 123.0
     assert again.calibration_history == [src.calibration]

@@ -1,7 +1,9 @@
 """The networks: shapes for all backbones, exact WRN50 parameter counts, FLM, teacher weights.
 
 Kept small for 2 busy cores: ResNet18 at 64 px for behaviour; WRN50 and ResNet50 are
-built once each (module fixtures) and run one forward at 64 px.
+built once each (module fixtures) and run one forward at 64 px; the EfficientNet-Lite
+networks are small enough to run for real (Lite0) or on the meta device (Lite1, Lite2).
+Where 'imagenet' weights come from is tests/core/test_weights.py.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import copy
 import pytest
 import torch
 
+from mrkd_core.backbones import BACKBONES, get_backbone
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.torch_datasets import TrainItem
 from mrkd_core.device import place_model
@@ -27,7 +30,6 @@ from mrkd_core.model import (
 )
 from mrkd_core.model.flm import flm_test_mask, flm_test_masks
 from mrkd_core.model.summary import model_summary
-from mrkd_core.model.teacher import imagenet_weights_path
 from mrkd_core.train import TeacherPass
 
 torch.set_num_threads(2)
@@ -35,6 +37,10 @@ torch.set_num_threads(2)
 # The official code's live WRN50 layers (stack-notes); ours has no dead 1×1 conv/BN.
 WRN50_COUNTS = {"teacher": 24_862_528, "ocbe": 58_885_120, "student": 24_917_504,
                 "generation": 24_776_192}
+# EfficientNet-Lite0 (beyond the paper): timm's trunk up to stride 16 (the packaged file's
+# 4,694,073 values less the stride-32 stages, head and classifier); OCBE and student from
+# ResNet18's basic blocks at the teacher's widths (docs/fidelity.md).
+LITE0_COUNTS = {"teacher": 700_768, "ocbe": 3_933_008, "student": 729_440, "generation": 265_312}
 
 
 def _cfg(backbone: str = "resnet18", **kw) -> MRKDConfig:
@@ -59,6 +65,17 @@ def resnet50() -> MRKD:
 
 
 @pytest.fixture(scope="module")
+def lite0() -> MRKD:
+    torch.manual_seed(0)
+    return build_mrkd(_cfg("efficientnet_lite0"))
+
+
+def _meta(backbone: str) -> MRKD:
+    with torch.device("meta"):
+        return build_mrkd(_cfg(backbone))
+
+
+@pytest.fixture(scope="module")
 def r18() -> MRKD:
     """Shared by several tests: each sets the mode it needs and clears gradients it makes."""
     torch.manual_seed(0)
@@ -75,13 +92,31 @@ def test_wrn50_parameter_counts(wrn50):
                    for m in wrn50.ocbe.modules())
 
 
-@pytest.mark.parametrize("backbone,channels,emb", [
-    ("resnet18", (64, 128, 256), 512),
-    ("resnet50", (256, 512, 1024), 2048),
-    ("wide_resnet50_2", (256, 512, 1024), 2048),
-])
-def test_shapes_for_all_backbones(backbone, channels, emb, request):
-    model = request.getfixturevalue({"resnet18": "r18", "resnet50": "resnet50", "wide_resnet50_2": "wrn50"}[backbone])
+def test_lite0_parameter_counts(lite0):
+    for name, expected in LITE0_COUNTS.items():
+        assert _count(getattr(lite0, name)) == expected, name
+    assert sum(p.numel() for p in lite0.trainable_parameters()) == 3_933_008 + 729_440 + 265_312
+
+
+SHAPES = {
+    "resnet18": ((64, 128, 256), 512),
+    "resnet50": ((256, 512, 1024), 2048),
+    "wide_resnet50_2": ((256, 512, 1024), 2048),
+    "efficientnet_lite0": ((24, 40, 112), 320),
+    "efficientnet_lite1": ((24, 40, 112), 320),
+    "efficientnet_lite2": ((24, 48, 120), 352),
+}
+
+
+def test_every_catalogued_backbone_has_its_shapes_checked():
+    assert set(SHAPES) == set(BACKBONES)
+
+
+@pytest.mark.parametrize("backbone", list(SHAPES))
+def test_shapes_for_all_backbones(backbone, request):
+    channels, emb = SHAPES[backbone]
+    fixture = {"resnet18": "r18", "resnet50": "resnet50", "wide_resnet50_2": "wrn50", "efficientnet_lite0": "lite0"}
+    model = request.getfixturevalue(fixture[backbone]) if backbone in fixture else _meta(backbone)
     model.eval()
     device = next(model.parameters()).device
     assert model.teacher.channels == channels and model.generation.channels == channels
@@ -112,7 +147,7 @@ def test_resnet18_generation_uses_its_own_channels(r18):
 
 def test_ocbe_and_student_standalone(r18):
     with torch.device("meta"):
-        assert isinstance(OCBE("resnet50"), OCBE)
+        assert OCBE(get_backbone("resnet50")).out_channels == 2048
         assert build_student("resnet50").channels == (256, 512, 1024)
     ocbe, student = r18.ocbe.eval(), r18.student.eval()
     feats = [torch.randn(1, c, 32 // s, 32 // s) for c, s in zip((64, 128, 256), (1, 2, 4))]
@@ -162,6 +197,25 @@ def test_ocbe_and_student_start_from_rd4ad_initialisation(r18):
 def test_unknown_backbone_is_a_config_error():
     with pytest.raises(ConfigError, match="backbone"):
         build_teacher("vgg16", "none")
+    with pytest.raises(ConfigError, match="backbone.*efficientnet_lite0"):
+        MRKDConfig(backbone="vgg16")
+
+
+def test_lite_teacher_frozen_and_its_features_the_stride_4_8_16_stage_outputs(lite0):
+    """f_T^1..3 are the outputs of timm's blocks.1, blocks.2 and blocks.4 (its feature_info)."""
+    lite0.train()
+    assert not lite0.teacher.training and lite0.student.training
+    assert all(not p.requires_grad for p in lite0.teacher.parameters())
+    assert lite0.teacher.taps == (1, 2, 4) and len(lite0.teacher.blocks) == 5  # no stride-32 stage built
+    lite0.eval()
+    x = torch.randn(1, 3, 64, 64)
+    seen = []
+    hooks = [lite0.teacher.blocks[i].register_forward_hook(lambda m, i, o: seen.append(o)) for i in (1, 2, 4)]
+    with torch.no_grad():
+        f_t = lite0.teacher(x)
+    for h in hooks:
+        h.remove()
+    assert all(torch.equal(a, b) for a, b in zip(f_t, seen))
 
 
 # ---------------------------------------------------------------- teacher
@@ -353,20 +407,6 @@ def test_teacher_weights_none_path_and_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot load"):
         build_teacher("resnet18", str(tmp_path / "junk.pth"))
-
-
-def test_imagenet_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))
-    expected = tmp_path / "cache" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert imagenet_weights_path("resnet18") == str(expected)
-    assert imagenet_weights_path("wide_resnet50_2").endswith("wide_resnet50_2-95faca4d.pth")
-    with pytest.raises(WeightsError, match="not in the local torch cache") as err:
-        build_teacher("wide_resnet50_2", "imagenet")
-    assert "\n" not in str(err.value) and "wide_resnet50_2-95faca4d.pth" in str(err.value)
-    t = build_teacher("resnet18", "none")
-    expected.parent.mkdir(parents=True)
-    torch.save({k: v * 0 + 0.5 if v.is_floating_point() else v for k, v in t.state_dict().items()}, expected)
-    assert build_teacher("resnet18", "imagenet").conv1.weight.eq(0.5).all()
 
 
 # ---------------------------------------------------------------- summary

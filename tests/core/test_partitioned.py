@@ -119,6 +119,35 @@ def test_a_table_of_an_older_store_is_appended_to_in_its_hive_layout_and_read_by
         ArtifactStore(tmp_path / "new"), table, "123", "0001").rsplit("/", 1)[0]
 
 
+@pytest.mark.parametrize("hive", [False, True], ids=["plain", "hive"])
+def test_a_table_file_is_written_once_and_events_are_appended(tmp_path, hive):
+    """Stored rows are never replaced: the same rows again write nothing, another result's rows under the
+    same name are refused, and event rows (history, a person's decisions) each get a file of their own."""
+    from mrkd_core.errors import StorageError
+    from tests.datagen import table_row
+
+    store = ArtifactStore(tmp_path)
+    if hive:
+        write_hive_rows(store, METRICS_TABLE, "d", "old")
+        write_hive_rows(store, HISTORY_TABLE, "d", "old")
+    store.write_json("runs/r1/d/cat/h/manifest.json", {"format": "mrkd-manifest/1"})  # its rows are read
+    row = table_row(METRICS_TABLE.schema, dataset="d", run_id="r1")
+    path = METRICS_TABLE.write(store, [row], "cat-mrkd-h.parquet", "runs/r1/d/cat/h")
+    written = store.read_bytes(path)
+    assert METRICS_TABLE.held_by(store, {"dataset": "d", "run_id": "r1"}, "cat-mrkd-h.parquet") == "runs/r1/d/cat/h"
+    assert METRICS_TABLE.held_by(store, {"dataset": "d", "run_id": "r2"}, "cat-mrkd-h.parquet") is None
+    assert METRICS_TABLE.write(store, [{**row, "image_auroc": 0.1}], "cat-mrkd-h.parquet", "runs/r1/d/cat/h") == path
+    assert store.read_bytes(path) == written  # a retry or a re-run of the same result writes nothing
+    with pytest.raises(StorageError, match="written once"):
+        METRICS_TABLE.write(store, [row], "cat-mrkd-h.parquet", "runs/r0/d/cat/h")
+    assert store.read_bytes(path) == written
+    history = table_row(HISTORY_TABLE.schema, dataset="d", run_id="r1")
+    first = HISTORY_TABLE.append(store, [history], "cat-mrkd-h", "runs/r1/d/cat/h")
+    second = HISTORY_TABLE.append(store, [history], "cat-mrkd-h", "runs/r1/d/cat/h")
+    assert first != second and len(HISTORY_TABLE.read(store, run_id="r1")) == 2
+    assert ("=" in first) is hive
+
+
 def test_file_names_every_reader_lists(tmp_path):
     """pyarrow and pandas skip files starting with '_' or '.': a category '_scratch' must not vanish."""
     assert safe_file_name("_scratch-mrkd-abc.parquet") == "%5Fscratch-mrkd-abc.parquet"

@@ -52,9 +52,15 @@ def _assert_weights_close(a, b, tol):
         torch.testing.assert_close(wa[k], wb[k], rtol=tol, atol=tol, msg=lambda m, k=k: f"{k}: {m}")
 
 
-def test_teacher_cache_equals_a_teacher_pass_per_step(samples):
+# The trunk of each teacher family: torchvision's ResNet and timm's EfficientNet-Lite (pretrained:
+# the only teacher whose BatchNorm statistics are ImageNet's, as in the paper's setting).
+FAMILIES = [{}, {"backbone": "efficientnet_lite0", "teacher_weights": "imagenet"}]
+
+
+@pytest.mark.parametrize("teacher", FAMILIES, ids=["resnet18", "efficientnet_lite0"])
+def test_teacher_cache_equals_a_teacher_pass_per_step(samples, teacher):
     """θ_T is frozen and the clean images fixed: cached f_T,n give the same training."""
-    cfg = MRKDConfig(epochs=2, **TINY)
+    cfg = MRKDConfig(epochs=2, **{**TINY, **teacher})
     cached = train(cfg, samples, "tex_stripes", teacher_cache=True)
     per_step = train(cfg, samples, "tex_stripes", teacher_cache=False)
     assert cached.epoch_losses == pytest.approx(per_step.epoch_losses, rel=1e-6, abs=1e-7)

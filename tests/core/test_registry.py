@@ -111,6 +111,66 @@ def test_versions_are_numbered_and_a_result_is_registered_once(tmp_path):
     assert list(history["version"]) == [1, 2, 1] and list(history["champion_version"]) == [1, 2, 2]
 
 
+def test_history_and_decisions_are_appended_never_rewritten(tmp_path):
+    """A re-run of a night (same run id) adds its own history row; the first run's rows stay as written."""
+    store = ArtifactStore(tmp_path)
+    first = _track(store, _task(1), "night-1", image_auroc=0.9, pixel_auroc=0.8)
+    files = {p: store.read_bytes(p) for p in store.list("tables", recursive=True)}
+    d, row, lineage = _result(store, _task(1), "night-1", image_auroc=0.9, pixel_auroc=0.8)
+    rerun = track(store, _task(1), "night-1", d, row, lineage, [], OPTIONS, "skipped")
+    assert (first["decision"], rerun["decision"], rerun["version"]) == ("first", "first", 1)  # its own decision
+    assert {p: store.read_bytes(p) for p in files} == files  # nothing written before changed
+    history = read_history(store)
+    assert list(history["status"]) == ["trained", "skipped"] and set(history["run_id"]) == {"night-1"}
+    assert len(read_promotions(store)) == 1  # one decision about version 1
+    # A person's decisions are appended too, however quickly they follow each other.
+    _track(store, _task(2), "night-2", image_auroc=0.9, pixel_auroc=0.8)
+    for version in (1, 2, 1):
+        promote_version(store, KEY, version, by="qa@line")
+    assert list(read_promotions(store)["decision"]) == ["first", "promoted", "promote", "promote", "promote"]
+
+
+def test_a_result_of_a_run_that_did_not_register_is_never_registered_later(tmp_path):
+    store = ArtifactStore(tmp_path)
+    _track(store, _task(1), "night-1", image_auroc=0.9, pixel_auroc=0.8)
+    d, row, lineage = _result(store, _task(2), "quick", image_auroc=1.0, pixel_auroc=1.0)
+    manifest = store.read_json(f"{d}/manifest.json")
+    store.write_json(f"{d}/manifest.json", {**manifest, "registering_run": False})  # as the engine records it
+    met = track(store, _task(2), "night-2", d, row, lineage, [], OPTIONS, "skipped")
+    assert (met["decision"], met["version"], met["champion"]) == ("not-registered", None, 1)
+    assert "trained by run quick, which did not register" in met["reason"] and "--register NAME" in met["reason"]
+    assert [v["version"] for v in read_index(store, KEY).versions] == [1] and len(read_promotions(store)) == 1
+    last = read_history(store).iloc[-1]
+    assert last["decision"] == "not-registered" and pd.isna(last["version"]) and last["run_dir"] == d
+
+
+def test_a_version_whose_files_changed_is_refused_with_one_line(tmp_path):
+    from mrkd_core.errors import StorageError
+
+    store = ArtifactStore(tmp_path)
+    _track(store, _task(1), "n1", image_auroc=0.9, pixel_auroc=0.8)
+    _track(store, _task(2), "n2", image_auroc=0.9, pixel_auroc=0.8)
+    record = read_version(store, KEY, 1)
+    assert set(record["files"]) == {"model.pt"} and len(record["files"]["model.pt"]["sha256"]) == 64
+    ref = f"{store.root}/models/nightly-mrkd/folder/obj_disc"
+    assert resolve_model_location(f"{ref}@1") == store.uri(record["model"])
+    store.write_bytes(record["model"], _file({"image_threshold": 1.0}))  # replaced under the version
+    for call in (lambda: resolve_model_location(f"{ref}@1"), lambda: promote_version(store, KEY, 1),
+                 lambda: rollback(store, KEY)):
+        with pytest.raises(StorageError) as err:
+            call()
+        msg = str(err.value)
+        assert "\n" not in msg and store.uri(record["model"]) in msg and "registered with" in msg, msg
+    assert read_index(store, KEY).champion == 2
+    # A record of before file hashes: its run directory's manifest must still name the data it was registered on.
+    store.write_json(KEY.version_path(2), {k: v for k, v in read_version(store, KEY, 2).items() if k != "files"})
+    assert resolve_model_location(f"{ref}@2").endswith("model.pt")
+    d2 = run_dir(_task(2), "n2")
+    store.write_json(f"{d2}/manifest.json", {**store.read_json(f"{d2}/manifest.json"), "train_fingerprint": "0" * 64})
+    with pytest.raises(StorageError, match="was rewritten"):
+        resolve_model_location(f"{ref}@2")
+
+
 def test_worse_beyond_tolerance_is_kept_and_flagged_within_is_promoted(tmp_path):
     store = ArtifactStore(tmp_path)
     _track(store, _task(1), "n1", image_auroc=1.0, pixel_auroc=0.80)
@@ -356,10 +416,8 @@ def test_changed_test_data_trains_nothing_and_compares_on_the_new_data(tmp_path)
     from mrkd_core.engine import train_evaluate
     from tests.datagen import train_smoke_key
 
-    store, task, first = train_smoke_key(tmp_path)
-    assert first.registry is None  # the engine tracks only when asked
-    first = train_evaluate(task, store, "r1", register=OPTIONS)  # registers the complete result
-    assert (first.status, first.registry["decision"]) == ("skipped", "first")
+    store, task, first = train_smoke_key(tmp_path, register=OPTIONS)
+    assert (first.status, first.registry["decision"]) == ("trained", "first")
     Path(get_dataset(task.dataset).test_samples(task.data_root, task.category)[0].path).unlink()
     again = train_evaluate(dataclasses.replace(task), store, "r2", register=OPTIONS)
     assert again.status == "trained" and again.resumed_from_epoch == task.config.epochs  # 0 epochs trained

@@ -95,7 +95,7 @@ def test_stitching_of_overlapping_tiles_is_exact_on_a_constant_map():
     tiling = Tiling.of(CFG)
     for value in (0.1, 0.7312345, 3.0):
         ((_, stitched, _),) = tiling.stitched_maps(
-            [("f", frame(0))], lambda tiles: torch.full((len(tiles), 2, 32, 32), value), batch_size=5)
+            [("f", frame(0))], lambda tiles, v=value: torch.full((len(tiles), 2, 32, 32), v), batch_size=5)
         assert stitched.shape == (2, HEIGHT, WIDTH) and stitched.dtype == torch.float32
         assert bool((stitched == torch.tensor(value, dtype=torch.float32)).all())
     # Overlaps are averaged: tile k's map is the constant k, so a pixel is the mean of the tiles over it.
@@ -161,7 +161,8 @@ def test_a_tile_of_a_frame_gives_the_map_of_the_same_pixels_fed_as_an_image(tile
 
 
 def test_full_resolution_outputs_for_a_non_square_frame(tiled, predictor, predictions, tmp_path):
-    """Map, mask and overlay at the frame's 96×80; score = the maximum of the smoothed stitched map."""
+    """Map, mask and overlay at the frame's 96×80; score = the maximum of the smoothed stitched map;
+    decoded frames (the service) give the files' outputs."""
     for pred in predictions:
         assert (pred.width, pred.height) == (WIDTH, HEIGHT)
         assert pred.anomaly_map.shape == pred.mask.shape == (HEIGHT, WIDTH)
@@ -169,6 +170,12 @@ def test_full_resolution_outputs_for_a_non_square_frame(tiled, predictor, predic
     (row,) = predict_images(predictor, tiled[2][:1], tmp_path).predictions
     assert Image.open(row.mask_path).size == Image.open(row.overlay_path).size == (WIDTH, HEIGHT)
     assert row.score == pytest.approx(predictions[0].score, abs=1e-6)  # other batches: float32 rounding at most
+    # the HTTP service's door (decoded images, Predictor.predict_decoded): the same tiles, the same outputs
+    decoded = predictor.predict_decoded([(p, load_image(p, None)) for p in tiled[2]])
+    for got, want in zip(decoded, predictions, strict=True):
+        assert got.anomaly_map.shape == (HEIGHT, WIDTH)
+        np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, rtol=0, atol=1e-6)
+        assert got.score == pytest.approx(want.score, abs=1e-6)
 
 
 def test_calibration_on_tiled_scores_is_at_the_frames_resolution(tiled, predictor, predictions, tmp_path):
@@ -260,7 +267,7 @@ def test_the_readmes_tiled_training_and_prediction_run_as_written(tmp_path):
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text[text.index("### Large frames"):]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     commands = [t for t in (shlex.split(raw, comments=True) for raw in block.replace("\\\n", " ").splitlines()) if t]
     make_synthetic_mvtec(tmp_path / "gen", categories=("obj_disc",), n_train=10, n_test_good=1, n_test_defect=2,
                          size=256, seed=3, defect_px=(4, 8))

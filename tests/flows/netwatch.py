@@ -8,6 +8,7 @@ client without the token.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import re
 import threading
@@ -20,7 +21,8 @@ DOC = ROOT / "docs" / "reliability.md"
 
 
 def documented_exceptions() -> set[str]:
-    """Process names of docs/reliability.md's "Ports Ray cannot bind to loopback" table."""
+    """Process names (shell patterns: ``ray::ServeReplica:mrkd:*``) of docs/reliability.md's
+    "Ports Ray cannot bind to loopback" table."""
     text = DOC.read_text()
     section = text.split("### Ports Ray cannot bind to loopback", 1)
     assert len(section) == 2, "docs/reliability.md lacks the section 'Ports Ray cannot bind to loopback'"
@@ -38,16 +40,21 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 def listeners(pid: int) -> set[tuple[str, str, int]]:
     """(process name, address, port) of every TCP listener in the process tree of ``pid``."""
-    names = {}
+    return {(name, ip, port) for _, name, _, ip, port in owned_listeners(pid)}
+
+
+def owned_listeners(pid: int) -> set[tuple[int, str, str, str, int]]:
+    """(PID, process name, command line, address, port) of every TCP listener in the process tree of ``pid``."""
+    procs = {}
     for p in _tree(pid):
         try:
-            names[p.pid] = p.name()
+            procs[p.pid] = (p.name(), " ".join(p.cmdline()[:4]))
         except psutil.Error:
             continue
     found = set()
     for c in psutil.net_connections(kind="tcp"):
-        if c.status == psutil.CONN_LISTEN and c.pid in names:
-            found.add((names[c.pid], c.laddr.ip, c.laddr.port))
+        if c.status == psutil.CONN_LISTEN and c.pid in procs:
+            found.add((c.pid, *procs[c.pid], c.laddr.ip, c.laddr.port))
     return found
 
 
@@ -59,7 +66,7 @@ def is_loopback(ip: str) -> bool:
 
 def wide_listeners(found: set[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
     allowed = documented_exceptions()
-    return sorted(f for f in found if not is_loopback(f[1]) and f[0] not in allowed)
+    return sorted(f for f in found if not is_loopback(f[1]) and not any(fnmatch.fnmatchcase(f[0], a) for a in allowed))
 
 
 def gcs_answers(address: str, token: str | None) -> tuple[bool, str]:
@@ -87,6 +94,7 @@ class ListenerWatch(threading.Thread):
         self.interval = interval
         self.stop = threading.Event()
         self.seen: set[tuple[str, str, int]] = set()
+        self.owned: set[tuple[int, str, str, str, int]] = set()  # (pid, name, command line, address, port)
         self.refused: tuple[bool, str] | None = None
         self.accepted: tuple[bool, str] | None = None
         self.error: str | None = None
@@ -96,7 +104,9 @@ class ListenerWatch(threading.Thread):
             while not self.stop.is_set():
                 pid = self.pid_of()
                 if pid is not None:
-                    now = listeners(pid)
+                    owned = owned_listeners(pid)
+                    self.owned |= owned
+                    now = {(name, ip, port) for _, name, _, ip, port in owned}
                     self.seen |= now
                     gcs = [f for f in now if f[0] == "gcs_server"]
                     training = any(_name(p).startswith("ray::train") for p in _tree(pid))
@@ -107,6 +117,15 @@ class ListenerWatch(threading.Thread):
                 self.stop.wait(self.interval)
         except Exception as exc:  # noqa: BLE001 - reported by check()
             self.error = f"{type(exc).__name__}: {exc}"
+
+    def of(self, pid: int) -> set[tuple[str, int]]:
+        """(address, port) of the listeners the process ``pid`` itself opened while watched."""
+        return {(ip, port) for p, _, _, ip, port in self.owned if p == pid}
+
+    def table(self) -> str:
+        """Every listener seen, one line each (for the test's output): pid, address:port, command line."""
+        return "\n".join(f"{pid:>7} {ip}:{port:<6} {cmd}" for pid, _, cmd, ip, port in
+                         sorted(self.owned, key=lambda o: (o[2], o[4])))
 
     def check(self) -> None:
         """The run's listeners were loopback (or documented) and its GCS asked for the token."""

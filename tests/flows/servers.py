@@ -1,4 +1,4 @@
-"""Helpers for the flow tests' servers: loopback ports, health polling, stopping by PID."""
+"""Helpers for the flow tests' servers: loopback ports, health polling, stopping by PID, background jobs."""
 
 from __future__ import annotations
 
@@ -57,6 +57,55 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
+
+
+class BackgroundJob:
+    """``command &`` in a non-interactive shell, as the READMEs start long-running processes (a worker, serve).
+
+    The job inherits what such a shell gives it, SIGINT ignored included (no job control),
+    which is what made a Prefect worker ignore its SIGTERM. ``pid`` is the job's own PID
+    (``$!``). The shell runs in a session of its own (its PID), for :meth:`stop` to end
+    whatever is left.
+    """
+
+    def __init__(self, command: str, env: dict[str, str], cwd: Path | str):
+        self.shell = subprocess.Popen(["bash", "-c", f"{command} &\necho $!\nwait"], env=env, cwd=cwd,
+                                      stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.pid = int(self.shell.stdout.readline())
+
+    def alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    def terminate_once(self, guard_s: float) -> float | None:
+        """One SIGTERM, as ``kill %N`` sends; seconds until the job was gone, None if still there after ``guard_s``."""
+        started = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        while time.monotonic() - started < guard_s:
+            if not self.alive():
+                return time.monotonic() - started
+            time.sleep(0.1)
+        return None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM → SIGINT → SIGKILL to the job, then the shell's whole session."""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+            if not self.alive():
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            deadline = time.monotonic() + grace
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.shell.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.shell.wait(timeout=grace)
+        self.shell.stdout.close()
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -2,14 +2,17 @@
 
 What an operator types, from the repository root, with the store in the worker's environment:
 ``prefect work-pool create``, ``prefect deploy --prefect-file deployments/prefect.yaml --name
-on-demand --name nightly``, ``prefect worker start --pool mrkd-process``, then ``prefect
-deployment run 'mrkd-benchmark/on-demand' --param spec=smoke``; and the other route,
-``python -m flows.nightly`` (serve, from the checkout) under the same names, attached to the
-long-lived local Ray head (``RAY_ADDRESS``). Results are read back from ``s3://`` with pandas,
-each training's progress from the Prefect API (log lines per epoch, a progress artifact at
-100 %). The worker's run is also the run whose listeners and Ray token are checked
-(``tests/flows/netwatch.py``). A run with a corrupt training image must end FAILED with the
-data error's text in the flow run's state message. The newer benchmarks (VisA, MVTec AD 2,
+on-demand --name nightly``, the worker line of deployments/README.md (``python -m
+flows.worker --pool mrkd-process --type process > LOG 2>&1 &``, in a shell without job
+control, as a script runs it), then ``prefect deployment run 'mrkd-benchmark/on-demand'
+--param spec=smoke`` and ``prefect flow-run logs <the id it printed>``; and the other route,
+the README's serve line (``python -m flows.nightly``, from the checkout) under the same
+names, attached to the long-lived local Ray head (``RAY_ADDRESS``). Each is stopped as the
+README says, with one SIGTERM. Results are read back from ``s3://`` with pandas, each
+training's progress from the Prefect API (log lines per epoch, a progress artifact at
+100 %). The worker's and serve's runs are also the runs whose listeners (and, for the
+worker's own Ray, Ray token) are checked (``tests/flows/netwatch.py``). A run with a corrupt
+training image must end FAILED with the data error's text in the flow run's state message. The newer benchmarks (VisA, MVTec AD 2,
 MVTec LOCO AD) run through the served deployment too: one run of a spec narrowed to their
 fixture archives, downloaded from a local HTTP server by the flow's download task
 (``MRKD_<NAME>_URL`` / ``MRKD_<NAME>_SHA256`` in the operator's environment), trained,
@@ -27,19 +30,20 @@ import urllib.request
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 
 from flows import nightly
 from tests import datagen
-from tests.flows.netwatch import ListenerWatch
+from tests.flows.netwatch import ListenerWatch, wide_listeners
 from tests.flows.prefect_client import api, deployment, prefect_cli, run_deployment, runs_of
-from tests.flows.servers import BIN, ROOT, S3_KEYS, clean_env, make_bucket, stop_process
+from tests.flows.servers import BIN, ROOT, S3_KEYS, BackgroundJob, clean_env, make_bucket
 from tests.http_files import serve_files
+from tests.reliability.relkit import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "mrkd-deployed"
+README = ROOT / "deployments" / "README.md"
 SMOKE_CATEGORIES = {"tex_stripes", "obj_disc"}
 # The benchmark fixtures: one category each, the environment variables that point the download at them.
 BENCHMARKS = {"visa": ("candle", "MRKD_VISA"), "mvtec_ad2": ("can", "MRKD_MVTEC_AD2"),
@@ -118,6 +122,26 @@ def _progress_checks(run, epochs: int) -> tuple[dict, list[str]]:
     return runs, flow_logs
 
 
+def readme_command(prefix: str) -> str:
+    """The command of deployments/README.md's line that starts with ``prefix``, without its redirection and ``&``."""
+    for line in README.read_text().splitlines():
+        if line.startswith(prefix):
+            return line.split(" > ", 1)[0].strip()
+    raise AssertionError(f"deployments/README.md has no line starting with {prefix!r}")
+
+
+def _text(path: Path) -> str:
+    """A log file's text so far ('' before the shell created it)."""
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def start_as_documented(prefix: str, env: dict[str, str], cwd: Path, log: Path) -> BackgroundJob:
+    """deployments/README.md's ``<command> > LOG 2>&1 &`` (the venv's bin first on PATH, as after
+    ``. .venv/bin/activate``), in a non-interactive shell: how the README (or a script) starts it."""
+    path = f"{BIN}{':' + env['PATH'] if env.get('PATH') else ''}"
+    return BackgroundJob(f"{readme_command(prefix)} > {log} 2>&1", {**env, "PATH": path}, cwd)
+
+
 def _s3_options(endpoint: str) -> dict:
     return {"key": S3_KEYS["AWS_ACCESS_KEY_ID"], "secret": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
             "client_kwargs": {"endpoint_url": endpoint, "region_name": S3_KEYS["AWS_REGION"]}}
@@ -165,22 +189,24 @@ def deployed(user_env):
 
 @pytest.fixture(scope="module")
 def served(deployed, user_env, ray_head, tmp_path_factory):
-    """``python -m flows.nightly`` from the checkout, attached to the local Ray head."""
+    """``python -m flows.nightly`` started as deployments/README.md says (from the checkout, in the
+    background), attached to the local Ray head; its listeners are watched while it lives."""
     head, _, _ = ray_head
     env = {**deployed, "RAY_ADDRESS": head.address}
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([str(BIN / "python"), "-m", "flows.nightly"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    job = start_as_documented("python -m flows.nightly", env, ROOT, log_path)
+    watch = ListenerWatch(lambda: job.pid)
+    watch.start()
     try:
         deadline = time.monotonic() + 120
         while _deployment("on-demand").work_pool_name is not None:  # taken over from the pool
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")
+            assert job.alive() and time.monotonic() < deadline, log_path.read_text(errors="replace")
             time.sleep(1)
-        yield proc, log_path, head
+        yield job, log_path, head, watch
     finally:
-        stop_process(proc)
-        log.close()
+        watch.stop.set()
+        watch.join(timeout=30)
+        job.stop()
 
 
 # --------------------------------------------------------------------------- (a) prefect deploy + process worker
@@ -195,22 +221,27 @@ def test_on_demand_through_prefect_deploy_and_a_process_worker(deployed, user_en
     assert night.concurrency_options.collision_strategy.value == "CANCEL_NEW"
 
     log_path = tmp_path / "worker.log"
-    log = open(log_path, "wb")
-    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", nightly.PROCESS_POOL,
-                               "--type", "process", "--limit", "1"],
-                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = start_as_documented("python -m flows.worker", env, ROOT, log_path)  # README: from the repository root
     watch = ListenerWatch(lambda: worker.pid)  # the flow-run process and its Ray are the worker's children
     watch.start()
     try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while "started!" not in _text(log_path):  # polling its pool; fail fast if it died
+            assert worker.alive() and time.monotonic() < deadline, _text(log_path)[-3000:]
+            time.sleep(0.5)
         started = time.perf_counter()
         run = _run(env, "spec=smoke", "run_id=worker-run")
         seconds = time.perf_counter() - started
     finally:
         watch.stop.set()
         watch.join(timeout=30)
-        stop_process(worker)
-        log.close()
+        # Stopped as the README says (`kill %N`): one SIGTERM. Started in the background of a shell
+        # without job control, a plain `prefect worker start` ignored it (issue 25).
+        stopped_after = worker.terminate_once(HANG_GUARD_S)
+        worker.stop()
     worker_log = log_path.read_text(errors="replace")
+    assert stopped_after is not None, f"one SIGTERM did not stop the worker\n{worker_log[-3000:]}"
+    assert re.search(r"Worker '.*' stopped!", worker_log), worker_log[-3000:]  # Prefect's graceful shutdown
     assert run.state is not None and run.state.is_completed(), f"{run.state}\n{worker_log[-4000:]}"
     assert run.parameters["spec"] == "smoke"
     metrics = _metrics(endpoint, "worker-run")
@@ -220,15 +251,26 @@ def test_on_demand_through_prefect_deploy_and_a_process_worker(deployed, user_en
     # The worker's own log shows each training's epochs (forwarded from the Ray workers).
     for category in SMOKE_CATEGORIES:
         assert re.search(rf"Task run 'train-folder-{category}-mrkd' - epoch 1/1 ", worker_log), worker_log[-3000:]
+    # `prefect flow-run logs <id>` with the id `prefect deployment run` printed: every epoch line is there.
+    printed = _cli(["flow-run", "logs", str(run.id)], env).stdout
+    assert len(re.findall(r"epoch 1/1 \(100\.0 %\), loss \S+, \S+ img/s, ETA", printed)) == len(SMOKE_CATEGORIES), \
+        printed[-3000:]
+    for category in SMOKE_CATEGORIES:  # each training's attempt and result lines too
+        assert f"trained folder/{category}/" in printed, printed[-3000:]
+    assert printed.count("attempt 1: Ray worker pid ") == len(SMOKE_CATEGORIES), printed[-3000:]
     watch.check()
-    print(f"deployment run through a process worker, default runner (trigger → COMPLETED): {seconds:.1f} s")
+    # docs/reliability.md, "Ports a run opens": the worker listens itself, on loopback, while it runs a flow
+    # run (Prefect's control channel to the flow-run process).
+    assert watch.of(worker.pid) and all(ip == "127.0.0.1" for ip, _ in watch.of(worker.pid)), watch.table()
+    print(f"deployment run through a process worker, default runner (trigger → COMPLETED): {seconds:.1f} s; "
+          f"the worker stopped {stopped_after:.1f} s after one SIGTERM; listeners:\n{watch.table()}")
 
 
 # --------------------------------------------------------------------------- (b) serve, same names
 def test_serve_takes_the_same_names_over_and_runs_them_on_the_local_head(served, user_env):
     from flows.local_ray import auth_headers
 
-    proc, log_path, head = served
+    job, log_path, head, watch = served
     env, endpoint, _ = user_env
     for name in ("nightly", "on-demand"):
         d = _deployment(name)
@@ -250,7 +292,12 @@ def test_serve_takes_the_same_names_over_and_runs_them_on_the_local_head(served,
     request = urllib.request.Request(f"{head.dashboard_url}/api/v0/tasks?limit=1000", headers=auth_headers())
     with urllib.request.urlopen(request, timeout=30) as resp:
         assert b"train-evaluate" in resp.read()
-    print(f"served deployment run on the local Ray head (trigger → COMPLETED): {seconds:.1f} s")
+    # docs/reliability.md, "Ports a run opens": serve listens itself, on loopback (Prefect's control channel).
+    assert watch.error is None, watch.error
+    assert watch.of(job.pid) and all(ip == "127.0.0.1" for ip, _ in watch.of(job.pid)), watch.table()
+    assert wide_listeners(watch.seen) == [], watch.table()
+    print(f"served deployment run on the local Ray head (trigger → COMPLETED): {seconds:.1f} s; listeners of serve's "
+          f"process tree:\n{watch.table()}")
 
 
 def test_a_broken_training_image_fails_the_run_with_the_data_errors_text(served, user_env):
@@ -269,12 +316,15 @@ def test_a_broken_training_image_fails_the_run_with_the_data_errors_text(served,
     assert "BenchmarkFailed: 1 of 2 trainings failed" in message, message
     assert "DataError" in message and str(broken) in message and "cannot read image" in message, message
     runs, subflows, _ = asyncio.run(api(lambda c: runs_of(c, run.id)))
-    (train_all,) = subflows
-    assert train_all.state.is_failed() and "DataError" in train_all.state.message, train_all.state
+    assert subflows == []  # the trainings are task runs of the flow run: its state names the first error
     failed = runs["train-folder-obj_disc-mrkd"][0].state
     assert failed.is_failed() and "DataError" in failed.message and str(broken) in failed.message, failed
     assert runs["train-folder-obj_disc-mrkd"][0].run_count == 1  # a data error is not retried
     assert runs["train-folder-tex_stripes-mrkd"][0].state.is_completed()
+    # The failed training's one progress artifact ends at its final state.
+    (progress,) = [a for a in runs["train-folder-obj_disc-mrkd"][2] if a.type == "progress"]
+    assert progress.description.startswith("obj_disc (folder, mrkd): failed at 0.0 % (epoch 0/1): DataError: "), \
+        progress.description
 
 
 def test_the_new_benchmarks_download_train_evaluate_and_report_through_the_served_deployment(
@@ -284,7 +334,7 @@ def test_the_new_benchmarks_download_train_evaluate_and_report_through_the_serve
     evaluates with each dataset's protocol and writes the report with a table per benchmark."""
     import s3fs
 
-    _, log_path, _ = served
+    _, log_path, _, _ = served
     env, endpoint, data = user_env
     spec = tmp_path / "benchmarks-fixture.yaml"
     spec.write_text("name: benchmarks-fixture\n"
@@ -314,9 +364,10 @@ def test_the_new_benchmarks_download_train_evaluate_and_report_through_the_serve
 
 
 def test_prefect_deploy_hands_served_deployments_back_to_the_pool(served, deployed):
-    proc, _, _ = served
-    stop_process(proc)  # serve stopped first, as the README says
-    assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+    job, log_path, _, _ = served
+    # Serve stopped first, as the README says (`kill %N`): one SIGTERM, Prefect's graceful shutdown.
+    assert job.terminate_once(HANG_GUARD_S) is not None, log_path.read_text(errors="replace")[-3000:]
+    assert "SIGTERM received, initiating graceful shutdown" in log_path.read_text(errors="replace")
     _cli(["deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "nightly", "--name", "on-demand"],
          deployed)
     for name in ("nightly", "on-demand"):

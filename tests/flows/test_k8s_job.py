@@ -6,7 +6,7 @@ deployments/README.md, on a real Prefect server. A flow run of it is rendered in
 manifest by prefect-kubernetes' own job configuration (what the ``kubernetes`` worker does).
 Then what that pod does is done here, in the Job's environment: the flow is loaded from the
 deployment's entrypoint in the image's working directory (this checkout stands in for
-``/opt/mrkd``), its fan-out subflow and training task are pickled as prefect-ray pickles them,
+``/opt/mrkd``), it and its training task are pickled as prefect-ray pickles them,
 and a fresh Python with the environment Ray workers get, in another directory, unpickles
 them. With the old file-path entrypoint the same round trip fails with ``No module named
 'benchmark'``, which is what every training on Ray did.
@@ -41,7 +41,7 @@ LOAD = textwrap.dedent("""
         flow = load_flow_from_entrypoint(entrypoint)
         module = sys.modules[flow.fn.__module__]
         with open(path, "wb") as f:
-            cloudpickle.dump((flow, module.train_all, module.train_one), f)
+            cloudpickle.dump((flow, module.train_one), f)
         modules.append(flow.fn.__module__)
     env = resolve_runner("ray", None, 0, "s3://b/store", "/data/datasets").worker_env()
     print(json.dumps({"modules": modules, "worker_env": env}))
@@ -51,8 +51,8 @@ LOAD = textwrap.dedent("""
 UNPICKLE = textwrap.dedent("""
     import sys
     import ray.cloudpickle as cloudpickle
-    flow, train_all, train_one = cloudpickle.load(open(sys.argv[1], "rb"))
-    print(flow.name, train_all.name, train_one.name)
+    flow, train_one = cloudpickle.load(open(sys.argv[1], "rb"))
+    print(flow.name, train_one.name)
 """)
 
 
@@ -136,6 +136,6 @@ def test_the_k8s_job_starts_the_flow_under_a_module_name_ray_workers_import(pref
     assert loaded["modules"] == ["flows.benchmark", "benchmark"]
     unpickle = _unpickle_in_ray_worker(shipped, loaded, pod_env, tmp_path)
     assert unpickle.returncode == 0, unpickle.stdout + unpickle.stderr
-    assert unpickle.stdout.split() == ["mrkd-benchmark", "mrkd-train-all", "train-evaluate"]
+    assert unpickle.stdout.split() == ["mrkd-benchmark", "train-evaluate"]
     unpickle = _unpickle_in_ray_worker(by_path, loaded, pod_env, tmp_path)
     assert unpickle.returncode != 0 and "No module named 'benchmark'" in unpickle.stderr, unpickle.stderr[-2000:]

@@ -8,6 +8,7 @@ model registry alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from flows.ray_runner import requested_gpus, worker_env
 from flows.settings import resolve_run_id
 from mrkd_core.errors import ConfigError
+from tests.flows.prefect_client import api, runs_of
 from tests.flows.servers import ROOT, clean_env
 
 NO_RAY = """
@@ -99,6 +101,14 @@ def test_worker_env_carries_store_settings_but_only_what_is_set(monkeypatch):
     assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
 
 
+def test_worker_env_carries_every_datasets_download_overrides(monkeypatch):
+    """A worker that downloads a dataset (ensure_dataset on its node) sees the driver's mirror and hash."""
+    monkeypatch.setenv("MRKD_VISA_URL", "/mirror/VisA_20220922.tar")
+    monkeypatch.setenv("MRKD_MVTEC_LOCO_SHA256", "ab" * 32)
+    env = worker_env("s3://b/p", "/data/datasets", None)
+    assert env["MRKD_VISA_URL"] == "/mirror/VisA_20220922.tar" and env["MRKD_MVTEC_LOCO_SHA256"] == "ab" * 32
+
+
 @pytest.mark.slow
 def test_failed_training_is_retried_and_a_lost_one_does_not_sink_the_report(prefect_api, local_store, monkeypatch):
     """Prefect retries a failing training (the runner resumes it); one that keeps failing
@@ -118,12 +128,23 @@ def test_failed_training_is_retried_and_a_lost_one_does_not_sink_the_report(pref
 
     monkeypatch.setattr(fte, "train_evaluate", flaky)
     monkeypatch.setattr(fb, "train_one", train_one.with_options(retry_delay_seconds=0))
-    with pytest.raises(fb.BenchmarkFailed, match="tex_stripes"):
-        fb.benchmark(spec="smoke", run_id="flaky", runner="local", image_size=32)
+    state = fb.benchmark(spec="smoke", run_id="flaky", runner="local", image_size=32, return_state=True)
+    assert state.is_failed() and "BenchmarkFailed" in state.message and "tex_stripes" in state.message
     assert calls == {"tex_stripes": 1 + TRAIN_RETRIES, "obj_disc": 2}
     metrics = pd.read_parquet(local_store / "tables" / "metrics")
     assert list(metrics["category"]) == ["obj_disc"]
     assert (local_store / "reports" / "flaky" / "report.html").is_file()
+    # Every attempt is in the training's own task run, with one progress artifact at its final state.
+    runs, _, _ = asyncio.run(api(lambda c: runs_of(c, state.state_details.flow_run_id)))
+    for category, attempts, final in (("obj_disc", 2, "done in "),
+                                      ("tex_stripes", 1 + TRAIN_RETRIES, "failed at 0.0 % (epoch 0/1): RuntimeError: "
+                                       f"simulated failure {1 + TRAIN_RETRIES} of tex_stripes")):
+        run, logs, artifacts = runs[f"train-folder-{category}-mrkd"]
+        assert run.run_count == attempts, (category, run.run_count)
+        assert [m.split(":")[0] for m in logs if m.startswith("attempt ")] == \
+            [f"attempt {n}" for n in range(1, attempts + 1)], logs
+        (progress,) = [a for a in artifacts if a.type == "progress"]
+        assert progress.description.startswith(f"{category} (folder, mrkd): {final}"), progress.description
 
 
 def test_a_diverged_training_is_not_retried_and_a_crash_is():

@@ -18,6 +18,11 @@ at 32 px; the team edits its epochs between nights, as a team edits its nightly'
 4. 10 epochs (better): version 3 promoted; ``mrkd predict <store>/models/...@champion``
    resolves to it; ``mrkd models list`` shows it.
 5. one training image of one category changed: that key, and only that key, is trained.
+5'. night 5 run again (issue 25 item 2): nothing trains, the night's history rows are appended to,
+   none is rewritten, and the report still shows the night as trained.
+6. an on-demand run narrowed to one category and 2 epochs with ``register_models=false``, then the
+   nightly with the same narrowed settings (issue 25 item 3): the nightly reuses the result and does
+   not register it (``not-registered``); the registry is as it was.
 
 Each night passes the team's ``tolerance`` (``{"image_auroc": 7, "pixel_auroc": 0.5}``): with
 4 good and 4 defective test images, image AU-ROC moves in steps of 6.25 points (one pair),
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
 import subprocess
 import time
@@ -199,19 +205,87 @@ def test_nightly_keeps_the_champion_against_a_worse_model_and_promotes_a_better_
     assert list(tex_history["decision"]) == ["first", "kept", "unchanged", "promoted"]
 
 
-def test_a_changed_training_image_retrains_that_key_and_only_that_key(nights, four_nights, monkeypatch):
-    from mrkd_core.registry.tables import read_history
-
-    for k, v in nights["env"].items():
-        if k.startswith(("MRKD_", "AWS_")):
-            monkeypatch.setenv(k, v)
+@pytest.fixture(scope="module")
+def fifth_night(nights, four_nights):
+    """Night 5: one training image of obj_disc changed first."""
     image = nights["data"] / "obj_disc" / "train" / "good" / "000.png"
     image.write_bytes((nights["data"] / "obj_disc" / "train" / "good" / "001.png").read_bytes())
-    fifth = _night(nights, 5, None)
-    assert fifth.state.is_completed(), fifth.state
-    assert _trained(fifth) == {"obj_disc"}
+    return _night(nights, 5, None)
+
+
+def _reading_the_store(nights, monkeypatch) -> None:
+    for k, v in nights["env"].items():  # this process reads the same store
+        if k.startswith(("MRKD_", "AWS_")):
+            monkeypatch.setenv(k, v)
+
+
+def test_a_changed_training_image_retrains_that_key_and_only_that_key(nights, fifth_night, monkeypatch):
+    from mrkd_core.registry.tables import read_history
+
+    _reading_the_store(nights, monkeypatch)
+    assert fifth_night.state.is_completed(), fifth_night.state
+    assert _trained(fifth_night) == {"obj_disc"}
     store = _store()
     assert [p.rsplit("/", 1)[-1] for p in store.list("runs/nightly-20261105/folder")] == ["obj_disc"]
     night = read_history(store, run_id="nightly-20261105").set_index("category")
     assert night.loc["tex_stripes", "status"] == "skipped" and night.loc["tex_stripes", "decision"] == "unchanged"
     assert night.loc["obj_disc", "status"] == "trained" and night.loc["obj_disc", "version"] == 4
+
+
+def _objects(store) -> dict[str, str]:
+    """sha256 of every stored object but the reports (views of the tables, written again by a re-run)."""
+    import hashlib
+
+    return {rel: hashlib.sha256(store.read_bytes(rel)).hexdigest() for rel in store.list("", recursive=True)
+            if not rel.startswith(("reports/", "claims/"))}
+
+
+def test_re_running_a_night_adds_its_history_rows_and_rewrites_nothing(nights, fifth_night, monkeypatch):
+    import pandas as pd
+
+    from mrkd_core.registry.tables import read_history, read_promotions
+
+    _reading_the_store(nights, monkeypatch)
+    store = _store()
+    before = _objects(store)
+    decisions = len(read_promotions(store))
+    rerun = _night(nights, 5, None)  # the same night again (its run id is nightly-20261105)
+    assert rerun.state.is_completed(), rerun.state
+    assert _trained(rerun) == set()
+    after = _objects(store)
+    assert {k: after.get(k) for k in before} == before  # nothing stored before was changed or removed
+    added = set(after) - set(before)
+    assert added and all(k.startswith("tables/history/folder/nightly-20261105/") for k in added), added
+    night = read_history(store, run_id="nightly-20261105").sort_values("recorded_at")
+    assert list(night[night["category"] == "obj_disc"]["status"]) == ["trained", "skipped"]
+    assert list(night[night["category"] == "tex_stripes"]["status"]) == ["skipped", "skipped"]
+    assert len(read_promotions(store)) == decisions  # no decision made twice
+    table = pd.read_parquet(io.BytesIO(store.read_bytes("reports/nightly-20261105/history.parquet")))
+    shown = table[table["night"] == "nightly-20261105"].set_index("category")
+    assert shown.loc["obj_disc", "status"] == "trained" and shown.loc["obj_disc", "runs"] == 2
+    assert shown.loc["obj_disc", "version"] == "v4"
+
+
+def test_a_result_of_an_unregistered_on_demand_run_is_not_registered_by_the_nightly(nights, fifth_night,
+                                                                                   monkeypatch):
+    from mrkd_core.registry.records import EntryKey, read_index
+    from mrkd_core.registry.tables import read_history
+
+    _reading_the_store(nights, monkeypatch)
+    store = _store()
+    narrowed = ('categories=["obj_disc"]', "epochs=2")
+    quick = run_deployment(nights["env"], f"{nightly.FLOW_NAME}/on-demand", "spec=mvtec-full", *narrowed,
+                           "register_models=false", "run_id=quick-try", timeout=NIGHT_TIMEOUT)
+    assert quick.state.is_completed(), (quick.state, nights["log"].read_text(errors="replace")[-4000:])
+    assert _trained(quick) == {"obj_disc"}
+    index = read_index(store, EntryKey(MODEL, "folder", "obj_disc"))
+    sixth = _night(nights, 6, None, *narrowed)  # the nightly, narrowed the same way
+    assert sixth.state.is_completed(), sixth.state
+    assert _trained(sixth) == set()  # the complete result is reused ...
+    after = read_index(store, EntryKey(MODEL, "folder", "obj_disc"))
+    assert (after.versions, after.champion) == (index.versions, index.champion)  # ... and not registered
+    assert not any(v["run_id"] == "quick-try" for v in after.versions)
+    (row,) = read_history(store, run_id="nightly-20261106").to_dict("records")
+    assert row["decision"] == "not-registered" and row["run_dir"].startswith("runs/quick-try/")
+    summary = json.loads(flow_run_artifacts(sixth.id)["summary-mvtec-full"].data)
+    assert [(r["category"], r["decision"], r["version"]) for r in summary] == [("obj_disc", "not-registered", None)]

@@ -170,5 +170,5 @@ def test_shipped_specs_are_sized_as_documented():
     full = load_spec("mvtec-full", spec_path())
     assert full.datasets[0].name == "mvtec" and full.datasets[0].categories is None
     assert full.configs()["mrkd"] == MRKDConfig()  # the paper's defaults, nothing overridden
-    demo = load_spec("demo", spec_path())
-    assert all(c.teacher_weights == "none" for c in demo.configs().values())
+    demo = load_spec("demo", spec_path())  # the pretrained teacher that needs no download (issue 23)
+    assert {(c.backbone, c.teacher_weights) for c in demo.configs().values()} == {("efficientnet_lite0", "imagenet")}

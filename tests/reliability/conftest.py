@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.engine import train_evaluate
 from mrkd_core.layout import run_dir
 from mrkd_core.specs import Task
 from mrkd_core.storage import ArtifactStore
-from tests.reliability.relkit import CATEGORY, Reference, S3Env, S3Server, make_task
+from tests.reliability.relkit import Reference, S3Env, S3Server, make_data, make_task
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,9 +36,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """One generated MVTec-layout category: 4 train, 2 good + 2 defective test images, 32 px."""
-    root = tmp_path_factory.mktemp("rel-data")
-    make_synthetic_mvtec(root, categories=(CATEGORY,), n_train=4, n_test_good=2, n_test_defect=2, size=32, seed=7)
-    return root
+    return make_data(tmp_path_factory.mktemp("rel-data"))
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,16 @@ TINY = dict(backbone="resnet18", teacher_weights="none", image_size=32, batch_si
             progress=False, device="cpu", checkpoint_every=1)
 
 
+def make_data(root: Path, seed: int = 7) -> Path:
+    """One generated MVTec-layout category at 32 px: 4 train, 2 good + 2 defective test images; ``root``.
+
+    Another ``seed`` gives other pictures under the same names (to replace training images with)."""
+    from mrkd_core.data.synthetic import make_synthetic_mvtec
+
+    make_synthetic_mvtec(root, categories=(CATEGORY,), n_train=4, n_test_good=2, n_test_defect=2, size=32, seed=seed)
+    return root
+
+
 def make_task(data_root: Path, epochs: int = 1, category: str = CATEGORY, **overrides) -> Task:
     cfg = MRKDConfig(epochs=epochs, **{**TINY, **overrides})
     return Task("folder", category, "mrkd", cfg, str(data_root), "reliability")

@@ -13,20 +13,23 @@ export RAY_ADDRESS=auto
 
 pidfile="$HOME/prefect-worker.pid"
 # `ray up` on a running cluster reruns the start commands: stop the previous
-# worker by its recorded PID. A Prefect worker ignores its first SIGTERM, so
-# follow with SIGINT.
+# worker by its recorded PID, with one SIGTERM (python -m flows.worker stops on
+# it gracefully; a plain `prefect worker start` started from this script, a
+# background job without job control, ignored it: flows/worker.py). Wait for it
+# to be gone, at most 60 s, before starting the next one.
 if [[ -f "$pidfile" ]]; then
   old="$(cat "$pidfile")"
   if kill -0 "$old" 2>/dev/null; then
     kill -TERM "$old" || true
-    sleep 5
-    kill -INT "$old" 2>/dev/null || true
-    sleep 5
+    for _ in $(seq 60); do
+      kill -0 "$old" 2>/dev/null || break
+      sleep 1
+    done
   fi
   rm -f "$pidfile"
 fi
 
-nohup prefect worker start --pool mrkd-process --type process \
+nohup python -m flows.worker --pool mrkd-process --type process \
   >"$HOME/prefect-worker.log" 2>&1 &
 echo $! >"$pidfile"
-echo "prefect worker started (pid $(cat "$pidfile")), log: $HOME/prefect-worker.log"
+echo "Prefect worker (python -m flows.worker) running, pid $(cat "$pidfile"), log: $HOME/prefect-worker.log"
