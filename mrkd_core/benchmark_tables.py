@@ -9,7 +9,8 @@ off), at the configuration's own fusion of scales (where the protocol metrics ar
 
 Measured and published numbers never share a column: ``<model> <metric> measured`` come from
 the metrics table, ``<method> <metric> (published)`` only from
-``mrkd_core/resources/published_benchmarks.csv`` (each cell with its source, paper and table).
+``mrkd_core/resources/published_benchmarks.csv`` (each cell with its source, paper and table),
+one column per (method, metric) that has at least one published cell.
 """
 
 from __future__ import annotations
@@ -121,7 +122,10 @@ def build_benchmark_table(key: str, metrics_df: pd.DataFrame | None,
     cells = {(c, mo): r for c, mo, (_, r) in zip(rows["category"], rows["_model"], rows.iterrows())}
     look = {(r, me, k): to_percent(float(v), u) for r, me, k, v, u in
             zip(pub["row"], pub["method"], pub["metric"], pub["value"], pub["unit"])}
-    methods = list(dict.fromkeys(pub["method"]))
+    # Published columns only for the (method, metric) pairs the sources print: a method with
+    # image AU-ROCs only gets no empty AU-sPRO columns.
+    published_cols = [(me, m) for me in dict.fromkeys(pub["method"]) for m in bench.metrics
+                      if ((pub["method"] == me) & (pub["metric"] == m)).any()]
 
     extra = sorted({c for c, _ in cells} - set(bench.categories))
     table: list[dict[str, Any]] = []
@@ -135,9 +139,8 @@ def build_benchmark_table(key: str, metrics_df: pd.DataFrame | None,
                 row[f"{model} {m} measured"] = value
                 if cat in bench.categories and r is not None:
                     measured.setdefault(f"{model} {m} measured", []).append(value)
-        for method in methods:
-            for m in bench.metrics:
-                row[f"{method} {m} (published)"] = look.get((cat, method, m), math.nan)
+        for method, m in published_cols:
+            row[f"{method} {m} (published)"] = look.get((cat, method, m), math.nan)
         table.append(row)
     n_measured = len({c for c, _ in cells if c in bench.categories})
     n_total = len(bench.categories)
@@ -145,12 +148,11 @@ def build_benchmark_table(key: str, metrics_df: pd.DataFrame | None,
     for model in MODELS:
         for m in bench.metrics:
             average[f"{model} {m} measured"] = _mean(measured.get(f"{model} {m} measured", []))
-    for method in methods:
-        for m in bench.metrics:
-            average[f"{method} {m} (published)"] = look.get(("average", method, m), math.nan)
+    for method, m in published_cols:
+        average[f"{method} {m} (published)"] = look.get(("average", method, m), math.nan)
     table.append(average)
     columns = ["category", *[f"{mo} {m} measured" for mo in MODELS for m in bench.metrics],
-               *[f"{me} {m} (published)" for me in methods for m in bench.metrics]]
+               *[f"{me} {m} (published)" for me, m in published_cols]]
     out = pd.DataFrame(table, columns=columns)
 
     prov = provenance(rows, n_multi, ())
@@ -164,17 +166,22 @@ def build_benchmark_table(key: str, metrics_df: pd.DataFrame | None,
         notes.append(f"No published numbers: none has been transcribed into mrkd_core/resources/{BENCHMARKS_RESOURCE} "
                      "(each needs its paper and table; docs/tables.md).")
     else:
-        notes.append("`(published)` columns: " + "; ".join(sorted(set(pub["source"]))) + ".")
+        notes.append("`(published)` columns: " + "; ".join(sorted(set(pub["source"]))) + ". Their average row "
+                     "holds the averages the source prints (over all its categories), never recomputed here.")
     out.attrs = {"key": key, "title": bench.title, "notes": notes, "unit": "percent", "runs": prov.runs,
                  "narrowed": prov.narrowed, "not_paper_setting": prov.not_paper_setting,
                  "n_measured_rows": len(rows), "absent_cells": []}
     return out
 
 
-def build_benchmark_tables(metrics_df: pd.DataFrame | None,
-                           published_df: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
-    """The tables of the benchmarks that have measured rows or published numbers, keyed like ``BENCHMARKS``."""
+def build_benchmark_tables(metrics_df: pd.DataFrame | None, published_df: pd.DataFrame | None = None, *,
+                           include_unmeasured: bool = True) -> dict[str, pd.DataFrame]:
+    """The tables of the benchmarks that have measured rows or published numbers, keyed like ``BENCHMARKS``.
+
+    ``include_unmeasured=False``: only the benchmarks whose dataset ``metrics_df`` holds (a run's report
+    does not show a LOCO table of published numbers alone when the run measured MVTec AD).
+    """
     published = load_published_benchmarks() if published_df is None else published_df
-    datasets = set(prepare_metrics(metrics_df)["dataset"]) | set(published["dataset"])
+    datasets = set(prepare_metrics(metrics_df)["dataset"]) | (set(published["dataset"]) if include_unmeasured else set())
     return {key: build_benchmark_table(key, metrics_df, published)
             for key, bench in BENCHMARKS.items() if bench.dataset in datasets}

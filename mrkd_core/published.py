@@ -26,10 +26,12 @@ values in Tables 1-2 are not stored: they are differences to RD4AD, derivable he
 Numbers other papers publish on the newer benchmarks (VisA, MVTec AD 2, MVTec LOCO AD) live
 in ``published_benchmarks.csv`` (:func:`load_published_benchmarks`): ``dataset``, ``row``
 (a category or ``average``), ``method``, ``metric`` (a column of the metrics table),
-``value``, ``printed``, ``unit`` and ``source`` (the paper and its table; required). A number
-is added only after it was read in its source; none could be on the machine this was written
-on (docs/tables.md), so the file holds its header only and the benchmark tables show their
-measured columns alone.
+``value``, ``printed``, ``unit`` and ``source`` (where it was read: paper, table, URL;
+required). A number is added only after it was read in its source, and only when the
+source's metric is ours by definition. It holds MVTec LOCO AD image AU-ROCs per anomaly
+type (``image_auroc_logical``/``_structural``/``_mean_types``) of PatchCore, RD4AD, DRAEM,
+GCAD and PSAD, as PSAD's official README (AAAI 2024) prints them; no VisA, MVTec AD 2 or
+AU-sPRO cell could be read in a source here (docs/tables.md says which were looked for).
 """
 
 from __future__ import annotations

@@ -435,7 +435,7 @@ def write_report(
         return path
 
     tables = {"measured": build_table("measured", metrics_df, published_df), **build_all(metrics_df, published_df),
-              **build_benchmark_tables(metrics_df)}
+              **build_benchmark_tables(metrics_df, include_unmeasured=False)}
     # Thresholds never come from the images they are then evaluated on without the report saying so.
     threshold_line = threshold_note(scores_df)
     if threshold_line:

@@ -13,6 +13,7 @@ from mrkd_core.benchmark_tables import (
     build_benchmark_tables,
 )
 from mrkd_core.published import load_published_benchmarks, read_published_benchmarks
+from mrkd_core.report import table_to_markdown
 from mrkd_core.results import METRICS_SCHEMA
 from tests.datagen import table_row
 
@@ -58,16 +59,36 @@ def test_models_are_told_apart_by_configuration_and_published_cells_keep_their_o
 def test_tables_only_for_measured_or_published_benchmarks():
     rows = pd.DataFrame([_row("visa", "candle", True, True)])
     assert set(build_benchmark_tables(rows, PUBLISHED)) == {"visa", "mvtec_loco"}
+    assert set(build_benchmark_tables(rows, PUBLISHED, include_unmeasured=False)) == {"visa"}  # what a run's report shows
     assert build_benchmark_tables(None, load_published_benchmarks().iloc[:0]) == {}
 
 
-def test_the_shipped_published_file_is_valid_and_says_why_it_is_empty():
+def test_the_shipped_published_cells_are_known_cells_and_render_in_their_own_columns():
     published = load_published_benchmarks()
     assert list(published.columns) == ["dataset", "row", "method", "metric", "value", "printed", "unit", "source"]
-    assert published.empty  # nothing could be read in its source here (docs/tables.md)
-    t = build_benchmark_table("visa", pd.DataFrame([_row("visa", "candle", True, True)]))
-    assert "No published numbers" in " ".join(t.attrs["notes"])
-    assert list(t["category"])[:-1] == list(BENCHMARKS["visa"].categories)
+    by_dataset = {b.dataset: b for b in BENCHMARKS.values()}
+    for cell in published.itertuples():
+        bench = by_dataset[cell.dataset]
+        assert cell.row in (*bench.categories, "average"), cell
+        assert cell.metric in bench.metrics, cell
+        assert float(cell.printed) == cell.value and cell.unit == "percent", cell  # transcribed as printed
+        assert "https://" in cell.source, cell  # each names where it was read
+    # LOCO: the sources' image AU-ROCs per type, next to the measured models, rendered in the report's Markdown.
+    rows = pd.DataFrame([_row("mvtec_loco", "breakfast_box", False, False, image_auroc_logical=0.5)])
+    t = build_benchmark_tables(rows)["mvtec_loco"]
+    by_cat = t.set_index("category")
+    assert by_cat.loc["breakfast_box", "RD4AD image_auroc_logical (published)"] == 66.7
+    assert by_cat.loc["breakfast_box", "RD4AD image_auroc_logical measured"] == pytest.approx(50.0)
+    assert by_cat.loc["average (1/5 categories)", "RD4AD image_auroc_mean_types (published)"] == 77.9
+    assert not [c for c in t.columns if c.startswith("RD4AD au_spro") and c.endswith("(published)")]  # none printed
+    md = table_to_markdown(t)
+    assert "| RD4AD image_auroc_logical (published) |" in md and "| 66.7 |" in md
+    assert "oopil/PSAD_logical_anomaly_detection" in md  # the note names the source
+    # No VisA cell is shipped (none could be read in a source): its table says so, measured columns only.
+    visa = build_benchmark_table("visa", pd.DataFrame([_row("visa", "candle", True, True)]))
+    assert "No published numbers" in " ".join(visa.attrs["notes"])
+    assert not [c for c in visa.columns if c.endswith("(published)")]
+    assert list(visa["category"])[:-1] == list(BENCHMARKS["visa"].categories)
 
 
 def test_a_published_cell_needs_its_source():
