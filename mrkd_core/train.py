@@ -64,6 +64,7 @@ from mrkd_core.errors import TrainingDiverged
 from mrkd_core.model import MRKD, build_mrkd, mrkd_loss
 from mrkd_core.progress import EpochProgress, EpochReporter, epoch_reporters
 from mrkd_core.storage import ArtifactStore
+from mrkd_core.tiling import Tiling
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ class TrainResult:
     the mean loss of Eq. 4 per epoch, from epoch 1 (a resumed run includes the epochs of
     its checkpoint). ``train_seconds``: wall time of the epochs run here, the teacher-feature
     cache and the loader's start included (decoding the images excluded);
-    ``images_per_second``: training images per second over that time (NaN when no epoch
-    ran). ``device``: where it trained, e.g. ``'cpu'`` or ``'cuda:0'``.
+    ``images_per_second``: training images (tiles, for a tiled config) per second over that
+    time (NaN when no epoch ran). ``device``: where it trained, e.g. ``'cpu'`` or ``'cuda:0'``.
     ``resumed_from_epoch``: completed epochs taken from a checkpoint (0 = from scratch).
     ``log``: one ``{"epoch", "loss", "seconds", "images_per_second"}`` dict per epoch run here.
     ``n_train``: the images trained on. ``train_fingerprint``: of the images trained on
@@ -285,7 +286,7 @@ def check_trained_model(model: MRKD, samples: Sequence[Sample], cfg: MRKDConfig,
     evaluation stopped on NaN scores). One pass over up to two training images finds it
     before anything is evaluated, calibrated or stored.
     """
-    images = decode_train_images(samples[:2], cfg.image_size, category)
+    images = decode_train_images(samples[:2], cfg.image_size, category, Tiling.of(cfg))[:2]
     x = torch.stack([normalize(image, cfg.normalize_mean, cfg.normalize_std) for image in images]).to(device)
     model.eval()
     with autocast_context(device, cfg.precision):
@@ -327,7 +328,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
     optimizer = build_optimizer(model, cfg)
     # Decoded before any checkpoint is read or replaced: a bad image fails with its name
     # and leaves the stored checkpoints as they are.
-    images = decode_train_images(samples, cfg.image_size, category)
+    images = decode_train_images(samples, cfg.image_size, category, Tiling.of(cfg))  # tiles, when cfg tiles
     check_batches(cfg, len(images), category)  # a bad image is named first; both before any checkpoint changes
     if checkpoints is not None and train_fingerprint is None:
         train_fingerprint = fingerprint_samples(samples).digest

@@ -8,6 +8,10 @@ frequency, orientation, offset, lighting and sensor noise), so no global statist
 as the mean colour gives the answer away. Masks are exact: they are the pixels the defect
 changed. Everything is a pure function of ``seed`` (per image: seed, category, split, index).
 
+``defect_px`` makes defects a fixed number of pixels across whatever the image size: 1024 px
+frames with 4-16 px defects are the high-resolution benchmark of docs/tiling.md, where a model
+that resizes the whole frame to 256 px sees a 4 px defect as one pixel.
+
 Categories: ``tex_stripes`` (a periodic weave), ``tex_grain`` (a smooth grey field),
 ``tex_brick``, ``tex_grass``, ``tex_gravel`` (random crops of the real texture photos that
 scikit-image's wheel ships, ``skimage.data.brick()`` etc., with painted defects),
@@ -178,37 +182,43 @@ def _random_point(rng: np.random.Generator, fg: np.ndarray, margin: float) -> np
     return np.array([ys[k] + lo + 0.5, xs[k] + lo + 0.5], dtype=np.float32)
 
 
-def _scratch(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, colour: Sequence[float]) -> np.ndarray:
+def _scratch(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, colour: Sequence[float],
+             extent: float | None = None) -> np.ndarray:
     size = fg.shape[0]
     mid = _random_point(rng, fg, 0.3)
     angle = rng.uniform(0, np.pi)
-    half = rng.uniform(0.16, 0.26) * size
+    half = extent / 2 if extent else rng.uniform(0.16, 0.26) * size
     d = np.array([np.sin(angle), np.cos(angle)], dtype=np.float32) * half
-    mask = _segment(size, mid - d, mid + d, width=max(2.0, size / 28)) & fg
+    width = max(1.5, extent / 4) if extent else max(2.0, size / 28)
+    mask = _segment(size, mid - d, mid + d, width=width) & fg
     img[mask] = _jitter_colour(rng, colour, 10)
     return mask
 
 
-def _blob(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, colour: Sequence[float]) -> np.ndarray:
+def _blob(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, colour: Sequence[float],
+          extent: float | None = None) -> np.ndarray:
     size = fg.shape[0]
     center = _random_point(rng, fg, 0.3)
-    axes = (rng.uniform(0.07, 0.11) * size, rng.uniform(0.05, 0.09) * size)
+    axes = ((extent / 2, extent / 2 * rng.uniform(0.6, 1.0)) if extent
+            else (rng.uniform(0.07, 0.11) * size, rng.uniform(0.05, 0.09) * size))
     mask = _ellipse(size, center, axes, rng.uniform(0, np.pi)) & fg
     img[mask] = _jitter_colour(rng, colour, 10)
     return mask
 
 
-def _flat_patch(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray) -> np.ndarray:
+def _flat_patch(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, extent: float | None = None) -> np.ndarray:
     """A patch where the texture is missing: the image's own mean colour, without pattern."""
     size = fg.shape[0]
     center = _random_point(rng, fg, 0.3)
-    axes = (rng.uniform(0.10, 0.14) * size, rng.uniform(0.08, 0.12) * size)
+    axes = ((extent / 2, extent / 2 * rng.uniform(0.6, 1.0)) if extent
+            else (rng.uniform(0.10, 0.14) * size, rng.uniform(0.08, 0.12) * size))
     mask = _ellipse(size, center, axes, rng.uniform(0, np.pi))
     img[mask] = img.reshape(-1, 3).mean(axis=0)
     return mask
 
 
-def _bite(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, background: np.ndarray) -> np.ndarray:
+def _bite(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, background: np.ndarray,
+          extent: float | None = None) -> np.ndarray:
     """A missing piece: a round bite out of the object's rim, showing the background."""
     size = fg.shape[0]
     ys, xs = np.nonzero(fg)
@@ -216,13 +226,14 @@ def _bite(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, background:
     radius = np.sqrt(((ys - center[0]) ** 2 + (xs - center[1]) ** 2).max())
     angle = rng.uniform(0, 2 * np.pi)
     at = center + radius * np.array([np.sin(angle), np.cos(angle)])
-    r = rng.uniform(0.12, 0.16) * size
+    r = extent / 2 if extent else rng.uniform(0.12, 0.16) * size
     mask = _ellipse(size, at, (r, r), 0.0) & fg
     img[mask] = background
     return mask
 
 
-def _rim_bite(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, background: np.ndarray) -> np.ndarray:
+def _rim_bite(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, background: np.ndarray,
+              extent: float | None = None) -> np.ndarray:
     """A missing piece at a random point of the object's outline (any shape), showing the background."""
     size = fg.shape[0]
     inner = fg.copy()
@@ -232,7 +243,7 @@ def _rim_bite(rng: np.random.Generator, img: np.ndarray, fg: np.ndarray, backgro
     inner[:, :-1] &= fg[:, 1:]
     ys, xs = np.nonzero(fg & ~inner)
     k = int(rng.integers(len(ys)))
-    r = rng.uniform(0.07, 0.09) * size
+    r = extent / 2 if extent else rng.uniform(0.07, 0.09) * size
     mask = _ellipse(size, np.array([ys[k] + 0.5, xs[k] + 0.5]), (r, r), 0.0) & fg
     img[mask] = background
     return mask
@@ -260,19 +271,21 @@ CATEGORIES: dict[str, _Category] = {
 DEFAULT_CATEGORIES: tuple[str, ...] = ("tex_stripes", "tex_grain", "obj_disc")
 
 
-def _apply_defect(name: str, kind: str, rng: np.random.Generator, img: np.ndarray, fg: np.ndarray) -> np.ndarray:
+def _apply_defect(name: str, kind: str, rng: np.random.Generator, img: np.ndarray, fg: np.ndarray,
+                  extent: float | None = None) -> np.ndarray:
+    """Paint defect ``kind``; ``extent``: its largest extent in pixels (None: sizes relative to the image)."""
     grey = CATEGORIES[name].grayscale
     if kind == "scratch":
         colour = (20, 20, 20) if grey else (40, 220, 235)
-        return _scratch(rng, img, fg, colour)
+        return _scratch(rng, img, fg, colour, extent)
     if kind == "blob":
         colour = (240, 240, 240) if grey else (60, 90, 220)
-        return _blob(rng, img, fg, colour)
+        return _blob(rng, img, fg, colour, extent)
     if kind == "missing":
         if fg.all():
-            return _flat_patch(rng, img, fg)
+            return _flat_patch(rng, img, fg, extent)
         bite = _rim_bite if CATEGORIES[name].rim_bite else _bite
-        return bite(rng, img, fg, img[~fg].mean(axis=0))
+        return bite(rng, img, fg, img[~fg].mean(axis=0), extent)
     raise ValueError(f"unknown synthetic defect {kind!r}")
 
 
@@ -285,15 +298,20 @@ def _finish(rng: np.random.Generator, img: np.ndarray, grayscale: bool) -> np.nd
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
-def render_image(category: str, seed: int, split: str, index: int, size: int,
-                 defect: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One image (uint8, H×W or H×W×3) and its exact mask (uint8 {0,1}); pure function of the args."""
+def render_image(category: str, seed: int, split: str, index: int, size: int, defect: str | None = None,
+                 defect_px: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One image (uint8, H×W or H×W×3) and its exact mask (uint8 {0,1}); pure function of the args.
+
+    ``defect_px`` = (lo, hi): the defect's largest extent is drawn in [lo, hi] pixels, whatever
+    ``size`` (small defects in large frames: docs/tiling.md); None: sizes relative to the image.
+    """
     spec = CATEGORIES[category]
     rng = np.random.default_rng([seed, zlib.crc32(category.encode()), _SPLITS[split], index])
     img, fg = spec.render(rng, size)
     mask = np.zeros((size, size), dtype=bool)
     if defect is not None:
-        mask = _apply_defect(category, defect, rng, img, fg)
+        extent = float(rng.uniform(*defect_px)) if defect_px is not None else None
+        mask = _apply_defect(category, defect, rng, img, fg, extent)
         if not mask.any():  # cannot happen with the margins above; keep labels honest anyway
             raise AssertionError(f"empty synthetic defect {category}/{defect}/{index}")
     return _finish(rng, img, spec.grayscale), mask.astype(np.uint8)
@@ -301,10 +319,13 @@ def render_image(category: str, seed: int, split: str, index: int, size: int,
 
 def make_synthetic_mvtec(root: str | os.PathLike[str], categories: Sequence[str] = DEFAULT_CATEGORIES,
                          n_train: int = 30, n_test_good: int = 10, n_test_defect: int = 10,
-                         size: int = 128, seed: int = 0) -> Path:
+                         size: int = 128, seed: int = 0, defect_px: Sequence[float] | None = None) -> Path:
     """Write the generated dataset under ``root`` and return ``root``.
 
     ``n_test_defect`` is per category, spread round-robin over the category's defect types.
+    ``defect_px`` = (lo, hi): defects of lo to hi pixels across whatever ``size`` (e.g. 1024 px
+    frames with 4-16 px defects: the high-resolution benchmark of docs/tiling.md); None: defect
+    sizes relative to the image, as before.
     Calling again with the same arguments is a no-op (a hidden marker records them); a
     category folder made with other arguments is regenerated; a non-empty folder that was
     not generated here is never touched (DataError).
@@ -314,10 +335,14 @@ def make_synthetic_mvtec(root: str | os.PathLike[str], categories: Sequence[str]
         raise DataError(f"synthetic category {unknown[0]!r} unknown — choose from {', '.join(CATEGORIES)}")
     if size < 32 or n_train < 1 or n_test_good < 0 or n_test_defect < 0:
         raise DataError("synthetic data needs size ≥ 32, n_train ≥ 1 and non-negative test counts")
+    if defect_px is not None and (len(defect_px) != 2 or not 1 <= defect_px[0] <= defect_px[1] <= size / 4):
+        raise DataError(f"synthetic defect_px {list(defect_px)} must be [lo, hi] pixels with 1 ≤ lo ≤ hi ≤ size / 4")
     out = Path(root).expanduser()
     for category in categories:
         params = {"category": category, "n_train": n_train, "n_test_good": n_test_good,
                   "n_test_defect": n_test_defect, "size": size, "seed": seed, "version": 1}
+        if defect_px is not None:  # only then: the markers of earlier folders stay valid
+            params["defect_px"] = [float(v) for v in defect_px]
         cat_dir = out / category
         marker = cat_dir / _MARKER
         if marker.is_file():
@@ -337,6 +362,7 @@ def make_synthetic_mvtec(root: str | os.PathLike[str], categories: Sequence[str]
 def _write_category(out: Path, category: str, p: dict) -> None:
     cat_dir = out / category
     size, seed = p["size"], p["seed"]
+    defect_px = tuple(p["defect_px"]) if "defect_px" in p else None
     for i in range(p["n_train"]):
         save_png(cat_dir / "train" / "good" / f"{i:03d}.png", render_image(category, seed, "train", i, size)[0])
     for i in range(p["n_test_good"]):
@@ -345,7 +371,7 @@ def _write_category(out: Path, category: str, p: dict) -> None:
     counters = dict.fromkeys(defects, 0)
     for i in range(p["n_test_defect"]):
         kind = defects[i % len(defects)]
-        image, mask = render_image(category, seed, "test_defect", i, size, defect=kind)
+        image, mask = render_image(category, seed, "test_defect", i, size, defect=kind, defect_px=defect_px)
         n = counters[kind]
         counters[kind] += 1
         save_png(cat_dir / "test" / kind / f"{n:03d}.png", image)

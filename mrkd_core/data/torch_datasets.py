@@ -1,13 +1,14 @@
 """What the network is fed: PyTorch views of ``Sample`` records, for training and for the test stage.
 
-Test images (``TestDataset``) open their files lazily in ``__getitem__``, so that DataLoader
-workers share the decoding work and a Ray task ships only paths; bad files raise
-``DataError`` naming the file.
+Test images (``TestDataset``; ``TestFrames`` at their own resolution for a tiled model) open
+their files lazily in ``__getitem__``, so that DataLoader workers share the decoding work and
+a Ray task ships only paths; bad files raise ``DataError`` naming the file.
 
 The training data of Algorithm 1: ``ILMTrainDataset`` yields one ``TrainItem`` per
-training image: its index, the clean image x_n and the synthetic anomalous image
-x_a = ILM(x_n) (Sec. 3.2). ILM runs here, i.e. in DataLoader workers, so synthesis never
-stalls the model. ``EpochSampler`` and ``make_loader`` give one loader for the whole run
+training image (per tile of a training image with ``tile_size``: ``mrkd_core.tiling``, so
+ILM, the shuffling and the teacher-feature cache all work per tile): its index, the clean
+image x_n and the synthetic anomalous image x_a = ILM(x_n) (Sec. 3.2). ILM runs here, i.e.
+in DataLoader workers, so synthesis never stalls the model. ``EpochSampler`` and ``make_loader`` give one loader for the whole run
 whose shuffling and ILM draws are pure functions of ``(cfg.seed, epoch, index)``, so a
 resumed run continues exactly as the uninterrupted one (``mrkd_core.train``).
 """
@@ -29,6 +30,7 @@ from mrkd_core.data.io import load_image, load_pair
 from mrkd_core.errors import ConfigError, DataError
 from mrkd_core.ilm import ILMPreset, ilm_pair, resolve_preset
 from mrkd_core.model.ocbe import OCBE_STRIDE
+from mrkd_core.tiling import Tiling
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -71,6 +73,26 @@ class TestDataset(Dataset):
         }
 
 
+class TestFrames(Dataset):
+    """Test images at their own resolution, for a tiled model (``mrkd_core.tiling``): the tiles are cut from them.
+
+    Item: ``{"image": uint8 H×W×3, "mask": uint8 H×W in {0,1}, "label", "defect_type",
+    "path", "category"}`` (``batch_size=None`` in a DataLoader: frames differ in size).
+    """
+
+    def __init__(self, samples: Sequence[Sample]):
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx: int) -> dict:
+        s = self.samples[idx]
+        image, mask = load_pair(s.path, s.mask_path, None)
+        return {"image": image, "mask": mask, "label": int(s.label), "defect_type": s.defect_type, "path": s.path,
+                "category": s.category}
+
+
 class TrainImages(Dataset):
     """Defect-free training images as uint8 H×W×3 arrays; ILM and normalisation happen on top."""
 
@@ -110,9 +132,13 @@ class TrainItem(NamedTuple):
         return TrainItem(*(t.to(device, non_blocking=True) for t in self))
 
 
-def decode_train_images(samples: Sequence[Sample], image_size: int, category: str) -> list[np.ndarray]:
+def decode_train_images(samples: Sequence[Sample], image_size: int, category: str,
+                        tiling: Tiling | None = None) -> list[np.ndarray]:
     """Every training image decoded and resized once (uint8 S×S×3), in ``samples`` order.
 
+    With ``tiling`` (``Tiling.of(cfg)``) each image is decoded at its own resolution and
+    cut into its tiles, each resized to S×S: the list holds every tile of the first image
+    (row-major), then of the next, and a tile is a training image of Algorithm 1 from there on.
     Up front, so that a bad file fails here with its name before any training time is
     spent, and 200 epochs do not decode each PNG 200 times; DataLoader workers share the
     arrays copy-on-write. Raises ``DataError`` when ``samples`` is empty or a file is bad.
@@ -121,6 +147,12 @@ def decode_train_images(samples: Sequence[Sample], image_size: int, category: st
         raise DataError(
             f"category '{category}' has no training images — add defect-free images to its train/good folder"
         )
+    if tiling is not None:
+        def tiles(sample: Sample) -> list[np.ndarray]:
+            return list(tiling.tiles(load_image(sample.path, None)))
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return [tile for frame in pool.map(tiles, samples) for tile in frame]
     files = TrainImages(list(samples), image_size)
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(files.__getitem__, range(len(files))))
@@ -147,8 +179,9 @@ class ILMTrainDataset(Dataset):
     @classmethod
     def from_samples(cls, samples: Sequence[Sample], cfg: MRKDConfig, category: str, *,
                      with_normal: bool = True) -> "ILMTrainDataset":
-        """Decode ``samples`` (``decode_train_images``) and build the dataset on them."""
-        return cls(decode_train_images(samples, cfg.image_size, category), cfg, category, with_normal=with_normal)
+        """Decode ``samples`` (``decode_train_images``, in tiles when ``cfg`` says so) and build the dataset on them."""
+        return cls(decode_train_images(samples, cfg.image_size, category, Tiling.of(cfg)), cfg, category,
+                   with_normal=with_normal)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch used for plain integer indices (``EpochSampler`` passes it with each index)."""

@@ -25,11 +25,12 @@ from mrkd_core.data.catalog import get_dataset
 from mrkd_core.data.io import header_size, open_image
 from mrkd_core.errors import DataError
 from mrkd_core.metrics import IMAGE_METRICS, METRIC_NAMES
+from mrkd_core.tiling import Tiling
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Problem", "PROBLEM_KINDS", "check_dataset", "check_samples", "computed_metrics", "describe_dataset",
-           "format_problems", "check_image", "check_mask", "require_trainable"]
+           "format_problems", "check_image", "check_mask", "frame_sizes", "require_trainable", "resolution_note"]
 
 # Stable codes of Problem.kind, with what each means.
 PROBLEM_KINDS: dict[str, str] = {
@@ -172,8 +173,50 @@ def computed_metrics(name: str, root: str | os.PathLike[str], category: str) -> 
     return (*METRIC_NAMES, *(protocol.metrics if protocol is not None else ()))
 
 
+# What `mrkd data check` says a defect of this many pixels becomes at the network's input.
+DEFECT_PX = 10
+# Images whose sides shrink by more than this factor when resized whole get the warning.
+SHRINK_WARNING = 2.0
+
+
+def frame_sizes(samples: Sequence[Sample]) -> Counter:
+    """(width, height) → count over ``samples``, from the file headers (:func:`header_size`: nothing
+    decoded, EXIF orientation applied; unreadable files are left to the problems)."""
+    sizes: Counter = Counter()
+    for sample in samples:
+        try:
+            sizes[header_size(sample.path)] += 1
+        except DataError:
+            continue
+    return sizes
+
+
+def resolution_note(width: int, height: int, image_size: int, tiling: Tiling | None,
+                    defect_px: int = DEFECT_PX) -> str | None:
+    """What the network sees of a width × height image, or None when that needs no saying.
+
+    Without tiling: a warning when the image shrinks by more than ``SHRINK_WARNING`` per side,
+    with what a defect of ``defect_px`` pixels becomes and the ``--tile-size`` that keeps it
+    (tiles of ``image_size``: one frame pixel per network pixel). With tiling: the tiles per
+    frame and the defect's size in network pixels.
+    """
+    if tiling is not None:
+        g = tiling.grid(height, width)
+        return (f"{tiling.describe(height, width)}: a defect {defect_px} px across is "
+                f"{defect_px * image_size / g.tile_w:.1f} px to the network; an epoch trains on {len(g)}× the "
+                "images")
+    if max(width, height) <= SHRINK_WARNING * image_size:
+        return None
+    native = Tiling(image_size, image_size, image_size, 0.0)
+    return (f"warning: images of {width}×{height} px are resized whole to {image_size}×{image_size}: a defect "
+            f"{defect_px} px across becomes {defect_px * image_size / width:.1f}×{defect_px * image_size / height:.1f}"
+            f" px and may vanish — inspect in tiles with --tile-size {image_size} ({len(native.grid(height, width))}"
+            " tiles per image at full resolution; docs/tiling.md)")
+
+
 def describe_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[str] | None = None,
-                     recognised: str | None = None) -> list[str]:
+                     recognised: str | None = None, image_size: int = 256,
+                     tiling: Tiling | None = None) -> list[str]:
     """What ``root`` holds, as ``mrkd data check`` prints it before the problems.
 
     A first line names the layout (and, with ``recognised``, the mark it was recognised by);
@@ -181,6 +224,8 @@ def describe_dataset(name: str, root: str | os.PathLike[str], categories: Sequen
     evaluate computes there (:func:`computed_metrics`), with the dataset's protocol if it has
     one. So a folder without ``ground_truth/`` reads as what it is (an image-labelled
     dataset, evaluated with the image metrics) and not as a folder with every mask missing.
+    Then what the network sees of the training images at ``image_size`` with ``tiling``
+    (:func:`resolution_note`: a warning when resizing them whole would shrink small defects away).
     """
     spec = get_dataset(name)
     path = Path(root).expanduser()
@@ -201,7 +246,24 @@ def describe_dataset(name: str, root: str | os.PathLike[str], categories: Sequen
         lines.append(f"  {c}: {spec.ground_truth(path, c).describe()}; evaluate computes {metrics}")
         if protocol is not None:
             lines.append(f"    {protocol.describe()}")
+        lines += _resolution_lines(spec, path, c, image_size, tiling)
     return lines
+
+
+def _resolution_lines(spec, root: Path, category: str, image_size: int, tiling: Tiling | None) -> list[str]:
+    """The :func:`resolution_note` of the category's most common training image size (and how many differ)."""
+    try:
+        sizes = frame_sizes(spec.train_samples(root, category))
+    except DataError:
+        return []  # the problems say why
+    if not sizes:
+        return []
+    (width, height), n = sizes.most_common(1)[0]
+    note = resolution_note(width, height, image_size, tiling)
+    if note is None:
+        return []
+    others = sum(sizes.values()) - n
+    return [f"    {note}" + (f" ({others} training image(s) of other sizes)" if others else "")]
 
 
 def format_problems(problems: Sequence[Problem]) -> str:

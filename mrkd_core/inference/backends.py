@@ -2,7 +2,9 @@
 
 All take a normalised N×3×S×S float32 batch and return the N×S×S anomaly maps (Eq. 5)
 and N scores (Eq. 6), with the same fixed test-time masks; they differ only in the
-engine. ``open_backend`` picks one by the file (``.onnx`` → an export) and ``engine``.
+engine. For a tiled model the batch holds tiles and the maps come before Eq. 5's Gaussian
+(``tiling.network_sigma``): the Predictor stitches and smooths them (``mrkd_core.tiling``).
+``open_backend`` picks one by the file (``.onnx`` → an export) and ``engine``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mrkd_core.inference.export import (
 )
 from mrkd_core.model_io import load_model_file, read_location
 from mrkd_core.score import fuse_maps, image_score
+from mrkd_core.tiling import network_sigma
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ class TorchBackend:
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.info.config
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        maps = fuse_maps(infer(self.model, x, cfg), cfg.score_scales, cfg.gaussian_sigma)
+        maps = fuse_maps(infer(self.model, x, cfg), cfg.score_scales, network_sigma(cfg))
         return maps.cpu().numpy(), image_score(maps).cpu().numpy()
 
 

@@ -237,7 +237,9 @@ def add_commands(sub: argparse._SubParsersAction, add_config_options,
                    help="folder for predictions.csv, predictions.parquet, <stem>_mask.png and <stem>_overlay.png "
                         "(default: ./%(default)s)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8, help="at most this many images per forward pass (speed only: none are padded)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="at most this many images (a tiled model: tiles) per forward pass (speed only: none are "
+                        "padded)")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="for an .onnx export: onnxruntime (auto) or openvino (the openvino extra, CPU)")
     p.add_argument("--skip-unreadable", action="store_true",

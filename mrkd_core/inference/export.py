@@ -4,6 +4,10 @@ The graph: input ``image`` (N×3×S×S float32, normalised like the dataset load
 dynamic N) → outputs ``anomaly_map`` (N×S×S float32: Eq. 5, per-scale 1 − cosine,
 bilinear upsampling with ``align_corners=True``, sum over ``score_scales``, Gaussian
 σ = ``gaussian_sigma`` as scipy's) and ``score`` (N float32: Eq. 6, the map's maximum).
+A tiled model (``tile_size`` > 0) exports the same graph for one batch of tiles, without
+the Gaussian (``tiling.network_sigma``): a frame of any size is cut, stitched, smoothed
+and scored around the graph by ``mrkd_core.tiling``, as for every engine (the Predictor);
+``mrkd.preprocessing`` says so.
 The test-time FLM masks (``MRKD.test_masks``: a function of the model alone) are
 constants of the graph, so the file gives the same maps as the PyTorch path.
 
@@ -31,6 +35,7 @@ from mrkd_core.model import MRKD
 from mrkd_core.model_io import ModelFile
 from mrkd_core.revision import EVALUATION_REVISION
 from mrkd_core.score import fuse_maps, image_score, per_scale_maps
+from mrkd_core.tiling import network_sigma
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,20 @@ def preprocessing(cfg: MRKDConfig) -> dict[str, Any]:
         "std": list(cfg.normalize_std),
         "layout": "N×3×S×S float32 (NCHW)",
         "outputs": "anomaly_map N×S×S (Eq. 5, Gaussian σ included); score N (Eq. 6, max of the map)",
+        **({"tiling": tiling_preprocessing(cfg)} if cfg.tiled else {}),
+    }
+
+
+def tiling_preprocessing(cfg: MRKDConfig) -> dict[str, Any]:
+    """How a tiled model's frames become the graph's batches and its outputs a frame's map (docs/tiling.md)."""
+    return {
+        "tile_size": cfg.tile_size,
+        "tile_stride": cfg.stride,
+        "tiles": f"squares of {cfg.tile_size} px of the original frame, origins {cfg.stride} px apart, a last tile "
+                 "aligned to the far edge; each tile resized like an image (LANCZOS to S×S) into the batch",
+        "outputs": "anomaly_map N×S×S per tile WITHOUT the Gaussian; score unused. Each tile map is resized "
+                   "(bilinear) to its tile, overlaps averaged, then the Gaussian with σ = gaussian_sigma × "
+                   "tile / S per axis on the stitched frame; the score is its maximum (mrkd_core.tiling)",
     }
 
 
@@ -99,7 +118,7 @@ class MapAndScore(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f_t, f_s = self.model.forward_test(x, flm=self.flm, masks=self.masks())
-        amap = fuse_maps(per_scale_maps(f_t, f_s, self.cfg.image_size), self.cfg.score_scales, self.cfg.gaussian_sigma)
+        amap = fuse_maps(per_scale_maps(f_t, f_s, self.cfg.image_size), self.cfg.score_scales, network_sigma(self.cfg))
         return amap, image_score(amap)
 
 

@@ -35,6 +35,7 @@ from mrkd_core.inference.calibration import Calibration
 from mrkd_core.inference.images import read_image, to_input_size, to_network_size
 from mrkd_core.inference.overlays import write_mask, write_overlay
 from mrkd_core.revision import EVALUATION_REVISION, stored_revision
+from mrkd_core.tiling import Tiling
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,14 @@ class Predictor:
     """Scores images with one model file (``model.pt`` or ``.onnx``) and its calibration.
 
     Forward passes hold up to ``batch_size`` images (the last one the rest): an image
-    costs one image, whatever the batch size. Its outputs depend on the image and the
-    model only (the test-time masks are per-model constants, ``MRKD.test_masks``); the
-    number of images in a pass changes them by float32 rounding at most (PyTorch's CPU
-    convolutions round a pass of one small image differently from a pass of several:
-    relative ≤ 5e-7 on maps below 256 px, bitwise the same at 256 px here;
-    docs/inference.md).
+    costs one image, whatever the batch size. A tiled model (``tile_size``) takes frames of
+    any size: passes hold up to ``batch_size`` tiles, and maps, masks and overlays are at
+    the frame's size, stitched and smoothed by ``mrkd_core.tiling`` whatever the engine.
+    Its outputs depend on the image and the model only (the test-time masks are per-model
+    constants, ``MRKD.test_masks``); the number of images in a pass changes them by float32
+    rounding at most (PyTorch's CPU convolutions round a pass of one small image differently
+    from a pass of several: relative ≤ 5e-7 on maps below 256 px, bitwise the same at 256 px
+    here; docs/inference.md).
     """
 
     def __init__(self, backend: Backend, batch_size: int = 8):
@@ -103,6 +106,7 @@ class Predictor:
         self.calibration = Calibration.from_dict(info.calibration, info.source) if info.calibration else None
         cfg = info.config
         self._mean, self._std = cfg.normalize_mean, cfg.normalize_std
+        self.tiling = Tiling.of(cfg)  # None: whole images resized to image_size
         if self.calibration is None:
             log.warning("%s has no calibration: scores only (no verdict, mask or overlay) — run "
                         "`mrkd calibrate %s DATA_ROOT`", info.source, info.source)
@@ -128,22 +132,24 @@ class Predictor:
         An unreadable file raises its one-line ``DataError``; with ``skip_unreadable`` it
         yields a Prediction whose ``error`` says why, and the others are scored.
         """
-        pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+        pending: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        inputs = 0  # network inputs pending: one per image, or its tiles for a tiled model
         for path in paths:
             p = os.fspath(path)
             try:
-                original, net = read_image(p, self.image_size)
+                original, net = read_image(p, None if self.tiling else self.image_size)
             except DataError as exc:
                 if not skip_unreadable:
                     raise
                 yield from self._run(pending)
-                pending = []
+                pending, inputs = [], 0
                 yield Prediction(path=p, error=str(exc))
                 continue
             pending.append((p, original, net))
-            if len(pending) == self.batch_size:
+            inputs += self._inputs(original)
+            if inputs >= self.batch_size:  # a large frame is scored alone, whatever its tile count
                 yield from self._run(pending)
-                pending = []
+                pending, inputs = [], 0
         yield from self._run(pending)
 
     def predict_array(self, image: np.ndarray, path: str = "<array>") -> Prediction:
@@ -160,30 +166,61 @@ class Predictor:
 
         The decoded image is what ``data.io.load_image(path, None)`` (or ``load_image_bytes``
         for bytes in memory, the HTTP service's door) returns, so the result equals
-        :meth:`predict` on the same file. Forward passes of up to ``batch_size`` images.
+        :meth:`predict` on the same file. Forward passes of up to ``batch_size`` network inputs
+        (images, or a tiled model's tiles, any frame size).
         """
         out: list[Prediction] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            out.extend(self._run([(name, arr, to_network_size(arr, self.image_size)) for name, arr in chunk]))
+        pending: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        inputs = 0
+        for name, arr in images:
+            pending.append((name, arr, None if self.tiling else to_network_size(arr, self.image_size)))
+            inputs += self._inputs(arr)
+            if inputs >= self.batch_size:
+                out.extend(self._run(pending))
+                pending, inputs = [], 0
+        out.extend(self._run(pending))
         return out
 
-    def _run(self, items: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> Iterator[Prediction]:
+    def _inputs(self, image: np.ndarray) -> int:
+        """Network inputs ``image`` takes: one, or a tiled model's tile count for its size."""
+        return len(self.tiling.grid(*image.shape[:2])) if self.tiling else 1
+
+    def _run(self, items: Sequence[tuple[str, np.ndarray, np.ndarray | None]]) -> Iterator[Prediction]:
+        """Predictions of (path, decoded image, its network input; None for a tiled model) in order."""
         if not items:
             return
-        batch = np.stack([normalize(net, self._mean, self._std).numpy() for _, _, net in items])
-        maps, scores = self.backend.run(batch)
-        cal = self.calibration
-        for (path, original, _), amap, score in zip(items, maps, scores):
+        for path, original, full, score in (self._tiled(items) if self.tiling else self._resized(items)):
             h, w = original.shape[:2]
-            full = to_input_size(amap, w, h)
-            pred = Prediction(path=path, width=w, height=h, score=float(score), anomaly_map=full, image=original)
+            pred = Prediction(path=path, width=w, height=h, score=score, anomaly_map=full, image=original)
+            cal = self.calibration
             if cal is not None:
-                pred.normalized_score = float(cal.normalize_score(float(score)))
-                pred.verdict = cal.verdict(float(score))
+                pred.normalized_score = float(cal.normalize_score(score))
+                pred.verdict = cal.verdict(score)
                 pred.threshold = cal.image_threshold
                 pred.mask = cal.defect_mask(full)
             yield pred
+
+    def _resized(self, items: Sequence[tuple[str, np.ndarray, np.ndarray | None]]
+                 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, float]]:
+        """Whole images in one pass: the S×S map resized to the image, the score of the S×S map (Eq. 6)."""
+        batch = np.stack([normalize(net, self._mean, self._std).numpy() for _, _, net in items])
+        maps, scores = self.backend.run(batch)
+        for (path, original, _), amap, score in zip(items, maps, scores):
+            h, w = original.shape[:2]
+            yield path, original, to_input_size(amap, w, h), float(score)
+
+    def _tiled(self, items: Sequence[tuple[str, np.ndarray, np.ndarray | None]]
+               ) -> Iterator[tuple[str, np.ndarray, np.ndarray, float]]:
+        """Tiled frames (``mrkd_core.tiling``): stitched and smoothed at the image's size; score its maximum."""
+        frames = (((path, original), original) for path, original, _ in items)
+        for (path, original), stitched, grid in self.tiling.stitched_maps(frames, self._tile_maps, self.batch_size):
+            amap = self.tiling.anomaly_map(stitched, grid).numpy()
+            yield path, original, amap, float(amap.max())
+
+    def _tile_maps(self, tiles: np.ndarray) -> np.ndarray:
+        """B×1×S×S fused, unsmoothed maps of a B×S×S×3 uint8 batch of tiles, by this predictor's engine."""
+        batch = np.stack([normalize(tile, self._mean, self._std).numpy() for tile in tiles])
+        return self.backend.run(batch)[0][:, None]
 
 
 @dataclass
