@@ -74,7 +74,7 @@ def train_variant(args: argparse.Namespace, data: Path, dataset: str, variant: s
     """``mrkd train`` of one variant (skipped by the engine when already complete); the command line."""
     epochs = args.epochs * tiles if variant == "whole-long" else args.epochs
     argv = ["train", str(data), "--dataset", dataset, "-o", args.store, "--run-id", f"{args.data}-{variant}",
-            "--backbone", "resnet18", "--teacher-weights", "none", "--image-size", str(args.image_size),
+            "--backbone", args.backbone, "--teacher-weights", args.teacher_weights, "--image-size", str(args.image_size),
             "--epochs", str(epochs), "--num-workers", "0", "--no-progress", "--checkpoint-every", str(max(epochs, 1))]
     for c in args.categories:
         argv += ["-c", c]
@@ -158,6 +158,9 @@ def main() -> int:
     parser.add_argument("--long", action="store_true", help="also train whole-long (the same network inputs)")
     parser.add_argument("--train-subsample", type=int, default=0)
     parser.add_argument("--test-subsample", type=int, default=0)
+    parser.add_argument("--backbone", default="resnet18", help="teacher backbone (default resnet18)")
+    parser.add_argument("--teacher-weights", default="none",
+                        help="none (a random teacher, the default of the measured tables) or imagenet")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared, oversubscribed machine 2 mostly wait for each other)")
     args = parser.parse_args()
@@ -196,7 +199,8 @@ def main() -> int:
                          "inputs_per_epoch": train["log"][-1]["images_per_second"] * train["log"][-1]["seconds"]
                          if train.get("log") else float("nan")})
         heatmap_sheet(Path(args.store) / "figures" / f"{args.data}-{category}.png", samples, per_variant)
-    print(f"\n{args.data}: ResNet18, random teacher, image_size {args.image_size}, metrics at the frames' resolution\n")
+    print(f"\n{args.data}: {args.backbone}, teacher weights {args.teacher_weights}, image_size {args.image_size}, "
+          "metrics at the frames' resolution\n")
     print("| category | variant | epochs | image AU-ROC | pixel AU-ROC | AU-PRO | training s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
