@@ -10,8 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import runpy
 import shlex
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,6 @@ from mrkd_core.cli import main
 from mrkd_core.config import MRKDConfig
 from mrkd_core.data.base import Sample
 from mrkd_core.data.io import load_image
-from mrkd_core.data.synthetic import make_synthetic_mvtec
 from mrkd_core.data.torch_datasets import decode_train_images, normalize
 from mrkd_core.errors import ConfigError, DataError
 from mrkd_core.evaluate import evaluate, infer
@@ -261,23 +260,22 @@ def test_data_check_says_what_a_small_defect_becomes_without_tiles(tmp_path, cap
 
 # --------------------------------------------------------------------------- the README, as typed
 def test_the_readmes_tiled_training_and_prediction_run_as_written(tmp_path):
-    """README's "Large frames" block, every command in order (the one tiny tiled training of the suite):
-    frames of 256 px here (four 128-px tiles each) where the README's are 1024 px."""
+    """README's "Large frames" block, every command in order (the one tiny tiled training of the suite), in
+    the folder of ``bench/try_folder.py --large`` with frames of 512 px (four 256-px tiles each) where the
+    README's are 1024 px."""
     from tests.core.test_readme_recipe import run_recipe
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text[text.index("### Large frames"):]
     block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     commands = [t for t in (shlex.split(raw, comments=True) for raw in block.replace("\\\n", " ").splitlines()) if t]
-    make_synthetic_mvtec(tmp_path / "gen", categories=("obj_disc",), n_train=10, n_test_good=1, n_test_defect=2,
-                         size=256, seed=3, defect_px=(4, 8))
-    shutil.copytree(tmp_path / "gen" / "obj_disc", tmp_path / "plates" / "plate")
-    shutil.copytree(tmp_path / "gen" / "obj_disc" / "test", tmp_path / "frames")
+    try_folder = runpy.run_path(str(ROOT / "bench" / "try_folder.py"))
+    try_folder["make_large_frames"](tmp_path, size=512, n_train=10, n_good=1, n_defect=2, defect_px=(4, 8))
 
     printed = run_recipe(commands, tmp_path)
 
     checks = [out for line, out in printed.items() if line.startswith("mrkd data check")]
-    assert "a defect 10 px across becomes 2.5×2.5 px" in checks[0] and "4 tiles of 128×128 px" in checks[1]
+    assert "a defect 10 px across becomes 2.5×2.5 px" in checks[0] and "4 tiles of 256×256 px" in checks[1]
     (model,) = (tmp_path / "tiled-models" / "runs" / "t1").rglob("model.pt")
     trained = json.loads((model.parent / "train.json").read_text())
     assert trained["log"][0]["images_per_second"] * trained["log"][0]["seconds"] == pytest.approx(8 * 4)  # tiles
@@ -286,6 +284,6 @@ def test_the_readmes_tiled_training_and_prediction_run_as_written(tmp_path):
     onnx_rows = list(csv.DictReader((tmp_path / "tiled-out-onnx" / "predictions.csv").open()))
     assert len(torch_rows) == len(onnx_rows) == 3
     for a, b in zip(torch_rows, onnx_rows):
-        assert (a["width"], a["height"]) == ("256", "256") and abs(float(a["score"]) - float(b["score"])) < 1e-4
+        assert (a["width"], a["height"]) == ("512", "512") and abs(float(a["score"]) - float(b["score"])) < 1e-4
         assert Image.open(a["mask_path"] if Path(a["mask_path"]).is_absolute() else tmp_path / a["mask_path"]).size \
-            == (256, 256)
+            == (512, 512)

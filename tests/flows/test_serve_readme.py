@@ -12,7 +12,7 @@ documented in docs/reliability.md). Afterwards no replica is left.
 from __future__ import annotations
 
 import re
-import shutil
+import runpy
 import subprocess
 import threading
 import time
@@ -20,7 +20,6 @@ import time
 import psutil
 import pytest
 
-from mrkd_core.data.synthetic import make_synthetic_mvtec
 from tests.flows.netwatch import listeners, wide_listeners
 from tests.flows.servers import BIN, ROOT, clean_env, stop_process
 
@@ -38,13 +37,9 @@ def readme_block() -> str:
 
 
 def test_the_readme_block_runs_as_written(tmp_path):
-    make_synthetic_mvtec(tmp_path / "gen", categories=("obj_disc",), n_train=8, n_test_good=3, n_test_defect=3,
-                         size=64, seed=11)
-    (tmp_path / "parts").mkdir()
-    shutil.move(tmp_path / "gen" / "obj_disc", tmp_path / "parts" / "bracket")
-    (tmp_path / "new_images").mkdir()
-    for i, src in enumerate(sorted((tmp_path / "parts" / "bracket" / "test").glob("*/000.png"))[:2], start=1):
-        shutil.copy(src, tmp_path / "new_images" / f"part_{i:03d}.png")
+    # The folder of the README's section before it (bench/try_folder.py), smaller: 64 px, 8 training parts.
+    runpy.run_path(str(ROOT / "bench" / "try_folder.py"))["make_try_folder"](
+        tmp_path, size=64, n_train=8, n_good=3, n_defect=3, n_new=2)
     (script := tmp_path / "readme.sh").write_text("set -euo pipefail\n" + readme_block())
     home = tmp_path / "home"  # no local Ray head of this machine's user to attach to
     home.mkdir()
