@@ -67,8 +67,13 @@ def is_loopback_host(host: str) -> bool:
 
 
 def port_free(port: int, host: str = LOOPBACK) -> bool:
-    """Whether ``host:port`` can be bound now (Ray refuses to start on a taken port, it does not pick another)."""
+    """Whether ``host:port`` can be bound now (Ray refuses to start on a taken port, it does not pick another).
+
+    A port whose last connections are only in TIME_WAIT (a head stopped a moment ago) is free:
+    Ray's servers bind with ``SO_REUSEADDR``, and so does this check.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

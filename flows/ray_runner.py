@@ -210,8 +210,34 @@ def resolve_runner(runner: str, ray_address: str | None, num_gpus: float | None,
     if runner == "local":
         return LocalRunner()
     address = resolve_address(ray_address)
+    if address:
+        check_reachable(address)
     return RayRunner(address, requested_gpus(num_gpus, address), None if address else dashboard_port(),
                      store_root, data_root, api_url)
+
+
+# How long a Ray head's port may take to accept a connection before the run fails.
+REACH_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Fail now, in one line, when nothing accepts connections at the Ray address ``address``.
+
+    ``ray.init`` retries an unreachable GCS for minutes and a flow run would hang Running
+    meanwhile. ``host:port`` and ``ray://host:port`` are probed with one TCP connection;
+    ``auto`` (Ray's own discovery) is left to Ray. Raises ``ConnectionError``.
+    """
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(
+            f"no Ray at {address} (ray_address or RAY_ADDRESS): {exc} — start the local head "
+            "(python -m flows.ray_head start), point RAY_ADDRESS at a running cluster, or unset it "
+            "for a Ray of this run") from None
 
 
 def resolve_address(ray_address: str | None) -> str | None:

@@ -380,7 +380,7 @@ def _html_page(run_id: str, tables: dict[str, pd.DataFrame], figures: list[tuple
                      "numbers are not comparable with the paper's. See each table's notes.</div>")
     if off:
         parts.append(f'<div class="banner"><strong>Not the paper\'s setting</strong> ({html.escape(", ".join(off))}): '
-                     "see each table's notes (e.g. teacher_weights=none).</div>")
+                     "each table's notes say what differs.</div>")
     if threshold_line:
         parts.append(f'<div class="banner"><strong>Thresholds chosen on the test split.</strong> '
                      f"{html.escape(threshold_line)}</div>")
@@ -401,6 +401,17 @@ def _html_page(run_id: str, tables: dict[str, pd.DataFrame], figures: list[tuple
 
 
 # ---------------------------------------------------------------------------- entry point
+def teacher_text(rows: pd.DataFrame) -> str:
+    """Which teacher made a figure, from its metrics rows: e.g. ``Teacher: efficientnet_lite0, ImageNet
+    weights.`` or ``Teacher: resnet18, random (teacher_weights=none, not the paper's setting).``"""
+    if rows.empty or "cfg_backbone" not in rows.columns:
+        return ""
+    row = rows.iloc[0]
+    weights = str(row.get("cfg_teacher_weights", row.get("teacher_weights", "")))
+    kind = {"imagenet": "ImageNet weights", "none": "random (teacher_weights=none, not the paper's setting)"}
+    return f"Teacher: {row['cfg_backbone']}, {kind.get(weights, f'weights {weights}')}."
+
+
 def write_report(
     store: ArtifactStore,
     run_id: str,
@@ -480,13 +491,14 @@ def write_report(
                 continue
             if not triples:
                 continue
+            teacher = teacher_text(main[(main["dataset"] == dataset) & (main["category"] == category)])
             if all(t[1] is None for t in triples):  # image labels only: read_maps orders the rows
                 rows = ", ".join("anomalous" if lab else "normal" for lab in IMAGE_LABELLED_ORDER[:len(triples)])
                 caption = (f"Fig. 7 style: test images of {dataset}/{category} and their MRKD heatmaps on one "
                            f"colour scale; image labels only (no pixel masks); rows, where the test set has "
-                           f"them: {rows}.")
+                           f"them: {rows}. {teacher}")
             else:
-                caption = f"Fig. 7 style: input, ground truth and MRKD heatmap, {dataset}/{category}."
+                caption = f"Fig. 7 style: input, ground truth and MRKD heatmap, {dataset}/{category}. {teacher}"
             add_figure(f"heatmaps_{slug(dataset)}_{slug(category)}.png", caption,
                        heatmap_figure(str(category), triples))
     else:

@@ -144,6 +144,8 @@ def test_html_is_self_contained_and_has_every_table_and_figure(report, metrics):
     assert not re.search(r'(src|href)="(https?:|//|figures/)', page)  # no external asset
     assert "<link" not in page and "<script" not in page
     assert "Narrowed run" not in page
+    # every heatmap figure names the teacher that made it (the paper's setting here: ImageNet weights)
+    assert len(re.findall(r"MRKD heatmap, mvtec/\w+\. Teacher: wide_resnet50_2, ImageNet weights\.", page)) == 2
     assert sorted(result["paths"]) == sorted(
         [p for pair in result["tables"].values() for p in pair] + result["figures"] + [result["html"]])
     assert all(store.exists(p) for p in result["paths"])

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
+from flows.local_ray import port_free
 from flows.ray_runner import requested_gpus, worker_env
 from flows.settings import resolve_run_id
 from mrkd_core.errors import ConfigError
@@ -156,3 +158,36 @@ def test_a_diverged_training_is_not_retried_and_a_crash_is():
 
     assert not retry_unless_bad_input(None, None, Failed(data=TrainingDiverged("obj_disc: the training diverged")))
     assert retry_unless_bad_input(None, None, Failed(data=RuntimeError("worker lost")))
+
+
+def test_a_ray_address_where_no_head_runs_fails_the_run_in_one_line(prefect_api, prefect_home, tmp_path):
+    """RAY_ADDRESS naming a stopped head: the run fails at once, naming the address and the fixes
+    (``ray.init`` would retry for minutes while the flow run hangs Running)."""
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = clean_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(prefect_home), RAY_ADDRESS=f"127.0.0.1:{port}",
+                    MRKD_STORE=str(tmp_path / "store"), MRKD_DATA_ROOT=str(tmp_path / "data"))
+    proc = subprocess.run([sys.executable, "-m", "flows.benchmark", "--spec", "smoke", "--categories", "obj_disc",
+                           "--image-size", "32"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert f"no Ray at 127.0.0.1:{port}" in out and "python -m flows.ray_head start" in out, out[-3000:]
+    assert not (tmp_path / "store" / "runs").exists()  # nothing trained or stored
+
+
+def test_a_port_a_stopped_head_left_in_time_wait_is_free_and_a_listening_one_is_not():
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Ray's gRPC and dashboard servers bind
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server's end closes first: its port stays in TIME_WAIT
+        client.close()
+    assert port_free(port)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert not port_free(listening.getsockname()[1])

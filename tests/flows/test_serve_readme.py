@@ -70,7 +70,7 @@ def test_the_readme_block_runs_as_written(tmp_path):
     answers = re.findall(r'\{"model":"bracket","version":(\d),"request_id":"[^"]+","results":\[(.*?)\]\}', stdout)
     assert [v for v, _ in answers][:2] == ["1", "1"] and len(re.findall(r'"mask_png":"', answers[1][1])) == 2
     assert re.search(r"received_at\s+model_version\s+score\s+verdict", stdout)  # the record, read by pandas
-    assert re.search(r"\s2\s+0\.\d+\s+(good|defective)\n", stdout)  # rows answered by v2
+    assert re.search(r"\s2\s+\d+\.\d+\s+(good|defective)\n", stdout)  # rows answered by v2
     proxy = {ip for name, ip, port in seen if port == 8000}
     assert proxy == {"127.0.0.1"}, seen
     assert wide_listeners(seen) == [], f"listening beyond loopback: {wide_listeners(seen)}"
