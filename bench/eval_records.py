@@ -9,8 +9,11 @@ was *evaluated* with (``--no-flm-at-test`` changes it); the model it scored is n
 
 from __future__ import annotations
 
-from mrkd_core.layout import EVALUATIONS
-from mrkd_core.revision import stored_revision
+import pandas as pd
+
+from mrkd_core.layout import EVALUATIONS, RUNS
+from mrkd_core.results import MANIFEST
+from mrkd_core.revision import UNRECORDED_REVISION, stored_revision
 from mrkd_core.storage import ArtifactStore
 
 
@@ -29,4 +32,15 @@ def read_evaluations(store: ArtifactStore, evaluation_id: str) -> list[dict]:
         rec = store.read_json(path)
         out.append({**rec, "trained_hash": rec["model"].rsplit("/", 2)[-2],
                     "evaluation_revision": stored_revision(rec, "evaluation_revision")})
+    return out
+
+
+def with_run_revisions(store: ArtifactStore, metrics: pd.DataFrame) -> pd.DataFrame:
+    """``metrics`` with column ``evaluation_revision`` read from each row's run directory manifest
+    (metrics rows do not carry it; the manifest records the code that scored the run; 1 when absent)."""
+    out = metrics.copy()
+    manifests = [f"{RUNS}/{r.run_id}/{r.dataset}/{r.category}/{r.config_hash}/{MANIFEST}" for r in out.itertuples()]
+    recorded = {m: stored_revision(store.read_json(m), "evaluation_revision") if store.exists(m)
+                else UNRECORDED_REVISION for m in dict.fromkeys(manifests)}  # one read per run directory
+    out["evaluation_revision"] = [recorded[m] for m in manifests]
     return out

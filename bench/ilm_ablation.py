@@ -34,7 +34,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eval_records import read_evaluations  # noqa: E402
+from eval_records import read_evaluations, with_run_revisions  # noqa: E402
 from md_table import markdown as bench_markdown  # noqa: E402
 
 from mrkd_core.cli import main as mrkd  # noqa: E402
@@ -123,7 +123,7 @@ def collect(store: ArtifactStore, out: ArtifactStore, runs) -> pd.DataFrame:
     (``reevaluation_id``) when there is one; the test-time-FLM-off rows are the
     ``--no-flm-at-test`` records in ``out``.
     """
-    metrics = pd.concat([read_metrics(store, r) for r in runs], ignore_index=True)
+    metrics = with_run_revisions(store, pd.concat([read_metrics(store, r) for r in runs], ignore_index=True))
     metrics = metrics[metrics["score_scales"] == scales_key((1, 2, 3))]
     again = {(run, rec["category"], rec["trained_hash"]): rec
              for run in runs for rec in read_evaluations(out, reevaluation_id(run))}

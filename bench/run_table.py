@@ -24,13 +24,12 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eval_records import read_evaluations  # noqa: E402
+from eval_records import read_evaluations, with_run_revisions  # noqa: E402
 from md_table import markdown as bench_markdown  # noqa: E402
 
 from mrkd_core.evaluate import scales_key  # noqa: E402
 from mrkd_core.partitioned import read_metrics  # noqa: E402
-from mrkd_core.layout import RUNS  # noqa: E402
-from mrkd_core.results import MANIFEST, METRIC_COLUMNS  # noqa: E402
+from mrkd_core.results import METRIC_COLUMNS  # noqa: E402
 from mrkd_core.revision import UNRECORDED_REVISION  # noqa: E402
 from mrkd_core.storage import ArtifactStore  # noqa: E402
 
@@ -52,19 +51,6 @@ def with_evaluations(metrics: pd.DataFrame, records: list[dict]) -> pd.DataFrame
         for column in METRIC_COLUMNS:
             out.loc[hit, column] = rec["metrics"].get(column)
         out.loc[hit, "evaluation_revision"] = rec["evaluation_revision"]
-    return out
-
-
-def with_manifest_revisions(store: ArtifactStore, metrics: pd.DataFrame) -> pd.DataFrame:
-    """``metrics`` with column ``evaluation_revision`` from each row's run directory manifest
-    (metrics rows do not carry it; the manifest records the code that scored the run)."""
-    out = metrics.copy()
-    revisions = []
-    for row in out.itertuples():
-        manifest = f"{RUNS}/{row.run_id}/{row.dataset}/{row.category}/{row.config_hash}/{MANIFEST}"
-        recorded = store.read_json(manifest).get("evaluation_revision") if store.exists(manifest) else None
-        revisions.append(recorded if recorded is not None else UNRECORDED_REVISION)
-    out["evaluation_revision"] = revisions
     return out
 
 
@@ -109,7 +95,7 @@ def main(argv=None) -> int:
         records = read_evaluations(ArtifactStore(args.evaluations or args.store), args.evaluation_id)
         if not records:
             raise SystemExit(f"no records of evaluation {args.evaluation_id!r} in {args.evaluations or args.store}")
-    metrics = with_evaluations(with_manifest_revisions(ArtifactStore(args.store), metrics), records)
+    metrics = with_evaluations(with_run_revisions(ArtifactStore(args.store), metrics), records)
     teacher = ", ".join(sorted(metrics["teacher_weights"].astype(str).unique()))
     sizes = ", ".join(str(s) for s in sorted(metrics["cfg_image_size"].unique()))
     backbones = ", ".join(sorted(metrics["cfg_backbone"].astype(str).unique()))

@@ -69,10 +69,12 @@ def is_loopback_host(host: str) -> bool:
 def port_free(port: int, host: str = LOOPBACK) -> bool:
     """Whether ``host:port`` can be bound now (Ray refuses to start on a taken port, it does not pick another).
 
-    A port whose last connections are only in TIME_WAIT (a head stopped a moment ago) is free:
-    Ray's servers bind with ``SO_REUSEADDR``, and so does this check.
+    A port whose last connections are only in TIME_WAIT (a head or a service stopped a moment
+    ago) is free: Ray's servers and Serve's proxy (uvicorn) bind with ``SO_REUSEADDR``, and so
+    does this check. ``host`` may be an IPv6 address.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))

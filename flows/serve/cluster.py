@@ -15,11 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from flows.local_ray import ensure_token, is_loopback_address, loopback_only
+from flows.local_ray import ensure_token, is_loopback_address, loopback_only, port_free
 from mrkd_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -98,22 +97,9 @@ def start_serve(host: str, port: int, session: RaySession) -> bool:
             raise ConfigError(f"Serve already runs on {session.describe()} at {running[0]}:{running[1]}: pass "
                               f"--host {running[0]} --port {running[1]}, or stop it first")
         return False
-    if session.address is None and not _can_listen(host, port):
+    if session.address is None and not port_free(port, host):
         raise ConfigError(f"{host}:{port} is taken: choose another --port")
     serve.start(http_options={"host": host, "port": port})
-    return True
-
-
-def _can_listen(host: str, port: int) -> bool:
-    """Whether an HTTP server could listen on ``host:port`` now. With SO_REUSEADDR, as Serve's proxy
-    (uvicorn) binds: the closed connections of a service stopped a moment ago do not count."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
     return True
 
 
