@@ -241,7 +241,7 @@ class TrainingProgress:
                 earlier = _epoch_at(self.reached, self.epochs)
                 get_run_logger().info("%s", resume_text(p.epoch - 1, self.epochs, earlier, self.checkpoint_every))
         text = (f"epoch {p.epoch}/{p.epochs} ({100.0 * p.fraction:.1f} %), loss {p.loss:.5f}, "
-                f"{p.images_per_second:.1f} img/s, ETA {timedelta(seconds=round(p.eta_seconds))}")
+                f"{p.rate}, ETA {timedelta(seconds=round(p.eta_seconds))}")
         get_run_logger().info("%s", text)
         self.percent = round(100.0 * p.fraction, 2)
         self._call(self._update, self.percent, text)

@@ -45,6 +45,8 @@ from mrkd_core.published import (
 
 #: The measured models: label → (cfg_ilm, cfg_flm).
 MODELS: dict[str, tuple[bool, bool]] = {"MRKD": (True, True), "RD4AD": (False, False)}
+#: The config fields that tell the models apart: a table's axis, never "not the paper's setting" in its notes.
+MODEL_FIELDS = ("ilm", "flm")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def build_benchmark_table(key: str, metrics_df: pd.DataFrame | None,
                *[f"{me} {m} (published)" for me, m in published_cols]]
     out = pd.DataFrame(table, columns=columns)
 
-    prov = provenance(rows, n_multi, ())
+    prov = provenance(rows, n_multi, MODEL_FIELDS)
     notes = [*prov.notes, *bench.notes,
              "Measured models by configuration: MRKD = ILM and FLM on; RD4AD = both off (its ablation)."]
     if extra:

@@ -26,7 +26,8 @@ class EpochProgress:
 
     ``epoch`` is 1-based and counts finished epochs out of ``epochs`` (a resumed run
     starts past 0); ``loss`` is the epoch's mean loss of Eq. 4; ``seconds`` the epoch's
-    wall time; ``images_per_second`` the training images of the epoch per second;
+    wall time; ``images_per_second`` the training images of the epoch per second (tiles, for
+    a tiled config: ``unit`` says which, ``img`` or ``tile``);
     ``elapsed_seconds`` the run's time so far; ``eta_seconds`` the remaining epochs times
     this run's mean epoch time.
     """
@@ -39,6 +40,12 @@ class EpochProgress:
     images_per_second: float
     elapsed_seconds: float
     eta_seconds: float
+    unit: str = "img"
+
+    @property
+    def rate(self) -> str:
+        """``41.2 img/s`` (``tile/s`` for a tiled training)."""
+        return f"{self.images_per_second:.1f} {self.unit}/s"
 
     @property
     def fraction(self) -> float:
@@ -61,18 +68,19 @@ def hms(seconds: float) -> str:
 
 
 class EpochLog:
-    """One INFO line per epoch: ``<category> epoch 3/200 loss 0.12345 41.2 img/s, ETA 1:23:45``."""
+    """One INFO line per epoch: ``<category> epoch 3/200 loss 0.12345 41.2 img/s, ETA 1:23:45`` (``tile/s``
+    for a tiled training)."""
 
     def report(self, p: EpochProgress) -> None:
-        log.info("%s epoch %d/%d loss %.5f %.1f img/s, ETA %s", p.category, p.epoch, p.epochs, p.loss,
-                 p.images_per_second, hms(p.eta_seconds))
+        log.info("%s epoch %d/%d loss %.5f %s, ETA %s", p.category, p.epoch, p.epochs, p.loss, p.rate,
+                 hms(p.eta_seconds))
 
     def close(self) -> None:
         pass
 
 
 class ProgressBar:
-    """A tqdm bar over the epochs (loss and images/s as its postfix); nothing when ``enabled`` is False.
+    """A tqdm bar over the epochs (loss and images/s, or tiles/s, as its postfix); nothing when ``enabled`` is False.
 
     Created at the first report, so that a resumed training's bar starts at its epoch.
     """
@@ -89,8 +97,12 @@ class ProgressBar:
 
             self._bar = tqdm(total=p.epochs, initial=p.epoch - 1, desc=f"train {p.category}", unit="epoch",
                              leave=False)
+            # Made when the first epoch has ended: its clock starts when that epoch started, or the
+            # first rate is one epoch in no time (thousands of epochs/s) and the elapsed time lacks it.
+            self._bar.start_t -= p.seconds
+            self._bar.last_print_t -= p.seconds
         self._bar.update(1)
-        self._bar.set_postfix(loss=f"{p.loss:.4f}", img_s=f"{p.images_per_second:.1f}")
+        self._bar.set_postfix(loss=f"{p.loss:.4f}", **{f"{p.unit}_s": f"{p.images_per_second:.1f}"})
 
     def close(self) -> None:
         if self._bar is not None:

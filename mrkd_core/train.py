@@ -348,7 +348,7 @@ def train(cfg: MRKDConfig, samples: Sequence[Sample], category: str,
                 record = train_epoch(model, optimizer, loader, teacher, cfg, device, epoch, category)
                 history.append(record)
                 losses.append(record.loss)
-                progress = _progress(category, record, cfg.epochs, time.perf_counter() - t0, len(history))
+                progress = _progress(category, record, cfg, time.perf_counter() - t0, len(history))
                 for reporter in reporters:
                     reporter.report(progress)
                 if writer is not None and (record.epoch % cfg.checkpoint_every == 0 or record.epoch == cfg.epochs):
@@ -396,10 +396,11 @@ def _starting_point(checkpoints: ArtifactStore | None, mode: CheckpointMode, cfg
     return start_epoch, losses
 
 
-def _progress(category: str, record: EpochRecord, epochs: int, elapsed: float, done: int) -> EpochProgress:
-    """What the reporters get for ``record``: ETA = the epochs left × this run's mean epoch time."""
-    return EpochProgress(category, record.epoch, epochs, record.loss, record.seconds, record.images_per_second,
-                         elapsed, elapsed / done * (epochs - record.epoch))
+def _progress(category: str, record: EpochRecord, cfg: MRKDConfig, elapsed: float, done: int) -> EpochProgress:
+    """What the reporters get for ``record``: ETA = the epochs left × this run's mean epoch time; the
+    rate counts tiles when ``cfg`` tiles (what a batch holds)."""
+    return EpochProgress(category, record.epoch, cfg.epochs, record.loss, record.seconds, record.images_per_second,
+                         elapsed, elapsed / done * (cfg.epochs - record.epoch), "tile" if cfg.tile_size else "img")
 
 
 __all__ = [

@@ -95,3 +95,27 @@ def test_a_published_cell_needs_its_source():
     with pytest.raises(ValueError, match="needs its source"):
         read_published_benchmarks("dataset,row,method,metric,value,printed,unit,source\n"
                                   "visa,candle,RD4AD,image_auroc,90,90,percent,\n")
+
+
+def test_the_rd4ad_column_is_not_called_a_departure_from_the_papers_setting():
+    """The RD4AD ablation (ILM and FLM off) is a column of these tables, as a table's axis is: a run of
+    the paper's configuration and its ablation is not 'not the paper's setting'; another field is."""
+    from dataclasses import replace
+
+    from mrkd_core.config import paper_defaults
+    from mrkd_core.results import cfg_columns
+
+    def row(cfg, **metrics):
+        return table_row(METRICS_SCHEMA, run_id="r1", dataset="visa", category="candle", variant="x",
+                         narrowed=False, score_scales="1,2,3", teacher_weights=cfg.teacher_weights,
+                         finished_at=pd.Timestamp("2026-12-01T00:00:00Z"), **cfg_columns(cfg), **metrics)
+
+    paper = paper_defaults()
+    rows = [row(paper, image_auroc=0.9), row(replace(paper, ilm=False, flm=False), image_auroc=0.8)]
+    t = build_benchmark_table("visa", pd.DataFrame(rows), PUBLISHED)
+    assert t.set_index("category").loc["candle", "RD4AD image_auroc measured"] == pytest.approx(80.0)
+    assert not t.attrs["not_paper_setting"] and "Not the paper's setting" not in " ".join(t.attrs["notes"])
+
+    rows.append(row(replace(paper, ilm=False, flm=False, epochs=2), image_auroc=0.7))
+    notes = " ".join(build_benchmark_table("visa", pd.DataFrame(rows), PUBLISHED).attrs["notes"])
+    assert "Not the paper's setting" in notes and "epochs=2 (paper: 200)" in notes and "ilm=" not in notes
