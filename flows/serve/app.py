@@ -97,8 +97,9 @@ class Scorer:
         self.device = options.device
         self.batch_size = options.max_batch_size
         if options.cpus_per_replica >= 1:
-            # As many PyTorch threads as CPUs reserved (what --cpus-per-replica promises), whatever Ray's
-            # OMP_NUM_THREADS: more threads than cores collapse under load (docs/performance.md).
+            # As many threads as CPUs reserved (what --cpus-per-replica promises), whatever Ray's
+            # OMP_NUM_THREADS: more threads than cores collapse under load (docs/performance.md). The
+            # ONNX Runtime and OpenVINO backends take the same count (inference.backends.cpu_threads).
             torch.set_num_threads(int(options.cpus_per_replica))
         self.loaded: dict[int | None, LoadedModel] = {}
         self.inflight: collections.Counter = collections.Counter()

@@ -81,7 +81,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                         f"(at least {MIN_TOKEN_CHARS} characters; or {TOKEN_ENV})")
     p.add_argument("--device", default=DEFAULTS["device"], help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--cpus-per-replica", type=float, default=DEFAULTS["cpus_per_replica"],
-                   help="CPUs Ray reserves for each replica; also its PyTorch threads (default: %(default)s)")
+                   help="CPUs Ray reserves for each replica; also its threads, whatever the engine "
+                        "(default: %(default)s)")
     p.add_argument("--gpus-per-replica", type=float,
                    help="GPUs per replica (default: 1 when the Ray has GPUs, else 0; fractions share one)")
     p.set_defaults(func=cmd_serve)

@@ -5,6 +5,13 @@ and N scores (Eq. 6), with the same fixed test-time masks; they differ only in t
 engine. For a tiled model the batch holds tiles and the maps come before Eq. 5's Gaussian
 (``tiling.network_sigma``): the Predictor stitches and smooths them (``mrkd_core.tiling``).
 ``open_backend`` picks one by the file (``.onnx`` → an export) and ``engine``.
+
+Threads: every engine runs on as many CPU threads as the process's PyTorch setting
+(``torch.get_num_threads()``, what ``torch.set_num_threads`` and ``OMP_NUM_THREADS`` set; by
+default the machine's cores), read when the backend is made. One knob for all engines:
+``mrkd serve --cpus-per-replica C`` sets it to C in each replica, so an ONNX Runtime or
+OpenVINO replica keeps to its reserved CPUs as a PyTorch one does (left to themselves both
+take every core).
 """
 
 from __future__ import annotations
@@ -65,6 +72,11 @@ class Backend(Protocol):
         ...
 
 
+def cpu_threads() -> int:
+    """CPU threads for an engine: the process's PyTorch setting (module docstring), at least 1."""
+    return max(1, torch.get_num_threads())
+
+
 class TorchBackend:
     """PyTorch eager on the model file's network (``mrkd_core.evaluate.infer``, Eq. 5-6)."""
 
@@ -112,8 +124,10 @@ class OnnxBackend:
             providers.insert(0, "CUDAExecutionProvider")
         elif device == "cuda":
             raise MRKDError(f"{location}: --device cuda needs onnxruntime-gpu; this onnxruntime runs on CPU only")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cpu_threads()  # the module docstring's one knob
         try:
-            self.session = ort.InferenceSession(data, providers=providers)
+            self.session = ort.InferenceSession(data, sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise _not_onnx(location, exc) from None
         self.info = _export_info(location, "onnxruntime", self.session.get_modelmeta().custom_metadata_map)
@@ -145,7 +159,8 @@ class OpenVinoBackend:
 
         try:
             meta = onnx_metadata(path)
-            self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                       "INFERENCE_NUM_THREADS": cpu_threads()})
         except Exception as exc:  # noqa: BLE001 - onnx and OpenVINO raise their own exception types
             raise _not_onnx(location, exc) from None
         self.info = _export_info(location, "openvino", meta)

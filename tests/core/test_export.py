@@ -108,3 +108,24 @@ def test_openvino_runs_the_export_with_the_same_maps(exported, tmp_path):
     assert [p.verdict for p in ours] == [p.verdict for p in ref]
     assert main(["-q", "predict", str(onnx_path), paths[0], "-o", str(tmp_path), "--engine", "openvino"]) == 0
     assert main(["-q", "predict", pt, paths[0], "-o", str(tmp_path), "--engine", "openvino"]) == 2  # needs an export
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_engine_runs_on_the_processs_thread_count(exported, threads):
+    """ONNX Runtime and OpenVINO take as many threads as PyTorch is set to, as a Serve replica sets it to
+    its reserved CPUs (``--cpus-per-replica``); left to themselves they took every core."""
+    from mrkd_core.inference.backends import open_backend
+
+    _, onnx_path, _ = exported
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert open_backend(str(onnx_path)).session.get_session_options().intra_op_num_threads == threads
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return
+        compiled = open_backend(str(onnx_path), engine="openvino").compiled
+        assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+    finally:
+        torch.set_num_threads(before)
