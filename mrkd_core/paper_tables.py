@@ -643,7 +643,20 @@ def _measured(df: pd.DataFrame, published: pd.DataFrame) -> _Built:
     return _Built(t, "Measured results: every dataset, category and variant of the run (%)",
                   ["No published numbers here: the paper's comparisons are Tables 1-8.", *absent_notes,
                    *_subsample_notes(rows)],
-                  rows, n_multi, (), cells)
+                  rows, n_multi, _variant_fields(rows), cells)
+
+
+def _variant_fields(rows: pd.DataFrame) -> tuple[str, ...]:
+    """The config fields that tell a run's variants of one category apart (e.g. the demo's
+    ``baseline``, ILM and FLM off): the measured table's axis, since each row names its variant,
+    as Table 5's ILM/FLM columns are; never a departure from the paper's setting in its notes.
+    A field every variant shares (a single variant's ``ilm=False`` too) is still named there."""
+    keys = [c for c in ("run_id", "dataset", "category") if c in rows.columns]
+    if rows.empty or not keys:
+        return ()
+    return tuple(f.name for f in fields(MRKDConfig)
+                 if f"cfg_{f.name}" in rows.columns
+                 and (rows.groupby(keys)[f"cfg_{f.name}"].nunique(dropna=False) > 1).any())
 
 
 def _subsample_notes(rows: pd.DataFrame) -> list[str]:

@@ -417,3 +417,19 @@ def test_fake_rows_match_the_results_schema(metrics):
     t = build_table(1, table.to_pandas())
     assert cell(t, "bottle", "image_auroc measured") == pytest.approx(
         100 * value_of(metrics, "image_auroc", category="bottle", **MAIN))
+
+
+def test_the_measured_tables_variants_are_its_axis_not_a_departure_from_the_papers_setting():
+    """The demo's baseline variant (ILM and FLM off) beside MRKD is a row of the measured table, as
+    Table 5's columns are: its ilm/flm are not 'not the paper's setting'; a field all variants share is."""
+    values = dict.fromkeys(METRICS, 0.9)
+    lite = MRKDConfig(backbone="efficientnet_lite0", epochs=15)
+    rows = [metrics_row(lite, run_id="demo", dataset="elpv", category="mono", variant="mrkd", values=values),
+            metrics_row(lite.replace(ilm=False, flm=False), run_id="demo", dataset="elpv", category="mono",
+                        variant="baseline", values=values)]
+    notes = " ".join(build_table("measured", pd.DataFrame(rows)).attrs["notes"])
+    assert "Not the paper's setting" in notes and "epochs=15 (paper: 200)" in notes
+    assert "backbone=efficientnet_lite0" in notes and "ilm=" not in notes and "flm=" not in notes
+
+    only = " ".join(build_table("measured", pd.DataFrame(rows[1:])).attrs["notes"])  # one variant, ILM and FLM off
+    assert "ilm=False (paper: True)" in only and "flm=False (paper: True)" in only
