@@ -12,6 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mrkd_core.layout import EVALUATIONS, RUNS
+from mrkd_core.partitioned import SOURCE_COLUMN
 from mrkd_core.results import MANIFEST
 from mrkd_core.revision import UNRECORDED_REVISION, stored_revision
 from mrkd_core.storage import ArtifactStore
@@ -36,10 +37,18 @@ def read_evaluations(store: ArtifactStore, evaluation_id: str) -> list[dict]:
 
 
 def with_run_revisions(store: ArtifactStore, metrics: pd.DataFrame) -> pd.DataFrame:
-    """``metrics`` with column ``evaluation_revision`` read from each row's run directory manifest
-    (metrics rows do not carry it; the manifest records the code that scored the run; 1 when absent)."""
+    """``metrics`` with column ``evaluation_revision`` read from the manifest of the run directory
+    that computed each row (metrics rows do not carry it; the manifest records the code that
+    scored the run; 1 when absent).
+
+    That directory is the row's ``SOURCE_COLUMN`` (``read_metrics(..., with_source=True)``): a
+    result a run reused from an earlier run (a skipped key) was scored there, not under the
+    row's own run id. Rows without it fall back to ``runs/<run_id>/<dataset>/<category>/<hash>``.
+    """
     out = metrics.copy()
-    manifests = [f"{RUNS}/{r.run_id}/{r.dataset}/{r.category}/{r.config_hash}/{MANIFEST}" for r in out.itertuples()]
+    sources = out[SOURCE_COLUMN] if SOURCE_COLUMN in out.columns else [""] * len(out)
+    manifests = [f"{source or f'{RUNS}/{r.run_id}/{r.dataset}/{r.category}/{r.config_hash}'}/{MANIFEST}"
+                 for r, source in zip(out.itertuples(), sources)]
     recorded = {m: stored_revision(store.read_json(m), "evaluation_revision") if store.exists(m)
                 else UNRECORDED_REVISION for m in dict.fromkeys(manifests)}  # one read per run directory
     out["evaluation_revision"] = [recorded[m] for m in manifests]

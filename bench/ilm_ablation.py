@@ -123,7 +123,7 @@ def collect(store: ArtifactStore, out: ArtifactStore, runs) -> pd.DataFrame:
     (``reevaluation_id``) when there is one; the test-time-FLM-off rows are the
     ``--no-flm-at-test`` records in ``out``.
     """
-    metrics = with_run_revisions(store, pd.concat([read_metrics(store, r) for r in runs], ignore_index=True))
+    metrics = with_run_revisions(store, pd.concat([read_metrics(store, r, with_source=True) for r in runs], ignore_index=True))
     metrics = metrics[metrics["score_scales"] == scales_key((1, 2, 3))]
     again = {(run, rec["category"], rec["trained_hash"]): rec
              for run in runs for rec in read_evaluations(out, reevaluation_id(run))}
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     runs = [r for r in args.runs if store.exists(f"{RUNS}/{r}")]
     if not runs:
         raise SystemExit(f"none of the runs {args.runs} is in {store.uri()}: run the specs first (docs/ilm.md)")
-    metrics = pd.concat([read_metrics(store, r) for r in runs], ignore_index=True)
+    metrics = pd.concat([read_metrics(store, r, with_source=True) for r in runs], ignore_index=True)
     if not args.no_evaluate:
         evaluate_flm_models(store, out, metrics)
     df = collect(store, out, runs)

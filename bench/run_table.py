@@ -87,7 +87,7 @@ def main(argv=None) -> int:
                                                 "--evaluation-id` of the run's models (timings stay the run's)")
     parser.add_argument("--evaluations", help="store holding --evaluation-id (default: --store)")
     args = parser.parse_args(argv)
-    metrics = read_metrics(ArtifactStore(args.store), args.run)
+    metrics = read_metrics(ArtifactStore(args.store), args.run, with_source=True)
     if metrics.empty:
         raise SystemExit(f"no metrics of run {args.run!r} in {args.store}")
     records = []

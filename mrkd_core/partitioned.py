@@ -70,6 +70,8 @@ PARTITION_COLUMNS = ("dataset", "run_id")
 # Which run directory a partition file was copied from (a skipped task's rows come from an
 # earlier run): stored in the Parquet footer, so the schema stays the table's.
 SOURCE_KEY = b"mrkd.run_dir"
+# The column PartitionedTable.read(with_source=True) adds: SOURCE_KEY's run directory, per row.
+SOURCE_COLUMN = "source_run_dir"
 # The options of a DuckDB read of a table of a store written by several versions (docs/storage.md):
 # the partition values of hive folders as text, and the files' columns unified by name.
 DUCKDB_OPTIONS = "hive_partitioning = true, hive_types_autocast = false, union_by_name = true"
@@ -310,13 +312,16 @@ class PartitionedTable:
             values[col] = decode_value(value if sep else segment)  # hive, or a plain folder (no '=' in it)
         return values
 
-    def read(self, store: ArtifactStore, **equals: str | None) -> pd.DataFrame:
+    def read(self, store: ArtifactStore, with_source: bool = False, **equals: str | None) -> pd.DataFrame:
         """Every row (with the partition values ``equals``, e.g. ``run_id="0001"``) of complete runs.
 
         Both layouts; the partition values come from the path (a plain folder is named by
         its value). Files of every schema version are conformed to ``schema`` (old rows get
         nulls in newer columns). A file whose source run directory has no manifest (deleted)
-        is left out with a warning.
+        is left out with a warning. With ``with_source`` the frame gains column
+        ``SOURCE_COLUMN``: the run directory (store-relative) that computed each row, which
+        for a result a run reused from an earlier one is the earlier run's ('' when the
+        file records none).
         """
         wanted = {k: v for k, v in equals.items() if v is not None}
         unknown = set(wanted) - set(self.partition_by)
@@ -341,9 +346,14 @@ class PartitionedTable:
             table = conform(table, self.file_schema, store.uri(path))
             for col in self.partition_by:
                 table = table.append_column(col, pa.array([values[col]] * table.num_rows, pa.string()))
-            tables.append(table.select(self.schema.names))
+            table = table.select(self.schema.names)
+            if with_source:
+                table = table.append_column(SOURCE_COLUMN, pa.array([source.decode() if source is not None else ""]
+                                                                    * table.num_rows, pa.string()))
+            tables.append(table)
         if not tables:
-            return self.schema.empty_table().to_pandas()
+            empty = self.schema.empty_table()
+            return (empty.append_column(SOURCE_COLUMN, pa.array([], pa.string())) if with_source else empty).to_pandas()
         return pa.concat_tables(tables).to_pandas()
 
     def dataset(self, path: str, filesystem: Any = None) -> pads.Dataset:
@@ -360,17 +370,18 @@ class PartitionedTable:
 METRICS_TABLE = PartitionedTable("metrics", METRICS_SCHEMA)
 SCORES_TABLE = PartitionedTable("scores", SCORES_SCHEMA)
 
-__all__ = ["DUCKDB_OPTIONS", "METRICS_TABLE", "PARTITION_COLUMNS", "PartitionedTable", "SCORES_TABLE", "SOURCE_KEY",
-           "check_partition_value", "check_run_id", "conform", "decode_value", "encode_folder", "encode_value",
+__all__ = ["DUCKDB_OPTIONS", "METRICS_TABLE", "PARTITION_COLUMNS", "PartitionedTable", "SCORES_TABLE", "SOURCE_COLUMN",
+           "SOURCE_KEY", "check_partition_value", "check_run_id", "conform", "decode_value", "encode_folder", "encode_value",
            "read_metrics", "read_run", "read_scores", "safe_file_name"]
 
 
-def read_metrics(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:
+def read_metrics(store: ArtifactStore, run_id: str | None = None, with_source: bool = False) -> pd.DataFrame:
     """All metrics rows (of one run, or all) from the partitioned tables; complete runs only.
 
-    Files written by older versions are conformed to ``METRICS_SCHEMA`` (null in the columns added since).
+    Files written by older versions are conformed to ``METRICS_SCHEMA`` (null in the columns added
+    since). ``with_source`` adds ``SOURCE_COLUMN`` (:meth:`PartitionedTable.read`).
     """
-    return METRICS_TABLE.read(store, run_id=run_id)
+    return METRICS_TABLE.read(store, with_source, run_id=run_id)
 
 
 def read_scores(store: ArtifactStore, run_id: str | None = None) -> pd.DataFrame:

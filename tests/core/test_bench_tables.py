@@ -60,3 +60,26 @@ def test_run_table_takes_metrics_from_the_evaluation_and_keeps_the_timings(tmp_p
     assert table["image AU-ROC"].round(2).tolist() == [77.95, 76.1]  # the record's, the run's own
     assert table["eval rev"].tolist() == [2, 1]
     assert table["train s"].tolist() == [100.0, 100.0] and table["wall s"].tolist() == [120.0, 120.0]
+
+
+def test_a_reused_result_reports_the_revision_of_the_run_that_scored_it(tmp_path, bench):
+    """Run b skipped a key that run a had completed (its rows are a's, copied under b): the figure's
+    evaluation revision is the one a's manifest records, not 1 for b's absent directory."""
+    from mrkd_core.partitioned import METRICS_TABLE, SOURCE_COLUMN, read_metrics
+    from tests.datagen import table_row
+
+    store = ArtifactStore(str(tmp_path))
+    scored = "runs/a/elpv/mono/aaaa"
+    store.write_json(f"{scored}/manifest.json", {"format": "mrkd-manifest/1", "evaluation_revision": 2})
+    store.write_json("runs/b/elpv/poly/cccc/manifest.json", {"format": "mrkd-manifest/1"})  # trained by b, unrecorded
+    for run in ("a", "b"):
+        METRICS_TABLE.write(store, [table_row(METRICS_TABLE.schema, dataset="elpv", run_id=run, category="mono",
+                                              config_hash="aaaa")], "mono-mrkd-aaaa.parquet", scored)
+    METRICS_TABLE.write(store, [table_row(METRICS_TABLE.schema, dataset="elpv", run_id="b", category="poly",
+                                          config_hash="cccc")], "poly-mrkd-cccc.parquet", "runs/b/elpv/poly/cccc")
+    metrics = read_metrics(store, "b", with_source=True)
+    assert sorted(metrics[SOURCE_COLUMN]) == [scored, "runs/b/elpv/poly/cccc"]
+    revised = bench("eval_records").with_run_revisions(store, metrics).sort_values("category")
+    assert revised["evaluation_revision"].tolist() == [2, 1]
+    assert SOURCE_COLUMN not in read_metrics(store, "b").columns  # the table's own columns by default
+    assert SOURCE_COLUMN in read_metrics(store, "absent", with_source=True).columns
