@@ -50,10 +50,31 @@ DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
 
 
 def is_loopback_address(address: str | None) -> bool:
-    """``127.0.0.1:6379``, ``localhost:6379`` (not ``ray://``, ``auto`` or another host)."""
+    """``127.0.0.1:6379``, ``localhost:6379``, ``[::1]:6379`` (not ``ray://``, ``auto`` or another host)."""
     if not address or "://" in address or address == "auto":
         return False
-    return is_loopback_host(address.rsplit(":", 1)[0].strip("[]"))
+    return is_loopback_host(host_and_port(address)[0])
+
+
+def host_and_port(address: str) -> tuple[str, int | None]:
+    """``host:port`` → (host, port); an IPv6 host is bracketed (``[::1]:6379``) and comes back bare.
+
+    A bare host (``localhost``, ``10.0.0.5``, ``::1``) has port None. A bare valid IPv6
+    address is taken whole (``::1:6379`` is an address, as ``ipaddress`` reads it): write a
+    port after an IPv6 host in brackets. The one reading of a Ray address's host for the
+    loopback decision and the reachability probe.
+    """
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return host, int(port) if port.isdigit() else None
+    try:
+        ipaddress.ip_address(address)
+        return address, None
+    except ValueError:
+        pass
+    host, sep, port = address.rpartition(":")
+    return (host, int(port)) if sep and port.isdigit() else (address, None)
 
 
 def is_loopback_host(host: str) -> bool:

@@ -54,7 +54,7 @@ from typing import Any, Literal, Protocol
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows.local_ray import LOOPBACK, is_loopback_address, port_free
+from flows.local_ray import LOOPBACK, host_and_port, is_loopback_address, port_free
 from flows.ray_env import forwarded_env
 from mrkd_core.model.weights import ENV_STAGED, STAGED_FOLDER
 
@@ -227,12 +227,11 @@ def check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
     meanwhile. ``host:port`` and ``ray://host:port`` are probed with one TCP connection;
     ``auto`` (Ray's own discovery) is left to Ray. Raises ``ConnectionError``.
     """
-    hostport = address.removeprefix("ray://")
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
+    host, port = host_and_port(address.removeprefix("ray://"))
+    if port is None:
         return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise ConnectionError(
             f"no Ray at {address} (ray_address or RAY_ADDRESS): {exc} — start the local head "

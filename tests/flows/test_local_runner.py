@@ -89,6 +89,28 @@ def test_gpu_request_rules(monkeypatch):
         requested_gpus(-1, None)
 
 
+def test_one_reading_of_a_ray_addresss_host_and_port():
+    """The loopback decision and the reachability probe read an address the same way."""
+    from flows.local_ray import host_and_port, is_loopback_address
+    from flows.ray_runner import check_reachable
+
+    assert host_and_port("127.0.0.1:6379") == ("127.0.0.1", 6379)
+    assert host_and_port("[::1]:6379") == ("::1", 6379)
+    assert host_and_port("ray-head") == ("ray-head", None) and host_and_port("::1") == ("::1", None)
+    assert host_and_port("ray-head:http") == ("ray-head:http", None)
+    for loopback in ("127.0.0.1:6379", "localhost:6379", "[::1]:6379", "127.0.0.1", "::1"):
+        assert is_loopback_address(loopback), loopback
+    for other in ("ray-head:6379", "10.0.0.5:6379", "ray://127.0.0.1:10001", "auto", None):
+        assert not is_loopback_address(other), other
+    check_reachable("auto")  # no port: left to Ray, nothing probed
+    check_reachable("ray-head")
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConnectionError, match=f"no Ray at ray://127.0.0.1:{port}"):
+        check_reachable(f"ray://127.0.0.1:{port}")
+
+
 def test_worker_env_carries_store_settings_but_only_what_is_set(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
