@@ -196,8 +196,9 @@ def resolution_note(width: int, height: int, image_size: int, tiling: Tiling | N
     """What the network sees of a width × height image, or None when that needs no saying.
 
     Without tiling: a warning when the image shrinks by more than ``SHRINK_WARNING`` per side,
-    with what a defect of ``defect_px`` pixels becomes and the ``--tile-size`` that keeps it
-    (tiles of ``image_size``: one frame pixel per network pixel). With tiling: the tiles per
+    with what a defect of ``defect_px`` pixels becomes and two ``--tile-size`` values: tiles of
+    ``image_size`` (one frame pixel per network pixel) and of twice that (a quarter of the tiles,
+    the defect half its size). With tiling: the tiles per
     frame and the defect's size in network pixels.
     """
     if tiling is not None:
@@ -207,11 +208,12 @@ def resolution_note(width: int, height: int, image_size: int, tiling: Tiling | N
                 "images")
     if max(width, height) <= SHRINK_WARNING * image_size:
         return None
-    native = Tiling(image_size, image_size, image_size, 0.0)
+    native, halved = (Tiling(size, size, image_size, 0.0) for size in (image_size, 2 * image_size))
     return (f"warning: images of {width}×{height} px are resized whole to {image_size}×{image_size}: a defect "
             f"{defect_px} px across becomes {defect_px * image_size / width:.1f}×{defect_px * image_size / height:.1f}"
-            f" px and may vanish — inspect in tiles with --tile-size {image_size} ({len(native.grid(height, width))}"
-            " tiles per image at full resolution; docs/tiling.md)")
+            f" px and may vanish — inspect in tiles: --tile-size {image_size} keeps every pixel "
+            f"({len(native.grid(height, width))} tiles per image), --tile-size {2 * image_size} halves them "
+            f"({len(halved.grid(height, width))} tiles per image, the defect {defect_px / 2:.1f} px; docs/tiling.md)")
 
 
 def describe_dataset(name: str, root: str | os.PathLike[str], categories: Sequence[str] | None = None,
