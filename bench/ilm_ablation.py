@@ -123,7 +123,8 @@ def collect(store: ArtifactStore, out: ArtifactStore, runs) -> pd.DataFrame:
     (``reevaluation_id``) when there is one; the test-time-FLM-off rows are the
     ``--no-flm-at-test`` records in ``out``.
     """
-    metrics = with_run_revisions(store, pd.concat([read_metrics(store, r, with_source=True) for r in runs], ignore_index=True))
+    metrics = with_run_revisions(store, pd.concat([read_metrics(store, r, with_source=True) for r in runs],
+                                                  ignore_index=True))
     metrics = metrics[metrics["score_scales"] == scales_key((1, 2, 3))]
     again = {(run, rec["category"], rec["trained_hash"]): rec
              for run in runs for rec in read_evaluations(out, reevaluation_id(run))}

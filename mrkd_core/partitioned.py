@@ -371,8 +371,8 @@ METRICS_TABLE = PartitionedTable("metrics", METRICS_SCHEMA)
 SCORES_TABLE = PartitionedTable("scores", SCORES_SCHEMA)
 
 __all__ = ["DUCKDB_OPTIONS", "METRICS_TABLE", "PARTITION_COLUMNS", "PartitionedTable", "SCORES_TABLE", "SOURCE_COLUMN",
-           "SOURCE_KEY", "check_partition_value", "check_run_id", "conform", "decode_value", "encode_folder", "encode_value",
-           "read_metrics", "read_run", "read_scores", "safe_file_name"]
+           "SOURCE_KEY", "check_partition_value", "check_run_id", "conform", "decode_value", "encode_folder",
+           "encode_value", "read_metrics", "read_run", "read_scores", "safe_file_name"]
 
 
 def read_metrics(store: ArtifactStore, run_id: str | None = None, with_source: bool = False) -> pd.DataFrame:
