@@ -17,8 +17,9 @@ PROBE = ("import signal; from flows.worker import restore_sigint; "
 
 def _probe(ignore_sigint: bool) -> str:
     def setup() -> None:
-        if ignore_sigint:  # what a background job of a shell without job control inherits
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # SIG_IGN: what a background job of a shell without job control inherits. SIG_DFL set
+        # explicitly, since the suite itself may be such a job (`make test &`) and would pass it on.
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL)
 
     proc = subprocess.run([PYTHON, "-c", PROBE], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
                           timeout=120, preexec_fn=setup)
