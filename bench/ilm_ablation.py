@@ -44,7 +44,7 @@ from mrkd_core.evaluate import scales_key  # noqa: E402
 from mrkd_core.ilm import describe_preset  # noqa: E402
 from mrkd_core.ilm.auto import estimate_background, estimate_preset  # noqa: E402
 from mrkd_core.layout import RUNS  # noqa: E402
-from mrkd_core.partitioned import read_metrics  # noqa: E402
+from mrkd_core.partitioned import SOURCE_COLUMN, read_metrics  # noqa: E402
 from mrkd_core.revision import EVALUATION_REVISION, UNRECORDED_REVISION  # noqa: E402
 from mrkd_core.storage import ArtifactStore  # noqa: E402
 
@@ -82,7 +82,7 @@ def evaluate_flm_models(store: ArtifactStore, out: ArtifactStore, metrics: pd.Da
             for row in todo.itertuples(index=False):
                 if (row.category, row.config_hash) in done:
                     continue
-                run_dir = _run_dir(store, row.dataset, row.category, row.config_hash)
+                run_dir = _run_dir(store, row._asdict())
                 data_root = store.read_json(f"{run_dir}/train.json")["data_root"]
                 argv = ["-q", "evaluate", data_root, "--dataset", row.dataset, "-c", row.category,
                         "--models", store.uri(), "--output", out.uri(), "--config-hash", row.config_hash, *options,
@@ -94,7 +94,12 @@ def evaluate_flm_models(store: ArtifactStore, out: ArtifactStore, metrics: pd.Da
                     raise SystemExit(f"mrkd {' '.join(argv)} failed")
 
 
-def _run_dir(store: ArtifactStore, dataset: str, category: str, config_hash: str) -> str:
+def _run_dir(store: ArtifactStore, row: dict) -> str:
+    """The run directory that computed a metrics row: its source (``read_metrics(..., with_source=True)``),
+    else the newest complete one of its key."""
+    if row.get(SOURCE_COLUMN):
+        return row[SOURCE_COLUMN]
+    dataset, category, config_hash = row["dataset"], row["category"], row["config_hash"]
     for run in sorted(store.list(RUNS), reverse=True):
         d = f"{run}/{dataset}/{category}/{config_hash}"
         if store.exists(f"{d}/manifest.json"):
@@ -227,7 +232,7 @@ def auto_estimates(store: ArtifactStore, metrics: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (dataset, category), g in metrics.groupby(["dataset", "category"]):
         first = g.iloc[0]
-        data_root = store.read_json(f"{_run_dir(store, dataset, category, first['config_hash'])}/train.json")["data_root"]
+        data_root = store.read_json(f"{_run_dir(store, first.to_dict())}/train.json")["data_root"]
         size = int(first["cfg_image_size"])
         images = decode_train_images(get_dataset(dataset).train_samples(data_root, category), size, category)
         est = estimate_background(images)
