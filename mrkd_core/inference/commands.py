@@ -146,7 +146,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- models info
 def model_info(location: str) -> dict:
-    """Config, calibration and thresholds of a model file or an ONNX export, as JSON-safe data."""
+    """Config, calibration and thresholds of a model file or an ONNX export, as JSON-safe data.
+
+    ``config`` holds the fields that define the model (its hash); ``trained_with`` the runtime
+    fields of its training (``config.RUNTIME_FIELDS``: device, workers, batch sizes, memory
+    format), which a loader may change without changing what is computed.
+    """
     from mrkd_core.inference.backends import is_onnx
 
     if is_onnx(location):
@@ -180,6 +185,13 @@ def model_info(location: str) -> dict:
                 "config_hash": record.config.config_hash(), "extra": record.extra,
                 "training_revision": record.training_revision, "calibration": record.calibration,
                 "calibration_history": len(record.calibration_history)}
+    from mrkd_core.config import RUNTIME_FIELDS
+
+    # The runtime fields say where and how fast it was trained, not what it computes (progress is
+    # always off in a loaded model): shown apart, so that "config" reads as the model's definition.
+    config = info["config"]
+    info["config"] = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
+    info["trained_with"] = {k: config[k] for k in sorted(RUNTIME_FIELDS - {"progress"}) if k in config}
     cal = info["calibration"]
     info["thresholds"] = ({"image": cal["image_threshold"], "pixel": cal["pixel_threshold"],
                            "normalized_image": 0.5} if cal else None)

@@ -204,6 +204,9 @@ def test_train_holds_out_and_calibrates_then_calibrate_and_models_info(data_root
     assert info["thresholds"] == {"image": cal["image_threshold"], "pixel": cal["pixel_threshold"],
                                   "normalized_image": 0.5}
     assert info["config"]["validation_fraction"] == 0.5 and info["calibration_history"] == 0
+    # what the model is, apart from where it ran (a loaded model's progress bars are always off)
+    assert not {"device", "num_workers", "progress"} & set(info["config"]) and "progress" not in info["trained_with"]
+    assert info["trained_with"]["device"] == "cpu" and info["trained_with"]["num_workers"] == 0
     # recalibrate on the labelled test split: F1, and the report says where it was chosen; into a new
     # file, never over the stored model.pt (a registered version may point at it)
     stored = Path(model).read_bytes()

@@ -95,6 +95,7 @@ def test_predict_with_the_onnx_file_writes_the_same_outputs(exported, tmp_path, 
     assert main(["models", "info", str(onnx_path)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["thresholds"]["image"] == load_model_file(pt, build=False).calibration["image_threshold"]
+    assert "device" not in shown["config"] and "device" in shown["trained_with"]
 
 
 def test_openvino_runs_the_export_with_the_same_maps(exported, tmp_path):
