@@ -387,14 +387,17 @@ def cmd_data_check(args: argparse.Namespace) -> int:
                  f"pass --dataset {other.name} (or auto)")
     problems = check_dataset(args.dataset, str(root), categories=args.category or None)
     cfg = config_from_args(args)  # --image-size / --tile-size: what the network will see of the images
-    for line in describe_dataset(args.dataset, str(root), categories=args.category or None,
+    described = describe_dataset(args.dataset, str(root), categories=args.category or None,
                                  recognised=recognised.why if recognised is not None else None,
-                                 image_size=cfg.image_size, tiling=Tiling.of(cfg)):
+                                 image_size=cfg.image_size, tiling=Tiling.of(cfg))
+    for line in described:
         _out(line)
     if problems:
         _out(format_problems(problems))
         return 1
-    _out(f"{root}: no problems found")
+    advice = " (the warning above is advice: the data can be trained on as it is)" if any(
+        "warning:" in line for line in described) else ""
+    _out(f"{root}: no problems found{advice}")
     return 0
 
 

@@ -45,8 +45,8 @@ def resolve_preset(value: str, category: str, images: Sequence[np.ndarray] | Non
         key = category.strip().lower() if isinstance(category, str) else category
         if key in PRESETS:
             return PRESETS[key]
-        log.info("ILM preset for %s (no published preset): %s, the default for such categories",
-                 category, UNKNOWN_CATEGORY_PRESET)
+        log.info("ILM preset for %s: %s → %s (no published preset for this category; NSA's setting for "
+                 "categories it does not name)", category, PRESET_DEFAULT, UNKNOWN_CATEGORY_PRESET)
         value = UNKNOWN_CATEGORY_PRESET
     if value == PRESET_AUTO:
         if not images:
