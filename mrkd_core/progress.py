@@ -80,13 +80,17 @@ class EpochLog:
 
 
 class ProgressBar:
-    """A tqdm bar over the epochs (loss and images/s, or tiles/s, as its postfix); nothing when ``enabled`` is False.
+    """A tqdm bar over the epochs (loss and images/s, or tiles/s, as its postfix) on ``file``
+    (default: standard error); nothing when ``enabled`` is False or ``file`` is not a terminal
+    (a log redirected to a file keeps the epoch lines, without the bar's carriage returns; a
+    notebook still gets its widget).
 
     Created at the first report, so that a resumed training's bar starts at its epoch.
     """
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, file: Any = None):
         self.enabled = enabled
+        self.file = file
         self._bar: Any = None
 
     def report(self, p: EpochProgress) -> None:
@@ -96,11 +100,15 @@ class ProgressBar:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=p.epochs, initial=p.epoch - 1, desc=f"train {p.category}", unit="epoch",
-                             leave=False)
+                             leave=False, file=self.file, disable=None)  # None: off where not a terminal
+            if self._bar.disable:
+                return
             # Made when the first epoch has ended: its clock starts when that epoch started, or the
             # first rate is one epoch in no time (thousands of epochs/s) and the elapsed time lacks it.
             self._bar.start_t -= p.seconds
             self._bar.last_print_t -= p.seconds
+        if self._bar.disable:
+            return
         self._bar.update(1)
         self._bar.set_postfix(loss=f"{p.loss:.4f}", **{f"{p.unit}_s": f"{p.images_per_second:.1f}"})
 

@@ -50,6 +50,7 @@ from typing import ClassVar
 
 from tqdm import tqdm
 
+from mrkd_core.console import on_terminal
 from mrkd_core.data.base import COMPLETION_MARKER
 from mrkd_core.errors import DownloadError
 
@@ -189,7 +190,7 @@ def _attempt(url: str, part: Path, timeout: float, progress: bool, label: str) -
         received = 0
         mode = "ab" if start else "wb"
         with open(part, mode) as fh, tqdm(total=total, initial=start, unit="B", unit_scale=True,
-                                          unit_divisor=1024, desc=label, disable=not progress,
+                                          unit_divisor=1024, desc=label, disable=not (progress and on_terminal()),
                                           leave=False) as bar:
             try:
                 while True:

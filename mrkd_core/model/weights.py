@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from mrkd_core.backbones import Backbone, ImagenetWeights, hash_in_name
+from mrkd_core.console import on_terminal
 from mrkd_core.errors import MRKDError, WeightsError, unpickle_error
 from mrkd_core.storage import ArtifactStore, open_uri
 
@@ -160,7 +161,7 @@ def _download(backbone: Backbone, url: str, path: str, prefix: str, progress: bo
     log.info("downloading ImageNet weights for %s from %s to %s", backbone.name, url, path)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(url, path, hash_prefix=prefix, progress=progress)
+        torch.hub.download_url_to_file(url, path, hash_prefix=prefix, progress=progress and on_terminal())
     except urllib.error.HTTPError as exc:
         raise WeightsError(f"cannot download ImageNet weights for {backbone.name} from {url}: HTTP {exc.code} "
                            f"{exc.reason} — {fix}") from None

@@ -101,6 +101,28 @@ def test_part_file_from_an_interrupted_call_is_resumed(server, mvtec_tar, tmp_pa
     assert (tmp_path / "mvtec" / "bottle" / "train" / "good" / "002.png").is_file()
 
 
+def test_a_download_draws_its_bar_only_on_a_terminal(server, tmp_path, capsys, monkeypatch):
+    """Standard error redirected (a log file, a worker's log): no bar's carriage returns in it."""
+    import io
+
+    from mrkd_core.console import on_terminal
+
+    state, base = server
+    state.files["/f"] = b"x" * 300
+    assert fetch(f"{base}/f", tmp_path / "f", _sha(b"x" * 300), progress=True) == _sha(b"x" * 300)
+    assert "\r" not in capsys.readouterr().err
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert on_terminal() and not on_terminal(io.StringIO())
+    assert fetch(f"{base}/f", tmp_path / "g", _sha(b"x" * 300), progress=True) == _sha(b"x" * 300)
+    assert "\r" in terminal.getvalue()  # a person at a terminal sees it
+
+
 def test_fetch_complete_part_file_gets_416_and_finishes(server, tmp_path):
     state, base = server
     state.files["/f"] = b"x" * 300

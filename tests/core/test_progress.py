@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import io
+
 from mrkd_core.progress import EpochProgress, ProgressBar
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
 def test_the_progress_bar_counts_the_first_epoch_s_time():
     """The bar is made when the first epoch has ended; its rate and elapsed time include that epoch
     (it once showed ~8000 epochs/s after a 2-s epoch). No clock is asserted: the epoch's time is given."""
-    bar = ProgressBar()
+    bar = ProgressBar(file=Terminal())
     bar.report(EpochProgress("plate", epoch=4, epochs=10, loss=0.5, seconds=30.0, images_per_second=2.0,
                              elapsed_seconds=30.0, eta_seconds=180.0))  # a training resumed after epoch 3
     shown = bar._bar.format_dict
@@ -19,6 +26,22 @@ def test_the_progress_bar_counts_the_first_epoch_s_time():
     assert 1 / shown["elapsed"] <= shown["rate"] <= 1 / 30.0
     bar.close()
     assert bar._bar is None
+
+
+def test_no_bar_where_the_output_is_not_a_terminal():
+    """Standard error redirected to a file: the epoch log lines stay, the bar's carriage returns do not
+    (a new user found them interleaved with the log lines of `mrkd train ... 2> train.log`)."""
+    redirected = io.StringIO()
+    bar = ProgressBar(file=redirected)
+    for epoch in (1, 2):
+        bar.report(EpochProgress("plate", epoch, 2, 0.5, 1.0, 2.0, float(epoch), 1.0))
+    bar.close()
+    assert redirected.getvalue() == ""
+    shown = Terminal()
+    bar = ProgressBar(file=shown)
+    bar.report(EpochProgress("plate", 1, 2, 0.5, 1.0, 2.0, 1.0, 1.0))
+    bar.close()
+    assert "train plate" in shown.getvalue()
 
 
 def test_a_disabled_bar_draws_nothing():
