@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 5.0
+NO_RECORD = "none"  # ``--record none`` of mrkd serve and mrkd predict: no record
 PARTITION_COLUMNS = ("model", "date")
 
 INSPECTIONS_SCHEMA = pa.schema([
@@ -144,4 +145,4 @@ def read_inspections(store: ArtifactStore, model: str | None = None, date: str |
     return df.sort_values(["received_at", "request_id", "image_index"], kind="stable").reset_index(drop=True)
 
 
-__all__ = ["FLUSH_SECONDS", "INSPECTIONS_SCHEMA", "INSPECTIONS_TABLE", "InspectionRecorder", "read_inspections"]
+__all__ = ["FLUSH_SECONDS", "INSPECTIONS_SCHEMA", "NO_RECORD", "INSPECTIONS_TABLE", "InspectionRecorder", "read_inspections"]

@@ -27,6 +27,7 @@ from typing import Any
 from flows.serve.options import ENGINES
 from mrkd_core.errors import ConfigError, MRKDError
 from mrkd_core.inference.backends import is_onnx
+from mrkd_core.inference.record import recorded_name
 from mrkd_core.registry.records import CHAMPION, LATEST
 from mrkd_core.registry.reference import ModelReference, expand_reference, parse_reference, resolve
 
@@ -67,19 +68,6 @@ class ServedModel:
         return cls(str(data["name"]), str(data["location"]), str(data["engine"]))
 
 
-def default_name(location: str) -> str:
-    """The URL name of a model when the user gave none (see the module docstring)."""
-    ref = parse_reference(location)
-    if ref is not None:
-        return ref.key.category
-    path = location.rstrip("/")
-    stem = posixpath.splitext(posixpath.basename(path))[0]
-    parts = path.split("/")
-    if stem == "model" and len(parts) >= 6 and parts[-6] == "runs":  # runs/<run>/<dataset>/<category>/<hash>/model.pt
-        return parts[-3]
-    return stem
-
-
 def served_models(items: list[str], store_root: str | None, engine: str | None) -> list[ServedModel]:
     """``[SERVED=]MODEL_REF`` arguments → served models, names checked and unique.
 
@@ -93,7 +81,7 @@ def served_models(items: list[str], store_root: str | None, engine: str | None) 
         name, sep, rest = item.partition("=")
         explicit = bool(sep) and "/" not in name and "@" not in name
         location = _absolute(expand_reference(rest if explicit else item, _absolute(store_root)))
-        name = name if explicit else default_name(location)
+        name = name if explicit else recorded_name(location)
         if not NAME_PATTERN.match(name):
             raise ConfigError(f"{item}: {name!r} cannot name a model in a URL (letters, digits, '.', '_', '-'; "
                               f"at most 64) — name it: mrkd serve NAME={rest if explicit else item}")
@@ -225,4 +213,4 @@ def check_loadable(model: ServedModel) -> None:
 
 
 __all__ = ["LoadedModel", "NAME_PATTERN", "ServedModel", "UNCALIBRATED", "check_loadable",
-           "current_version", "default_name", "served_models", "version_location"]
+           "current_version", "served_models", "version_location"]

@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mrkd_core.inspections import NO_RECORD
+
 ENGINES = ("torch", "onnxruntime", "openvino")  # --engine (the backends report pytorch/onnxruntime/openvino)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULTS: dict[str, Any] = {"max_batch_size": 16, "batch_wait_ms": 5.0, "max_body_mb": 64.0, "follow_seconds": 60.0,
                             "device": "auto", "replicas": "1", "cpus_per_replica": 1.0}
-NO_RECORD = "none"
 STORE_ENV = "MRKD_STORE"
 
 

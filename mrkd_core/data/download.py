@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import http.client
 import json
 import logging
@@ -52,6 +51,7 @@ from tqdm import tqdm
 
 from mrkd_core.console import on_terminal
 from mrkd_core.data.base import COMPLETION_MARKER
+from mrkd_core.data.io import file_sha256
 from mrkd_core.errors import DownloadError
 
 log = logging.getLogger(__name__)
@@ -132,14 +132,6 @@ def read_marker(root: str | os.PathLike[str]) -> dict | None:
 
 
 # --------------------------------------------------------------------------- transfer
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _total_from_content_range(value: str | None) -> int | None:
     m = re.match(r"bytes\s+(?:\d+-\d+|\*)/(\d+)", value or "")
     return int(m.group(1)) if m else None
@@ -244,7 +236,7 @@ def _transfer(url: str, dest: Path, sha256: str | None, progress: bool, timeout:
             raise _SourceFailed(str(exc).split(": ", 1)[-1]) from None
     else:
         raise _SourceFailed(f"failed after {retries + 1} attempts: {last}")
-    observed = _sha256_file(part)
+    observed = file_sha256(part)
     if sha256 is not None and observed != sha256.lower():
         part.unlink(missing_ok=True)
         raise _SourceFailed(f"sha256 mismatch: expected {sha256}, got {observed}; the file was deleted")
@@ -276,7 +268,7 @@ def _verify_local(path: Path, sha256: str | None) -> str:
     """The sha256 of a local archive the user named (never deleted), or _SourceFailed."""
     if not path.is_file():
         raise _SourceFailed("no such file")
-    observed = _sha256_file(path)
+    observed = file_sha256(path)
     if sha256 is not None and observed != sha256.lower():
         raise _SourceFailed(f"sha256 mismatch: expected {sha256}, got {observed}")
     if sha256 is None:
@@ -505,7 +497,7 @@ def _download_locked(info: DownloadInfo, root: Path, sources: Sequence[str], ove
     got: _Archive | None = None
     if archive.exists():
         log.info("%s: found a complete archive from an earlier call; verifying it", archive)
-        observed = _sha256_file(archive)
+        observed = file_sha256(archive)
         if info.sha256 is None or observed == info.sha256:
             got = _Archive(archive, observed, sources[0], owned=True)  # fetched by an earlier call
         else:

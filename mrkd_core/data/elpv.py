@@ -28,7 +28,6 @@ reused like MTD's (``mrkd_core.data.split``): the file wins over the seed.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -47,6 +46,7 @@ from mrkd_core.data.base import (
     name_key,
 )
 from mrkd_core.data.catalog import catalogued
+from mrkd_core.data.io import file_sha256
 from mrkd_core.data.split import (
     DEFAULT_SPLIT_SEED,
     TRAIN_FRACTION,
@@ -181,7 +181,7 @@ def read_labels(path: Path) -> list[Cell]:
 
 def labels_sha256(path: Path) -> str:
     """sha256 hex of ``labels.csv`` (recorded in the split file: a changed label list is another split)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 class _Images:

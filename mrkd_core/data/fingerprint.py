@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrkd_core.data.base import Sample, mask_files
+from mrkd_core.data.io import file_sha256
 from mrkd_core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -226,8 +227,7 @@ class HashCache:
 
 def _file_sha256(path: str) -> str:
     try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        return file_sha256(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read it to fingerprint the dataset ({exc})") from None
 

@@ -17,6 +17,7 @@ official code's ``convert('RGB')``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -207,6 +208,12 @@ def _image_array(raw: Image.Image, size: int | None) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     return arr
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 hex of a file's bytes, read in blocks (images, archives, label lists). Raises ``OSError``."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def load_image(path: str | os.PathLike[str], size: int | None,

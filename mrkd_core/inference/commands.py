@@ -54,13 +54,21 @@ def collect_images(items: Sequence[str]) -> list[Path]:
 # --------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
     from mrkd_core.inference.predict import predict_images
+    from mrkd_core.inference.record import new_request_id, record_predictions, record_store, recorded_name
+    from mrkd_core.registry.reference import resolve_model_version
+    from mrkd_core.storage import ArtifactStore
 
     if args.batch_size < 1:
         raise MRKDError(f"--batch-size {args.batch_size}: must be at least 1")
     images = collect_images(args.images)
-    report = predict_images(model_location(args.model), images, Path(args.output), device=args.device,
-                            batch_size=args.batch_size,
-                            skip_unreadable=args.skip_unreadable, engine=args.engine)
+    record = record_store(args.record, args.model)
+    location, version = resolve_model_version(args.model)
+    report = predict_images(location, images, Path(args.output), device=args.device, batch_size=args.batch_size,
+                            skip_unreadable=args.skip_unreadable, engine=args.engine, model_version=version)
+    if record is not None:
+        request_id, store = new_request_id(), ArtifactStore(record)
+        written = record_predictions(store, recorded_name(args.model), request_id, report.predictions)
+        log.info("%d decisions recorded as %s in %s", written, request_id, store.uri("tables/inspections"))
     width = max(len(p.path) for p in report.predictions)
     for p in report.predictions:
         if p.error:
@@ -257,6 +265,10 @@ def add_commands(sub: argparse._SubParsersAction, add_config_options,
     p.add_argument("--skip-unreadable", action="store_true",
                    help=f"list unreadable files with the reason instead of stopping; exit status {EXIT_SKIPPED} "
                         "if any was skipped")
+    p.add_argument("--record", metavar="URI|none",
+                   help="store whose tables/inspections records every decision, as mrkd serve does (default: "
+                        "the registered model's store when MODEL is a reference, else none: predictions.parquet "
+                        "in --output is the record)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("calibrate", help="choose image and pixel thresholds; write the model with them to a new file")

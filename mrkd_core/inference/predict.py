@@ -21,6 +21,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mrkd_core.data.io import file_sha256
 from mrkd_core.data.torch_datasets import normalize
 from mrkd_core.errors import DataError
 from mrkd_core.inference.backends import Backend, open_backend
 from mrkd_core.inference.calibration import Calibration
 from mrkd_core.inference.images import read_image, to_input_size, to_network_size
 from mrkd_core.inference.overlays import write_mask, write_overlay
+from mrkd_core.results import utcnow
 from mrkd_core.revision import EVALUATION_REVISION, stored_revision
 from mrkd_core.tiling import Tiling
 
@@ -50,6 +53,13 @@ PREDICTIONS_SCHEMA = pa.schema([
     pa.field("mask_path", pa.string()),
     pa.field("overlay_path", pa.string()),
     pa.field("error", pa.string()),  # null, or why the file was skipped
+    # Who decided, on what, when: the audit columns, as in the service's record (tables/inspections).
+    pa.field("defect_area_fraction", pa.float64()),  # share of the image's pixels in the mask; null uncalibrated
+    pa.field("image_sha256", pa.string()),  # of the file's bytes, as the service hashes the bytes it receives
+    pa.field("model_source", pa.string()),  # the model file (path or URI) that scored it
+    pa.field("model_version", pa.int64()),  # the registry version when MODEL was a reference; else null
+    pa.field("engine", pa.string()),  # pytorch, onnxruntime or openvino
+    pa.field("predicted_at", pa.timestamp("us", tz="UTC")),  # when its score was computed
 ])
 TABLE_NAME = "predictions"
 
@@ -58,7 +68,9 @@ TABLE_NAME = "predictions"
 class Prediction:
     """One image's result: the table's fields, and ``anomaly_map`` (float32), ``mask`` (uint8
     {0, 1}) and ``image`` (the decoded RGB uint8) at the input's height × width. ``mask`` is
-    None without calibration; all three None when skipped."""
+    None without calibration; all three None when skipped. ``image_sha256`` is set for a file
+    (:meth:`Predictor.predict`), ``model_version`` by the caller that resolved a registry
+    reference (:func:`predict_images`)."""
 
     path: str
     width: int | None = None
@@ -70,17 +82,18 @@ class Prediction:
     mask_path: str | None = None
     overlay_path: str | None = None
     error: str | None = None
+    defect_area_fraction: float | None = None  # share of the pixels in ``mask``, [0, 1]; None without one
+    image_sha256: str | None = None
+    model_source: str | None = None
+    model_version: int | None = None
+    engine: str | None = None
+    predicted_at: datetime | None = None  # UTC
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
     mask: np.ndarray | None = field(default=None, repr=False)
     image: np.ndarray | None = field(default=None, repr=False)
 
     def row(self) -> dict:
         return {f.name: getattr(self, f.name) for f in PREDICTIONS_SCHEMA}
-
-    @property
-    def defect_area_fraction(self) -> float | None:
-        """Share of the image's pixels in the defect mask, in [0, 1]; None without a mask (uncalibrated)."""
-        return None if self.mask is None else float(np.count_nonzero(self.mask)) / self.mask.size
 
 
 class Predictor:
@@ -133,24 +146,32 @@ class Predictor:
         yields a Prediction whose ``error`` says why, and the others are scored.
         """
         pending: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        digests: dict[str, str] = {}
         inputs = 0  # network inputs pending: one per image, or its tiles for a tiled model
         for path in paths:
             p = os.fspath(path)
             try:
                 original, net = read_image(p, None if self.tiling else self.image_size)
+                digests[p] = _sha256(p)
             except DataError as exc:
                 if not skip_unreadable:
                     raise
-                yield from self._run(pending)
+                yield from self._hashed(self._run(pending), digests)
                 pending, inputs = [], 0
                 yield Prediction(path=p, error=str(exc))
                 continue
             pending.append((p, original, net))
             inputs += self._inputs(original)
             if inputs >= self.batch_size:  # a large frame is scored alone, whatever its tile count
-                yield from self._run(pending)
+                yield from self._hashed(self._run(pending), digests)
                 pending, inputs = [], 0
-        yield from self._run(pending)
+        yield from self._hashed(self._run(pending), digests)
+
+    @staticmethod
+    def _hashed(predictions: Iterator[Prediction], digests: dict[str, str]) -> Iterator[Prediction]:
+        for pred in predictions:
+            pred.image_sha256 = digests.get(pred.path)
+            yield pred
 
     def predict_array(self, image: np.ndarray, path: str = "<array>") -> Prediction:
         """A Prediction for an H×W×3 (or H×W grey) uint8 image already in memory."""
@@ -191,13 +212,16 @@ class Predictor:
             return
         for path, original, full, score in (self._tiled(items) if self.tiling else self._resized(items)):
             h, w = original.shape[:2]
-            pred = Prediction(path=path, width=w, height=h, score=score, anomaly_map=full, image=original)
+            info = self.backend.info
+            pred = Prediction(path=path, width=w, height=h, score=score, anomaly_map=full, image=original,
+                              model_source=info.source, engine=info.engine, predicted_at=utcnow())
             cal = self.calibration
             if cal is not None:
                 pred.normalized_score = float(cal.normalize_score(score))
                 pred.verdict = cal.verdict(score)
                 pred.threshold = cal.image_threshold
                 pred.mask = cal.defect_mask(full)
+                pred.defect_area_fraction = float(np.count_nonzero(pred.mask)) / pred.mask.size
             yield pred
 
     def _resized(self, items: Sequence[tuple[str, np.ndarray, np.ndarray | None]]
@@ -221,6 +245,14 @@ class Predictor:
         """B×1×S×S fused, unsmoothed maps of a B×S×S×3 uint8 batch of tiles, by this predictor's engine."""
         batch = np.stack([normalize(tile, self._mean, self._std).numpy() for tile in tiles])
         return self.backend.run(batch)[0][:, None]
+
+
+def _sha256(path: str) -> str:
+    """The file's sha256 (the record's image_sha256); a file gone since it was decoded is a DataError."""
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc})") from None
 
 
 @dataclass
@@ -248,10 +280,13 @@ def _unique_stem(path: str, used: set[str]) -> str:
 
 def predict_images(model: str | os.PathLike[str] | Predictor, images: Sequence[str | os.PathLike[str]],
                    out_dir: str | os.PathLike[str], device: str = "auto", batch_size: int = 8,
-                   skip_unreadable: bool = False, engine: str = "auto") -> PredictionReport:
+                   skip_unreadable: bool = False, engine: str = "auto",
+                   model_version: int | None = None) -> PredictionReport:
     """Predict every image (``batch_size`` per forward pass, ``engine`` for an .onnx file;
     both ignored when ``model`` is a Predictor) and write ``<stem>_mask.png``, ``<stem>_overlay.png`` (input size),
     ``predictions.csv`` and ``predictions.parquet`` (``PREDICTIONS_SCHEMA``) into ``out_dir``.
+    ``model_version``: the registry version ``model`` is (its rows' ``model_version``), when
+    the caller resolved a reference to it.
 
     Without calibration: scores only (no masks, overlays, normalised scores or verdicts).
     Maps are not kept in the returned predictions (a folder of 10,000 images would not fit).
@@ -274,6 +309,7 @@ def predict_images(model: str | os.PathLike[str] | Predictor, images: Sequence[s
                 write_mask(written[-2], pred.mask)
                 write_overlay(written[-1], pred.image, cal.normalize_map(pred.anomaly_map))
             pred.anomaly_map = pred.mask = pred.image = None
+            pred.model_version = model_version
             rows.append(pred)
     except BaseException:
         # A call that stops (an unreadable file without skip_unreadable) leaves no partial

@@ -124,15 +124,21 @@ def expand_reference(text: str, store_root: str | None) -> str:
 def resolve_model_location(location: str) -> str:
     """A model reference → the URI of its ``model.pt``; any other location is returned as it is.
 
-    The one call a command makes before it opens a model (``mrkd predict``).
+    The one call a command makes before it opens a model (``mrkd calibrate``, ``export``, ``models info``).
     """
+    return resolve_model_version(location)[0]
+
+
+def resolve_model_version(location: str) -> tuple[str, int | None]:
+    """(the model file to open, its registry version): a reference → its version's ``model.pt`` URI
+    and number; any other location → (itself, None). ``mrkd predict`` records the version."""
     ref = parse_reference(str(location))
     if ref is None:
-        return str(location)
+        return str(location), None
     resolved = resolve(ref)
     log.info("%s is version %d of %s: %s", ref, resolved.version, ref.key, resolved.uri)
-    return resolved.uri
+    return resolved.uri, resolved.version
 
 
 __all__ = ["ModelReference", "ResolvedModel", "expand_reference", "parse_entry", "parse_reference", "resolve",
-           "resolve_model_location"]
+           "resolve_model_location", "resolve_model_version"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from mrkd_core.cli import main
@@ -74,8 +76,16 @@ def test_train_evaluate_predict(data_root, tmp_path, capsys):
         assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     header = (out / "predictions.csv").read_text().splitlines()[0]
     assert header.replace('"', "") == ("path,width,height,score,normalized_score,verdict,threshold,mask_path,"
-                                       "overlay_path,error")
+                                       "overlay_path,error,defect_area_fraction,image_sha256,model_source,"
+                                       "model_version,engine,predicted_at")
     assert (out / "predictions.parquet").is_file() and not (out / "scores.csv").exists()
+    # who decided, on which bytes, when: a model file has no registry version, and no record store by default
+    table = pd.read_parquet(out / "predictions.parquet")
+    assert table["image_sha256"].tolist() == [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in table["path"]]
+    assert set(table["model_source"]) == {model} and set(table["engine"]) == {"pytorch"}
+    assert table["model_version"].isna().all() and table["predicted_at"].notna().all()
+    assert table["defect_area_fraction"].between(0, 1).all()
+    assert not (models / "tables" / "inspections").exists()
 
     # The same config again: the complete model is reused, not retrained, and printed again.
     assert main(["train", str(data_root), "-o", str(models), "-c", "obj_disc", "--run-id", "again", *FAST]) == 0

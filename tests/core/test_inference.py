@@ -280,7 +280,8 @@ def test_unreadable_files_stop_the_call_or_are_listed_with_the_reason(model_file
 
     table = pd.read_parquet(report.parquet_path)
     assert list(table.columns) == ["path", "width", "height", "score", "normalized_score", "verdict", "threshold",
-                                   "mask_path", "overlay_path", "error"]
+                                   "mask_path", "overlay_path", "error", "defect_area_fraction", "image_sha256",
+                                   "model_source", "model_version", "engine", "predicted_at"]
     assert table["error"].isna().tolist() == [True, False, True]
     csv = pd.read_csv(report.csv_path)
     assert csv.loc[1, "error"] == skipped.error and csv["score"].isna().tolist() == [False, True, False]

@@ -19,6 +19,7 @@ import torch
 from mrkd_core.cli import main
 from mrkd_core.config import MRKDConfig
 from mrkd_core.errors import ConfigError, MRKDError
+from mrkd_core.inspections import read_inspections
 from mrkd_core.layout import run_dir
 from mrkd_core.lineage import Lineage
 from mrkd_core.model_io import MODEL_FORMAT
@@ -400,8 +401,24 @@ def test_mrkd_train_registers_and_predict_resolves_the_champion(tmp_path, capsys
     ref = f"{store}/models/line-4/folder/obj_disc@champion"
     assert main(["predict", ref, images, "-o", str(tmp_path / "by-ref"), "--batch-size", "1"]) == 0
     by_ref = capsys.readouterr().out
-    assert main(["predict", first["model"], images, "-o", str(tmp_path / "by-ref"), "--batch-size", "1"]) == 0
-    assert capsys.readouterr().out == by_ref  # the same model, the same scores
+    # Every decision is recorded, as the service records its answers: the registry's store, the
+    # version that decided, the bytes it saw; the call's own table says the same.
+    decided = pd.read_parquet(tmp_path / "by-ref" / "predictions.parquet")
+    recorded = read_inspections(ArtifactStore(store))
+    assert len(recorded) == 4 and set(recorded["model"]) == {"obj_disc"} and set(recorded["model_version"]) == {1}
+    assert recorded["request_id"].nunique() == 1 and recorded["request_id"][0].startswith("predict-")
+    assert recorded["filename"].tolist() == decided["path"].tolist() and recorded["latency_ms"].isna().all()
+    assert recorded["image_sha256"].tolist() == decided["image_sha256"].tolist()
+    assert recorded["verdict"].tolist() == decided["verdict"].tolist() and set(decided["model_version"]) == {1}
+    assert main(["predict", first["model"], images, "-o", str(tmp_path / "by-file"), "--batch-size", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[:-1] == by_ref.splitlines()[:-1]  # the same model, the same scores
+    assert pd.read_parquet(tmp_path / "by-file" / "predictions.parquet")["model_version"].isna().all()
+    assert main(["predict", ref, images, "-o", str(tmp_path / "none"), "--record", "none"]) == 0
+    assert len(read_inspections(ArtifactStore(store))) == 4  # --record none: no new rows
+    assert main(["predict", first["model"], images, "-o", str(tmp_path / "elsewhere"),
+                 "--record", str(tmp_path / "audit")]) == 0
+    elsewhere = read_inspections(ArtifactStore(tmp_path / "audit"))
+    assert len(elsewhere) == 4 and set(elsewhere["model"]) == {"obj_disc"} and elsewhere["model_version"].isna().all()
     assert main(["predict", f"{store}/models/line-4/folder/obj_disc@2", images]) == 2
     assert "no version '2'" in capsys.readouterr().err
 

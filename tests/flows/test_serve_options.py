@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from flows.serve.app import build
-from flows.serve.models import default_name, served_models
+from flows.serve.models import served_models
+from mrkd_core.inference.record import recorded_name
 from flows.serve.settings import options_from
 from mrkd_core import cli
 from mrkd_core.errors import ConfigError
@@ -69,7 +70,7 @@ def test_names_references_and_defaults(store, tmp_path, monkeypatch):
         ("bracket", "torch", "champion"), ("hinge-line", "torch", "latest"), ("x", "onnxruntime", None),
         ("gear", "torch", None)]
     assert models[0].location == f"{store.uri()}/models/solo/folder/bracket@champion"
-    assert default_name("/parts/bracket.onnx") == "bracket"
+    assert recorded_name("/parts/bracket.onnx") == "bracket"
     options = options_from({"models": ["solo@1"], "store": store.uri(), "replicas": "auto"})
     assert options.record == store.uri() and options.replicas is None and options.max_replicas == 0
     assert options.models[0].follows is None  # a fixed version is loaded once
