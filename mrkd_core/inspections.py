@@ -1,7 +1,9 @@
-"""The record of every decision: one row per image the HTTP service answered, append-only.
+"""The record of every decision: one row per image the HTTP service answered or ``mrkd predict``
+scored, append-only.
 
 A quality department asks which model judged which part, when, and how; the service
-(``mrkd serve``) appends each answer here. The table is partitioned like the others
+(``mrkd serve``) appends each answer here, and ``mrkd predict`` each image it scored
+(``mrkd_core.inference.record``). The table is partitioned like the others
 (:mod:`mrkd_core.partitioned`: folders named by the percent-encoded values, the values
 stored as strings in each file, so every reader gets them as written)::
 
@@ -145,4 +147,5 @@ def read_inspections(store: ArtifactStore, model: str | None = None, date: str |
     return df.sort_values(["received_at", "request_id", "image_index"], kind="stable").reset_index(drop=True)
 
 
-__all__ = ["FLUSH_SECONDS", "INSPECTIONS_SCHEMA", "NO_RECORD", "INSPECTIONS_TABLE", "InspectionRecorder", "read_inspections"]
+__all__ = ["FLUSH_SECONDS", "INSPECTIONS_SCHEMA", "INSPECTIONS_TABLE", "NO_RECORD", "InspectionRecorder",
+           "read_inspections"]
