@@ -25,6 +25,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -64,6 +65,16 @@ INSPECTIONS_SCHEMA = pa.schema([
 INSPECTIONS_TABLE = PartitionedTable("inspections", INSPECTIONS_SCHEMA, PARTITION_COLUMNS)
 
 
+def file_name(first_received_at: datetime, writer: str, sequence: int) -> str:
+    """A new file of the table: the time of its first row, the writer's id, the writer's sequence
+    number (two writers never pick the same name; a writer never picks one twice)."""
+    return f"{first_received_at:%H%M%S%f}-{writer}-{sequence:06d}.parquet"
+
+
+def new_writer_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
 class InspectionRecorder:
     """Buffers rows of ``INSPECTIONS_SCHEMA`` and appends them to ``store``'s table.
 
@@ -76,7 +87,7 @@ class InspectionRecorder:
             raise ValueError(f"flush_seconds {flush_seconds} must be positive")
         self.store = store
         self.flush_seconds = float(flush_seconds)
-        self.writer = uuid.uuid4().hex[:12]
+        self.writer = new_writer_id()
         self._rows: list[dict[str, Any]] = []
         self._writing = 0  # rows taken by a flush and not yet written
         self._sequence = 0
@@ -115,7 +126,7 @@ class InspectionRecorder:
             written = 0
             for part, group in groups.items():
                 self._sequence += 1
-                name = f"{group[0]['received_at']:%H%M%S%f}-{self.writer}-{self._sequence:06d}.parquet"
+                name = file_name(group[0]["received_at"], self.writer, self._sequence)
                 try:
                     INSPECTIONS_TABLE.write(self.store, group, name, None)
                 except Exception as exc:  # noqa: BLE001 - any store failure: keep the rows, try again
@@ -147,5 +158,5 @@ def read_inspections(store: ArtifactStore, model: str | None = None, date: str |
     return df.sort_values(["received_at", "request_id", "image_index"], kind="stable").reset_index(drop=True)
 
 
-__all__ = ["FLUSH_SECONDS", "INSPECTIONS_SCHEMA", "INSPECTIONS_TABLE", "NO_RECORD", "InspectionRecorder",
-           "read_inspections"]
+__all__ = ["FLUSH_SECONDS", "INSPECTIONS_SCHEMA", "INSPECTIONS_TABLE", "NO_RECORD", "InspectionRecorder", "file_name",
+           "new_writer_id", "read_inspections"]

@@ -113,6 +113,12 @@ def is_temp_name(path: str) -> bool:
     return name.startswith(".") and _TEMP_MARK in name
 
 
+def absolute_location(location: str) -> str:
+    """A local path made absolute; a URI (``s3://…``, ``file://…``) unchanged. What is recorded or
+    handed to another process names the same file from any working folder."""
+    return location if "://" in location else os.path.abspath(location)
+
+
 def _split_protocol(uri: str) -> tuple[str, str]:
     if "://" in uri:
         proto, rest = uri.split("://", 1)

@@ -16,7 +16,6 @@ service reads it again every ``--follow-seconds``. Everything here is plain libr
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 import re
 import shutil
@@ -30,6 +29,7 @@ from mrkd_core.inference.backends import is_onnx
 from mrkd_core.inference.record import recorded_name
 from mrkd_core.registry.records import CHAMPION, LATEST
 from mrkd_core.registry.reference import ModelReference, expand_reference, parse_reference, resolve
+from mrkd_core.storage import absolute_location
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,7 @@ def served_models(items: list[str], store_root: str | None, engine: str | None) 
 
 def _absolute(location: str | None) -> str | None:
     """A local path made absolute (replicas do not share the command's working folder); URIs unchanged."""
-    if location is None or "://" in location:
-        return location
-    return os.path.abspath(location)
+    return None if location is None else absolute_location(location)
 
 
 def current_version(model: ServedModel) -> tuple[int | None, str]:

@@ -62,13 +62,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise MRKDError(f"--batch-size {args.batch_size}: must be at least 1")
     images = collect_images(args.images)
     record = record_store(args.record, args.model)
+    store = ArtifactStore(record) if record is not None else None  # a store that cannot open fails before scoring
     location, version = resolve_model_version(args.model)
     report = predict_images(location, images, Path(args.output), device=args.device, batch_size=args.batch_size,
                             skip_unreadable=args.skip_unreadable, engine=args.engine, model_version=version)
-    if record is not None:
-        request_id, store = new_request_id(), ArtifactStore(record)
-        written = record_predictions(store, recorded_name(args.model), request_id, report.predictions)
-        log.info("%d decisions recorded as %s in %s", written, request_id, store.uri("tables/inspections"))
     width = max(len(p.path) for p in report.predictions)
     for p in report.predictions:
         if p.error:
@@ -77,6 +74,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         norm = f"{p.normalized_score:.3f}" if p.normalized_score is not None else "-"
         _out(f"{p.path:<{width}}  {p.score:.6f}  {norm:>5}  {p.verdict or 'uncalibrated'}")
     _out(f"{report.csv_path}  {report.parquet_path}")
+    if store is not None:  # after the verdicts are shown and written: a store that fails loses none of them
+        request_id = new_request_id()
+        written = record_predictions(store, recorded_name(args.model), request_id, report.predictions)
+        log.info("%d decisions recorded as %s in %s", written, request_id, store.uri("tables/inspections"))
     if report.n_skipped:
         sys.stderr.write(f"mrkd: {report.n_skipped} of {len(report.predictions)} files were unreadable and skipped "
                          f"(listed with the reason in {report.csv_path})\n")

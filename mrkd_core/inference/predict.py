@@ -38,6 +38,7 @@ from mrkd_core.inference.images import read_image, to_input_size, to_network_siz
 from mrkd_core.inference.overlays import write_mask, write_overlay
 from mrkd_core.results import utcnow
 from mrkd_core.revision import EVALUATION_REVISION, stored_revision
+from mrkd_core.storage import absolute_location
 from mrkd_core.tiling import Tiling
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,8 @@ class Predictor:
             h, w = original.shape[:2]
             info = self.backend.info
             pred = Prediction(path=path, width=w, height=h, score=score, anomaly_map=full, image=original,
-                              model_source=info.source, engine=info.engine, predicted_at=utcnow())
+                              model_source=absolute_location(info.source), engine=info.engine,
+                              predicted_at=utcnow())  # absolute: the record names the file from anywhere
             cal = self.calibration
             if cal is not None:
                 pred.normalized_score = float(cal.normalize_score(score))
@@ -323,5 +325,7 @@ def predict_images(model: str | os.PathLike[str] | Predictor, images: Sequence[s
     table = pa.Table.from_pylist([p.row() for p in rows], schema=PREDICTIONS_SCHEMA)
     pq.write_table(table, report.parquet_path)
     pacsv.write_csv(table, report.csv_path, pacsv.WriteOptions(quoting_style="needed"))
-    log.info("%d images scored, %d skipped; %s", len(rows) - report.n_skipped, report.n_skipped, report.csv_path)
+    scored = len(rows) - report.n_skipped
+    log.info("%d image%s scored, %d skipped; %s", scored, "" if scored == 1 else "s", report.n_skipped,
+             report.csv_path)
     return report

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from mrkd_core.errors import StorageError
 from mrkd_core.inference.predict import Prediction
-from mrkd_core.inspections import NO_RECORD, InspectionRecorder
+from mrkd_core.inspections import INSPECTIONS_TABLE, NO_RECORD, file_name, new_writer_id
 from mrkd_core.registry.reference import parse_reference
 from mrkd_core.storage import ArtifactStore
 
@@ -81,20 +81,25 @@ def inspection_rows(name: str, request_id: str, predictions: Sequence[Prediction
 def record_predictions(store: ArtifactStore, name: str, request_id: str, predictions: Sequence[Prediction]) -> int:
     """Append the decisions of one ``mrkd predict`` call to ``store``'s ``tables/inspections``.
 
-    Returns the rows written. Raises ``StorageError`` naming the table and the fix when the
-    store cannot take them (nothing stored before is touched: the table only gains files).
+    One new file per partition (UTC date), named as the service's recorder names its files
+    (:func:`mrkd_core.inspections.file_name`); nothing stored before is touched. Returns the
+    rows written. Raises ``StorageError`` naming the table and the fix when the store does not
+    take them.
     """
     rows = inspection_rows(name, request_id, predictions)
-    if not rows:
-        return 0
-    recorder = InspectionRecorder(store)
-    recorder.add(rows)
-    written = recorder.close()
-    if recorder.pending:
-        raise StorageError(f"{store.uri('tables/inspections')}: {recorder.pending} of {len(rows)} decisions of "
-                           f"{request_id} not recorded (the store did not take them; see the warning above) — "
-                           "the call's predictions.parquet holds them; check the store and predict again, or "
-                           f"pass --record {NO_RECORD}")
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["date"], []).append(row)
+    writer, written = new_writer_id(), 0
+    for sequence, group in enumerate(groups.values(), start=1):
+        try:
+            INSPECTIONS_TABLE.write(store, group, file_name(group[0]["received_at"], writer, sequence), None)
+        except Exception as exc:  # noqa: BLE001 - any store failure is this one line
+            raise StorageError(
+                f"{store.uri('tables/inspections')}: {len(rows) - written} of {len(rows)} decisions of {request_id} "
+                f"not recorded ({type(exc).__name__}: {exc}) — the call's predictions.parquet holds them; make the "
+                f"store writable and predict again, or pass --record {NO_RECORD}") from None
+        written += len(group)
     return written
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 
 import pandas as pd
@@ -379,7 +380,7 @@ def test_models_list_promote_and_rollback_commands(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- through the engine and the CLI
-def test_mrkd_train_registers_and_predict_resolves_the_champion(tmp_path, capsys):
+def test_mrkd_train_registers_and_predict_resolves_the_champion(tmp_path, capsys, monkeypatch):
     from mrkd_core.data.synthetic import make_synthetic_mvtec
     from tests.datagen import FAST_CLI
 
@@ -415,10 +416,24 @@ def test_mrkd_train_registers_and_predict_resolves_the_champion(tmp_path, capsys
     assert pd.read_parquet(tmp_path / "by-file" / "predictions.parquet")["model_version"].isna().all()
     assert main(["predict", ref, images, "-o", str(tmp_path / "none"), "--record", "none"]) == 0
     assert len(read_inspections(ArtifactStore(store))) == 4  # --record none: no new rows
-    assert main(["predict", first["model"], images, "-o", str(tmp_path / "elsewhere"),
-                 "--record", str(tmp_path / "audit")]) == 0
+    monkeypatch.chdir(tmp_path)  # a model named by a relative path is recorded by its absolute one
+    relative = os.path.relpath(first["model"], tmp_path)
+    assert main(["predict", relative, images, "-o", "elsewhere", "--record", "audit"]) == 0
     elsewhere = read_inspections(ArtifactStore(tmp_path / "audit"))
     assert len(elsewhere) == 4 and set(elsewhere["model"]) == {"obj_disc"} and elsewhere["model_version"].isna().all()
+    assert set(elsewhere["model_source"]) == {first["model"]}
+    # A record store that cannot be opened fails before anything is scored; one that fails to take the
+    # rows fails after the verdicts are shown and written, naming where they are.
+    (tmp_path / "a-file").write_text("")
+    assert main(["predict", ref, images, "-o", "not-scored", "--record", "a-file"]) == 2
+    assert not (tmp_path / "not-scored").exists() and "a-file" in capsys.readouterr().err
+    (tmp_path / "broken" / "tables").mkdir(parents=True)
+    (tmp_path / "broken" / "tables" / "inspections").write_text("")
+    assert main(["predict", ref, images, "-o", "scored", "--record", "broken"]) == 2
+    shown = capsys.readouterr()
+    assert len(shown.out.splitlines()) == 5 and (tmp_path / "scored" / "predictions.parquet").is_file()
+    (line,) = shown.err.strip().splitlines()
+    assert "4 of 4 decisions" in line and "predictions.parquet holds them" in line and "--record none" in line
     assert main(["predict", f"{store}/models/line-4/folder/obj_disc@2", images]) == 2
     assert "no version '2'" in capsys.readouterr().err
 
