@@ -101,14 +101,11 @@ class ProgressBar:
 
             self._bar = tqdm(total=p.epochs, initial=p.epoch - 1, desc=f"train {p.category}", unit="epoch",
                              leave=False, file=self.file, disable=None)  # None: off where not a terminal
-            if self._bar.disable:
-                return
-            # Made when the first epoch has ended: its clock starts when that epoch started, or the
-            # first rate is one epoch in no time (thousands of epochs/s) and the elapsed time lacks it.
-            self._bar.start_t -= p.seconds
-            self._bar.last_print_t -= p.seconds
-        if self._bar.disable:
-            return
+            if not self._bar.disable:  # a disabled bar has no clock (its update and postfix do nothing)
+                # Made when the first epoch has ended: its clock starts when that epoch started, or the
+                # first rate is one epoch in no time (thousands of epochs/s) and the elapsed time lacks it.
+                self._bar.start_t -= p.seconds
+                self._bar.last_print_t -= p.seconds
         self._bar.update(1)
         self._bar.set_postfix(loss=f"{p.loss:.4f}", **{f"{p.unit}_s": f"{p.images_per_second:.1f}"})
 
