@@ -120,6 +120,7 @@ class Predictor:
         self.calibration = Calibration.from_dict(info.calibration, info.source) if info.calibration else None
         cfg = info.config
         self._mean, self._std = cfg.normalize_mean, cfg.normalize_std
+        self._source = absolute_location(info.source)  # each prediction's model_source: names the file from anywhere
         self.tiling = Tiling.of(cfg)  # None: whole images resized to image_size
         if self.calibration is None:
             log.warning("%s has no calibration: scores only (no verdict, mask or overlay) — run "
@@ -213,10 +214,8 @@ class Predictor:
             return
         for path, original, full, score in (self._tiled(items) if self.tiling else self._resized(items)):
             h, w = original.shape[:2]
-            info = self.backend.info
             pred = Prediction(path=path, width=w, height=h, score=score, anomaly_map=full, image=original,
-                              model_source=absolute_location(info.source), engine=info.engine,
-                              predicted_at=utcnow())  # absolute: the record names the file from anywhere
+                              model_source=self._source, engine=self.backend.info.engine, predicted_at=utcnow())
             cal = self.calibration
             if cal is not None:
                 pred.normalized_score = float(cal.normalize_score(score))
