@@ -65,6 +65,20 @@ INSPECTIONS_SCHEMA = pa.schema([
 INSPECTIONS_TABLE = PartitionedTable("inspections", INSPECTIONS_SCHEMA, PARTITION_COLUMNS)
 
 
+def inspection_row(model: str, request_id: str, image_index: int, received_at: datetime,
+                   **decision: Any) -> dict[str, Any]:
+    """One row of ``INSPECTIONS_SCHEMA``, whichever writer: the partition values derived here (``date``:
+    the UTC date of ``received_at``) and the decision's columns as given (``filename`` …
+    ``latency_ms``; ``to_table`` refuses a row that lacks one)."""
+    return {"model": model, "date": received_at.strftime("%Y-%m-%d"), "request_id": request_id,
+            "image_index": image_index, "received_at": received_at, **decision}
+
+
+def record_location(value: str) -> str | None:
+    """A ``--record URI|none`` value (mrkd serve, mrkd predict): the store, or None for ``none``."""
+    return None if value.strip().lower() == NO_RECORD else value
+
+
 def file_name(first_received_at: datetime, writer: str, sequence: int) -> str:
     """A new file of the table: the time of its first row, the writer's id, the writer's sequence
     number (two writers never pick the same name; a writer never picks one twice)."""
@@ -159,4 +173,4 @@ def read_inspections(store: ArtifactStore, model: str | None = None, date: str |
 
 
 __all__ = ["FLUSH_SECONDS", "INSPECTIONS_SCHEMA", "INSPECTIONS_TABLE", "NO_RECORD", "InspectionRecorder", "file_name",
-           "new_writer_id", "read_inspections"]
+           "inspection_row", "new_writer_id", "read_inspections", "record_location"]

@@ -54,7 +54,7 @@ from flows.serve.web import TOKEN_ENV, HTTPProblem, authorize, env_token_digest,
 from mrkd_core.data.io import load_image_bytes
 from mrkd_core.errors import ConfigError, DataError
 from mrkd_core.inference.overlays import mask_png
-from mrkd_core.inspections import InspectionRecorder
+from mrkd_core.inspections import InspectionRecorder, inspection_row
 from mrkd_core.results import utcnow
 from mrkd_core.storage import ArtifactStore
 
@@ -350,12 +350,12 @@ class Gateway:
 
     @staticmethod
     def _record(name: str, version: int | None, request_id: str, received_at, results) -> list[dict[str, Any]]:
-        return [{"model": name, "date": received_at.strftime("%Y-%m-%d"), "request_id": request_id,
-                 "image_index": i, "received_at": received_at, "filename": r["filename"],
-                 "image_sha256": r["image_sha256"], "width": r["width"], "height": r["height"],
-                 "model_version": version, "model_source": r["source"], "engine": r["engine"], "score": r["score"],
-                 "normalized_score": r["normalized_score"], "verdict": r["verdict"], "threshold": r["threshold"],
-                 "defect_area_fraction": r["defect_area_fraction"], "latency_ms": r["latency_ms"]}
+        return [inspection_row(name, request_id, i, received_at, filename=r["filename"],
+                               image_sha256=r["image_sha256"], width=r["width"], height=r["height"],
+                               model_version=version, model_source=r["source"], engine=r["engine"],
+                               score=r["score"], normalized_score=r["normalized_score"], verdict=r["verdict"],
+                               threshold=r["threshold"], defect_area_fraction=r["defect_area_fraction"],
+                               latency_ms=r["latency_ms"])
                 for i, r in enumerate(results)]
 
     def __del__(self) -> None:

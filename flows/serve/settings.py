@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from flows.serve.models import ServedModel, served_models
-from flows.serve.options import DEFAULTS, NO_RECORD, STORE_ENV, ServeOptions
+from flows.serve.options import DEFAULTS, STORE_ENV, ServeOptions
 from mrkd_core.errors import ConfigError
+from mrkd_core.inspections import record_location
 
 
 def _positive(name: str, value: Any, kind: type = float) -> Any:
@@ -47,7 +48,7 @@ def record_store(record: str | None, store_root: str | None, models: list[Served
     """Where the ``inspections`` table goes: ``--record`` (``none``: nowhere), else the store, else the
     first registered model's store; a one-line error when none of them exists."""
     if record is not None:
-        return None if record.strip().lower() == NO_RECORD else record
+        return record_location(record)
     if store_root:
         return store_root
     for model in models:

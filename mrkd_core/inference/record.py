@@ -26,7 +26,14 @@ from collections.abc import Sequence
 
 from mrkd_core.errors import StorageError
 from mrkd_core.inference.predict import Prediction
-from mrkd_core.inspections import INSPECTIONS_TABLE, NO_RECORD, file_name, new_writer_id
+from mrkd_core.inspections import (
+    INSPECTIONS_TABLE,
+    NO_RECORD,
+    file_name,
+    inspection_row,
+    new_writer_id,
+    record_location,
+)
 from mrkd_core.registry.reference import parse_reference
 from mrkd_core.storage import ArtifactStore
 
@@ -52,7 +59,7 @@ def record_store(record: str | None, model: str) -> str | None:
     """Where ``mrkd predict`` records its decisions: ``--record`` (``none``: nowhere), else the
     store of a registry reference ``model``, else nowhere (the call's predictions.parquet is its record)."""
     if record is not None:
-        return None if record.strip().lower() == NO_RECORD else record
+        return record_location(record)
     ref = parse_reference(model)
     return ref.store if ref is not None else None
 
@@ -68,13 +75,12 @@ def inspection_rows(name: str, request_id: str, predictions: Sequence[Prediction
     for index, p in enumerate(predictions):
         if p.error is not None:
             continue
-        rows.append({"model": name, "date": p.predicted_at.strftime("%Y-%m-%d"), "request_id": request_id,
-                     "image_index": index, "received_at": p.predicted_at, "filename": p.path,
-                     "image_sha256": p.image_sha256, "width": p.width, "height": p.height,
-                     "model_version": p.model_version, "model_source": p.model_source, "engine": p.engine,
-                     "score": p.score, "normalized_score": p.normalized_score, "verdict": p.verdict,
-                     "threshold": p.threshold, "defect_area_fraction": p.defect_area_fraction,
-                     "latency_ms": None})
+        rows.append(inspection_row(name, request_id, index, p.predicted_at, filename=p.path,
+                                   image_sha256=p.image_sha256, width=p.width, height=p.height,
+                                   model_version=p.model_version, model_source=p.model_source, engine=p.engine,
+                                   score=p.score, normalized_score=p.normalized_score, verdict=p.verdict,
+                                   threshold=p.threshold, defect_area_fraction=p.defect_area_fraction,
+                                   latency_ms=None))
     return rows
 
 
