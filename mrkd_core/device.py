@@ -95,7 +95,9 @@ def cpu_heap_reuse(device: torch.device) -> Iterator[bool]:
     ``mmap`` and unmaps it on free, so each training step of WRN50 at 256 px page-faults
     and zeroes its activations anew: ~3 M page faults and ~10 s of system time per
     batch of 16 here. With large blocks taken from the heap (``M_MMAP_MAX=0``) and the
-    heap never trimmed during the run, step n+1 reuses the pages of step n: ~13 % faster
+    heap never trimmed during the run, step n+1 reuses the pages of step n once the heap has
+    grown to hold a step's blocks wherever its small allocations fell (a few steps: up to 6 in
+    tests/core/test_perf_equivalence.py's probe, nothing given back between steps): ~13 % faster
     at that size (docs/performance.md), identical results. Resident memory settles after
     the first steps at the level glibc's default reaches (WRN50 128 px batch 16: 3.8 GB
     from step 2 on, over 8 steps).

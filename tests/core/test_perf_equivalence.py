@@ -240,7 +240,7 @@ def step():  # three large activations, each above glibc's largest mmap threshol
 out = {"default": [step() for _ in range(3)], "rss_before": rss()}
 with cpu_heap_reuse(torch.device("cpu")) as active, cpu_heap_reuse(torch.device("cpu")):
     out["active"] = active
-    out["inside"] = [step() for _ in range(6)]
+    out["inside"] = [step() for _ in range(12)]
     out["rss_held"] = rss()
 out["rss_after"] = rss()
 with cpu_heap_reuse(torch.device("meta")) as active:
@@ -258,6 +258,9 @@ def test_cpu_heap_reuse_keeps_large_blocks_for_the_next_step_and_gives_them_back
     pages = (38 << 20) * 4 // 4096
     assert min(r["default"]) > pages // 2, r  # glibc's default: every step maps and faults anew
     assert r["active"] and not r["meta"]  # on the CPU only
-    assert r["inside"][-1] < pages // 10, r  # inside: the heap serves the next step's pages
+    # Inside: once the heap has grown to hold a step's blocks wherever the step's small allocations
+    # fell (up to 6 steps here: brk growth of 48-64 MB in the first ones, nothing given back between
+    # steps), it serves each next step's pages. 12 steps; the last three each fault < 10 %.
+    assert all(faults < pages // 10 for faults in r["inside"][-3:]), r
     assert r["rss_held"] > r["rss_before"] + 100, r  # ... by keeping them between steps
     assert r["rss_after"] < r["rss_before"] + 30, r  # the last user gone (nested: counted), memory returned
